@@ -1,0 +1,196 @@
+//! Storage micro-benchmarks: enqueue + commit (group commit), queue drain, ack.
+//!
+//! `cargo bench -p hearth-benches --bench queue`. Each group is kept short: the machine has
+//! two cores shared with other work. Sync figures measure this disk's fsync more than our code.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use hearth_protocol::MessageId;
+use hearth_storage::{DeviceKey, Durability, Store, StoreOptions, StoredEnvelope};
+
+const PAYLOAD: usize = 512;
+const BATCH: usize = 64;
+const DEVICES: u32 = 16;
+const DRAIN: u64 = 1_000;
+
+fn open(dir: &tempfile::TempDir, durability: Durability) -> Store {
+    let opts = StoreOptions {
+        durability,
+        max_queue_len: u64::MAX,
+        max_queue_bytes: u64::MAX,
+        ..StoreOptions::default()
+    };
+    Store::open(dir.path(), opts).unwrap()
+}
+
+fn device(i: u32) -> DeviceKey {
+    DeviceKey::new(1_000 + u64::from(i), 1)
+}
+
+fn register(rt: &tokio::runtime::Runtime, store: &Store) {
+    for i in 0..DEVICES {
+        rt.block_on(store.register_device(device(i), 1)).unwrap();
+    }
+}
+
+fn envelope(n: u128) -> StoredEnvelope {
+    StoredEnvelope {
+        msg_id: MessageId::from_u128(n),
+        from_account: 1,
+        from_device: 1,
+        accepted_at_ms: 1_700_000_000_000,
+        expires_at_ms: 1_700_000_000_000 + 86_400_000,
+        flags: 0,
+        payload: Bytes::from(vec![0xa5; PAYLOAD]),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+/// BATCH concurrent enqueues (one envelope each, to one of DEVICES queues), then every commit.
+fn enqueue_commit(c: &mut Criterion) {
+    let mut g = c.benchmark_group("enqueue_commit");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for (name, durability) in [("none", Durability::None), ("sync", Durability::Sync)] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, durability);
+        let rt = rt();
+        register(&rt, &store);
+        let mut n = 0u128;
+        g.bench_function(format!("{name}/batch{BATCH}"), |b| {
+            b.iter(|| {
+                let commits: Vec<_> = (0..BATCH)
+                    .map(|i| {
+                        n += 1;
+                        let d = device(i as u32 % DEVICES);
+                        store.enqueue(&[d], &envelope(n), None).unwrap().commit
+                    })
+                    .collect();
+                rt.block_on(async {
+                    for c in commits {
+                        c.await.unwrap();
+                    }
+                });
+            })
+        });
+        store.close();
+    }
+    g.finish();
+}
+
+/// Reads a queue of DRAIN entries from the start in pages of 100, as a reconnecting device does.
+fn read_queue_drain(c: &mut Criterion) {
+    let mut g = c.benchmark_group("read_queue");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Elements(DRAIN));
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, Durability::None);
+    let rt = rt();
+    register(&rt, &store);
+    let d = device(0);
+    let commits: Vec<_> = (0..DRAIN)
+        .map(|i| {
+            store
+                .enqueue(&[d], &envelope(i.into()), None)
+                .unwrap()
+                .commit
+        })
+        .collect();
+    rt.block_on(async {
+        for c in commits {
+            c.await.unwrap();
+        }
+    });
+    g.bench_function(format!("drain{DRAIN}/page100"), |b| {
+        b.iter(|| {
+            let mut from = 0;
+            let mut n = 0;
+            loop {
+                let page = store.read_queue(d, from, 100).unwrap();
+                let Some(last) = page.last() else { break };
+                from = last.seq + 1;
+                n += page.len();
+            }
+            assert_eq!(n as u64, DRAIN);
+        })
+    });
+    g.finish();
+    store.close();
+}
+
+/// Fills one queue with BATCH committed entries (setup, not timed); returns their seqs.
+fn fill(rt: &tokio::runtime::Runtime, store: &Store, d: DeviceKey, n: &mut u128) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(BATCH);
+    let mut commits = Vec::with_capacity(BATCH);
+    for _ in 0..BATCH {
+        *n += 1;
+        let e = store.enqueue(&[d], &envelope(*n), None).unwrap();
+        seqs.push(e.seqs[0].1);
+        commits.push(e.commit);
+    }
+    rt.block_on(async {
+        for c in commits {
+            c.await.unwrap();
+        }
+    });
+    seqs
+}
+
+/// Acks BATCH committed entries: in one call (an ACK frame carrying many seqs), or as BATCH
+/// concurrent calls of one seq each (grouped by the writer).
+fn ack(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ack");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, Durability::None);
+    let rt = rt();
+    register(&rt, &store);
+    let d = device(0);
+    let mut n = 0u128;
+    g.bench_function(format!("batch{BATCH}/one_call"), |b| {
+        b.iter_batched(
+            || fill(&rt, &store, d, &mut n),
+            |seqs| assert_eq!(rt.block_on(store.ack(d, &seqs)).unwrap(), BATCH as u64),
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function(format!("batch{BATCH}/concurrent_calls"), |b| {
+        b.iter_batched(
+            || fill(&rt, &store, d, &mut n),
+            |seqs| {
+                rt.block_on(async {
+                    let acks: Vec<_> = seqs
+                        .into_iter()
+                        .map(|s| {
+                            let store = store.clone();
+                            tokio::spawn(async move { store.ack(d, &[s]).await })
+                        })
+                        .collect();
+                    for a in acks {
+                        assert_eq!(a.await.unwrap().unwrap(), 1);
+                    }
+                })
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+    store.close();
+}
+
+criterion_group!(benches, enqueue_commit, read_queue_drain, ack);
+criterion_main!(benches);

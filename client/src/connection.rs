@@ -1,0 +1,349 @@
+//! One authenticated device connection: handshake, then pipelined requests over one stream.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use hearth_protocol::{encode, Decoded, Decoder, ErrorCode, Frame, PROTOCOL_VERSION};
+use quinn::{Endpoint, RecvStream, SendStream, VarInt};
+use tokio::sync::mpsc;
+
+use crate::config::{client_endpoint, quic_client_config};
+use crate::io::{read_more, reader, writer, Out};
+use crate::shared::Shared;
+use crate::{Accepted, ClientConfig, ClientError, Deliveries, Delivery, Outgoing, Welcome};
+
+/// Frames queued for the writer before `send` waits (backpressure from a slow node).
+const OUT_CAPACITY: usize = 1024;
+/// Frame limit before `WELCOME` (only `WELCOME` and `ERROR`, at most about 1 KiB, may come).
+const HANDSHAKE_MAX_FRAME: usize = 4096;
+/// How long [`Connection::shutdown`] waits for the node to confirm it read everything.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+/// One authenticated device connection. Cheap to clone; all clones share the connection, which
+/// closes (code NORMAL) when the last clone is dropped.
+///
+/// Requests are pipelined: many `send`s may be outstanding at once; answers are matched by
+/// message id. Frames queued together are written to the stream in one write.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    quic: quinn::Connection,
+    welcome: Welcome,
+    tx: mpsc::Sender<Out>,
+    shared: Arc<Shared>,
+    /// The connection's own endpoint, when it has one (kept alive with it).
+    _endpoint: Option<Endpoint>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shared.fail(ClientError::closed(
+            ErrorCode::Normal,
+            "connection handle dropped",
+        ));
+        self.quic.close(
+            close_code(ErrorCode::Normal),
+            b"client dropped the connection",
+        );
+    }
+}
+
+fn close_code(code: ErrorCode) -> VarInt {
+    VarInt::from_u32(code.as_u16().into())
+}
+
+impl Connection {
+    /// Connects from a new endpoint of its own (bound to `cfg.local_addr`, or any address),
+    /// authenticates with `HELLO` and waits for `WELCOME`.
+    ///
+    /// A refused `HELLO` is [`ClientError::Refused`] when the node's `ERROR` frame arrives
+    /// first, or [`ClientError::Closed`] with the same code when its connection close does:
+    /// check [`ClientError::code`].
+    pub async fn connect(cfg: &ClientConfig) -> Result<(Connection, Deliveries), ClientError> {
+        let endpoint = client_endpoint(cfg.bind_addr())?;
+        let quic_cfg = quic_client_config(cfg)?;
+        let (tx, deliveries) = Deliveries::channel();
+        let conn = Self::establish(&endpoint, &quic_cfg, cfg, tx, Some(endpoint.clone())).await?;
+        Ok((conn, deliveries))
+    }
+
+    /// Like [`Connection::connect`], over a shared endpoint (see
+    /// [`client_endpoint`](crate::client_endpoint)); `cfg.local_addr` is ignored.
+    pub async fn connect_with(
+        endpoint: &Endpoint,
+        cfg: &ClientConfig,
+    ) -> Result<(Connection, Deliveries), ClientError> {
+        let quic_cfg = quic_client_config(cfg)?;
+        Self::connect_with_config(endpoint, &quic_cfg, cfg).await
+    }
+
+    /// Like [`Connection::connect_with`], with a prepared QUIC configuration (see
+    /// [`quic_client_config`](crate::quic_client_config)); `cfg.ca_pem` is not read again.
+    pub async fn connect_with_config(
+        endpoint: &Endpoint,
+        quic_cfg: &quinn::ClientConfig,
+        cfg: &ClientConfig,
+    ) -> Result<(Connection, Deliveries), ClientError> {
+        let (tx, deliveries) = Deliveries::channel();
+        let conn = Self::establish(endpoint, quic_cfg, cfg, tx, None).await?;
+        Ok((conn, deliveries))
+    }
+
+    /// Handshake, then start the reader and writer tasks; deliveries go to `deliveries`.
+    pub(crate) async fn establish(
+        endpoint: &Endpoint,
+        quic_cfg: &quinn::ClientConfig,
+        cfg: &ClientConfig,
+        deliveries: mpsc::UnboundedSender<Delivery>,
+        own_endpoint: Option<Endpoint>,
+    ) -> Result<Connection, ClientError> {
+        let quic = endpoint
+            .connect_with(quic_cfg.clone(), cfg.addr, &cfg.server_name)?
+            .await?;
+        let (send, recv, buf, welcome) = match handshake(&quic, &cfg.token).await {
+            Ok(parts) => parts,
+            Err(e) => {
+                quic.close(close_code(ErrorCode::Normal), b"handshake failed");
+                return Err(e);
+            }
+        };
+        let shared = Arc::new(Shared::new());
+        let (tx, rx) = mpsc::channel(OUT_CAPACITY);
+        // DELIVER carries up to max_envelope bytes plus a small fixed header.
+        let decoder = Decoder::new((welcome.max_envelope as usize).saturating_add(1024));
+        tokio::spawn(reader(
+            recv,
+            buf,
+            decoder,
+            shared.clone(),
+            deliveries,
+            quic.clone(),
+        ));
+        tokio::spawn(writer(send, rx, shared.clone(), quic.clone()));
+        let inner = Inner {
+            quic,
+            welcome,
+            tx,
+            shared,
+            _endpoint: own_endpoint,
+        };
+        Ok(Connection {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// What the node said at login.
+    pub fn welcome(&self) -> &Welcome {
+        &self.inner.welcome
+    }
+
+    /// The underlying QUIC connection (statistics, addresses).
+    pub fn quic(&self) -> &quinn::Connection {
+        &self.inner.quic
+    }
+
+    /// Sends one envelope and waits for the node's answer: `Ok` on `ACCEPTED`,
+    /// [`ClientError::Refused`] on `ERROR`, the close reason if the connection ends first.
+    ///
+    /// The payload is not checked against `welcome().max_envelope`: the node decides (and
+    /// answers `ENVELOPE_TOO_LARGE`). Dropping the future forgets the answer, not the `SEND`.
+    pub async fn send(&self, out: Outgoing) -> Result<Accepted, ClientError> {
+        let shared = &self.inner.shared;
+        let id = out.msg_id;
+        let (token, rx) = shared.add_send(id)?;
+        let mut guard = Forget(Some(|| shared.forget_send(id, token)));
+        let frame = Frame::Send {
+            msg_id: id,
+            to_account: out.to_account,
+            to_device: out.to_device,
+            ttl_secs: out.ttl_secs,
+            flags: out.flags(),
+            payload: out.payload,
+        };
+        if self.inner.tx.send(Out::Frame(frame)).await.is_err() {
+            return Err(self.closed().await);
+        }
+        let answer = rx.await;
+        guard.0 = None; // answered (or failed): the waiter is gone already
+        match answer {
+            Ok(result) => result,
+            Err(_) => Err(self.closed().await),
+        }
+    }
+
+    /// Queues acknowledgements of delivered sequence numbers (0, the ephemeral seq, is
+    /// skipped). Acks queued before the writer runs travel together in one `ACK` frame.
+    pub fn ack(&self, seqs: &[u64]) -> Result<(), ClientError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        self.inner.shared.queue_acks(seqs)
+    }
+
+    /// Round trip `PING`/`PONG`. When it returns, the node has read everything written before.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let shared = &self.inner.shared;
+        let (nonce, rx) = shared.add_ping()?;
+        let _guard = Forget(Some(|| shared.forget_ping(nonce)));
+        let start = Instant::now();
+        if self
+            .inner
+            .tx
+            .send(Out::Frame(Frame::Ping { nonce }))
+            .await
+            .is_err()
+        {
+            return Err(self.closed().await);
+        }
+        match rx.await {
+            Ok(()) => Ok(start.elapsed()),
+            Err(_) => Err(self.closed().await),
+        }
+    }
+
+    /// Writes raw bytes on the stream, in order with the frames queued before (tests use it to
+    /// send malformed frames). Returns once the bytes were handed to QUIC. Queued
+    /// acknowledgements may be written before them.
+    pub async fn send_raw(&self, bytes: Bytes) -> Result<(), ClientError> {
+        if let Some(err) = self.inner.shared.close_error() {
+            return Err(err);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.inner.tx.send(Out::Raw(bytes, tx)).await.is_err() || rx.await.is_err() {
+            return Err(self.closed().await);
+        }
+        Ok(())
+    }
+
+    /// Waits until the connection has ended and returns why (the node's close code and
+    /// reason, the fatal `ERROR` it sent, or a local close: code NORMAL).
+    pub async fn closed(&self) -> ClientError {
+        self.inner.shared.closed().await
+    }
+
+    /// Why the connection ended, or `None` while it is open.
+    pub fn close_reason(&self) -> Option<ClientError> {
+        self.inner.shared.close_error()
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.close_reason().is_some()
+    }
+
+    /// Closes the connection at once with code NORMAL. Frames not yet written are dropped
+    /// (use [`Connection::shutdown`] to flush acknowledgements first); waiters get
+    /// [`ClientError::Closed`] with code NORMAL.
+    pub fn close(&self) {
+        self.inner
+            .shared
+            .fail(ClientError::closed(ErrorCode::Normal, "closed by client"));
+        self.inner
+            .quic
+            .close(close_code(ErrorCode::Normal), b"closed by client");
+    }
+
+    /// Flushes (one `PING` round trip, at most 5 s, so the node has read every queued frame,
+    /// acknowledgements included), then closes like [`Connection::close`].
+    pub async fn shutdown(&self) {
+        let _ = tokio::time::timeout(SHUTDOWN_WAIT, self.ping()).await;
+        self.close();
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("remote", &self.inner.quic.remote_address())
+            .field("welcome", &self.inner.welcome)
+            .field("closed", &self.close_reason())
+            .finish()
+    }
+}
+
+/// Runs its closure on drop unless emptied: removes the waiter of a cancelled request.
+struct Forget<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for Forget<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+/// Opens the stream, sends `HELLO`, reads until `WELCOME`. Returns the stream halves, the
+/// bytes already received after `WELCOME`, and the welcome.
+async fn handshake(
+    quic: &quinn::Connection,
+    token: &str,
+) -> Result<(SendStream, RecvStream, BytesMut, Welcome), ClientError> {
+    let (mut send, mut recv) = quic.open_bi().await?;
+    let mut buf = BytesMut::new();
+    encode(
+        &Frame::Hello {
+            version: PROTOCOL_VERSION,
+            token: token.to_string(),
+        },
+        &mut buf,
+    );
+    send.write_all(&buf).await?;
+    buf.clear();
+    let mut decoder = Decoder::new(HANDSHAKE_MAX_FRAME);
+    loop {
+        let decoded = decoder
+            .decode(&mut buf)
+            .map_err(|e| ClientError::Protocol(format!("before WELCOME: {e}")))?;
+        match decoded {
+            Some(Decoded::Frame(Frame::Welcome {
+                account,
+                device,
+                server_time_ms,
+                max_envelope,
+                max_inflight,
+            })) => {
+                let welcome = Welcome {
+                    account,
+                    device,
+                    server_time_ms,
+                    max_envelope,
+                    max_inflight,
+                };
+                return Ok((send, recv, buf, welcome));
+            }
+            Some(Decoded::Frame(Frame::Error {
+                code,
+                retry_after_ms,
+                message,
+                ..
+            })) => {
+                return Err(ClientError::Refused {
+                    code,
+                    retry_after_ms,
+                    message,
+                });
+            }
+            Some(Decoded::Frame(other)) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected WELCOME, got frame type 0x{:02x}",
+                    other.type_byte()
+                )));
+            }
+            Some(Decoded::OversizedSend { .. }) => {
+                return Err(ClientError::Protocol("expected WELCOME, got SEND".into()));
+            }
+            None => {
+                if !read_more(&mut recv, &mut buf).await? {
+                    return Err(ClientError::Closed {
+                        code: None,
+                        reason: "node ended the stream before WELCOME".into(),
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Command-line arguments (clap derive) and the dispatcher.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::ttl::parse_ttl;
+
+/// Where the node's admin HTTP API listens unless told otherwise.
+pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9090";
+
+/// The token key an embedded default node creates in its working directory.
+pub const DEFAULT_KEY_PATH: &str = "./hearth-data/token.key";
+
+/// hearthctl: operate a Hearth node.
+#[derive(Debug, Parser)]
+#[command(name = "hearthctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Base URL of the node's admin HTTP API (plain HTTP).
+    #[arg(long, global = true, env = "HEARTH_ADMIN", default_value = DEFAULT_ADMIN)]
+    pub admin: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Device tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Show the node's status: connections, envelopes, queue totals, fsync latency.
+    Status,
+    /// Per-device queues.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Registered devices.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Token signing keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+/// `hearthctl token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Sign a device token with the node's token key and print it.
+    Issue(TokenIssueArgs),
+}
+
+/// Arguments of `hearthctl token issue`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenIssueArgs {
+    /// Account id.
+    #[arg(long)]
+    pub account: u64,
+    /// Device id (1 or more; 0 is reserved).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub device: u32,
+    /// Lifetime: 90s, 15m, 12h, 30d, or plain seconds.
+    #[arg(long, default_value = "30d", value_parser = parse_ttl)]
+    pub ttl: Duration,
+    /// The node's token key (PKCS#8 DER Ed25519).
+    #[arg(long, env = "HEARTH_TOKEN_KEY", default_value = DEFAULT_KEY_PATH)]
+    pub key: PathBuf,
+}
+
+/// `hearthctl queue ...`
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Show the queues of an account's devices (or of one device).
+    Stats(QueueStatsArgs),
+}
+
+/// Arguments of `hearthctl queue stats`.
+#[derive(Debug, Clone, Args)]
+pub struct QueueStatsArgs {
+    /// Account id.
+    #[arg(long)]
+    pub account: u64,
+    /// Only this device.
+    #[arg(long)]
+    pub device: Option<u32>,
+}
+
+/// `hearthctl device ...`
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Unregister a device: delete its queue and close its connection.
+    Remove(DeviceRemoveArgs),
+}
+
+/// Arguments of `hearthctl device remove`.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceRemoveArgs {
+    /// Account id.
+    #[arg(long)]
+    pub account: u64,
+    /// Device id.
+    #[arg(long)]
+    pub device: u32,
+}
+
+/// `hearthctl key ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a new token signing key file (mode 0600; never overwrites).
+    Generate(KeyGenerateArgs),
+}
+
+/// Arguments of `hearthctl key generate`.
+#[derive(Debug, Clone, Args)]
+pub struct KeyGenerateArgs {
+    /// Where to write the key.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Run one parsed command, writing its output to `out`.
+pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+    let json = cli.json;
+    let admin = cli.admin.as_str();
+    match &cli.command {
+        Command::Token(TokenCommand::Issue(args)) => token_issue_now(args, json, out),
+        Command::Status => crate::admin::status(admin, json, out),
+        Command::Queue(QueueCommand::Stats(a)) => {
+            crate::admin::queue_stats(admin, a.account, a.device, json, out)
+        }
+        Command::Device(DeviceCommand::Remove(a)) => {
+            crate::admin::device_remove(admin, a.account, a.device, json, out)
+        }
+        Command::Key(KeyCommand::Generate(a)) => crate::keys::key_generate(&a.out, json, out),
+    }?;
+    out.flush()?;
+    Ok(())
+}
+
+fn token_issue_now(args: &TokenIssueArgs, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    crate::keys::token_issue(args, now, json, out)
+}

@@ -1,0 +1,253 @@
+//! hearthctl against a real node: real QUIC, real RocksDB in a temp dir, the real client, and
+//! tokens issued by `hearthctl token issue` from the key file the node created.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hearth_client::{ClientConfig, Connection, Deliveries, ErrorCode, Outgoing};
+use hearth_ctl::{run, Cli};
+use hearth_router::{Config, Node};
+use serde_json::Value;
+
+/// Run hearthctl with `args` (blocking HTTP, so off the async runtime).
+async fn ctl(args: &[&str]) -> anyhow::Result<String> {
+    let args: Vec<String> = std::iter::once("hearthctl")
+        .chain(args.iter().copied())
+        .map(String::from)
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let cli = Cli::try_parse_from(args)?;
+        let mut out = Vec::new();
+        run(&cli, &mut out)?;
+        Ok(String::from_utf8(out)?)
+    })
+    .await
+    .expect("hearthctl task")
+}
+
+async fn ctl_json(args: &[&str]) -> Value {
+    let out = ctl(&[args, &["--json"]].concat()).await.unwrap();
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed {out:?}: {e}"))
+}
+
+async fn start(dir: &Path) -> Node {
+    let cfg = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        ..Config::default()
+    };
+    Node::start(cfg).await.unwrap()
+}
+
+async fn token(key: &Path, account: u64, device: u32) -> String {
+    let (a, d) = (account.to_string(), device.to_string());
+    let key = key.to_str().unwrap();
+    let out = ctl(&[
+        "token",
+        "issue",
+        "--account",
+        &a,
+        "--device",
+        &d,
+        "--key",
+        key,
+    ])
+    .await;
+    out.unwrap().trim_end().to_owned()
+}
+
+async fn connect(
+    node: &Node,
+    token: String,
+) -> Result<(Connection, Deliveries), hearth_client::ClientError> {
+    let cfg = ClientConfig::new(node.quic_addr(), node.server_name(), node.ca_pem(), token);
+    Connection::connect(&cfg).await
+}
+
+/// Poll `hearthctl ... --json` until `ok` holds (generous deadline; no timing assumed).
+async fn wait_for(args: &[&str], ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = ctl_json(args).await;
+        if ok(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} never satisfied the condition; last: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_queue_stats_and_device_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let key = dir.path().join("token.key");
+    let admin = format!("http://{}", node.admin_addr());
+    let admin = admin.as_str();
+
+    let v = ctl_json(&["status", "--admin", admin]).await;
+    assert_eq!(v["durability"], "sync");
+    assert_eq!(v["quic_addr"], node.quic_addr().to_string());
+    assert_eq!(v["connections"], 0);
+    assert_eq!(v["devices_registered"], 0);
+    let out = ctl(&["queue", "stats", "--account", "42", "--admin", admin])
+        .await
+        .unwrap();
+    assert_eq!(out, "account 42 has no registered devices\n");
+
+    // Device 2 registers by connecting once, then goes offline.
+    let (d2, _) = connect(&node, token(&key, 42, 2).await).await.unwrap();
+    assert_eq!((d2.welcome().account, d2.welcome().device), (42, 2));
+    d2.shutdown().await;
+    let q = [
+        "queue",
+        "stats",
+        "--account",
+        "42",
+        "--device",
+        "2",
+        "--admin",
+        admin,
+    ];
+    wait_for(&q, |v| v["online"] == false).await;
+
+    // Device 1 stays online and queues one envelope for device 2.
+    let (d1, _d1_deliveries) = connect(&node, token(&key, 42, 1).await).await.unwrap();
+    let accepted = d1
+        .send(Outgoing {
+            to_device: 2,
+            ..Outgoing::new(42, vec![7u8; 100])
+        })
+        .await;
+    assert_eq!(accepted.unwrap().recipients, 1);
+
+    let v = ctl_json(&["queue", "stats", "--account", "42", "--admin", admin]).await;
+    let list = v.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{v}");
+    let dev = |d: u32| {
+        list.iter()
+            .find(|q| q["device"] == d)
+            .unwrap_or_else(|| panic!("{v}"))
+    };
+    assert_eq!(
+        (dev(1)["online"].clone(), dev(1)["queued"].clone()),
+        (true.into(), 0.into())
+    );
+    assert_eq!(
+        (dev(2)["online"].clone(), dev(2)["queued"].clone()),
+        (false.into(), 1.into())
+    );
+    assert!(dev(2)["bytes"].as_u64().unwrap() >= 100, "{v}");
+
+    let out = ctl(&["queue", "stats", "--account", "42", "--admin", admin])
+        .await
+        .unwrap();
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines[0][..3], ["ACCOUNT", "DEVICE", "ONLINE"], "{out}");
+    assert_eq!(lines[1][..4], ["42", "1", "yes", "0"], "{out}");
+    assert_eq!(lines[2][..4], ["42", "2", "no", "1"], "{out}");
+    assert!(
+        out.contains("\n2 devices (1 online), 1 envelope queued, "),
+        "{out}"
+    );
+
+    let status = ["status", "--admin", admin];
+    let v = wait_for(&status, |v| v["connections"] == 1).await;
+    assert_eq!(v["devices_registered"], 2);
+    assert_eq!(v["envelopes"]["accepted"], 1);
+    assert_eq!(v["queue"]["envelopes"], 1);
+    let out = ctl(&status).await.unwrap();
+    assert!(out.contains("\ndurability    sync\n"), "{out}");
+    assert!(out.contains("\nconnections   1\n"), "{out}");
+    assert!(out.contains("\ndevices       2 registered\n"), "{out}");
+    assert!(out.contains("\nqueued        1 envelope, "), "{out}");
+
+    // Remove the offline device: its queue goes with it.
+    let rm2 = [
+        "device",
+        "remove",
+        "--account",
+        "42",
+        "--device",
+        "2",
+        "--admin",
+        admin,
+    ];
+    let out = ctl(&rm2).await.unwrap();
+    assert!(
+        out.starts_with("removed device 2 of account 42: deleted 1 queued envelope ("),
+        "{out}"
+    );
+    let err = ctl(&q).await.unwrap_err().to_string();
+    assert_eq!(err, "device 2 of account 42: no such device");
+    let err = ctl(&rm2).await.unwrap_err().to_string();
+    assert_eq!(err, "device 2 of account 42: no such device");
+
+    // Remove the online device: the node closes its connection with DEVICE_REMOVED.
+    let v = ctl_json(&[
+        "device",
+        "remove",
+        "--account",
+        "42",
+        "--device",
+        "1",
+        "--admin",
+        admin,
+    ])
+    .await;
+    let expected = serde_json::json!({"account": 42, "device": 1, "removed": true, "envelopes": 0, "bytes": 0});
+    assert_eq!(v, expected);
+    let why = tokio::time::timeout(Duration::from_secs(20), d1.closed())
+        .await
+        .unwrap();
+    assert_eq!(why.code(), Some(ErrorCode::DeviceRemoved), "{why}");
+
+    let v = ctl_json(&status).await;
+    assert_eq!(
+        (
+            v["devices_registered"].clone(),
+            v["queue"]["envelopes"].clone()
+        ),
+        (0.into(), 0.into())
+    );
+    let out = ctl(&["queue", "stats", "--account", "42", "--admin", admin])
+        .await
+        .unwrap();
+    assert_eq!(out, "account 42 has no registered devices\n");
+
+    node.shutdown().await;
+    let err = ctl(&status).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("cannot reach node admin at {admin}: ")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_refuses_tokens_from_another_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(&dir.path().join("node")).await;
+    let other = dir.path().join("other.key");
+    ctl(&["key", "generate", "--out", other.to_str().unwrap()])
+        .await
+        .unwrap();
+
+    let err = connect(&node, token(&other, 1, 1).await).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadToken), "{err}");
+    // The node's own key (created at data_dir/token.key) works.
+    let (conn, _) = connect(&node, token(&dir.path().join("node/token.key"), 1, 1).await)
+        .await
+        .unwrap();
+    assert_eq!(conn.welcome().device, 1);
+    conn.close();
+    node.shutdown().await;
+}

@@ -1,0 +1,194 @@
+//! Table rendering and human-friendly formats, on canned node answers.
+
+use hearth_ctl::{
+    format_bytes, format_count, format_duration, format_micros, format_timestamp_ms,
+    render_device_removed, render_queue_stats, render_status, Table,
+};
+use serde_json::json;
+
+fn text(f: impl FnOnce(&mut Vec<u8>)) -> String {
+    let mut out = Vec::new();
+    f(&mut out);
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn table_aligns_columns_without_trailing_spaces() {
+    let mut t = Table::new(&["NAME", "COUNT", "NOTE"]).align_right(1);
+    t.push(vec!["a".into(), "1".into(), "first".into()]);
+    t.push(vec!["longer name".into(), "12345".into(), String::new()]);
+    t.push(vec!["µ".into()]);
+    let s = text(|o| t.write_to(o).unwrap());
+    let expected = "\
+NAME         COUNT  NOTE
+a                1  first
+longer name  12345
+µ
+";
+    assert_eq!(s, expected);
+}
+
+#[test]
+fn bytes_counts_durations_latencies_timestamps() {
+    let bytes = [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (1024 * 1024 - 1, "1.0 MiB"),
+        (5 * 1024 * 1024 * 1024, "5.0 GiB"),
+        (u64::MAX, "16.0 EiB"),
+    ];
+    for (n, s) in bytes {
+        assert_eq!(format_bytes(n), s, "{n}");
+    }
+    for (n, s) in [
+        (0, "0"),
+        (999, "999"),
+        (1000, "1,000"),
+        (1_234_567, "1,234,567"),
+    ] {
+        assert_eq!(format_count(n), s);
+    }
+    assert_eq!(format_count(u64::MAX), "18,446,744,073,709,551,615");
+    let durations = [
+        (0, "0s"),
+        (59, "59s"),
+        (60, "1m 0s"),
+        (903, "15m 3s"),
+        (7380, "2h 3m"),
+        (86_399, "23h 59m"),
+        (3 * 86_400 + 4 * 3600 + 59, "3d 4h"),
+    ];
+    for (n, s) in durations {
+        assert_eq!(format_duration(n), s, "{n}");
+    }
+    for (n, s) in [
+        (0, "0 µs"),
+        (850, "850 µs"),
+        (3400, "3.4 ms"),
+        (1_250_000, "1.25 s"),
+    ] {
+        assert_eq!(format_micros(n), s);
+    }
+    assert_eq!(format_timestamp_ms(0), "1970-01-01 00:00:00 UTC");
+    assert_eq!(
+        format_timestamp_ms(951_782_400_000),
+        "2000-02-29 00:00:00 UTC"
+    );
+    assert_eq!(
+        format_timestamp_ms(1_735_787_045_999),
+        "2025-01-02 03:04:05 UTC"
+    );
+    assert_eq!(
+        format_timestamp_ms(4_107_542_399_000),
+        "2100-02-28 23:59:59 UTC"
+    );
+}
+
+fn status_json() -> serde_json::Value {
+    json!({
+        "version": "0.1.0",
+        "uptime_secs": 7390,
+        "quic_addr": "127.0.0.1:4433",
+        "durability": "sync",
+        "connections": 12,
+        "devices_registered": 40,
+        "envelopes": {"accepted": 1234, "delivered": 1200, "acked": 1100, "expired": 0,
+                      "refused": 3},
+        "queue": {"envelopes": 134, "bytes": 1_258_291},
+        "fsync": {"commits": 100, "p50_us": 3400, "p99_us": 8100, "max_us": 12_000},
+        "rss_bytes": 47_395_635
+    })
+}
+
+#[test]
+fn status_renders_labelled_lines() {
+    let s = text(|o| render_status(&status_json(), o).unwrap());
+    let expected = "\
+version       0.1.0
+uptime        2h 3m
+quic address  127.0.0.1:4433
+durability    sync
+connections   12
+devices       40 registered
+envelopes     1,234 accepted, 1,200 delivered, 1,100 acked, 0 expired, 3 refused
+queued        134 envelopes, 1.2 MiB
+fsync         100 commits, p50 3.4 ms, p99 8.1 ms, max 12.0 ms
+memory        45.2 MiB resident
+";
+    assert_eq!(s, expected);
+}
+
+#[test]
+fn status_flags_unsafe_durability_and_tolerates_missing_rss() {
+    let mut v = status_json();
+    v["durability"] = json!("none");
+    v.as_object_mut().unwrap().remove("rss_bytes");
+    let s = text(|o| render_status(&v, o).unwrap());
+    assert!(s.contains("durability    none (UNSAFE"), "{s}");
+    assert!(!s.contains("memory"), "{s}");
+
+    v["rss_bytes"] = json!(0);
+    v["envelopes"]["duplicates"] = json!(2);
+    v["envelopes"]["ephemeral_delivered"] = json!(5000);
+    v["queue"] = json!({"envelopes": 1, "bytes": 100});
+    v["fsync"]["commits"] = json!(1);
+    let s = text(|o| render_status(&v, o).unwrap());
+    assert!(!s.contains("memory"), "rss 0 means unknown: {s}");
+    assert!(
+        s.contains(", 3 refused, 2 duplicate sends, 5,000 ephemeral pushed\n"),
+        "{s}"
+    );
+    assert!(s.contains("queued        1 envelope, 100 B\n"), "{s}");
+    assert!(s.contains("fsync         1 commit, p50"), "{s}");
+
+    v.as_object_mut().unwrap().remove("connections");
+    let err = render_status(&v, &mut Vec::new()).unwrap_err();
+    assert!(format!("{err:#}").contains("connections"), "{err:#}");
+}
+
+fn queue(device: u32, queued: u64, bytes: u64, online: bool) -> serde_json::Value {
+    json!({"account": 42, "device": device, "slot": 9321, "queued": queued, "bytes": bytes,
+           "next_seq": queued + 1, "registered_at_ms": 1_735_787_045_000u64, "online": online})
+}
+
+#[test]
+fn queue_stats_table_for_an_account_and_a_device() {
+    let v = json!([queue(12, 0, 0, true), queue(3, 1500, 768_000, false)]);
+    let s = text(|o| render_queue_stats(&v, o).unwrap());
+    let expected = "\
+ACCOUNT  DEVICE  ONLINE  QUEUED      BYTES  NEXT SEQ  SLOT  REGISTERED
+     42       3  no       1,500  750.0 KiB      1501  9321  2025-01-02 03:04:05 UTC
+     42      12  yes          0        0 B         1  9321  2025-01-02 03:04:05 UTC
+2 devices (1 online), 1,500 envelopes queued, 750.0 KiB
+";
+    assert_eq!(s, expected);
+
+    let s = text(|o| render_queue_stats(&queue(3, 1, 512, false), o).unwrap());
+    let expected = "\
+ACCOUNT  DEVICE  ONLINE  QUEUED  BYTES  NEXT SEQ  SLOT  REGISTERED
+     42       3  no           1  512 B         2  9321  2025-01-02 03:04:05 UTC
+";
+    assert_eq!(s, expected);
+
+    let v = json!([queue(1, 1, 512, false), queue(2, 0, 0, false)]);
+    let s = text(|o| render_queue_stats(&v, o).unwrap());
+    assert!(
+        s.ends_with("\n2 devices (0 online), 1 envelope queued, 512 B\n"),
+        "{s}"
+    );
+
+    assert!(render_queue_stats(&json!({"account": 1}), &mut Vec::new()).is_err());
+}
+
+#[test]
+fn device_removed_sentence() {
+    let v = json!({"account": 42, "device": 3, "removed": true, "envelopes": 1500,
+                   "bytes": 768_000});
+    let s = text(|o| render_device_removed(&v, o).unwrap());
+    assert_eq!(
+        s,
+        "removed device 3 of account 42: deleted 1,500 queued envelopes (750.0 KiB)\n"
+    );
+}

@@ -1,0 +1,185 @@
+//! `hearthctl token issue` and `hearthctl key generate`, through the CLI parser and the library.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use hearth_ctl::{run, token_issue, Cli, Command, TokenCommand};
+use hearth_protocol::{SigningKey, TokenClaims};
+
+fn ctl(args: &[&str]) -> anyhow::Result<String> {
+    let cli = Cli::try_parse_from(std::iter::once("hearthctl").chain(args.iter().copied()))?;
+    let mut out = Vec::new();
+    run(&cli, &mut out)?;
+    Ok(String::from_utf8(out).expect("utf-8 output"))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn generate(path: &Path) -> SigningKey {
+    ctl(&["key", "generate", "--out", path.to_str().unwrap()]).unwrap();
+    SigningKey::from_pkcs8(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn issued_token_verifies_with_the_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("token.key");
+    let key = generate(&key_path);
+    let before = now();
+    let out = ctl(&[
+        "token",
+        "issue",
+        "--account",
+        "42",
+        "--device",
+        "7",
+        "--ttl",
+        "12h",
+        "--key",
+        key_path.to_str().unwrap(),
+    ])
+    .unwrap();
+    let after = now();
+    assert_eq!(out.lines().count(), 1, "{out:?}");
+    let token = out.trim_end();
+    let claims = key.verifying_key().verify(token, before).unwrap();
+    assert_eq!((claims.account, claims.device), (42, 7));
+    assert!((before + 12 * 3600..=after + 12 * 3600).contains(&claims.expires_at));
+    // Another key must not verify it.
+    assert!(SigningKey::generate()
+        .verifying_key()
+        .verify(token, before)
+        .is_err());
+}
+
+#[test]
+fn json_output_and_default_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("token.key");
+    let key = generate(&key_path);
+    let cli = Cli::try_parse_from([
+        "hearthctl",
+        "token",
+        "issue",
+        "--json",
+        "--account",
+        "18446744073709551615",
+        "--device",
+        "4294967295",
+        "--key",
+        key_path.to_str().unwrap(),
+    ])
+    .unwrap();
+    let Command::Token(TokenCommand::Issue(args)) = &cli.command else {
+        panic!("parsed {cli:?}")
+    };
+    assert!(cli.json);
+    assert_eq!(args.ttl.as_secs(), 30 * 86_400, "default ttl is 30 days");
+    let mut out = Vec::new();
+    token_issue(args, 1_000_000, true, &mut out).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["account"], u64::MAX);
+    assert_eq!(v["device"], u32::MAX);
+    assert_eq!(v["expires_at"], 1_000_000 + 30 * 86_400);
+    let claims = key
+        .verifying_key()
+        .verify(v["token"].as_str().unwrap(), 1_000_000)
+        .unwrap();
+    let expected = TokenClaims {
+        account: u64::MAX,
+        device: u32::MAX,
+        expires_at: 1_000_000 + 30 * 86_400,
+    };
+    assert_eq!(claims, expected);
+    assert_eq!(v.as_object().unwrap().len(), 4, "{v}");
+}
+
+#[test]
+fn refuses_device_zero_bad_ttl_and_missing_or_bad_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.key");
+    let missing = missing.to_str().unwrap();
+    let issue = |device: &str, ttl: &str, key: &str| {
+        ctl(&[
+            "token",
+            "issue",
+            "--account",
+            "1",
+            "--device",
+            device,
+            "--ttl",
+            ttl,
+            "--key",
+            key,
+        ])
+    };
+    assert!(issue("0", "1d", missing).is_err(), "device 0 is reserved");
+    assert!(issue("1", "1y", missing)
+        .unwrap_err()
+        .to_string()
+        .contains("invalid ttl"));
+    let err = issue("1", "1d", missing).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot read token key") && err.contains("nope.key"),
+        "{err}"
+    );
+    assert!(err.contains("hearthctl key generate"), "{err}");
+
+    let garbage = dir.path().join("garbage.key");
+    std::fs::write(&garbage, b"not a key").unwrap();
+    let err = issue("1", "1d", garbage.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not a token key"), "{err}");
+}
+
+#[test]
+fn key_generate_writes_a_private_key_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token.key");
+    let out = ctl(&["key", "generate", "--out", path.to_str().unwrap(), "--json"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let key = SigningKey::from_pkcs8(&bytes).unwrap();
+    let hex: String = key
+        .verifying_key()
+        .0
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(v["public_key"], hex);
+    assert_eq!(v["path"], path.to_str().unwrap());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    let err = ctl(&["key", "generate", "--out", path.to_str().unwrap()]).unwrap_err();
+    assert!(err.to_string().contains("refusing to overwrite"), "{err}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the existing key is untouched"
+    );
+
+    // Two generated keys differ.
+    let other = generate(&dir.path().join("other.key"));
+    assert_ne!(other.verifying_key(), key.verifying_key());
+
+    let err = ctl(&[
+        "key",
+        "generate",
+        "--out",
+        dir.path().join("no/such/dir").to_str().unwrap(),
+    ])
+    .unwrap_err();
+    assert!(err.to_string().contains("cannot create"), "{err}");
+}

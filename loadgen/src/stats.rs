@@ -1,0 +1,142 @@
+//! Shared counters of a run: lock-free bitmaps of accepted and delivered sequence numbers,
+//! event counters, refusals by error code.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
+
+use hdrhistogram::Histogram;
+
+const SEG_WORDS: usize = 1 << 14; // 2^20 bits = 128 KiB per segment
+const SEG_BITS: u64 = (SEG_WORDS as u64) * 64;
+const MAX_SEGS: usize = 1 << 12; // 2^32 sequence numbers
+
+/// A growable bitmap that many tasks set bits in without locks; segments are allocated on
+/// first use.
+pub(crate) struct AtomicBitmap {
+    segs: Box<[OnceLock<Box<[AtomicU64]>>]>,
+}
+
+impl AtomicBitmap {
+    pub fn new() -> AtomicBitmap {
+        AtomicBitmap {
+            segs: (0..MAX_SEGS).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn word(&self, bit: u64) -> Option<(&AtomicU64, u64)> {
+        let seg = usize::try_from(bit / SEG_BITS)
+            .ok()
+            .filter(|&s| s < MAX_SEGS)?;
+        let words =
+            self.segs[seg].get_or_init(|| (0..SEG_WORDS).map(|_| AtomicU64::new(0)).collect());
+        let w = ((bit % SEG_BITS) / 64) as usize;
+        Some((&words[w], 1u64 << (bit % 64)))
+    }
+
+    /// Sets `bit`; true if it was clear before. Bits beyond 2^32 are ignored (false).
+    pub fn set(&self, bit: u64) -> bool {
+        match self.word(bit) {
+            Some((w, mask)) => w.fetch_or(mask, Relaxed) & mask == 0,
+            None => false,
+        }
+    }
+
+    fn load(&self, seg: usize, w: usize) -> u64 {
+        self.segs[seg].get().map_or(0, |s| s[w].load(Relaxed))
+    }
+
+    /// How many bits below `upto` are set here and clear in `other`.
+    pub fn count_and_not(&self, other: &AtomicBitmap, upto: u64) -> u64 {
+        let words = upto.div_ceil(64);
+        let mut n = 0;
+        for i in 0..words {
+            let (seg, w) = (
+                (i / SEG_WORDS as u64) as usize,
+                (i % SEG_WORDS as u64) as usize,
+            );
+            if seg >= MAX_SEGS {
+                break;
+            }
+            let mut v = self.load(seg, w) & !other.load(seg, w);
+            let tail = upto & 63;
+            if i == words - 1 && tail != 0 {
+                v &= (1u64 << tail) - 1;
+            }
+            n += u64::from(v.count_ones());
+        }
+        n
+    }
+}
+
+/// Counters shared by schedulers, pumps and receivers. "measured" = the send's intended time
+/// falls in the measured window; "in_window" = the event itself happened in it.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub issued_measured: AtomicU64,
+    pub answered: AtomicU64,
+    pub accepted: AtomicU64,
+    pub accepted_measured: AtomicU64,
+    pub accepted_in_window: AtomicU64,
+    pub delivered: AtomicU64,
+    pub delivered_measured: AtomicU64,
+    pub delivered_in_window: AtomicU64,
+    pub duplicated: AtomicU64,
+    pub reordered: AtomicU64,
+    pub late_sends: AtomicU64,
+    pub stale: AtomicU64,
+}
+
+impl Counters {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Relaxed)
+    }
+}
+
+/// Refused or failed sends, by error name (`OVERLOADED`, `connection_closed`, ...).
+#[derive(Default)]
+pub(crate) struct ErrorCounts(Mutex<BTreeMap<String, u64>>);
+
+impl ErrorCounts {
+    pub fn add(&self, name: &str) {
+        let mut m = self.0.lock().expect("error counts lock");
+        *m.entry(name.to_string()).or_default() += 1;
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().expect("error counts lock").clone()
+    }
+}
+
+/// A latency histogram in microseconds: 1 µs to 60 s, 3 significant digits.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_sets_once_and_counts_differences() {
+        let a = AtomicBitmap::new();
+        let b = AtomicBitmap::new();
+        assert!(a.set(3));
+        assert!(!a.set(3));
+        for bit in [0, 63, 64, SEG_BITS - 1, SEG_BITS, 5 * SEG_BITS + 7] {
+            assert!(a.set(bit));
+        }
+        assert!(b.set(63));
+        assert!(b.set(SEG_BITS));
+        assert!(b.set(9)); // set only in b: not counted
+        assert_eq!(a.count_and_not(&b, 5 * SEG_BITS + 8), 5);
+        assert_eq!(a.count_and_not(&b, 5 * SEG_BITS + 7), 4);
+        assert_eq!(a.count_and_not(&b, 4), 2);
+        assert_eq!(a.count_and_not(&b, 0), 0);
+        assert!(!a.set(u64::MAX));
+    }
+}

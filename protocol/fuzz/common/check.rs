@@ -1,0 +1,112 @@
+// The decoder check shared by the fuzz target (`fuzz_targets/decode.rs`) and by
+// `protocol/tests/fuzz_corpus.rs`, which replays the corpus under `cargo test`. Both `include!`
+// this file, so it must compile on its own with only `bytes` and `hearth_protocol` in scope.
+//
+// Input layout: byte 0 picks the decoder's frame limit, byte 1 where the rest is cut in two
+// chunks, bytes 2.. are the stream.
+
+/// Frame limits the fuzzer chooses from: tiny (oversize paths), small, and the node's default
+/// (`1 + SEND_FIXED_LEN + DEFAULT_MAX_ENVELOPE`).
+pub const FUZZ_LIMITS: [usize; 3] = [
+    24,
+    4096,
+    1 + hearth_protocol::SEND_FIXED_LEN + hearth_protocol::DEFAULT_MAX_ENVELOPE,
+];
+
+/// What one decode call produced, with the stream offsets the checks need.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// A frame and the offset just past its last byte.
+    Frame(hearth_protocol::Frame, usize),
+    /// An oversized `SEND` being skipped.
+    Oversized(hearth_protocol::MessageId, usize),
+    /// A fatal error; decoding stops.
+    Error(hearth_protocol::DecodeError),
+}
+
+/// Decode `stream` fed in the given chunks; every `Some` and the first error, in order.
+pub fn decode_chunked(max_frame: usize, stream: &[u8], cuts: &[usize]) -> Vec<Step> {
+    use hearth_protocol::{Decoded, Decoder};
+    let mut dec = Decoder::new(max_frame);
+    let mut buf = bytes::BytesMut::new();
+    let mut steps = Vec::new();
+    let mut fed = 0;
+    let mut bounds: Vec<usize> = cuts.iter().map(|c| (*c).min(stream.len())).collect();
+    bounds.push(stream.len());
+    for end in bounds {
+        if end < fed {
+            continue;
+        }
+        buf.extend_from_slice(&stream[fed..end]);
+        fed = end;
+        loop {
+            match dec.decode(&mut buf) {
+                Ok(None) => break,
+                Ok(Some(Decoded::Frame(f))) => steps.push(Step::Frame(f, fed - buf.len())),
+                Ok(Some(Decoded::OversizedSend { msg_id, len })) => {
+                    steps.push(Step::Oversized(msg_id, len))
+                }
+                Err(e) => {
+                    steps.push(Step::Error(e));
+                    return steps;
+                }
+            }
+        }
+    }
+    steps
+}
+
+/// The fuzz property. Panics on any violation.
+///
+/// - Decoding is independent of how the stream is chunked.
+/// - Every decoded frame re-encodes to exactly the bytes it was decoded from (the encoding is
+///   canonical), starting where the previous frame (or skipped `SEND`) ended.
+/// - Re-encoded frames decode to the same frame: `decode(encode(f)) == f`.
+/// - An oversized `SEND` is reported only for a type byte 0x02 whose length exceeds the limit,
+///   with the message id from its first 16 body bytes, and exactly its bytes are skipped.
+pub fn check(data: &[u8]) {
+    use hearth_protocol::{encode, Decoded, Decoder};
+    if data.len() < 2 {
+        return;
+    }
+    let max_frame = FUZZ_LIMITS[data[0] as usize % FUZZ_LIMITS.len()];
+    let stream = &data[2..];
+    let cut = data[1] as usize * stream.len() / 255;
+
+    let two = decode_chunked(max_frame, stream, &[cut]);
+    let one = decode_chunked(max_frame, stream, &[]);
+    assert_eq!(one, two, "decoding depends on chunking (cut at {cut})");
+
+    let mut start = 0;
+    for step in &two {
+        match step {
+            Step::Frame(f, end) => {
+                let mut enc = bytes::BytesMut::new();
+                encode(f, &mut enc);
+                assert_eq!(
+                    *end - start,
+                    enc.len(),
+                    "{f:?} re-encodes to a different length"
+                );
+                assert_eq!(&stream[start..*end], &enc[..], "{f:?} is not canonical");
+                let mut again = Decoder::new(max_frame);
+                match again.decode(&mut enc) {
+                    Ok(Some(Decoded::Frame(g))) => assert_eq!(&g, f),
+                    other => panic!("re-encoded {f:?} decodes to {other:?}"),
+                }
+                assert!(enc.is_empty());
+                start = *end;
+            }
+            Step::Oversized(id, len) => {
+                let head = &stream[start..];
+                let claimed = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                assert_eq!(*len, claimed);
+                assert!(*len > max_frame);
+                assert_eq!(head[4], 0x02);
+                assert_eq!(&head[5..21], &id.0[..]);
+                start += 4 + len;
+            }
+            Step::Error(_) => {}
+        }
+    }
+}

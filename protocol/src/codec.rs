@@ -1,0 +1,342 @@
+//! Length-prefixed frame codec: partial input is kept, lengths are capped, nothing is allocated
+//! from a length the peer claims before the bytes are present.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::{ErrorCode, Frame, MessageId, SEND_FIXED_LEN};
+
+/// Longest `HELLO` token and `ERROR` message, in bytes.
+pub const MAX_TEXT: usize = 1024;
+
+/// Why a byte stream is not a valid frame sequence. Every case is fatal for the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The length field is zero.
+    #[error("frame length is zero")]
+    EmptyFrame,
+    /// The length field exceeds the limit and the frame is not a `SEND`.
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLong {
+        /// Declared length.
+        len: usize,
+        /// The decoder's limit.
+        max: usize,
+    },
+    /// Unknown frame type byte.
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownType(u8),
+    /// The body does not match the frame type's layout.
+    #[error("malformed {kind} frame: {why}")]
+    Malformed {
+        /// Frame name.
+        kind: &'static str,
+        /// What is wrong.
+        why: &'static str,
+    },
+}
+
+impl DecodeError {
+    /// The error code a node reports for this error.
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::MalformedFrame
+    }
+}
+
+/// What [`Decoder::decode`] found at the front of the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// A complete frame.
+    Frame(Frame),
+    /// A `SEND` longer than the limit. Its bytes are being skipped; the connection may go on.
+    OversizedSend {
+        /// The `SEND`'s message id.
+        msg_id: MessageId,
+        /// Its declared frame length.
+        len: usize,
+    },
+}
+
+/// Incremental frame decoder for one direction of one stream.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    max_frame: usize,
+    skip: usize,
+}
+
+impl Decoder {
+    /// A decoder that accepts frames whose length field is at most `max_frame`.
+    pub fn new(max_frame: usize) -> Decoder {
+        Decoder { max_frame, skip: 0 }
+    }
+
+    /// Decode one frame from the front of `buf`, consuming its bytes.
+    ///
+    /// Returns `Ok(None)` when more bytes are needed; the partial frame stays in `buf`.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, DecodeError> {
+        if self.skip > 0 {
+            let n = self.skip.min(buf.len());
+            buf.advance(n);
+            self.skip -= n;
+            if self.skip > 0 {
+                return Ok(None);
+            }
+        }
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len == 0 {
+            return Err(DecodeError::EmptyFrame);
+        }
+        if len > self.max_frame {
+            if buf.len() < 5 {
+                return Ok(None);
+            }
+            if buf[4] != 0x02 {
+                return Err(DecodeError::TooLong { len, max: self.max_frame });
+            }
+            if len < 1 + 16 {
+                // Unreachable with any sane limit, but never trust the peer.
+                return Err(DecodeError::TooLong { len, max: self.max_frame });
+            }
+            if buf.len() < 4 + 1 + 16 {
+                return Ok(None);
+            }
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&buf[5..21]);
+            buf.advance(4);
+            self.skip = len;
+            let out = Decoded::OversizedSend { msg_id: MessageId(id), len };
+            // Consume what is already here of the oversized frame.
+            let n = self.skip.min(buf.len());
+            buf.advance(n);
+            self.skip -= n;
+            return Ok(Some(out));
+        }
+        if buf.len() < 4 + len {
+            // No reserve from the claimed length: a peer's 5 bytes must not pin a whole frame.
+            return Ok(None);
+        }
+        buf.advance(4);
+        let body = buf.split_to(len).freeze();
+        parse(body).map(|f| Some(Decoded::Frame(f)))
+    }
+}
+
+fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
+    let ty = b.get_u8();
+    let need = |b: &Bytes, n: usize, kind: &'static str| {
+        if b.remaining() < n {
+            Err(DecodeError::Malformed { kind, why: "body too short" })
+        } else {
+            Ok(())
+        }
+    };
+    let end = |b: &Bytes, kind: &'static str| {
+        if b.has_remaining() {
+            Err(DecodeError::Malformed { kind, why: "trailing bytes" })
+        } else {
+            Ok(())
+        }
+    };
+    let frame = match ty {
+        0x01 => {
+            let k = "HELLO";
+            need(&b, 3, k)?;
+            let version = b.get_u8();
+            let n = b.get_u16() as usize;
+            if n > MAX_TEXT {
+                return Err(DecodeError::Malformed { kind: k, why: "token too long" });
+            }
+            need(&b, n, k)?;
+            let token = text(b.split_to(n), k)?;
+            end(&b, k)?;
+            Frame::Hello { version, token }
+        }
+        0x02 => {
+            let k = "SEND";
+            need(&b, SEND_FIXED_LEN, k)?;
+            let msg_id = id(&mut b);
+            let to_account = b.get_u64();
+            let to_device = b.get_u32();
+            let ttl_secs = b.get_u32();
+            let flags = b.get_u8();
+            Frame::Send { msg_id, to_account, to_device, ttl_secs, flags, payload: b }
+        }
+        0x03 => {
+            let k = "ACK";
+            need(&b, 2, k)?;
+            let n = b.get_u16() as usize;
+            if b.remaining() != n * 8 {
+                return Err(DecodeError::Malformed { kind: k, why: "count does not match length" });
+            }
+            let mut seqs = Vec::with_capacity(n);
+            for _ in 0..n {
+                seqs.push(b.get_u64());
+            }
+            Frame::Ack { seqs }
+        }
+        0x04 => {
+            let k = "PING";
+            need(&b, 8, k)?;
+            let nonce = b.get_u64();
+            end(&b, k)?;
+            Frame::Ping { nonce }
+        }
+        0x81 => {
+            let k = "WELCOME";
+            need(&b, 8 + 4 + 8 + 4 + 4, k)?;
+            let f = Frame::Welcome {
+                account: b.get_u64(),
+                device: b.get_u32(),
+                server_time_ms: b.get_u64(),
+                max_envelope: b.get_u32(),
+                max_inflight: b.get_u32(),
+            };
+            end(&b, k)?;
+            f
+        }
+        0x82 => {
+            let k = "ACCEPTED";
+            need(&b, 16 + 8 + 4, k)?;
+            let f = Frame::Accepted {
+                msg_id: id(&mut b),
+                accepted_at_ms: b.get_u64(),
+                recipients: b.get_u32(),
+            };
+            end(&b, k)?;
+            f
+        }
+        0x83 => {
+            let k = "DELIVER";
+            need(&b, crate::DELIVER_FIXED_LEN, k)?;
+            Frame::Deliver {
+                seq: b.get_u64(),
+                msg_id: id(&mut b),
+                from_account: b.get_u64(),
+                from_device: b.get_u32(),
+                accepted_at_ms: b.get_u64(),
+                expires_at_ms: b.get_u64(),
+                flags: b.get_u8(),
+                payload: b,
+            }
+        }
+        0x84 => {
+            let k = "ERROR";
+            need(&b, 16 + 2 + 4 + 2, k)?;
+            let msg_id = id(&mut b);
+            let raw = b.get_u16();
+            let code = ErrorCode::from_u16(raw)
+                .ok_or(DecodeError::Malformed { kind: k, why: "unknown error code" })?;
+            let retry_after_ms = b.get_u32();
+            let n = b.get_u16() as usize;
+            if n > MAX_TEXT {
+                return Err(DecodeError::Malformed { kind: k, why: "message too long" });
+            }
+            need(&b, n, k)?;
+            let message = text(b.split_to(n), k)?;
+            end(&b, k)?;
+            Frame::Error { msg_id, code, retry_after_ms, message }
+        }
+        0x85 => {
+            let k = "PONG";
+            need(&b, 8, k)?;
+            let nonce = b.get_u64();
+            end(&b, k)?;
+            Frame::Pong { nonce }
+        }
+        other => return Err(DecodeError::UnknownType(other)),
+    };
+    Ok(frame)
+}
+
+fn id(b: &mut Bytes) -> MessageId {
+    let mut id = [0u8; 16];
+    b.copy_to_slice(&mut id);
+    MessageId(id)
+}
+
+fn text(b: Bytes, kind: &'static str) -> Result<String, DecodeError> {
+    String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Malformed { kind, why: "not UTF-8" })
+}
+
+/// Append the encoding of `frame` to `out`.
+///
+/// Text longer than 1024 bytes (token, error message) is truncated at a character boundary.
+pub fn encode(frame: &Frame, out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u32(0); // patched below
+    out.put_u8(frame.type_byte());
+    match frame {
+        Frame::Hello { version, token } => {
+            out.put_u8(*version);
+            put_text(out, token);
+        }
+        Frame::Send { msg_id, to_account, to_device, ttl_secs, flags, payload } => {
+            out.reserve(SEND_FIXED_LEN + payload.len());
+            out.put_slice(&msg_id.0);
+            out.put_u64(*to_account);
+            out.put_u32(*to_device);
+            out.put_u32(*ttl_secs);
+            out.put_u8(*flags);
+            out.put_slice(payload);
+        }
+        Frame::Ack { seqs } => {
+            let n = seqs.len().min(u16::MAX as usize);
+            out.put_u16(n as u16);
+            for s in &seqs[..n] {
+                out.put_u64(*s);
+            }
+        }
+        Frame::Ping { nonce } | Frame::Pong { nonce } => out.put_u64(*nonce),
+        Frame::Welcome { account, device, server_time_ms, max_envelope, max_inflight } => {
+            out.put_u64(*account);
+            out.put_u32(*device);
+            out.put_u64(*server_time_ms);
+            out.put_u32(*max_envelope);
+            out.put_u32(*max_inflight);
+        }
+        Frame::Accepted { msg_id, accepted_at_ms, recipients } => {
+            out.put_slice(&msg_id.0);
+            out.put_u64(*accepted_at_ms);
+            out.put_u32(*recipients);
+        }
+        Frame::Deliver {
+            seq,
+            msg_id,
+            from_account,
+            from_device,
+            accepted_at_ms,
+            expires_at_ms,
+            flags,
+            payload,
+        } => {
+            out.reserve(crate::DELIVER_FIXED_LEN + payload.len());
+            out.put_u64(*seq);
+            out.put_slice(&msg_id.0);
+            out.put_u64(*from_account);
+            out.put_u32(*from_device);
+            out.put_u64(*accepted_at_ms);
+            out.put_u64(*expires_at_ms);
+            out.put_u8(*flags);
+            out.put_slice(payload);
+        }
+        Frame::Error { msg_id, code, retry_after_ms, message } => {
+            out.put_slice(&msg_id.0);
+            out.put_u16(code.as_u16());
+            out.put_u32(*retry_after_ms);
+            put_text(out, message);
+        }
+    }
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_text(out: &mut BytesMut, s: &str) {
+    let mut n = s.len().min(MAX_TEXT);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    out.put_u16(n as u16);
+    out.put_slice(&s.as_bytes()[..n]);
+}

@@ -1,0 +1,303 @@
+//! The worked examples of PROTOCOL.md, produced by the real encoder, signer and slot hash.
+//!
+//! Each example is rendered as the annotated hex dump that PROTOCOL.md shows, and the test fails
+//! if the document does not contain it verbatim. `cargo test -p hearth-protocol --test
+//! wire_examples -- --nocapture` prints them all.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use hearth_protocol::{slot_of, ErrorCode, Frame, SigningKey, TokenClaims};
+
+fn protocol_md() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../PROTOCOL.md");
+    std::fs::read_to_string(path).expect("PROTOCOL.md at the repository root")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// `bytes` as lines of at most 16 bytes, each field starting a new line with its note.
+fn dump(bytes: &[u8], fields: &[(usize, String)]) -> String {
+    assert_eq!(
+        fields.iter().map(|f| f.0).sum::<usize>(),
+        bytes.len(),
+        "fields cover the frame"
+    );
+    let mut out = String::new();
+    let mut at = 0;
+    for (size, note) in fields {
+        let field = &bytes[at..at + size];
+        at += size;
+        if field.is_empty() {
+            out.push_str(&format!("{:<47}  {note}\n", "(none)"));
+        }
+        for (i, line) in field.chunks(16).enumerate() {
+            let note = if i == 0 { note.as_str() } else { "" };
+            out.push_str(format!("{:<47}  {note}", hex(line)).trim_end());
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn header(bytes: &[u8], name: &str) -> Vec<(usize, String)> {
+    vec![
+        (4, format!("length = {}", bytes.len() - 4)),
+        (1, format!("type = {name}")),
+    ]
+}
+
+/// RFC 8032 section 7.1, TEST 1: a published Ed25519 key, so anyone can reproduce the token.
+const SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+const PUBLIC: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+
+fn test_key() -> SigningKey {
+    // PKCS#8 v2 (RFC 5958) wrapping of the seed and public key, as ring expects it.
+    let mut der = unhex("3053020101300506032b657004220420");
+    der.extend_from_slice(&unhex(SEED));
+    der.extend_from_slice(&unhex("a123032100"));
+    der.extend_from_slice(&unhex(PUBLIC));
+    SigningKey::from_pkcs8(&der).expect("valid PKCS#8")
+}
+
+/// Maps a frame's bytes to its fields: (size, note).
+type Layout<'a> = dyn Fn(&[u8]) -> Vec<(usize, String)> + 'a;
+
+const CLAIMS: TokenClaims = TokenClaims {
+    account: 42,
+    device: 7,
+    expires_at: 2_000_000_000,
+};
+
+fn examples() -> Vec<(&'static str, String)> {
+    let token = test_key().issue(&CLAIMS);
+    let mut out = Vec::new();
+    let mut add = |name: &'static str, f: Frame, fields: &Layout<'_>| {
+        let bytes = enc(&f);
+        out.push((name, dump(&bytes, &fields(&bytes))));
+    };
+    add(
+        "HELLO",
+        Frame::Hello {
+            version: 1,
+            token: token.clone(),
+        },
+        &|b| {
+            let mut v = header(b, "HELLO (0x01)");
+            v.push((1, "version = 1".into()));
+            v.push((2, format!("token_len = {}", token.len())));
+            v.push((token.len(), "token (UTF-8 text)".into()));
+            v
+        },
+    );
+    add(
+        "WELCOME",
+        Frame::Welcome {
+            account: 42,
+            device: 7,
+            server_time_ms: 1_700_000_000_000,
+            max_envelope: 262_144,
+            max_inflight: 256,
+        },
+        &|b| {
+            let mut v = header(b, "WELCOME (0x81)");
+            v.push((8, "account = 42".into()));
+            v.push((4, "device = 7".into()));
+            v.push((8, "server_time_ms = 1700000000000".into()));
+            v.push((4, "max_envelope = 262144".into()));
+            v.push((4, "max_inflight = 256".into()));
+            v
+        },
+    );
+    add(
+        "SEND",
+        Frame::Send {
+            msg_id: id(),
+            to_account: 43,
+            to_device: 0,
+            ttl_secs: 3600,
+            flags: 0,
+            payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
+        },
+        &|b| {
+            let mut v = header(b, "SEND (0x02)");
+            v.push((16, "msg_id".into()));
+            v.push((8, "to_account = 43".into()));
+            v.push((4, "to_device = 0 (every device of the account)".into()));
+            v.push((4, "ttl_secs = 3600".into()));
+            v.push((1, "flags = 0 (stored)".into()));
+            v.push((4, "payload (4 bytes: the rest of the frame)".into()));
+            v
+        },
+    );
+    add(
+        "ACCEPTED",
+        Frame::Accepted {
+            msg_id: id(),
+            accepted_at_ms: 1_700_000_000_123,
+            recipients: 2,
+        },
+        &|b| {
+            let mut v = header(b, "ACCEPTED (0x82)");
+            v.push((16, "msg_id (of the SEND)".into()));
+            v.push((8, "accepted_at_ms = 1700000000123".into()));
+            v.push((4, "recipients = 2".into()));
+            v
+        },
+    );
+    add(
+        "DELIVER",
+        Frame::Deliver {
+            seq: 1,
+            msg_id: id(),
+            from_account: 42,
+            from_device: 7,
+            accepted_at_ms: 1_700_000_000_123,
+            expires_at_ms: 1_700_003_600_123,
+            flags: 0,
+            payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
+        },
+        &|b| {
+            let mut v = header(b, "DELIVER (0x83)");
+            v.push((8, "seq = 1".into()));
+            v.push((16, "msg_id".into()));
+            v.push((8, "from_account = 42".into()));
+            v.push((4, "from_device = 7".into()));
+            v.push((8, "accepted_at_ms = 1700000000123".into()));
+            v.push((8, "expires_at_ms = 1700003600123".into()));
+            v.push((1, "flags = 0".into()));
+            v.push((4, "payload (4 bytes: the rest of the frame)".into()));
+            v
+        },
+    );
+    add("ACK", Frame::Ack { seqs: vec![1, 2] }, &|b| {
+        let mut v = header(b, "ACK (0x03)");
+        v.push((2, "count = 2".into()));
+        v.push((8, "seq = 1".into()));
+        v.push((8, "seq = 2".into()));
+        v
+    });
+    add(
+        "ERROR",
+        Frame::Error {
+            msg_id: id(),
+            code: ErrorCode::Overloaded,
+            retry_after_ms: 500,
+            message: "overloaded".into(),
+        },
+        &|b| {
+            let mut v = header(b, "ERROR (0x84)");
+            v.push((16, "msg_id (of the refused SEND)".into()));
+            v.push((2, "code = 20 (OVERLOADED)".into()));
+            v.push((4, "retry_after_ms = 500".into()));
+            v.push((2, "message_len = 10".into()));
+            v.push((10, "message = \"overloaded\"".into()));
+            v
+        },
+    );
+    add(
+        "ERROR (fatal)",
+        Frame::error(ErrorCode::BadToken, "bad token"),
+        &|b| {
+            let mut v = header(b, "ERROR (0x84)");
+            v.push((16, "msg_id = none (all zero)".into()));
+            v.push((2, "code = 3 (BAD_TOKEN)".into()));
+            v.push((4, "retry_after_ms = 0".into()));
+            v.push((2, "message_len = 9".into()));
+            v.push((9, "message = \"bad token\"".into()));
+            v
+        },
+    );
+    add("PING", Frame::Ping { nonce: 1 }, &|b| {
+        let mut v = header(b, "PING (0x04)");
+        v.push((8, "nonce = 1".into()));
+        v
+    });
+    add("PONG", Frame::Pong { nonce: 1 }, &|b| {
+        let mut v = header(b, "PONG (0x85)");
+        v.push((8, "nonce = 1".into()));
+        v
+    });
+    out
+}
+
+#[test]
+fn protocol_md_shows_the_encoders_bytes() {
+    let doc = protocol_md();
+    let mut missing = Vec::new();
+    for (name, dump) in examples() {
+        println!("{name}:\n{dump}");
+        if !doc.contains(&dump) {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "PROTOCOL.md lacks the examples {missing:?} printed above"
+    );
+}
+
+#[test]
+fn protocol_md_token_vector_verifies() {
+    let key = test_key();
+    assert_eq!(hex(&key.verifying_key().0).replace(' ', ""), PUBLIC);
+    let token = key.issue(&CLAIMS);
+    assert_eq!(
+        key.verifying_key().verify(&token, 1_700_000_000),
+        Ok(CLAIMS)
+    );
+    // Ed25519 signatures are deterministic, so the token is a fixed test vector.
+    assert_eq!(token, key.issue(&CLAIMS));
+    let mut signed = b"hearth-token-v1\0".to_vec();
+    signed.push(1);
+    signed.extend_from_slice(&CLAIMS.account.to_be_bytes());
+    signed.extend_from_slice(&CLAIMS.device.to_be_bytes());
+    signed.extend_from_slice(&CLAIMS.expires_at.to_be_bytes());
+    let lines = [
+        format!("seed            {SEED}"),
+        format!("public key      {PUBLIC}"),
+        format!("signed message  {}", hex(&signed).replace(' ', "")),
+        format!("token           {token}"),
+    ];
+    println!("{}", lines.join("\n"));
+    let doc = protocol_md();
+    let missing: Vec<_> = lines.iter().filter(|l| !doc.contains(l.as_str())).collect();
+    assert!(missing.is_empty(), "PROTOCOL.md lacks: {missing:?}");
+}
+
+#[test]
+fn protocol_md_slot_vectors_hold() {
+    let doc = protocol_md();
+    let mut missing = Vec::new();
+    for (account, slot) in [
+        (0u64, 14472u16),
+        (1, 9282),
+        (42, slot_of(42)),
+        (u64::MAX, 14646),
+    ] {
+        assert_eq!(slot_of(account), slot);
+        let row = format!("| {account} | {slot} |");
+        println!("{row}");
+        if !doc.contains(&row) {
+            missing.push(row);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "PROTOCOL.md lacks the slot rows {missing:?}"
+    );
+}

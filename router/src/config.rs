@@ -1,0 +1,158 @@
+//! Node configuration: a TOML file, overridable by flags; the default is the embedded single node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a node needs to run. `Config::default()` is the embedded single node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// UDP address of the QUIC front.
+    pub listen: SocketAddr,
+    /// TCP address of the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/v1/...`).
+    pub admin_listen: SocketAddr,
+    /// Where RocksDB, the token key and the development certificate live.
+    pub data_dir: PathBuf,
+    /// PEM certificate chain; when absent a self-signed development certificate is generated.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key matching `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Ed25519 token key (PKCS#8 DER); default `data_dir/token.key`, created when missing.
+    pub token_key: Option<PathBuf>,
+    /// Name in the development certificate (clients verify it).
+    pub server_name: String,
+    /// `sync` (fsync before ACCEPTED, the default) or `none` (benchmarks only: unsafe).
+    pub durability: DurabilityMode,
+    /// QUIC endpoints sharing the port with `SO_REUSEPORT` (each has its own receive task).
+    pub quic_endpoints: usize,
+    /// How often expired envelopes are swept from disk, in milliseconds.
+    pub sweep_interval_ms: u64,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// Durability of accepted envelopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// fsync (group-committed) before `ACCEPTED`.
+    Sync,
+    /// No fsync: an OS crash loses accepted envelopes. For benchmarks only.
+    None,
+}
+
+/// Resource limits; every one is enforced with a clear error code.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest envelope payload in bytes (`ENVELOPE_TOO_LARGE` above it).
+    pub max_envelope_bytes: usize,
+    /// Envelopes a device queue may hold (`QUEUE_FULL` above it).
+    pub max_queue_len: u64,
+    /// Bytes a device queue may hold (`QUEUE_FULL` above it).
+    pub max_queue_bytes: u64,
+    /// Concurrent connections (`TOO_MANY_CONNECTIONS` above it).
+    pub max_connections: usize,
+    /// Unacknowledged deliveries in flight per device.
+    pub max_inflight: u32,
+    /// TTL of envelopes that give none, in seconds.
+    pub default_ttl_secs: u32,
+    /// Longest TTL; longer requests are clamped to it.
+    pub max_ttl_secs: u32,
+    /// How long a message id is remembered for idempotent retries, in seconds.
+    pub dedup_window_secs: u64,
+    /// Unanswered `SEND`s per connection before the node stops reading it.
+    pub max_pending_sends: usize,
+    /// Bytes accepted but not yet durable, node-wide, before `OVERLOADED`.
+    pub max_pending_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: "127.0.0.1:4433".parse().expect("valid address"),
+            admin_listen: "127.0.0.1:9090".parse().expect("valid address"),
+            data_dir: PathBuf::from("./hearth-data"),
+            tls_cert: None,
+            tls_key: None,
+            token_key: None,
+            server_name: "localhost".into(),
+            durability: DurabilityMode::Sync,
+            quic_endpoints: 1,
+            sweep_interval_ms: 1000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_envelope_bytes: hearth_protocol::DEFAULT_MAX_ENVELOPE,
+            max_queue_len: 10_000,
+            max_queue_bytes: 256 * 1024 * 1024,
+            max_connections: 200_000,
+            max_inflight: 256,
+            default_ttl_secs: 30 * 24 * 3600,
+            max_ttl_secs: 30 * 24 * 3600,
+            dedup_window_secs: 3600,
+            max_pending_sends: 1024,
+            max_pending_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Parse a TOML configuration; absent keys take their defaults.
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let cfg: Config = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reject settings that cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let l = &self.limits;
+        anyhow::ensure!(l.max_envelope_bytes > 0, "limits.max_envelope_bytes must be > 0");
+        anyhow::ensure!(
+            l.max_envelope_bytes <= 16 * 1024 * 1024,
+            "limits.max_envelope_bytes must be at most 16 MiB"
+        );
+        anyhow::ensure!(l.max_inflight > 0, "limits.max_inflight must be > 0");
+        anyhow::ensure!(l.max_ttl_secs > 0, "limits.max_ttl_secs must be > 0");
+        anyhow::ensure!(
+            l.default_ttl_secs > 0 && l.default_ttl_secs <= l.max_ttl_secs,
+            "limits.default_ttl_secs must be in 1..=max_ttl_secs"
+        );
+        anyhow::ensure!(l.max_pending_sends > 0, "limits.max_pending_sends must be > 0");
+        anyhow::ensure!(self.tls_cert.is_some() == self.tls_key.is_some(), "tls_cert and tls_key go together");
+        anyhow::ensure!((1..=64).contains(&self.quic_endpoints), "quic_endpoints must be in 1..=64");
+        Ok(())
+    }
+
+    /// The token key path in effect.
+    pub fn token_key_path(&self) -> PathBuf {
+        self.token_key.clone().unwrap_or_else(|| self.data_dir.join("token.key"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c = Config::from_toml(
+            "listen = \"0.0.0.0:5000\"\ndurability = \"none\"\n[limits]\nmax_inflight = 7\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 5000);
+        assert_eq!(c.durability, DurabilityMode::None);
+        assert_eq!(c.limits.max_inflight, 7);
+        assert_eq!(c.limits.max_queue_len, Limits::default().max_queue_len);
+        assert!(Config::from_toml("bogus = 1").is_err());
+        assert!(Config::from_toml("[limits]\nmax_inflight = 0").is_err());
+    }
+}

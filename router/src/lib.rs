@@ -1,0 +1,191 @@
+//! The Hearth node: a QUIC front over a routing core and durable per-device queues.
+//!
+//! [`Node::start`] runs a node from a [`Config`]; the `hearthd` binary is a thin wrapper over it.
+
+mod admin;
+mod config;
+mod core;
+mod delivery;
+mod front;
+mod metrics;
+mod session;
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use hearth_protocol::{ErrorCode, SigningKey};
+use hearth_storage::{Durability, Store, StoreOptions};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, DurabilityMode, Limits};
+
+use crate::core::Router;
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// State shared by the node's tasks.
+pub(crate) struct Shared {
+    pub router: Arc<Router>,
+    pub shutdown: watch::Sender<bool>,
+    pub ready: AtomicBool,
+    pub started: Instant,
+    pub quic_addr: SocketAddr,
+    pub durability: DurabilityMode,
+}
+
+/// A running node.
+pub struct Node {
+    shared: Arc<Shared>,
+    endpoints: Vec<quinn::Endpoint>,
+    sessions: TaskTracker,
+    background: TaskTracker,
+    admin_addr: SocketAddr,
+    ca_pem: Vec<u8>,
+    signing_key: SigningKey,
+    server_name: String,
+}
+
+impl Node {
+    /// Open the data directory and start serving QUIC and admin HTTP.
+    pub async fn start(cfg: Config) -> anyhow::Result<Node> {
+        cfg.validate()?;
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+        let tls = tls::load(&cfg)?;
+        let signing_key = tls::load_or_create_token_key(&cfg.token_key_path())?;
+        if cfg.durability == DurabilityMode::None {
+            tracing::warn!("durability = none: accepted envelopes are NOT fsync'd (benchmarks only)");
+        }
+        let store = Store::open(
+            &cfg.data_dir.join("db"),
+            StoreOptions {
+                durability: match cfg.durability {
+                    DurabilityMode::Sync => Durability::Sync,
+                    DurabilityMode::None => Durability::None,
+                },
+                max_queue_len: cfg.limits.max_queue_len,
+                max_queue_bytes: cfg.limits.max_queue_bytes,
+                dedup_window_ms: cfg.limits.dedup_window_secs * 1000,
+            },
+        )
+        .context("opening the store")?;
+        let router = Arc::new(Router::new(store, cfg.limits.clone(), signing_key.verifying_key()));
+        let server_config = tls::server_config(&tls)?;
+        let endpoints = front::bind(cfg.listen, cfg.quic_endpoints, server_config)?;
+        let quic_addr = endpoints[0].local_addr()?;
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            router,
+            shutdown,
+            ready: AtomicBool::new(true),
+            started: Instant::now(),
+            quic_addr,
+            durability: cfg.durability,
+        });
+        let sessions = TaskTracker::new();
+        let background = TaskTracker::new();
+        for ep in &endpoints {
+            background.spawn(front::accept_loop(ep.clone(), shared.clone(), sessions.clone()));
+        }
+        background.spawn(sweep_loop(shared.clone(), Duration::from_millis(cfg.sweep_interval_ms)));
+        let listener = tokio::net::TcpListener::bind(cfg.admin_listen)
+            .await
+            .with_context(|| format!("binding admin HTTP on {}", cfg.admin_listen))?;
+        let admin_addr = listener.local_addr()?;
+        background.spawn(admin::serve(listener, shared.clone()));
+        tracing::info!(%quic_addr, %admin_addr, data_dir = %cfg.data_dir.display(), "node started");
+        Ok(Node {
+            shared,
+            endpoints,
+            sessions,
+            background,
+            admin_addr,
+            ca_pem: tls.ca_pem,
+            signing_key,
+            server_name: cfg.server_name,
+        })
+    }
+
+    /// The bound QUIC (UDP) address.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.shared.quic_addr
+    }
+
+    /// The bound admin HTTP address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// PEM of the certificate clients should trust.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        self.ca_pem.clone()
+    }
+
+    /// The key that signs this node's device tokens.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing_key
+    }
+
+    /// The name clients verify in the certificate.
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    /// Graceful shutdown: stop accepting, answer the sends already taken (they become durable),
+    /// close every connection with `GOING_AWAY`, then flush and close the store.
+    pub async fn shutdown(self) {
+        use std::sync::atomic::Ordering;
+        self.shared.ready.store(false, Ordering::SeqCst);
+        let _ = self.shared.shutdown.send(true);
+        self.shared.router.close_all(ErrorCode::GoingAway, "node shutting down");
+        self.sessions.close();
+        if tokio::time::timeout(Duration::from_secs(10), self.sessions.wait()).await.is_err() {
+            tracing::warn!("sessions did not finish within 10 s");
+        }
+        for ep in &self.endpoints {
+            ep.close(ErrorCode::GoingAway.as_u16().into(), b"node shutting down");
+        }
+        for ep in &self.endpoints {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        }
+        self.background.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.background.wait()).await;
+        tracing::info!("node stopped");
+    }
+}
+
+/// Remove expired envelopes from disk at a steady pace.
+async fn sweep_loop(shared: Arc<Shared>, every: Duration) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        loop {
+            match shared.router.store.sweep_expired(now_ms(), 10_000).await {
+                Ok(s) => {
+                    let n = s.expired.len();
+                    metrics::Metrics::add(&shared.router.metrics.expired, n as u64);
+                    if n < 10_000 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "expiry sweep failed");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The QUIC driver of one connection: authenticates the device, then moves frames between the
+//! stream and the routing core. Decisions live in `core` and `delivery`; this file only does I/O.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use hearth_protocol::{encode, Decoded, Decoder, ErrorCode, Frame, PROTOCOL_VERSION};
+use hearth_storage::{DeviceKey, QueueEntry};
+use tokio::sync::{mpsc, watch};
+
+use crate::core::{Live, Router, SendReply, SessionHandle};
+use crate::delivery::DeliveryState;
+use crate::metrics::Metrics;
+use crate::{now_ms, Shared};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_CHUNK: usize = 64 * 1024;
+const WRITER_QUEUE: usize = 64;
+
+/// How a session ended.
+enum End {
+    /// The node closes the connection with this code (after an `ERROR` frame).
+    Close(ErrorCode, String),
+    /// The connection is already gone.
+    Lost,
+}
+
+/// Serve one QUIC connection until it ends.
+pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
+    let router = shared.router.clone();
+    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await;
+    let Ok(Ok((send, recv))) = accepted else {
+        conn.close(ErrorCode::ProtocolViolation.as_u16().into(), b"no stream opened");
+        return;
+    };
+    let (out_tx, out_rx) = mpsc::channel::<Bytes>(WRITER_QUEUE);
+    let writer = tokio::spawn(write_loop(send, out_rx));
+    let mut session = Session {
+        router: router.clone(),
+        recv,
+        buf: BytesMut::with_capacity(READ_CHUNK),
+        decoder: Decoder::new(
+            router.limits.max_envelope_bytes + hearth_protocol::SEND_FIXED_LEN + 1,
+        ),
+        out: BytesMut::new(),
+        out_tx,
+    };
+    let end = match session.authenticate().await {
+        Ok(key) => {
+            let (handle, live_rx) = router.attach(key);
+            let end = session.run(&handle, live_rx, shared.shutdown.subscribe()).await;
+            router.detach(&handle);
+            end
+        }
+        Err(end) => end,
+    };
+    if let End::Close(code, reason) = end {
+        if code != ErrorCode::Normal {
+            encode(&Frame::error(code, reason.clone()), &mut session.out);
+        }
+        let _ = session.flush().await;
+        drop(session);
+        // Let the writer finish the stream so the ERROR frame reaches the client.
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+        conn.close(code.as_u16().into(), reason.as_bytes());
+    }
+}
+
+struct Session {
+    router: Arc<Router>,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    decoder: Decoder,
+    out: BytesMut,
+    out_tx: mpsc::Sender<Bytes>,
+}
+
+impl Session {
+    /// Read one decoded item, waiting for bytes as needed.
+    async fn read_item(&mut self) -> Result<Decoded, End> {
+        loop {
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(d)) => return Ok(d),
+                Ok(None) => {}
+                Err(e) => return Err(End::Close(e.code(), e.to_string())),
+            }
+            match self.recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),
+                Ok(None) => return Err(End::Close(ErrorCode::Normal, "stream finished".into())),
+                Err(_) => return Err(End::Lost),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self) -> Result<DeviceKey, End> {
+        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.read_item())
+            .await
+            .map_err(|_| End::Close(ErrorCode::ProtocolViolation, "no HELLO in time".into()))??;
+        let Decoded::Frame(Frame::Hello { version, token }) = first else {
+            return Err(End::Close(ErrorCode::ProtocolViolation, "first frame must be HELLO".into()));
+        };
+        if version != PROTOCOL_VERSION {
+            let why = format!("protocol version {version} is not supported (1 is)");
+            return Err(End::Close(ErrorCode::UnsupportedVersion, why));
+        }
+        let now = now_ms();
+        let claims = self.router.verifying_key.verify(&token, now / 1000).map_err(|e| {
+            let code = match e {
+                hearth_protocol::TokenError::Expired => ErrorCode::TokenExpired,
+                _ => ErrorCode::BadToken,
+            };
+            End::Close(code, e.to_string())
+        })?;
+        let key = DeviceKey { account: claims.account, device: claims.device };
+        self.router.store.register_device(key, now).await.map_err(|e| {
+            tracing::error!(error = %e, "device registration failed");
+            End::Close(ErrorCode::Internal, "storage failure".into())
+        })?;
+        let l = &self.router.limits;
+        let welcome = Frame::Welcome {
+            account: key.account,
+            device: key.device,
+            server_time_ms: now,
+            max_envelope: l.max_envelope_bytes as u32,
+            max_inflight: l.max_inflight,
+        };
+        encode(&welcome, &mut self.out);
+        self.flush().await?;
+        Ok(key)
+    }
+
+    async fn run(
+        &mut self,
+        handle: &SessionHandle,
+        mut live_rx: mpsc::Receiver<Live>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> End {
+        let key = handle.key;
+        let mut state = DeliveryState::new(self.router.limits.max_inflight as usize);
+        let mut pending = FuturesUnordered::new();
+        let max_pending = self.router.limits.max_pending_sends;
+        let end = loop {
+            if let Err(end) = self.pump(key, &mut state) {
+                break end;
+            }
+            if let Err(end) = self.flush().await {
+                break end;
+            }
+            tokio::select! {
+                biased;
+                _ = handle.close_signal.notified() => {
+                    if let Some((code, reason)) = handle.close_reason() {
+                        break End::Close(code, reason.into());
+                    }
+                }
+                _ = shutdown.changed() => {
+                    break End::Close(ErrorCode::GoingAway, "node shutting down".into());
+                }
+                Some(answer) = pending.next(), if !pending.is_empty() => {
+                    if let Ok(frame) = answer {
+                        encode(&frame, &mut self.out);
+                    }
+                }
+                Some(live) = live_rx.recv() => {
+                    self.on_live(&mut state, live);
+                    while let Ok(live) = live_rx.try_recv() {
+                        self.on_live(&mut state, live);
+                    }
+                }
+                _ = handle.wake.notified() => {}
+                chunk = self.recv.read_chunk(READ_CHUNK, true), if pending.len() < max_pending => {
+                    match chunk {
+                        Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),
+                        Ok(None) => break End::Close(ErrorCode::Normal, "stream finished".into()),
+                        Err(_) => break End::Lost,
+                    }
+                    if let Err(end) = self.on_input(key, &mut state, &mut pending) {
+                        break end;
+                    }
+                }
+            }
+            state.saw(handle.max_seen.load(std::sync::atomic::Ordering::Acquire));
+        };
+        if matches!(end, End::Lost) {
+            return end;
+        }
+        // Answer the sends already taken: they are being made durable.
+        let drain = async {
+            while let Some(answer) = pending.next().await {
+                if let Ok(frame) = answer {
+                    encode(&frame, &mut self.out);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+        end
+    }
+
+    /// Decode and handle every complete frame in the buffer.
+    fn on_input(
+        &mut self,
+        key: DeviceKey,
+        state: &mut DeliveryState,
+        pending: &mut FuturesUnordered<tokio::sync::oneshot::Receiver<Frame>>,
+    ) -> Result<(), End> {
+        loop {
+            let item = match self.decoder.decode(&mut self.buf) {
+                Ok(Some(item)) => item,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(End::Close(e.code(), e.to_string())),
+            };
+            let frame = match item {
+                Decoded::Frame(f) => f,
+                Decoded::OversizedSend { msg_id, len } => {
+                    Metrics::inc(&self.router.metrics.refused);
+                    let message = format!(
+                        "frame of {len} bytes exceeds the envelope limit of {} bytes",
+                        self.router.limits.max_envelope_bytes
+                    );
+                    let code = ErrorCode::EnvelopeTooLarge;
+                    encode(&Frame::Error { msg_id, code, retry_after_ms: 0, message }, &mut self.out);
+                    continue;
+                }
+            };
+            match frame {
+                Frame::Send { msg_id, to_account, to_device, ttl_secs, flags, payload } => {
+                    let reply = self.router.send(
+                        key, msg_id, to_account, to_device, ttl_secs, flags, payload, now_ms(),
+                    );
+                    match reply {
+                        SendReply::Now(f) => encode(&f, &mut self.out),
+                        SendReply::Later(rx) => pending.push(rx),
+                    }
+                }
+                Frame::Ack { seqs } => {
+                    state.on_ack(&seqs);
+                    if !seqs.is_empty() {
+                        self.router.ack(key, seqs);
+                    }
+                }
+                Frame::Ping { nonce } => encode(&Frame::Pong { nonce }, &mut self.out),
+                other => {
+                    let why = format!("frame type 0x{:02x} is not allowed here", other.type_byte());
+                    return Err(End::Close(ErrorCode::ProtocolViolation, why));
+                }
+            }
+        }
+    }
+
+    fn on_live(&mut self, state: &mut DeliveryState, live: Live) {
+        if live.seq == 0 {
+            Metrics::inc(&self.router.metrics.ephemeral_delivered);
+            encode(&deliver(0, &live.env), &mut self.out);
+        } else if state.on_live(live.seq) {
+            Metrics::inc(&self.router.metrics.delivered);
+            encode(&deliver(live.seq, &live.env), &mut self.out);
+        }
+    }
+
+    /// Read the queue while the window has room and the queue may hold undelivered entries.
+    fn pump(&mut self, key: DeviceKey, state: &mut DeliveryState) -> Result<(), End> {
+        while let Some(read) = state.want_read() {
+            let entries = self.router.store.read_queue(key, read.from_seq, read.max).map_err(|e| {
+                tracing::error!(error = %e, "queue read failed");
+                End::Close(ErrorCode::Internal, "storage failure".into())
+            })?;
+            let now = now_ms();
+            let seqs: Vec<(u64, bool)> =
+                entries.iter().map(|e| (e.seq, e.envelope.expires_at_ms > now)).collect();
+            let send = state.on_read(read.max, &seqs);
+            let mut i = 0;
+            for QueueEntry { seq, envelope } in &entries {
+                if send.get(i) == Some(seq) {
+                    i += 1;
+                    Metrics::inc(&self.router.metrics.delivered);
+                    encode(&deliver(*seq, envelope), &mut self.out);
+                }
+            }
+            if entries.is_empty() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.out.split().freeze();
+        self.out_tx.send(chunk).await.map_err(|_| End::Lost)
+    }
+}
+
+fn deliver(seq: u64, e: &hearth_storage::StoredEnvelope) -> Frame {
+    Frame::Deliver {
+        seq,
+        msg_id: e.msg_id,
+        from_account: e.from_account,
+        from_device: e.from_device,
+        accepted_at_ms: e.accepted_at_ms,
+        expires_at_ms: e.expires_at_ms,
+        flags: e.flags,
+        payload: e.payload.clone(),
+    }
+}
+
+/// Write queued chunks to the stream, many per write; finish the stream when the session ends.
+async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Bytes>) {
+    let mut chunks = Vec::with_capacity(WRITER_QUEUE);
+    while let Some(first) = rx.recv().await {
+        chunks.push(first);
+        while chunks.len() < WRITER_QUEUE {
+            match rx.try_recv() {
+                Ok(c) => chunks.push(c),
+                Err(_) => break,
+            }
+        }
+        if send.write_all_chunks(&mut chunks).await.is_err() {
+            return;
+        }
+        chunks.clear();
+    }
+    let _ = send.finish();
+    let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+}

@@ -1,0 +1,124 @@
+//! Shared helpers of the router's integration tests: real nodes on port 0, the real client.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hearth_client::{ClientConfig, Connection, Deliveries, Delivery, Outgoing};
+use hearth_protocol::{MessageId, SigningKey, TokenClaims};
+use hearth_router::{Config, Node};
+
+/// A generous deadline for events that must happen.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A node on a temp (or given) data dir, bound to port 0.
+pub struct TestNode {
+    pub node: Node,
+    pub data_dir: PathBuf,
+}
+
+pub fn config(data_dir: &Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin_listen = "127.0.0.1:0".parse().unwrap();
+    cfg.data_dir = data_dir.to_path_buf();
+    cfg.sweep_interval_ms = 100;
+    cfg
+}
+
+impl TestNode {
+    pub async fn start(data_dir: &Path) -> TestNode {
+        TestNode::start_with(config(data_dir)).await
+    }
+
+    pub async fn start_with(cfg: Config) -> TestNode {
+        let data_dir = cfg.data_dir.clone();
+        let node = Node::start(cfg).await.expect("node starts");
+        TestNode { node, data_dir }
+    }
+
+    pub fn token(&self, account: u64, device: u32) -> String {
+        token(self.node.signing_key(), account, device)
+    }
+
+    pub fn client_config(&self, account: u64, device: u32) -> ClientConfig {
+        ClientConfig {
+            addr: self.node.quic_addr(),
+            server_name: self.node.server_name().to_string(),
+            ca_pem: self.node.ca_pem(),
+            token: self.token(account, device),
+            local_addr: None,
+        }
+    }
+
+    pub async fn connect(&self, account: u64, device: u32) -> (Connection, Deliveries) {
+        Connection::connect(&self.client_config(account, device)).await.expect("connects")
+    }
+
+    pub fn admin_get(&self, path: &str) -> serde_json::Value {
+        let url = format!("http://{}{}", self.node.admin_addr(), path);
+        ureq::get(&url).call().expect("admin GET").into_json().expect("JSON")
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        self.admin_get("/v1/status")
+    }
+}
+
+pub fn token(key: &SigningKey, account: u64, device: u32) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    key.issue(&TokenClaims { account, device, expires_at: now.as_secs() + 3600 })
+}
+
+pub fn envelope(to_account: u64, to_device: u32, id: u128, payload: &[u8]) -> Outgoing {
+    Outgoing {
+        msg_id: MessageId::from_u128(id),
+        to_account,
+        to_device,
+        ttl_secs: 0,
+        ephemeral: false,
+        payload: Bytes::copy_from_slice(payload),
+    }
+}
+
+/// The next delivery, or a panic after the deadline.
+pub async fn next(d: &mut Deliveries) -> Delivery {
+    tokio::time::timeout(DEADLINE, d.next())
+        .await
+        .expect("a delivery within the deadline")
+        .expect("connection still open")
+}
+
+/// No delivery arrives within `wait` (used only where absence is the point, after a marker).
+pub async fn nothing_within(d: &mut Deliveries, wait: Duration) -> bool {
+    tokio::time::timeout(wait, d.next()).await.is_err()
+}
+
+/// Poll `f` until it returns true, or panic after the deadline.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every file under `dir` that contains `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(p);
+                }
+            }
+        }
+    }
+    hits
+}

@@ -1,0 +1,43 @@
+//! Error types.
+
+use crate::types::DeviceKey;
+
+/// A storage failure.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// RocksDB reported an error.
+    #[error("rocksdb: {0}")]
+    Db(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The writer thread has stopped (the store is closing or a write panicked).
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl From<rocksdb::Error> for StorageError {
+    fn from(e: rocksdb::Error) -> Self {
+        StorageError::Db(e.into_string())
+    }
+}
+
+/// Why [`crate::Store::enqueue`] refused an envelope; nothing was stored.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EnqueueError {
+    /// The queue of `device` is at its length or bytes limit.
+    #[error("queue of device {}/{} is full", device.account, device.device)]
+    QueueFull {
+        /// The first recipient whose queue is full.
+        device: DeviceKey,
+    },
+    /// `device` is not registered (or is being removed).
+    #[error("device {}/{} is not registered", device.account, device.device)]
+    UnknownDevice {
+        /// The first unknown recipient.
+        device: DeviceKey,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}

@@ -1,0 +1,276 @@
+//! Key layouts and value encodings of the column families (all integers big-endian).
+//!
+//! - `queues`:  slot u16 | account u64 | device u32 | seq u64 -> envelope (see [`encode_envelope`])
+//! - `devices`: slot u16 | account u64 | device u32 -> registered_at_ms u64 | next_seq u64
+//! - `dedup`:   slot u16 | account u64 | device u32 | msg_id [16] (the sender)
+//!   -> accepted_at_ms u64 | recipients u32 | expires_at_ms u64
+//! - `expiry`:  expires_at_ms u64 | kind u8 | the queue or dedup key -> empty
+
+use bytes::Bytes;
+use hearth_protocol::MessageId;
+
+use crate::error::StorageError;
+use crate::types::{DedupRecord, DeviceKey, StoredEnvelope};
+
+/// Length of a device prefix (slot | account | device).
+pub(crate) const DEVICE_LEN: usize = 2 + 8 + 4;
+/// Length of a queue key.
+pub(crate) const QUEUE_KEY_LEN: usize = DEVICE_LEN + 8;
+/// Length of a dedup key.
+pub(crate) const DEDUP_KEY_LEN: usize = DEVICE_LEN + 16;
+
+/// A queue key.
+pub(crate) type QueueKey = [u8; QUEUE_KEY_LEN];
+/// A device prefix, also the key of the device record.
+pub(crate) type DevicePrefix = [u8; DEVICE_LEN];
+
+/// Expiry index kind of a queue entry.
+pub(crate) const KIND_QUEUE: u8 = 0;
+/// Expiry index kind of a dedup record.
+pub(crate) const KIND_DEDUP: u8 = 1;
+
+/// Format version of a stored envelope.
+const ENVELOPE_VERSION: u8 = 1;
+/// Bytes of a stored envelope before its payload.
+pub(crate) const ENVELOPE_HEADER_LEN: usize = 1 + 16 + 8 + 4 + 8 + 8 + 1;
+/// Offset of `expires_at_ms` in a stored envelope.
+const EXPIRES_OFFSET: usize = 1 + 16 + 8 + 4 + 8;
+
+pub(crate) fn device_prefix(key: DeviceKey) -> DevicePrefix {
+    let mut k = [0u8; DEVICE_LEN];
+    k[..2].copy_from_slice(&key.slot().to_be_bytes());
+    k[2..10].copy_from_slice(&key.account.to_be_bytes());
+    k[10..14].copy_from_slice(&key.device.to_be_bytes());
+    k
+}
+
+pub(crate) fn account_prefix(account: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[..2].copy_from_slice(&hearth_protocol::slot_of(account).to_be_bytes());
+    k[2..].copy_from_slice(&account.to_be_bytes());
+    k
+}
+
+/// The device of a key that starts with a device prefix.
+pub(crate) fn decode_device(k: &[u8]) -> Option<DeviceKey> {
+    let account = u64::from_be_bytes(k.get(2..10)?.try_into().ok()?);
+    let device = u32::from_be_bytes(k.get(10..14)?.try_into().ok()?);
+    Some(DeviceKey { account, device })
+}
+
+pub(crate) fn queue_key(key: DeviceKey, seq: u64) -> QueueKey {
+    let mut k = [0u8; QUEUE_KEY_LEN];
+    k[..DEVICE_LEN].copy_from_slice(&device_prefix(key));
+    k[DEVICE_LEN..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub(crate) fn decode_queue_key(k: &[u8]) -> Option<(DeviceKey, u64)> {
+    if k.len() != QUEUE_KEY_LEN {
+        return None;
+    }
+    let seq = u64::from_be_bytes(k[DEVICE_LEN..].try_into().ok()?);
+    Some((decode_device(k)?, seq))
+}
+
+pub(crate) fn dedup_key(sender: DeviceKey, msg_id: MessageId) -> [u8; DEDUP_KEY_LEN] {
+    let mut k = [0u8; DEDUP_KEY_LEN];
+    k[..DEVICE_LEN].copy_from_slice(&device_prefix(sender));
+    k[DEVICE_LEN..].copy_from_slice(&msg_id.0);
+    k
+}
+
+pub(crate) fn expiry_key(expires_at_ms: u64, kind: u8, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + key.len());
+    k.extend_from_slice(&expires_at_ms.to_be_bytes());
+    k.push(kind);
+    k.extend_from_slice(key);
+    k
+}
+
+/// Splits an expiry index key into (expires_at_ms, kind, the other key).
+pub(crate) fn decode_expiry_key(k: &[u8]) -> Option<(u64, u8, &[u8])> {
+    let expires = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+    Some((expires, *k.get(8)?, &k[9..]))
+}
+
+/// The smallest key greater than every key starting with `prefix` (None: no such key).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Value of a device record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DeviceRecord {
+    pub registered_at_ms: u64,
+    pub next_seq: u64,
+}
+
+impl DeviceRecord {
+    pub(crate) fn encode(&self) -> [u8; 16] {
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&self.registered_at_ms.to_be_bytes());
+        v[8..].copy_from_slice(&self.next_seq.to_be_bytes());
+        v
+    }
+
+    pub(crate) fn decode(v: &[u8]) -> Result<DeviceRecord, StorageError> {
+        if v.len() != 16 {
+            return Err(StorageError::Corrupt(format!(
+                "device record of {} bytes",
+                v.len()
+            )));
+        }
+        Ok(DeviceRecord {
+            registered_at_ms: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+            next_seq: u64::from_be_bytes(v[8..].try_into().expect("8 bytes")),
+        })
+    }
+}
+
+pub(crate) fn encode_dedup(rec: DedupRecord, expires_at_ms: u64) -> [u8; 20] {
+    let mut v = [0u8; 20];
+    v[..8].copy_from_slice(&rec.accepted_at_ms.to_be_bytes());
+    v[8..12].copy_from_slice(&rec.recipients.to_be_bytes());
+    v[12..].copy_from_slice(&expires_at_ms.to_be_bytes());
+    v
+}
+
+/// Decodes a dedup value into the record and its expiry.
+pub(crate) fn decode_dedup(v: &[u8]) -> Result<(DedupRecord, u64), StorageError> {
+    if v.len() != 20 {
+        return Err(StorageError::Corrupt(format!(
+            "dedup record of {} bytes",
+            v.len()
+        )));
+    }
+    let rec = DedupRecord {
+        accepted_at_ms: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+        recipients: u32::from_be_bytes(v[8..12].try_into().expect("4 bytes")),
+    };
+    Ok((
+        rec,
+        u64::from_be_bytes(v[12..].try_into().expect("8 bytes")),
+    ))
+}
+
+/// version u8 | msg_id [16] | from_account u64 | from_device u32 | accepted_at_ms u64 |
+/// expires_at_ms u64 | flags u8 | payload.
+pub(crate) fn encode_envelope(env: &StoredEnvelope) -> Vec<u8> {
+    let mut v = Vec::with_capacity(ENVELOPE_HEADER_LEN + env.payload.len());
+    v.push(ENVELOPE_VERSION);
+    v.extend_from_slice(&env.msg_id.0);
+    v.extend_from_slice(&env.from_account.to_be_bytes());
+    v.extend_from_slice(&env.from_device.to_be_bytes());
+    v.extend_from_slice(&env.accepted_at_ms.to_be_bytes());
+    v.extend_from_slice(&env.expires_at_ms.to_be_bytes());
+    v.push(env.flags);
+    v.extend_from_slice(&env.payload);
+    v
+}
+
+fn check_envelope(v: &[u8]) -> Result<(), StorageError> {
+    if v.len() < ENVELOPE_HEADER_LEN || v[0] != ENVELOPE_VERSION {
+        return Err(StorageError::Corrupt(format!(
+            "queue entry of {} bytes, version {:?}",
+            v.len(),
+            v.first()
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn decode_envelope(v: &[u8]) -> Result<StoredEnvelope, StorageError> {
+    check_envelope(v)?;
+    let u64_at = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().expect("8 bytes"));
+    Ok(StoredEnvelope {
+        msg_id: MessageId(v[1..17].try_into().expect("16 bytes")),
+        from_account: u64_at(17),
+        from_device: u32::from_be_bytes(v[25..29].try_into().expect("4 bytes")),
+        accepted_at_ms: u64_at(29),
+        expires_at_ms: u64_at(EXPIRES_OFFSET),
+        flags: v[45],
+        payload: Bytes::copy_from_slice(&v[ENVELOPE_HEADER_LEN..]),
+    })
+}
+
+/// What the writer needs to know of an entry: its payload size and expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct EntryMeta {
+    pub payload_len: u64,
+    pub expires_at_ms: u64,
+}
+
+pub(crate) fn envelope_meta(v: &[u8]) -> Result<EntryMeta, StorageError> {
+    check_envelope(v)?;
+    Ok(EntryMeta {
+        payload_len: (v.len() - ENVELOPE_HEADER_LEN) as u64,
+        expires_at_ms: u64::from_be_bytes(
+            v[EXPIRES_OFFSET..EXPIRES_OFFSET + 8]
+                .try_into()
+                .expect("8 bytes"),
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_roundtrip() {
+        let env = StoredEnvelope {
+            msg_id: MessageId::from_u128(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
+            from_account: u64::MAX - 3,
+            from_device: 77,
+            accepted_at_ms: 1_700_000_000_123,
+            expires_at_ms: 1_700_000_999_000,
+            flags: 0x80,
+            payload: Bytes::from_static(b"ciphertext"),
+        };
+        let v = encode_envelope(&env);
+        assert_eq!(v.len(), ENVELOPE_HEADER_LEN + 10);
+        assert_eq!(decode_envelope(&v).unwrap(), env);
+        let meta = envelope_meta(&v).unwrap();
+        assert_eq!(
+            meta,
+            EntryMeta {
+                payload_len: 10,
+                expires_at_ms: env.expires_at_ms
+            }
+        );
+        assert!(decode_envelope(&v[..ENVELOPE_HEADER_LEN - 1]).is_err());
+    }
+
+    #[test]
+    fn keys_sort_by_device_then_seq() {
+        let d = DeviceKey::new(42, 7);
+        let a = queue_key(d, 255);
+        let b = queue_key(d, 256);
+        assert!(a < b);
+        assert_eq!(decode_queue_key(&b), Some((d, 256)));
+        assert!(a.starts_with(&device_prefix(d)));
+        assert!(a.starts_with(&account_prefix(42)));
+        let end = prefix_end(&device_prefix(d)).unwrap();
+        assert!(queue_key(d, u64::MAX).as_slice() < end.as_slice());
+        assert!(queue_key(DeviceKey::new(42, 8), 0).as_slice() >= end.as_slice());
+        assert_eq!(prefix_end(&[1, 0xff, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff]), None);
+    }
+
+    #[test]
+    fn expiry_keys_sort_by_time() {
+        let q = queue_key(DeviceKey::new(1, 1), 9);
+        let early = expiry_key(1000, KIND_QUEUE, &q);
+        let late = expiry_key(1001, KIND_QUEUE, &q);
+        assert!(early < late);
+        assert_eq!(decode_expiry_key(&late), Some((1001, KIND_QUEUE, &q[..])));
+    }
+}

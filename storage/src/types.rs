@@ -1,0 +1,156 @@
+//! Public data types of the store.
+
+use bytes::Bytes;
+use hearth_protocol::{slot_of, MessageId};
+
+use crate::commit::Commit;
+
+/// How hard a commit tries to reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Every group commit is fsync'd before its jobs resolve (the default).
+    Sync,
+    /// Written to the WAL without fsync. A crash of the machine (not only of the process) can
+    /// lose acknowledged envelopes: for benchmarks only.
+    None,
+}
+
+/// Options of [`crate::Store::open`].
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Whether commits are fsync'd.
+    pub durability: Durability,
+    /// Maximum number of envelopes queued for one device.
+    pub max_queue_len: u64,
+    /// Maximum payload bytes queued for one device.
+    pub max_queue_bytes: u64,
+    /// How long a dedup record is kept after acceptance, in milliseconds.
+    pub dedup_window_ms: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::Sync,
+            max_queue_len: 100_000,
+            max_queue_bytes: 256 * 1024 * 1024,
+            dedup_window_ms: 60 * 60 * 1000,
+        }
+    }
+}
+
+/// One device of one account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceKey {
+    /// Account id.
+    pub account: u64,
+    /// Device id within the account.
+    pub device: u32,
+}
+
+impl DeviceKey {
+    /// The key of `device` of `account`.
+    pub fn new(account: u64, device: u32) -> DeviceKey {
+        DeviceKey { account, device }
+    }
+
+    /// The slot the device's data lives in (the slot of its account).
+    pub fn slot(&self) -> u16 {
+        slot_of(self.account)
+    }
+}
+
+/// An envelope as stored in a device queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEnvelope {
+    /// The sender's message id.
+    pub msg_id: MessageId,
+    /// Sending account.
+    pub from_account: u64,
+    /// Sending device.
+    pub from_device: u32,
+    /// Acceptance time, milliseconds since the Unix epoch.
+    pub accepted_at_ms: u64,
+    /// Expiry time, milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+    /// Frame flags.
+    pub flags: u8,
+    /// Opaque ciphertext.
+    pub payload: Bytes,
+}
+
+/// One entry of a device queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// Per-device sequence number (acceptance order).
+    pub seq: u64,
+    /// The stored envelope.
+    pub envelope: StoredEnvelope,
+}
+
+/// The result of a successful [`crate::Store::enqueue`].
+#[derive(Debug)]
+pub struct Enqueued {
+    /// The sequence number given to the envelope in each device queue, in the order asked.
+    pub seqs: Vec<(DeviceKey, u64)>,
+    /// Resolves once the write is durable.
+    pub commit: Commit,
+}
+
+/// What a dedup record remembers of an accepted `SEND`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DedupRecord {
+    /// Acceptance time of the first `SEND`.
+    pub accepted_at_ms: u64,
+    /// Number of device queues it was stored in.
+    pub recipients: u32,
+}
+
+/// Counters of one registered device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceStats {
+    /// The device.
+    pub key: DeviceKey,
+    /// Its slot.
+    pub slot: u16,
+    /// Envelopes in its queue (including submitted, not yet committed ones).
+    pub queued: u64,
+    /// Payload bytes in its queue.
+    pub bytes: u64,
+    /// The sequence number the next envelope will get.
+    pub next_seq: u64,
+    /// When it was registered, milliseconds since the Unix epoch.
+    pub registered_at_ms: u64,
+}
+
+/// Store-wide counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Registered devices.
+    pub devices: u64,
+    /// Envelopes queued over all devices.
+    pub queued: u64,
+    /// Payload bytes queued over all devices.
+    pub queued_bytes: u64,
+    /// Group commits written since open.
+    pub commits: u64,
+    /// Median duration of a group write (including its fsync when synced), recent commits.
+    pub fsync_p50_us: u64,
+    /// 99th percentile of the same.
+    pub fsync_p99_us: u64,
+    /// Longest group write since open.
+    pub fsync_max_us: u64,
+    /// Payload bytes submitted by `enqueue` and not yet committed.
+    pub pending_bytes: u64,
+}
+
+/// What one [`crate::Store::sweep_expired`] call removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    /// Queue entries deleted because they expired, in expiry order.
+    pub expired: Vec<(DeviceKey, u64)>,
+    /// Dedup records deleted.
+    pub dedup_removed: u64,
+    /// Expiry index entries visited (and deleted); equal to `max` when more may remain.
+    pub scanned: u64,
+}
