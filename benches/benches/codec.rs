@@ -1,5 +1,7 @@
 //! Codec micro-benchmarks: encode and decode of `SEND` and `DELIVER` with 512-byte payloads,
-//! and decoding 64 `DELIVER` frames coalesced in one buffer (what one stream read may hold).
+//! decoding 64 `DELIVER` frames coalesced in one buffer (what one stream read may hold), and the
+//! groups frames: a `SEND_MULTI` to 100 recipients (48-byte headers, the size of a wrapped
+//! message key) and a `DELIVER_SHARED` with such a header.
 //!
 //! Run: `cargo bench -p hearth-benches --bench codec`.
 
@@ -9,13 +11,18 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use hearth_protocol::{
-    encode, Decoded, Decoder, Frame, MessageId, DEFAULT_MAX_ENVELOPE, DELIVER_FIXED_LEN,
+    encode, Decoded, Decoder, Frame, MessageId, MultiRecipient, DEFAULT_MAX_ENVELOPE,
 };
 
 const PAYLOAD: usize = 512;
 const COALESCED: usize = 64;
-/// A client's decoder limit: the largest `DELIVER` (and so also any `SEND`).
-const LIMIT: usize = 1 + DELIVER_FIXED_LEN + DEFAULT_MAX_ENVELOPE;
+/// Recipients of the benchmarked `SEND_MULTI`.
+const MULTI_RECIPIENTS: usize = 100;
+/// Per-recipient header: a 32-byte key wrapped with a 16-byte tag.
+const HEADER: usize = 48;
+/// The node's default frame limit (PROTOCOL.md §4: the largest envelope, 64 bytes, and room for
+/// 1000 recipients with 256-byte headers), which admits every frame benchmarked here.
+const LIMIT: usize = DEFAULT_MAX_ENVELOPE + 64 + 1000 * (14 + 256);
 
 fn send() -> Frame {
     Frame::Send {
@@ -37,6 +44,37 @@ fn deliver(seq: u64) -> Frame {
         accepted_at_ms: 1_700_000_000_123,
         expires_at_ms: 1_700_003_600_123,
         flags: 0,
+        payload: Bytes::from(vec![0x5a; PAYLOAD]),
+    }
+}
+
+fn send_multi() -> Frame {
+    Frame::SendMulti {
+        msg_id: MessageId::from_u128(0x0011_2233_4455_6677_8899_aabb_ccdd_eeff),
+        ttl_secs: 3600,
+        flags: 0,
+        recipients: (0..MULTI_RECIPIENTS as u64)
+            .map(|i| MultiRecipient {
+                account: 1000 + i,
+                device: (i % 3) as u32,
+                header: Bytes::from(vec![i as u8; HEADER]),
+            })
+            .collect(),
+        payload: Bytes::from(vec![0xa5; PAYLOAD]),
+    }
+}
+
+fn deliver_shared(seq: u64) -> Frame {
+    Frame::DeliverShared {
+        seq,
+        msg_id: MessageId::from_u128(seq as u128),
+        from_account: 42,
+        from_device: 7,
+        accepted_at_ms: 1_700_000_000_123,
+        expires_at_ms: 1_700_003_600_123,
+        flags: 0,
+        group: 0,
+        header: Bytes::from(vec![0x3c; HEADER]),
         payload: Bytes::from(vec![0x5a; PAYLOAD]),
     }
 }
@@ -78,6 +116,8 @@ fn bench_frame(c: &mut Criterion, name: &str, frame: Frame) {
 fn codec(c: &mut Criterion) {
     bench_frame(c, "send_512B", send());
     bench_frame(c, "deliver_512B", deliver(1));
+    bench_frame(c, "send_multi_100x48B_512B", send_multi());
+    bench_frame(c, "deliver_shared_48B_512B", deliver_shared(1));
 
     let frames: Vec<Frame> = (1..=COALESCED as u64).map(deliver).collect();
     let bytes = encoded(&frames);

@@ -1,19 +1,22 @@
-//! Storage micro-benchmarks: enqueue + commit (group commit), queue drain, ack.
+//! Storage micro-benchmarks: enqueue + commit (group commit), queue drain, ack, and fan-out of
+//! one payload to 1,000 devices, shared (one payload, pointer entries) or inline (a copy per
+//! entry).
 //!
 //! `cargo bench -p hearth-benches --bench queue`. Each group is kept short: the machine has
 //! two cores shared with other work. Sync figures measure this disk's fsync more than our code.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use hearth_protocol::MessageId;
-use hearth_storage::{DeviceKey, Durability, Store, StoreOptions, StoredEnvelope};
+use hearth_storage::{DeviceKey, Durability, SharedRecipient, Store, StoreOptions, StoredEnvelope};
 
 const PAYLOAD: usize = 512;
 const BATCH: usize = 64;
 const DEVICES: u32 = 16;
 const DRAIN: u64 = 1_000;
+const FANOUT: u32 = 1_000;
 
 fn open(dir: &tempfile::TempDir, durability: Durability) -> Store {
     let opts = StoreOptions {
@@ -192,5 +195,87 @@ fn ack(c: &mut Criterion) {
     store.close();
 }
 
-criterion_group!(benches, enqueue_commit, read_queue_drain, ack);
-criterion_main!(benches);
+/// One envelope to FANOUT devices (Durability::None), enqueue + commit timed: one
+/// `enqueue_shared` (payload written once, a pointer per device) against one `enqueue` of the
+/// same devices (the payload copied into every entry) and against FANOUT `enqueue` calls of one
+/// device each. Between iterations, untimed, a sweep deletes what was written.
+fn fan_out(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fan_out");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Elements(FANOUT.into()));
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, Durability::None);
+    let rt = rt();
+    let devices: Vec<DeviceKey> = (0..FANOUT)
+        .map(|i| DeviceKey::new(100_000 + u64::from(i), 1))
+        .collect();
+    for d in &devices {
+        rt.block_on(store.register_device(*d, 1)).unwrap();
+    }
+    let recipients: Vec<SharedRecipient> = devices
+        .iter()
+        .map(|&device| SharedRecipient {
+            device,
+            header: Bytes::new(),
+        })
+        .collect();
+    let mut n = 0u128;
+    for payload in [PAYLOAD, 4096] {
+        let mut run = |b: &mut criterion::Bencher, how: &str| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..iters {
+                    n += 1;
+                    let mut env = envelope(n);
+                    env.payload = Bytes::from(vec![0xa5; payload]);
+                    let start = Instant::now();
+                    match how {
+                        "shared" => {
+                            let q = store.enqueue_shared(&recipients, &env, 7, None).unwrap();
+                            rt.block_on(q.commit).unwrap();
+                        }
+                        "inline" => {
+                            let q = store.enqueue(&devices, &env, None).unwrap();
+                            rt.block_on(q.commit).unwrap();
+                        }
+                        _ => {
+                            let commits: Vec<_> = devices
+                                .iter()
+                                .map(|d| store.enqueue(&[*d], &env, None).unwrap().commit)
+                                .collect();
+                            rt.block_on(async {
+                                for c in commits {
+                                    c.await.unwrap();
+                                }
+                            });
+                        }
+                    }
+                    spent += start.elapsed();
+                    let swept = rt
+                        .block_on(store.sweep_expired(env.expires_at_ms, 2 * FANOUT as usize))
+                        .unwrap();
+                    assert_eq!(swept.expired.len(), FANOUT as usize);
+                }
+                spent
+            })
+        };
+        for how in ["shared", "inline", "inline_calls"] {
+            g.bench_function(format!("{how}/{FANOUT}/payload{payload}"), |b| run(b, how));
+        }
+    }
+    g.finish();
+    assert_eq!(store.stats().payloads, 0);
+    store.close();
+}
+
+/// The criterion group (criterion's macro generates an undocumented `pub fn`).
+#[allow(missing_docs)]
+mod group {
+    use super::*;
+
+    criterion_group!(benches, enqueue_commit, read_queue_drain, ack, fan_out);
+}
+
+criterion_main!(group::benches);

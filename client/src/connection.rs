@@ -4,14 +4,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use hearth_protocol::{encode, Decoded, Decoder, ErrorCode, Frame, PROTOCOL_VERSION};
+use hearth_protocol::{encode, Decoded, Decoder, ErrorCode, Frame, MessageId, PROTOCOL_VERSION};
 use quinn::{Endpoint, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 
 use crate::config::{client_endpoint, quic_client_config};
 use crate::io::{read_more, reader, writer, Out};
 use crate::shared::Shared;
-use crate::{Accepted, ClientConfig, ClientError, Deliveries, Delivery, Outgoing, Welcome};
+use crate::types::GroupReply;
+use crate::{
+    random_message_id, Accepted, ClientConfig, ClientError, Deliveries, Delivery, GroupInfo, GroupOk,
+    Outgoing, OutgoingGroup, OutgoingMulti, Welcome,
+};
 
 /// Frames queued for the writer before `send` waits (backpressure from a slow node).
 const OUT_CAPACITY: usize = 1024;
@@ -152,23 +156,108 @@ impl Connection {
     /// The payload is not checked against `welcome().max_envelope`: the node decides (and
     /// answers `ENVELOPE_TOO_LARGE`). Dropping the future forgets the answer, not the `SEND`.
     pub async fn send(&self, out: Outgoing) -> Result<Accepted, ClientError> {
-        let shared = &self.inner.shared;
-        let id = out.msg_id;
-        let (token, rx) = shared.add_send(id)?;
-        let mut guard = Forget(Some(|| shared.forget_send(id, token)));
         let frame = Frame::Send {
-            msg_id: id,
+            msg_id: out.msg_id,
             to_account: out.to_account,
             to_device: out.to_device,
             ttl_secs: out.ttl_secs,
             flags: out.flags(),
             payload: out.payload,
         };
+        self.send_frame(out.msg_id, frame).await
+    }
+
+    /// Sends one envelope to every device of every member of a group (`SEND_GROUP`); answers
+    /// like [`Connection::send`]. `recipients` in the answer counts device queues.
+    pub async fn send_group(&self, out: OutgoingGroup) -> Result<Accepted, ClientError> {
+        let flags = out.flags();
+        let frame = Frame::SendGroup {
+            msg_id: out.msg_id,
+            group: out.group,
+            ttl_secs: out.ttl_secs,
+            flags,
+            payload: out.payload,
+        };
+        self.send_frame(out.msg_id, frame).await
+    }
+
+    /// Sends one payload to a list of recipients with per-recipient headers (`SEND_MULTI`).
+    pub async fn send_multi(&self, out: OutgoingMulti) -> Result<Accepted, ClientError> {
+        let flags = out.flags();
+        let frame = Frame::SendMulti {
+            msg_id: out.msg_id,
+            ttl_secs: out.ttl_secs,
+            flags,
+            recipients: out.recipients,
+            payload: out.payload,
+        };
+        self.send_frame(out.msg_id, frame).await
+    }
+
+    async fn send_frame(&self, id: MessageId, frame: Frame) -> Result<Accepted, ClientError> {
+        let shared = &self.inner.shared;
+        let (token, rx) = shared.add_send(id)?;
+        let mut guard = Forget(Some(|| shared.forget_send(id, token)));
         if self.inner.tx.send(Out::Frame(frame)).await.is_err() {
             return Err(self.closed().await);
         }
         let answer = rx.await;
         guard.0 = None; // answered (or failed): the waiter is gone already
+        match answer {
+            Ok(result) => result,
+            Err(_) => Err(self.closed().await),
+        }
+    }
+
+    /// Creates a group with this account as creator and admin (`GROUP_CREATE`).
+    pub async fn create_group(&self, group: u64, members: &[u64]) -> Result<GroupOk, ClientError> {
+        let req_id = random_message_id();
+        let frame = Frame::GroupCreate { req_id, group, members: members.to_vec() };
+        match self.request(req_id, frame).await? {
+            GroupReply::Ok(ok) => Ok(ok),
+            GroupReply::Info(_) => Err(ClientError::Protocol("GROUP_INFO for GROUP_CREATE".into())),
+        }
+    }
+
+    /// Changes a group's membership (`GROUP_UPDATE`, `op` from `hearth_protocol::group_op`).
+    pub async fn update_group(
+        &self,
+        group: u64,
+        op: u8,
+        accounts: &[u64],
+    ) -> Result<GroupOk, ClientError> {
+        let req_id = random_message_id();
+        let frame = Frame::GroupUpdate { req_id, group, op, accounts: accounts.to_vec() };
+        match self.request(req_id, frame).await? {
+            GroupReply::Ok(ok) => Ok(ok),
+            GroupReply::Info(_) => Err(ClientError::Protocol("GROUP_INFO for GROUP_UPDATE".into())),
+        }
+    }
+
+    /// Reads one page of a group's members (`GROUP_GET`).
+    pub async fn group_info(
+        &self,
+        group: u64,
+        offset: u32,
+        limit: u32,
+    ) -> Result<GroupInfo, ClientError> {
+        let req_id = random_message_id();
+        let frame = Frame::GroupGet { req_id, group, offset, limit };
+        match self.request(req_id, frame).await? {
+            GroupReply::Info(info) => Ok(info),
+            GroupReply::Ok(_) => Err(ClientError::Protocol("GROUP_OK for GROUP_GET".into())),
+        }
+    }
+
+    async fn request(&self, req_id: MessageId, frame: Frame) -> Result<GroupReply, ClientError> {
+        let shared = &self.inner.shared;
+        let rx = shared.add_request(req_id)?;
+        let mut guard = Forget(Some(|| shared.forget_request(req_id)));
+        if self.inner.tx.send(Out::Frame(frame)).await.is_err() {
+            return Err(self.closed().await);
+        }
+        let answer = rx.await;
+        guard.0 = None;
         match answer {
             Ok(result) => result,
             Err(_) => Err(self.closed().await),

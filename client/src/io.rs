@@ -9,6 +9,7 @@ use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::shared::Shared;
+use crate::types::{GroupInfo, GroupOk, GroupReply};
 use crate::{Accepted, ClientError, Delivery};
 
 /// Most sequence numbers in one `ACK` frame (8 KiB of body: far below any node's frame limit).
@@ -192,8 +193,47 @@ fn on_frame(
                 accepted_at_ms,
                 expires_at_ms,
                 flags,
+                group: 0,
+                header: Bytes::new(),
                 payload,
             });
+        }
+        Frame::DeliverShared {
+            seq,
+            msg_id,
+            from_account,
+            from_device,
+            accepted_at_ms,
+            expires_at_ms,
+            flags,
+            group,
+            header,
+            payload,
+        } => {
+            let _ = deliveries.send(Delivery {
+                seq,
+                msg_id,
+                from_account,
+                from_device,
+                accepted_at_ms,
+                expires_at_ms,
+                flags,
+                group,
+                header,
+                payload,
+            });
+        }
+        Frame::GroupOk { req_id, group, version, members } => {
+            let ok = GroupReply::Ok(GroupOk { group, version, members });
+            if !shared.resolve_request(req_id, Ok(ok)) {
+                tracing::debug!(?req_id, "GROUP_OK for no outstanding request");
+            }
+        }
+        Frame::GroupInfo { req_id, group, version, creator, total, offset, members } => {
+            let info = GroupInfo { group, version, creator, total, offset, members };
+            if !shared.resolve_request(req_id, Ok(GroupReply::Info(info))) {
+                tracing::debug!(?req_id, "GROUP_INFO for no outstanding request");
+            }
         }
         Frame::Accepted {
             msg_id,
@@ -221,7 +261,9 @@ fn on_frame(
                     retry_after_ms,
                     message,
                 };
-                if !shared.resolve_send(msg_id, Err(refused)) {
+                let answered = shared.resolve_send(msg_id, Err(refused.clone()))
+                    || shared.resolve_request(msg_id, Err(refused));
+                if !answered {
                     tracing::debug!(?msg_id, %code, "ERROR for no outstanding SEND");
                 }
             } else if code.is_fatal() {
@@ -238,7 +280,15 @@ fn on_frame(
             shared.resolve_ping(nonce);
         }
         Frame::Welcome { .. } => return Err("second WELCOME"),
-        Frame::Hello { .. } | Frame::Send { .. } | Frame::Ack { .. } | Frame::Ping { .. } => {
+        Frame::Hello { .. }
+        | Frame::Send { .. }
+        | Frame::Ack { .. }
+        | Frame::Ping { .. }
+        | Frame::GroupCreate { .. }
+        | Frame::GroupUpdate { .. }
+        | Frame::GroupGet { .. }
+        | Frame::SendGroup { .. }
+        | Frame::SendMulti { .. } => {
             return Err("client frame type");
         }
     }

@@ -31,7 +31,10 @@ pub use config::{
 };
 pub use connection::Connection;
 pub use error::ClientError;
-pub use types::{random_message_id, Accepted, Deliveries, Delivery, Outgoing, Welcome};
+pub use types::{
+    random_message_id, Accepted, Deliveries, Delivery, GroupInfo, GroupOk, Outgoing, OutgoingGroup,
+    OutgoingMulti, Welcome,
+};
 
 /// Re-exported so users need not depend on the protocol crate for ids and codes.
-pub use hearth_protocol::{ErrorCode, MessageId};
+pub use hearth_protocol::{group_op, role, ErrorCode, MessageId, MultiRecipient};

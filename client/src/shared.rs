@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use hearth_protocol::MessageId;
 use tokio::sync::{oneshot, watch, Notify};
 
+use crate::types::GroupReply;
 use crate::{Accepted, ClientError};
 
 /// What a `SEND` waiter receives.
@@ -23,6 +24,8 @@ struct State {
     /// ...and further waiters for an id already outstanding, oldest first (rare retries).
     duplicates: Vec<(MessageId, SendWaiter)>,
     pings: HashMap<u64, oneshot::Sender<()>>,
+    /// Outstanding group requests by request id.
+    requests: HashMap<MessageId, oneshot::Sender<Result<GroupReply, ClientError>>>,
     closed: Option<ClientError>,
 }
 
@@ -69,7 +72,7 @@ impl Shared {
     /// Marks the connection dead with `err` (the first reason wins) and hands it to every
     /// waiter. Returns whether this call set the reason.
     pub(crate) fn fail(&self, err: ClientError) -> bool {
-        let (pending, duplicates, pings) = {
+        let (pending, duplicates, pings, requests) = {
             let mut st = lock(&self.state);
             if st.closed.is_some() {
                 return false;
@@ -79,9 +82,13 @@ impl Shared {
                 std::mem::take(&mut st.pending),
                 std::mem::take(&mut st.duplicates),
                 std::mem::take(&mut st.pings),
+                std::mem::take(&mut st.requests),
             )
         };
         for (_, (_, tx)) in pending.into_iter().chain(duplicates) {
+            let _ = tx.send(Err(err.clone()));
+        }
+        for (_, tx) in requests {
             let _ = tx.send(Err(err.clone()));
         }
         drop(pings); // ping waiters see the sender dropped and read the close reason
@@ -143,6 +150,31 @@ impl Shared {
         }
     }
 
+    /// Registers a waiter for the answer to group request `id`.
+    pub(crate) fn add_request(
+        &self,
+        id: MessageId,
+    ) -> Result<oneshot::Receiver<Result<GroupReply, ClientError>>, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        let mut st = lock(&self.state);
+        if let Some(err) = &st.closed {
+            return Err(err.clone());
+        }
+        st.requests.insert(id, tx);
+        Ok(rx)
+    }
+
+    /// Hands the node's answer to the waiter of group request `id`; false if none waited.
+    pub(crate) fn resolve_request(&self, id: MessageId, r: Result<GroupReply, ClientError>) -> bool {
+        let waiter = lock(&self.state).requests.remove(&id);
+        waiter.is_some_and(|tx| tx.send(r).is_ok())
+    }
+
+    /// Drops the waiter of group request `id` (cancelled).
+    pub(crate) fn forget_request(&self, id: MessageId) {
+        lock(&self.state).requests.remove(&id);
+    }
+
     /// Registers a waiter for `PONG nonce`; returns the nonce and receiver, or the close error.
     pub(crate) fn add_ping(&self) -> Result<(u64, oneshot::Receiver<()>), ClientError> {
         let nonce = self.next_token.fetch_add(1, Ordering::Relaxed);
@@ -185,7 +217,7 @@ impl Shared {
     #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
         let st = lock(&self.state);
-        st.pending.len() + st.duplicates.len() + st.pings.len()
+        st.pending.len() + st.duplicates.len() + st.pings.len() + st.requests.len()
     }
 }
 

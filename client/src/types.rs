@@ -2,7 +2,7 @@
 //! accepted, what was delivered.
 
 use bytes::Bytes;
-use hearth_protocol::{flags, MessageId};
+use hearth_protocol::{flags, MessageId, MultiRecipient};
 use tokio::sync::mpsc;
 
 /// The node's `WELCOME`: who we are and the limits of this connection.
@@ -52,11 +52,94 @@ impl Outgoing {
 
     /// The `flags` byte of the `SEND` frame.
     pub fn flags(&self) -> u8 {
-        if self.ephemeral {
-            flags::EPHEMERAL
-        } else {
-            0
-        }
+        flag_byte(self.ephemeral)
+    }
+}
+
+/// One envelope for every member of a server-managed group (`SEND_GROUP`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingGroup {
+    /// Sender-chosen id; a retry with the same id is stored once.
+    pub msg_id: MessageId,
+    /// The group.
+    pub group: u64,
+    /// Time to live in seconds; 0 = the node's default.
+    pub ttl_secs: u32,
+    /// Deliver only to connected devices, never store.
+    pub ephemeral: bool,
+    /// Ciphertext (sender-key encrypted), stored once by the node.
+    pub payload: Bytes,
+}
+
+/// One payload for a client-kept list of recipients (`SEND_MULTI`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMulti {
+    /// Sender-chosen id; a retry with the same id is stored once.
+    pub msg_id: MessageId,
+    /// Time to live in seconds; 0 = the node's default.
+    pub ttl_secs: u32,
+    /// Deliver only to connected devices, never store.
+    pub ephemeral: bool,
+    /// Recipients with their opaque headers.
+    pub recipients: Vec<MultiRecipient>,
+    /// Ciphertext shared by all recipients.
+    pub payload: Bytes,
+}
+
+/// The node's `GROUP_OK`: a group request took effect (or changed nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupOk {
+    /// The group.
+    pub group: u64,
+    /// Membership version after the request.
+    pub version: u64,
+    /// Member count.
+    pub members: u32,
+}
+
+/// The node's `GROUP_INFO`: one page of a group's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The group.
+    pub group: u64,
+    /// Membership version.
+    pub version: u64,
+    /// The creator's account.
+    pub creator: u64,
+    /// Member count.
+    pub total: u32,
+    /// Index of the first member of this page.
+    pub offset: u32,
+    /// (account, role) pairs; see `hearth_protocol::role`.
+    pub members: Vec<(u64, u8)>,
+}
+
+/// Answer to a group request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GroupReply {
+    Ok(GroupOk),
+    Info(GroupInfo),
+}
+
+fn flag_byte(ephemeral: bool) -> u8 {
+    if ephemeral {
+        flags::EPHEMERAL
+    } else {
+        0
+    }
+}
+
+impl OutgoingGroup {
+    /// The `flags` byte of the frame.
+    pub fn flags(&self) -> u8 {
+        flag_byte(self.ephemeral)
+    }
+}
+
+impl OutgoingMulti {
+    /// The `flags` byte of the frame.
+    pub fn flags(&self) -> u8 {
+        flag_byte(self.ephemeral)
     }
 }
 
@@ -93,6 +176,10 @@ pub struct Delivery {
     pub expires_at_ms: u64,
     /// The `flags` byte (see `hearth_protocol::flags`).
     pub flags: u8,
+    /// The group of a `SEND_GROUP` envelope; 0 for 1:1 and multi-recipient envelopes.
+    pub group: u64,
+    /// This device's opaque header of a `SEND_MULTI` envelope; empty otherwise.
+    pub header: Bytes,
     /// The sender's ciphertext.
     pub payload: Bytes,
 }

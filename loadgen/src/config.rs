@@ -135,7 +135,11 @@ impl RunConfig {
                 anyhow::ensure!(rate.is_finite() && rate > 0.0, "--rate must be positive")
             }
             Mode::ClosedLoop { window } => {
-                anyhow::ensure!(window >= 1, "--closed-loop must be at least 1")
+                anyhow::ensure!(
+                    (1..=crate::runner::PIPELINE as u32).contains(&window),
+                    "--closed-loop must be in 1..={}",
+                    crate::runner::PIPELINE
+                )
             }
         }
         if let Target::Remote { addr, .. } = &self.target {

@@ -5,9 +5,11 @@
 //! schedulers) is due at `j / rate` seconds; a scheduler hands each due send to the sender
 //! connection's pump and never waits for an answer. Each connection's pump gives sends to the
 //! client in order (polling each new send once, so its frame is queued before the next one) and
-//! collects the answers concurrently, so a slow `ACCEPTED` never delays a later send.
+//! collects the answers concurrently, so a slow `ACCEPTED` never delays a later send; only when
+//! [`PIPELINE`] sends of one connection are unanswered do later ones wait in the pump (a
+//! saturated node), and that wait is part of their latency.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -42,12 +44,19 @@ const SCHEDULERS: u64 = 2;
 const LATE_NS: u64 = 1_000_000;
 /// Client endpoints (UDP sockets) the connections are spread over, at most.
 const MAX_ENDPOINTS: usize = 8;
+/// Most outstanding sends per connection. It keeps the client's outgoing queue from ever being
+/// full, so each send's frame is queued on its first poll: sends reach the wire in the order the
+/// pump starts them, which the receivers' reorder check relies on. (The client's queue holds
+/// 1024 frames, and the node reads up to 1024 unanswered sends per connection by default.)
+pub(crate) const PIPELINE: usize = 512;
 /// Concurrent handshakes while connecting the devices.
 const CONNECT_CONCURRENCY: usize = 32;
 /// Most delivery sequence numbers acknowledged in one `ACK`.
 const ACK_BATCH: usize = 256;
 /// How often the settle phase checks whether everything arrived.
 const SETTLE_POLL: Duration = Duration::from_millis(10);
+/// Longest wait for the connection closes to reach the node at the end.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// TTL of load envelopes (short: leftovers of an interrupted run expire soon).
 const TTL_SECS: u32 = 3600;
 
@@ -147,7 +156,7 @@ fn error_name(e: &ClientError) -> String {
 }
 
 async fn run_on(cfg: &RunConfig, scenario: OneToOne, p: &Prepared) -> anyhow::Result<Report> {
-    let Connected { conns, _endpoints } = connect_all(cfg, p).await?;
+    let Connected { conns, endpoints } = connect_all(cfg, p).await?;
     let warmup_ns = cfg.warmup.as_nanos() as u64;
     let sh = Arc::new(Shared {
         epoch: Instant::now(),
@@ -224,7 +233,9 @@ async fn run_on(cfg: &RunConfig, scenario: OneToOne, p: &Prepared) -> anyhow::Re
         p.abort();
     }
     // Flush the last acknowledgements (one PING round trip each), then close.
-    for (_, conn) in &handles { conn.close(); }
+    futures_util::future::join_all(handles.iter().map(|(_, conn)| conn.shutdown())).await;
+    let idle = futures_util::future::join_all(endpoints.iter().map(|e| e.wait_idle()));
+    let _ = tokio::time::timeout(CLOSE_WAIT, idle).await;
     Ok(build_report(cfg, &sh, &hist, settle))
 }
 
@@ -265,16 +276,13 @@ async fn connect_all(cfg: &RunConfig, p: &Prepared) -> anyhow::Result<Connected>
         .await
         .into_iter()
         .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Connected {
-        conns,
-        _endpoints: endpoints,
-    })
+    Ok(Connected { conns, endpoints })
 }
 
 /// The devices' connections and the endpoints they run on.
 struct Connected {
     conns: Vec<(Connection, Deliveries)>,
-    _endpoints: Vec<Endpoint>,
+    endpoints: Vec<Endpoint>,
 }
 
 /// Open-loop scheduler `k` (runs on its own thread): issues sends `k, k + S, k + 2S, ...`, each
@@ -313,7 +321,8 @@ fn schedule(
     }
 }
 
-/// Hands `req` to the client and polls it once so its frame is queued now, in order. Returns
+/// Hands `req` to the client and polls it once so its frame is queued now, in order (see
+/// [`PIPELINE`]). Returns
 /// the future to finish later, or `None` if it already finished (then it is recorded).
 async fn start_send(
     conn: &Connection,
@@ -337,7 +346,10 @@ async fn start_send(
         payload: header.encode(sh.size),
     };
     let conn = conn.clone();
-    let mut fut: SendFuture = Box::pin(async move { (req, conn.send(out).await) });
+    // Unconstrained: tokio's cooperative budget could make the first poll return Pending
+    // without queueing the frame, and a later send could then overtake this one.
+    let send = async move { (req, conn.send(out).await) };
+    let mut fut: SendFuture = Box::pin(tokio::task::unconstrained(send));
     match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
         Poll::Ready((req, res)) => {
             sh.record_answer(req, res);
@@ -347,7 +359,9 @@ async fn start_send(
     }
 }
 
-/// Open-loop pump of connection `me`: sends what the schedulers hand it, in order.
+/// Open-loop pump of connection `me`: sends what the schedulers hand it, in order. At most
+/// [`PIPELINE`] sends are outstanding; later ones wait here, in order (their wait counts in
+/// their latency, which runs from the intended time).
 async fn pump_open(
     me: u32,
     conn: Connection,
@@ -355,22 +369,28 @@ async fn pump_open(
     sh: Arc<Shared>,
 ) {
     let mut inflight = FuturesUnordered::new();
+    let mut backlog = VecDeque::new();
+    let mut open = true;
     let mut sender_seq = 0;
     loop {
+        while inflight.len() < PIPELINE {
+            let Some(req) = backlog.pop_front() else {
+                break;
+            };
+            sender_seq += 1;
+            if let Some(f) = start_send(&conn, &sh, me, sender_seq, req).await {
+                inflight.push(f);
+            }
+        }
         tokio::select! {
             biased;
-            req = rx.recv() => {
-                let Some(req) = req else { break };
-                sender_seq += 1;
-                if let Some(f) = start_send(&conn, &sh, me, sender_seq, req).await {
-                    inflight.push(f);
-                }
-            }
+            req = rx.recv(), if open => match req {
+                Some(req) => backlog.push_back(req),
+                None => open = false,
+            },
             Some((req, res)) = inflight.next(), if !inflight.is_empty() => sh.record_answer(req, res),
+            else => break,
         }
-    }
-    while let Some((req, res)) = inflight.next().await {
-        sh.record_answer(req, res);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::{ErrorCode, Frame, MessageId, SEND_FIXED_LEN};
+use crate::{ErrorCode, Frame, MessageId, MultiRecipient, SEND_FIXED_LEN};
 
 /// Longest `HELLO` token and `ERROR` message, in bytes.
 pub const MAX_TEXT: usize = 1024;
@@ -47,7 +47,8 @@ impl DecodeError {
 pub enum Decoded {
     /// A complete frame.
     Frame(Frame),
-    /// A `SEND` longer than the limit. Its bytes are being skipped; the connection may go on.
+    /// A `SEND`, `SEND_GROUP` or `SEND_MULTI` longer than the limit. Its bytes are being
+    /// skipped; the connection may go on.
     OversizedSend {
         /// The `SEND`'s message id.
         msg_id: MessageId,
@@ -92,7 +93,7 @@ impl Decoder {
             if buf.len() < 5 {
                 return Ok(None);
             }
-            if buf[4] != 0x02 {
+            if !matches!(buf[4], 0x02 | 0x08 | 0x09) {
                 return Err(DecodeError::TooLong { len, max: self.max_frame });
             }
             if len < 1 + 16 {
@@ -183,6 +184,63 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             end(&b, k)?;
             Frame::Ping { nonce }
         }
+        0x05 | 0x06 => {
+            let k = if ty == 0x05 { "GROUP_CREATE" } else { "GROUP_UPDATE" };
+            need(&b, 16 + 8 + if ty == 0x06 { 1 } else { 0 } + 4, k)?;
+            let req_id = id(&mut b);
+            let group = b.get_u64();
+            let op = if ty == 0x06 { b.get_u8() } else { 0 };
+            let n = b.get_u32() as usize;
+            if b.remaining() / 8 != n || b.remaining() % 8 != 0 {
+                return Err(DecodeError::Malformed { kind: k, why: "count does not match length" });
+            }
+            let accounts: Vec<u64> = (0..n).map(|_| b.get_u64()).collect();
+            if ty == 0x05 {
+                Frame::GroupCreate { req_id, group, members: accounts }
+            } else {
+                Frame::GroupUpdate { req_id, group, op, accounts }
+            }
+        }
+        0x07 => {
+            let k = "GROUP_GET";
+            need(&b, 16 + 8 + 4 + 4, k)?;
+            let f = Frame::GroupGet {
+                req_id: id(&mut b),
+                group: b.get_u64(),
+                offset: b.get_u32(),
+                limit: b.get_u32(),
+            };
+            end(&b, k)?;
+            f
+        }
+        0x08 => {
+            let k = "SEND_GROUP";
+            need(&b, 16 + 8 + 4 + 1, k)?;
+            let msg_id = id(&mut b);
+            let group = b.get_u64();
+            let ttl_secs = b.get_u32();
+            let flags = b.get_u8();
+            Frame::SendGroup { msg_id, group, ttl_secs, flags, payload: b }
+        }
+        0x09 => {
+            let k = "SEND_MULTI";
+            need(&b, 16 + 4 + 1 + 2, k)?;
+            let msg_id = id(&mut b);
+            let ttl_secs = b.get_u32();
+            let flags = b.get_u8();
+            let n = b.get_u16() as usize;
+            // Each recipient takes at least 14 bytes: cap the allocation by what is present.
+            let mut recipients = Vec::with_capacity(n.min(b.remaining() / 14));
+            for _ in 0..n {
+                need(&b, 8 + 4 + 2, k)?;
+                let account = b.get_u64();
+                let device = b.get_u32();
+                let h = b.get_u16() as usize;
+                need(&b, h, k)?;
+                recipients.push(MultiRecipient { account, device, header: b.split_to(h) });
+            }
+            Frame::SendMulti { msg_id, ttl_secs, flags, recipients, payload: b }
+        }
         0x81 => {
             let k = "WELCOME";
             need(&b, 8 + 4 + 8 + 4 + 4, k)?;
@@ -245,6 +303,61 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             end(&b, k)?;
             Frame::Pong { nonce }
         }
+        0x86 => {
+            let k = "GROUP_OK";
+            need(&b, 16 + 8 + 8 + 4, k)?;
+            let f = Frame::GroupOk {
+                req_id: id(&mut b),
+                group: b.get_u64(),
+                version: b.get_u64(),
+                members: b.get_u32(),
+            };
+            end(&b, k)?;
+            f
+        }
+        0x87 => {
+            let k = "GROUP_INFO";
+            need(&b, 16 + 8 + 8 + 8 + 4 + 4 + 4, k)?;
+            let req_id = id(&mut b);
+            let group = b.get_u64();
+            let version = b.get_u64();
+            let creator = b.get_u64();
+            let total = b.get_u32();
+            let offset = b.get_u32();
+            let n = b.get_u32() as usize;
+            if b.remaining() / 9 != n || b.remaining() % 9 != 0 {
+                return Err(DecodeError::Malformed { kind: k, why: "count does not match length" });
+            }
+            let members = (0..n).map(|_| (b.get_u64(), b.get_u8())).collect();
+            Frame::GroupInfo { req_id, group, version, creator, total, offset, members }
+        }
+        0x88 => {
+            let k = "DELIVER_SHARED";
+            need(&b, crate::DELIVER_FIXED_LEN + 8 + 2, k)?;
+            let seq = b.get_u64();
+            let msg_id = id(&mut b);
+            let from_account = b.get_u64();
+            let from_device = b.get_u32();
+            let accepted_at_ms = b.get_u64();
+            let expires_at_ms = b.get_u64();
+            let flags = b.get_u8();
+            let group = b.get_u64();
+            let h = b.get_u16() as usize;
+            need(&b, h, k)?;
+            let header = b.split_to(h);
+            Frame::DeliverShared {
+                seq,
+                msg_id,
+                from_account,
+                from_device,
+                accepted_at_ms,
+                expires_at_ms,
+                flags,
+                group,
+                header,
+                payload: b,
+            }
+        }
         other => return Err(DecodeError::UnknownType(other)),
     };
     Ok(frame)
@@ -262,7 +375,9 @@ fn text(b: Bytes, kind: &'static str) -> Result<String, DecodeError> {
 
 /// Append the encoding of `frame` to `out`.
 ///
-/// Text longer than 1024 bytes (token, error message) is truncated at a character boundary.
+/// Text longer than 1024 bytes (token, error message) is truncated at a character boundary;
+/// lists and headers are cut at their length fields' maximum (65,535 `SEND_MULTI` recipients,
+/// 65,535-byte headers, 65,535 `ACK` seqs). Callers keep within the documented limits.
 pub fn encode(frame: &Frame, out: &mut BytesMut) {
     let start = out.len();
     out.put_u32(0); // patched below
@@ -289,6 +404,92 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             }
         }
         Frame::Ping { nonce } | Frame::Pong { nonce } => out.put_u64(*nonce),
+        Frame::GroupCreate { req_id, group, members: accounts }
+        | Frame::GroupUpdate { req_id, group, accounts, .. } => {
+            out.put_slice(&req_id.0);
+            out.put_u64(*group);
+            if let Frame::GroupUpdate { op, .. } = frame {
+                out.put_u8(*op);
+            }
+            out.put_u32(accounts.len() as u32);
+            for a in accounts {
+                out.put_u64(*a);
+            }
+        }
+        Frame::GroupGet { req_id, group, offset, limit } => {
+            out.put_slice(&req_id.0);
+            out.put_u64(*group);
+            out.put_u32(*offset);
+            out.put_u32(*limit);
+        }
+        Frame::SendGroup { msg_id, group, ttl_secs, flags, payload } => {
+            out.reserve(16 + 8 + 4 + 1 + payload.len());
+            out.put_slice(&msg_id.0);
+            out.put_u64(*group);
+            out.put_u32(*ttl_secs);
+            out.put_u8(*flags);
+            out.put_slice(payload);
+        }
+        Frame::SendMulti { msg_id, ttl_secs, flags, recipients, payload } => {
+            out.put_slice(&msg_id.0);
+            out.put_u32(*ttl_secs);
+            out.put_u8(*flags);
+            let n = recipients.len().min(u16::MAX as usize);
+            out.put_u16(n as u16);
+            for r in &recipients[..n] {
+                out.put_u64(r.account);
+                out.put_u32(r.device);
+                let h = r.header.len().min(u16::MAX as usize);
+                out.put_u16(h as u16);
+                out.put_slice(&r.header[..h]);
+            }
+            out.put_slice(payload);
+        }
+        Frame::GroupOk { req_id, group, version, members } => {
+            out.put_slice(&req_id.0);
+            out.put_u64(*group);
+            out.put_u64(*version);
+            out.put_u32(*members);
+        }
+        Frame::GroupInfo { req_id, group, version, creator, total, offset, members } => {
+            out.put_slice(&req_id.0);
+            out.put_u64(*group);
+            out.put_u64(*version);
+            out.put_u64(*creator);
+            out.put_u32(*total);
+            out.put_u32(*offset);
+            out.put_u32(members.len() as u32);
+            for (a, r) in members {
+                out.put_u64(*a);
+                out.put_u8(*r);
+            }
+        }
+        Frame::DeliverShared {
+            seq,
+            msg_id,
+            from_account,
+            from_device,
+            accepted_at_ms,
+            expires_at_ms,
+            flags,
+            group,
+            header,
+            payload,
+        } => {
+            out.reserve(crate::DELIVER_FIXED_LEN + 10 + header.len() + payload.len());
+            out.put_u64(*seq);
+            out.put_slice(&msg_id.0);
+            out.put_u64(*from_account);
+            out.put_u32(*from_device);
+            out.put_u64(*accepted_at_ms);
+            out.put_u64(*expires_at_ms);
+            out.put_u8(*flags);
+            out.put_u64(*group);
+            let h = header.len().min(u16::MAX as usize);
+            out.put_u16(h as u16);
+            out.put_slice(&header[..h]);
+            out.put_slice(payload);
+        }
         Frame::Welcome { account, device, server_time_ms, max_envelope, max_inflight } => {
             out.put_u64(*account);
             out.put_u32(*device);

@@ -24,6 +24,20 @@ pub enum ErrorCode {
     InvalidSend = 19,
     /// The node is saturated; retry after `retry_after_ms`.
     Overloaded = 20,
+    /// The sender is not a member of the group.
+    NotAMember = 22,
+    /// The operation needs a group admin.
+    NotAdmin = 23,
+    /// The group does not exist.
+    NoSuchGroup = 24,
+    /// A group with that id exists (and was created by someone else).
+    GroupExists = 25,
+    /// The group would exceed the node's maximum group size.
+    GroupTooLarge = 26,
+    /// A `SEND_MULTI` lists more recipients than the node allows (or a header is too long).
+    TooManyRecipients = 27,
+    /// A group request is invalid (unknown op, group 0, an admin who is not a member...).
+    InvalidRequest = 28,
     /// The connection was replaced by a newer connection of the same device. Close code.
     Replaced = 32,
     /// The node is shutting down; reconnect (to it later, or elsewhere). Close code.
@@ -40,7 +54,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::MalformedFrame,
         ErrorCode::ProtocolViolation,
         ErrorCode::BadToken,
@@ -51,6 +65,13 @@ impl ErrorCode {
         ErrorCode::NoSuchRecipient,
         ErrorCode::InvalidSend,
         ErrorCode::Overloaded,
+        ErrorCode::NotAMember,
+        ErrorCode::NotAdmin,
+        ErrorCode::NoSuchGroup,
+        ErrorCode::GroupExists,
+        ErrorCode::GroupTooLarge,
+        ErrorCode::TooManyRecipients,
+        ErrorCode::InvalidRequest,
         ErrorCode::Replaced,
         ErrorCode::GoingAway,
         ErrorCode::TooManyConnections,
@@ -99,6 +120,13 @@ impl ErrorCode {
             ErrorCode::NoSuchRecipient => "NO_SUCH_RECIPIENT",
             ErrorCode::InvalidSend => "INVALID_SEND",
             ErrorCode::Overloaded => "OVERLOADED",
+            ErrorCode::NotAMember => "NOT_A_MEMBER",
+            ErrorCode::NotAdmin => "NOT_ADMIN",
+            ErrorCode::NoSuchGroup => "NO_SUCH_GROUP",
+            ErrorCode::GroupExists => "GROUP_EXISTS",
+            ErrorCode::GroupTooLarge => "GROUP_TOO_LARGE",
+            ErrorCode::TooManyRecipients => "TOO_MANY_RECIPIENTS",
+            ErrorCode::InvalidRequest => "INVALID_REQUEST",
             ErrorCode::Replaced => "REPLACED",
             ErrorCode::GoingAway => "GOING_AWAY",
             ErrorCode::TooManyConnections => "TOO_MANY_CONNECTIONS",

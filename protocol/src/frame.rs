@@ -31,6 +31,40 @@ pub mod flags {
     pub const KNOWN: u8 = EPHEMERAL;
 }
 
+/// One recipient of a `SEND_MULTI`: an account (device 0 = all its devices) or one device, with
+/// a small header the node passes through untouched (e.g. the recipient's wrapped message key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultiRecipient {
+    /// Recipient account.
+    pub account: u64,
+    /// Recipient device, or 0 for every device of the account.
+    pub device: u32,
+    /// Opaque per-recipient header.
+    pub header: Bytes,
+}
+
+/// Operations of `GROUP_UPDATE`.
+pub mod group_op {
+    /// Add the listed accounts as members.
+    pub const ADD_MEMBERS: u8 = 1;
+    /// Remove the listed accounts (a non-admin may remove only itself: leave).
+    pub const REMOVE_MEMBERS: u8 = 2;
+    /// Make the listed members admins.
+    pub const ADD_ADMINS: u8 = 3;
+    /// Make the listed admins plain members (never the creator).
+    pub const REMOVE_ADMINS: u8 = 4;
+    /// Delete the group (no accounts listed).
+    pub const DELETE: u8 = 5;
+}
+
+/// Roles in `GROUP_INFO`.
+pub mod role {
+    /// A plain member.
+    pub const MEMBER: u8 = 1;
+    /// An admin (may change membership).
+    pub const ADMIN: u8 = 2;
+}
+
 /// One protocol frame. Client-to-node frames have types below 0x80, node-to-client above.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -65,6 +99,63 @@ pub enum Frame {
     Ping {
         /// Echoed in the `PONG`.
         nonce: u64,
+    },
+    /// `GROUP_CREATE` (0x05): create a server-managed group; the sender becomes creator and admin.
+    GroupCreate {
+        /// Request id, echoed in the answer.
+        req_id: MessageId,
+        /// Client-chosen group id, never 0.
+        group: u64,
+        /// Initial members besides the creator.
+        members: Vec<u64>,
+    },
+    /// `GROUP_UPDATE` (0x06): change membership; see [`group_op`].
+    GroupUpdate {
+        /// Request id, echoed in the answer.
+        req_id: MessageId,
+        /// The group.
+        group: u64,
+        /// One of [`group_op`].
+        op: u8,
+        /// Accounts the operation applies to.
+        accounts: Vec<u64>,
+    },
+    /// `GROUP_GET` (0x07): read a page of a group's members (members only).
+    GroupGet {
+        /// Request id, echoed in the answer.
+        req_id: MessageId,
+        /// The group.
+        group: u64,
+        /// First member index of the page.
+        offset: u32,
+        /// Most members in the page (the node may cap it).
+        limit: u32,
+    },
+    /// `SEND_GROUP` (0x08): one envelope to every device of every member but the sending device.
+    SendGroup {
+        /// Sender-chosen id; retries with the same id are stored once.
+        msg_id: MessageId,
+        /// The group.
+        group: u64,
+        /// Time to live in seconds; 0 means the node's default.
+        ttl_secs: u32,
+        /// See [`flags`].
+        flags: u8,
+        /// Ciphertext, stored once however many recipients.
+        payload: Bytes,
+    },
+    /// `SEND_MULTI` (0x09): one payload to a client-kept list of recipients.
+    SendMulti {
+        /// Sender-chosen id; retries with the same id are stored once.
+        msg_id: MessageId,
+        /// Time to live in seconds; 0 means the node's default.
+        ttl_secs: u32,
+        /// See [`flags`].
+        flags: u8,
+        /// The recipients and their opaque headers.
+        recipients: Vec<MultiRecipient>,
+        /// Ciphertext shared by all recipients, stored once.
+        payload: Bytes,
     },
     /// `WELCOME` (0x81): the token was accepted.
     Welcome {
@@ -123,6 +214,57 @@ pub enum Frame {
         /// The `PING`'s nonce.
         nonce: u64,
     },
+    /// `GROUP_OK` (0x86): a group request succeeded.
+    GroupOk {
+        /// The request's id.
+        req_id: MessageId,
+        /// The group.
+        group: u64,
+        /// Membership version after the request (bumps only on change).
+        version: u64,
+        /// Member count.
+        members: u32,
+    },
+    /// `GROUP_INFO` (0x87): a page of a group's members.
+    GroupInfo {
+        /// The request's id.
+        req_id: MessageId,
+        /// The group.
+        group: u64,
+        /// Membership version.
+        version: u64,
+        /// The creator's account.
+        creator: u64,
+        /// Member count.
+        total: u32,
+        /// Index of the first member in this page.
+        offset: u32,
+        /// (account, role) pairs in account order; see [`role`].
+        members: Vec<(u64, u8)>,
+    },
+    /// `DELIVER_SHARED` (0x88): a group or multi-recipient envelope for this device.
+    DeliverShared {
+        /// Queue sequence number to `ACK` (0 for ephemeral).
+        seq: u64,
+        /// The sender's message id.
+        msg_id: MessageId,
+        /// Sending account.
+        from_account: u64,
+        /// Sending device.
+        from_device: u32,
+        /// Acceptance time, milliseconds since the Unix epoch.
+        accepted_at_ms: u64,
+        /// Expiry time, milliseconds since the Unix epoch.
+        expires_at_ms: u64,
+        /// See [`flags`].
+        flags: u8,
+        /// The group, or 0 for a `SEND_MULTI`.
+        group: u64,
+        /// This recipient's opaque header (empty for groups).
+        header: Bytes,
+        /// The shared ciphertext.
+        payload: Bytes,
+    },
 }
 
 impl Frame {
@@ -133,11 +275,19 @@ impl Frame {
             Frame::Send { .. } => 0x02,
             Frame::Ack { .. } => 0x03,
             Frame::Ping { .. } => 0x04,
+            Frame::GroupCreate { .. } => 0x05,
+            Frame::GroupUpdate { .. } => 0x06,
+            Frame::GroupGet { .. } => 0x07,
+            Frame::SendGroup { .. } => 0x08,
+            Frame::SendMulti { .. } => 0x09,
             Frame::Welcome { .. } => 0x81,
             Frame::Accepted { .. } => 0x82,
             Frame::Deliver { .. } => 0x83,
             Frame::Error { .. } => 0x84,
             Frame::Pong { .. } => 0x85,
+            Frame::GroupOk { .. } => 0x86,
+            Frame::GroupInfo { .. } => 0x87,
+            Frame::DeliverShared { .. } => 0x88,
         }
     }
 

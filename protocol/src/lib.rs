@@ -11,7 +11,7 @@ mod token;
 
 pub use codec::{encode, DecodeError, Decoded, Decoder};
 pub use error::ErrorCode;
-pub use frame::{flags, Frame, MessageId};
+pub use frame::{flags, group_op, role, Frame, MessageId, MultiRecipient};
 pub use slot::{slot_of, SLOT_COUNT};
 pub use token::{SigningKey, TokenClaims, TokenError, VerifyingKey};
 

@@ -1,13 +1,14 @@
 //! Codec round trips: every frame variant whole, in one-byte pieces, in random chunkings and back
-//! to back in one buffer; text and `ACK` truncation; the size limits at their edges.
+//! to back in one buffer; text, `ACK`, recipient and header truncation; the size limits at their
+//! edges (PROTOCOL.md §4).
 
 mod common;
 
 use bytes::{Bytes, BytesMut};
 use common::*;
 use hearth_protocol::{
-    Decoded, Decoder, ErrorCode, Frame, MessageId, DEFAULT_MAX_ENVELOPE, DELIVER_FIXED_LEN,
-    FRAME_HEADER_LEN, SEND_FIXED_LEN,
+    group_op, role, DecodeError, Decoded, Decoder, ErrorCode, Frame, MessageId,
+    DEFAULT_MAX_ENVELOPE, DELIVER_FIXED_LEN, FRAME_HEADER_LEN, SEND_FIXED_LEN,
 };
 use proptest::prelude::*;
 
@@ -54,6 +55,14 @@ fn samples_cover_every_variant() {
             Frame::Deliver { .. } => 0x83,
             Frame::Error { .. } => 0x84,
             Frame::Pong { .. } => 0x85,
+            Frame::GroupCreate { .. } => 0x05,
+            Frame::GroupUpdate { .. } => 0x06,
+            Frame::GroupGet { .. } => 0x07,
+            Frame::SendGroup { .. } => 0x08,
+            Frame::SendMulti { .. } => 0x09,
+            Frame::GroupOk { .. } => 0x86,
+            Frame::GroupInfo { .. } => 0x87,
+            Frame::DeliverShared { .. } => 0x88,
         };
         assert_eq!(f.type_byte(), ty);
         seen.insert(ty);
@@ -136,12 +145,60 @@ fn encoded_sizes_follow_the_layout() {
             Frame::Accepted { .. } => 28,
             Frame::Deliver { payload, .. } => DELIVER_FIXED_LEN + payload.len(),
             Frame::Error { message, .. } => 16 + 2 + 4 + 2 + message.len(),
+            Frame::GroupCreate { members, .. } => GROUP_CREATE_FIXED_LEN + 8 * members.len(),
+            Frame::GroupUpdate { accounts, .. } => GROUP_UPDATE_FIXED_LEN + 8 * accounts.len(),
+            Frame::GroupGet { .. } => GROUP_GET_LEN,
+            Frame::SendGroup { payload, .. } => SEND_GROUP_FIXED_LEN + payload.len(),
+            Frame::SendMulti {
+                recipients,
+                payload,
+                ..
+            } => {
+                SEND_MULTI_FIXED_LEN
+                    + recipients
+                        .iter()
+                        .map(|r| RECIPIENT_FIXED_LEN + r.header.len())
+                        .sum::<usize>()
+                    + payload.len()
+            }
+            Frame::GroupOk { .. } => GROUP_OK_LEN,
+            Frame::GroupInfo { members, .. } => {
+                GROUP_INFO_FIXED_LEN + GROUP_INFO_ENTRY_LEN * members.len()
+            }
+            Frame::DeliverShared {
+                header, payload, ..
+            } => DELIVER_SHARED_FIXED_LEN + header.len() + payload.len(),
         };
         assert_eq!(body_len(&f), expected, "{f:?}");
     }
+    // The figures PROTOCOL.md's tables state.
     assert_eq!(SEND_FIXED_LEN, 33);
     assert_eq!(DELIVER_FIXED_LEN, 53);
     assert_eq!(FRAME_HEADER_LEN, 5);
+    assert_eq!(GROUP_CREATE_FIXED_LEN, 28);
+    assert_eq!(GROUP_UPDATE_FIXED_LEN, 29);
+    assert_eq!(GROUP_GET_LEN, 32);
+    assert_eq!(SEND_GROUP_FIXED_LEN, 29);
+    assert_eq!(SEND_MULTI_FIXED_LEN, 23);
+    assert_eq!(RECIPIENT_FIXED_LEN, 14);
+    assert_eq!(GROUP_OK_LEN, 36);
+    assert_eq!(GROUP_INFO_FIXED_LEN, 52);
+    assert_eq!(DELIVER_SHARED_FIXED_LEN, 63);
+}
+
+#[test]
+fn group_constants_have_their_wire_values() {
+    assert_eq!(
+        [
+            group_op::ADD_MEMBERS,
+            group_op::REMOVE_MEMBERS,
+            group_op::ADD_ADMINS,
+            group_op::REMOVE_ADMINS,
+            group_op::DELETE
+        ],
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!([role::MEMBER, role::ADMIN], [1, 2]);
 }
 
 #[test]
@@ -195,32 +252,54 @@ fn ack_is_truncated_to_65535_seqs() {
     );
 }
 
-/// The frame limit also bounds `ACK`: with the default limit a node takes at most 32771 seqs in
-/// one `ACK` (PROTOCOL.md says so); one more is a fatal `TooLong`.
+/// With the default node limit the u16 count is what bounds an `ACK`: the longest `ACK` the
+/// encoder can produce (65535 seqs) fits (PROTOCOL.md §4).
 #[test]
-fn ack_must_also_fit_the_frame_limit() {
-    let max_seqs = (NODE_LIMIT - 3) / 8;
-    assert_eq!(max_seqs, 32_771);
-    let mut fits = enc(&Frame::Ack {
-        seqs: vec![5; max_seqs],
-    });
-    let got = Decoder::new(NODE_LIMIT).decode(&mut fits).unwrap();
-    assert_eq!(
-        got,
-        Some(Decoded::Frame(Frame::Ack {
-            seqs: vec![5; max_seqs]
-        }))
-    );
-    let mut over = enc(&Frame::Ack {
-        seqs: vec![5; max_seqs + 1],
-    });
-    assert_eq!(
-        Decoder::new(NODE_LIMIT).decode(&mut over),
-        Err(hearth_protocol::DecodeError::TooLong {
-            len: 3 + 8 * (max_seqs + 1),
-            max: NODE_LIMIT
-        })
-    );
+fn every_encodable_ack_fits_the_node_limit() {
+    assert!((NODE_LIMIT - 3) / 8 >= u16::MAX as usize);
+    let seqs = vec![5; u16::MAX as usize];
+    let mut buf = enc(&Frame::Ack { seqs: seqs.clone() });
+    let got = Decoder::new(NODE_LIMIT).decode(&mut buf).unwrap();
+    assert_eq!(got, Some(Decoded::Frame(Frame::Ack { seqs })));
+}
+
+/// The largest `GROUP_CREATE` / `GROUP_UPDATE` the default node limit admits (PROTOCOL.md says
+/// 66 522 accounts); one account more is a fatal `TooLong`, not a skip.
+#[test]
+fn group_member_lists_are_bounded_by_the_frame_limit() {
+    let create = |n: usize| Frame::GroupCreate {
+        req_id: id(),
+        group: 7,
+        members: (1..=n as u64).collect(),
+    };
+    let update = |n: usize| Frame::GroupUpdate {
+        req_id: id(),
+        group: 7,
+        op: group_op::ADD_MEMBERS,
+        accounts: (1..=n as u64).collect(),
+    };
+    let max_create = (NODE_LIMIT - 1 - GROUP_CREATE_FIXED_LEN) / 8;
+    let max_update = (NODE_LIMIT - 1 - GROUP_UPDATE_FIXED_LEN) / 8;
+    assert_eq!((max_create, max_update), (66_522, 66_522));
+    for (f, over) in [
+        (create(max_create), create(max_create + 1)),
+        (update(max_update), update(max_update + 1)),
+    ] {
+        let mut buf = enc(&f);
+        assert!(buf.len() - 4 <= NODE_LIMIT);
+        let got = Decoder::new(NODE_LIMIT).decode(&mut buf).unwrap();
+        assert_eq!(got, Some(Decoded::Frame(f)));
+        let mut buf = enc(&over);
+        let len = buf.len() - 4;
+        assert!(len > NODE_LIMIT);
+        assert_eq!(
+            Decoder::new(NODE_LIMIT).decode(&mut buf),
+            Err(DecodeError::TooLong {
+                len,
+                max: NODE_LIMIT
+            })
+        );
+    }
 }
 
 #[test]
@@ -235,10 +314,26 @@ fn largest_send_and_deliver_fit_their_limits() {
         payload: payload.clone(),
     };
     let mut buf = enc(&send);
-    assert_eq!(buf.len() - 4, NODE_LIMIT);
-    assert_eq!(NODE_LIMIT, 262_178);
+    assert_eq!(buf.len() - 4, SEND_LIMIT);
+    assert_eq!(SEND_LIMIT, 262_178);
     let got = Decoder::new(NODE_LIMIT).decode(&mut buf).unwrap();
     assert_eq!(got, Some(Decoded::Frame(send)));
+
+    let send_group = Frame::SendGroup {
+        msg_id: id(),
+        group: 1,
+        ttl_secs: 0,
+        flags: 0,
+        payload: payload.clone(),
+    };
+    let mut buf = enc(&send_group);
+    assert_eq!(
+        buf.len() - 4,
+        1 + SEND_GROUP_FIXED_LEN + DEFAULT_MAX_ENVELOPE
+    );
+    assert!(buf.len() - 4 < SEND_LIMIT);
+    let got = Decoder::new(NODE_LIMIT).decode(&mut buf).unwrap();
+    assert_eq!(got, Some(Decoded::Frame(send_group)));
 
     let deliver = Frame::Deliver {
         seq: 9,
@@ -251,10 +346,192 @@ fn largest_send_and_deliver_fit_their_limits() {
         payload,
     };
     let mut buf = enc(&deliver);
-    assert_eq!(buf.len() - 4, CLIENT_LIMIT);
-    assert_eq!(CLIENT_LIMIT, 262_198);
+    assert_eq!(buf.len() - 4, DELIVER_LIMIT);
+    assert_eq!(DELIVER_LIMIT, 262_198);
     let got = Decoder::new(CLIENT_LIMIT).decode(&mut buf).unwrap();
     assert_eq!(got, Some(Decoded::Frame(deliver)));
+}
+
+fn largest_send_multi(payload_len: usize) -> Frame {
+    Frame::SendMulti {
+        msg_id: id(),
+        ttl_secs: 0,
+        flags: 0,
+        recipients: (0..DEFAULT_MAX_MULTI_RECIPIENTS as u64)
+            .map(|a| rcpt(a, 0, &[0xee; DEFAULT_MAX_HEADER]))
+            .collect(),
+        payload: Bytes::from(vec![7u8; payload_len]),
+    }
+}
+
+/// The node's default frame limit admits the largest `SEND_MULTI` it accepts (1000 recipients
+/// with 256-byte headers and a 256 KiB payload: 532 168 bytes) with 40 bytes to spare
+/// (PROTOCOL.md §4: 532 208); a longer one is skipped as oversized.
+#[test]
+fn largest_send_multi_fits_the_node_limit() {
+    let f = largest_send_multi(DEFAULT_MAX_ENVELOPE);
+    let mut buf = enc(&f);
+    assert_eq!(buf.len() - 4, LARGEST_SEND_MULTI);
+    assert_eq!(LARGEST_SEND_MULTI, 532_168);
+    assert_eq!(NODE_LIMIT, 532_208);
+    let got = Decoder::new(NODE_LIMIT).decode(&mut buf).unwrap();
+    assert_eq!(got, Some(Decoded::Frame(f)));
+    assert!(buf.is_empty());
+
+    let spare = NODE_LIMIT - LARGEST_SEND_MULTI;
+    let mut at = enc(&largest_send_multi(DEFAULT_MAX_ENVELOPE + spare));
+    assert!(matches!(
+        Decoder::new(NODE_LIMIT).decode(&mut at),
+        Ok(Some(Decoded::Frame(Frame::SendMulti { .. })))
+    ));
+    let mut over = enc(&largest_send_multi(DEFAULT_MAX_ENVELOPE + spare + 1));
+    assert_eq!(
+        Decoder::new(NODE_LIMIT).decode(&mut over),
+        Ok(Some(Decoded::OversizedSend {
+            msg_id: id(),
+            len: NODE_LIMIT + 1
+        }))
+    );
+    assert!(over.is_empty());
+}
+
+/// A client's limit is the largest `DELIVER_SHARED` (256-byte header, 256 KiB payload):
+/// 262 464 bytes (PROTOCOL.md §4).
+#[test]
+fn largest_deliver_shared_is_the_client_limit() {
+    let f = Frame::DeliverShared {
+        seq: 1,
+        msg_id: id(),
+        from_account: 1,
+        from_device: 2,
+        accepted_at_ms: 3,
+        expires_at_ms: 4,
+        flags: 0,
+        group: 0,
+        header: Bytes::from(vec![1u8; DEFAULT_MAX_HEADER]),
+        payload: Bytes::from(vec![2u8; DEFAULT_MAX_ENVELOPE]),
+    };
+    let mut buf = enc(&f);
+    assert_eq!(buf.len() - 4, CLIENT_LIMIT);
+    assert_eq!(CLIENT_LIMIT, 262_464);
+    let got = Decoder::new(CLIENT_LIMIT).decode(&mut buf).unwrap();
+    assert_eq!(got, Some(Decoded::Frame(f)));
+}
+
+/// A `GROUP_INFO` page of at most 29 127 members is no longer than the largest `DELIVER`, the
+/// bound PROTOCOL.md gives for the node's page cap.
+#[test]
+fn largest_group_info_page_fits_a_deliver() {
+    assert_eq!(MAX_PAGE, 29_127);
+    let page = |n: usize| Frame::GroupInfo {
+        req_id: id(),
+        group: 7,
+        version: 1,
+        creator: 42,
+        total: 100_000,
+        offset: 0,
+        members: (0..n as u64).map(|a| (a, role::MEMBER)).collect(),
+    };
+    let f = page(MAX_PAGE);
+    let mut buf = enc(&f);
+    assert!(buf.len() - 4 <= DELIVER_LIMIT);
+    assert!(enc(&page(MAX_PAGE + 1)).len() - 4 > DELIVER_LIMIT);
+    let got = Decoder::new(CLIENT_LIMIT).decode(&mut buf).unwrap();
+    assert_eq!(got, Some(Decoded::Frame(f)));
+}
+
+/// Like `ACK` seqs, `SEND_MULTI` recipients and headers have u16 counts: the encoder truncates
+/// at 65535 and the decoder yields the truncated frame.
+#[test]
+fn recipients_and_headers_are_truncated_to_65535() {
+    let many = Frame::SendMulti {
+        msg_id: id(),
+        ttl_secs: 1,
+        flags: 0,
+        recipients: (0..70_000u64).map(|a| rcpt(a, 1, b"")).collect(),
+        payload: Bytes::from_static(b"pay"),
+    };
+    let long_header = Frame::SendMulti {
+        msg_id: id(),
+        ttl_secs: 1,
+        flags: 0,
+        recipients: vec![rcpt(1, 0, &[9; 70_000]), rcpt(2, 0, b"x")],
+        payload: Bytes::from_static(b"pay"),
+    };
+    let shared = Frame::DeliverShared {
+        seq: 1,
+        msg_id: id(),
+        from_account: 1,
+        from_device: 1,
+        accepted_at_ms: 1,
+        expires_at_ms: 2,
+        flags: 0,
+        group: 0,
+        header: Bytes::from(vec![9; 70_000]),
+        payload: Bytes::from_static(b"pay"),
+    };
+    for f in [many, long_header, shared] {
+        let mut buf = enc(&f);
+        let want = normalized(&f);
+        assert_ne!(want, f, "the case must exercise truncation");
+        let got = Decoder::new(buf.len()).decode(&mut buf).unwrap();
+        assert_eq!(got, Some(Decoded::Frame(want)));
+        assert!(buf.is_empty());
+    }
+}
+
+/// Decoded payloads and headers are slices of the read buffer, not copies: a fan-out can pass
+/// them on without copying.
+#[test]
+fn payloads_and_headers_are_not_copied() {
+    let frames = [
+        Frame::SendMulti {
+            msg_id: id(),
+            ttl_secs: 1,
+            flags: 0,
+            recipients: vec![rcpt(1, 0, &[1; 40]), rcpt(2, 3, &[2; 40])],
+            payload: Bytes::from(vec![3; 500]),
+        },
+        Frame::DeliverShared {
+            seq: 1,
+            msg_id: id(),
+            from_account: 1,
+            from_device: 1,
+            accepted_at_ms: 1,
+            expires_at_ms: 2,
+            flags: 0,
+            group: 0,
+            header: Bytes::from(vec![4; 40]),
+            payload: Bytes::from(vec![5; 500]),
+        },
+    ];
+    for f in frames {
+        let mut buf = enc(&f);
+        let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+        let inside = |b: &Bytes| {
+            range.contains(&(b.as_ptr() as usize))
+                && range.contains(&(b.as_ptr() as usize + b.len() - 1))
+        };
+        let got = match Decoder::new(CLIENT_LIMIT).decode(&mut buf).unwrap() {
+            Some(Decoded::Frame(g)) => g,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(got, f);
+        match got {
+            Frame::SendMulti {
+                recipients,
+                payload,
+                ..
+            } => {
+                assert!(inside(&payload));
+                assert!(recipients.iter().all(|r| inside(&r.header)));
+            }
+            Frame::DeliverShared {
+                header, payload, ..
+            } => assert!(inside(&header) && inside(&payload)),
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use common::*;
-use hearth_protocol::{Frame, MessageId, SEND_FIXED_LEN};
+use hearth_protocol::{DecodeError, Frame, MessageId, SEND_FIXED_LEN};
 
 include!("../fuzz/common/check.rs");
 
@@ -39,6 +39,14 @@ fn name(f: &Frame) -> &'static str {
         Frame::Deliver { .. } => "deliver",
         Frame::Error { .. } => "error",
         Frame::Pong { .. } => "pong",
+        Frame::GroupCreate { .. } => "group-create",
+        Frame::GroupUpdate { .. } => "group-update",
+        Frame::GroupGet { .. } => "group-get",
+        Frame::SendGroup { .. } => "send-group",
+        Frame::SendMulti { .. } => "send-multi",
+        Frame::GroupOk { .. } => "group-ok",
+        Frame::GroupInfo { .. } => "group-info",
+        Frame::DeliverShared { .. } => "deliver-shared",
     }
 }
 
@@ -60,25 +68,21 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     out.push(("frames-back-to-back".into(), seed(DEFAULT_LIMIT, 77, &all)));
 
     let ping = enc(&Frame::Ping { nonce: 9 });
-    let big_send = enc(&Frame::Send {
-        msg_id: id(),
-        to_account: 5,
-        to_device: 1,
-        ttl_secs: 60,
-        flags: 0,
-        payload: Bytes::from(vec![0xab; 40]),
-    });
-    let mut oversized_then_ping = big_send.to_vec();
-    oversized_then_ping.extend_from_slice(&ping);
-    out.push((
-        "oversized-send-then-ping".into(),
-        seed(TINY_LIMIT, 100, &oversized_then_ping),
-    ));
+    for (name, big) in big_sends() {
+        let mut oversized_then_ping = enc(&big).to_vec();
+        oversized_then_ping.extend_from_slice(&ping);
+        out.push((
+            format!("oversized-{name}-then-ping"),
+            seed(TINY_LIMIT, 100, &oversized_then_ping),
+        ));
+    }
 
-    let mut huge_send = vec![0xff, 0xff, 0xff, 0xff, 0x02];
-    huge_send.extend_from_slice(&id().0);
-    huge_send.extend_from_slice(&[0; 32]);
-    out.push(("huge-send".into(), seed(DEFAULT_LIMIT, 10, &huge_send)));
+    for (name, ty) in [("huge-send", 0x02), ("huge-send-multi", 0x09)] {
+        let mut huge = vec![0xff, 0xff, 0xff, 0xff, ty];
+        huge.extend_from_slice(&id().0);
+        huge.extend_from_slice(&[0; 32]);
+        out.push((name.into(), seed(DEFAULT_LIMIT, 10, &huge)));
+    }
 
     let welcome = samples()
         .into_iter()
@@ -129,7 +133,189 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         "ping-trailing-byte".into(),
         seed(DEFAULT_LIMIT, 1, &trailing),
     ));
+    out.push((
+        "huge-length-group-create".into(),
+        seed(DEFAULT_LIMIT, 3, &[0xff, 0xff, 0xff, 0xff, 0x05]),
+    ));
+
+    // Count mismatches: count 2, one account (or member entry) present.
+    let mut create = id().0.to_vec();
+    create.extend_from_slice(&7u64.to_be_bytes());
+    create.extend_from_slice(&2u32.to_be_bytes());
+    create.extend_from_slice(&43u64.to_be_bytes());
+    out.push((
+        "group-create-count-mismatch".into(),
+        seed(DEFAULT_LIMIT, 30, &raw(0x05, &create)),
+    ));
+    let mut update = id().0.to_vec();
+    update.extend_from_slice(&7u64.to_be_bytes());
+    update.push(hearth_protocol::group_op::ADD_MEMBERS);
+    update.extend_from_slice(&2u32.to_be_bytes());
+    update.extend_from_slice(&43u64.to_be_bytes());
+    out.push((
+        "group-update-count-mismatch".into(),
+        seed(DEFAULT_LIMIT, 30, &raw(0x06, &update)),
+    ));
+    let mut info = id().0.to_vec();
+    for v in [7u64, 1, 42] {
+        info.extend_from_slice(&v.to_be_bytes());
+    }
+    info.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 2]); // total, offset, count
+    info.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 43, 1]);
+    out.push((
+        "group-info-count-mismatch".into(),
+        seed(DEFAULT_LIMIT, 40, &raw(0x87, &info)),
+    ));
+
+    // SEND_MULTI: count 3 with two recipients; the fixed part cut inside the count; a header
+    // length past the end of the frame.
+    let multi = |count: u16, list: &[u8]| {
+        let mut body = id().0.to_vec();
+        body.extend_from_slice(&60u32.to_be_bytes());
+        body.push(0);
+        body.extend_from_slice(&count.to_be_bytes());
+        body.extend_from_slice(list);
+        body
+    };
+    let entry = |account: u64, header_len: u16, header: &[u8]| {
+        let mut v = account.to_be_bytes().to_vec();
+        v.extend_from_slice(&0u32.to_be_bytes());
+        v.extend_from_slice(&header_len.to_be_bytes());
+        v.extend_from_slice(header);
+        v
+    };
+    let two = [entry(43, 2, b"k1"), entry(44, 2, b"k2")].concat();
+    out.push((
+        "send-multi-truncated-list".into(),
+        seed(DEFAULT_LIMIT, 50, &raw(0x09, &multi(3, &two))),
+    ));
+    let whole = multi(1, &[]);
+    out.push((
+        "send-multi-truncated-header".into(),
+        seed(DEFAULT_LIMIT, 20, &raw(0x09, &whole[..whole.len() - 1])),
+    ));
+    out.push((
+        "send-multi-header-past-end".into(),
+        seed(
+            DEFAULT_LIMIT,
+            60,
+            &raw(0x09, &multi(1, &entry(43, 9, b"short"))),
+        ),
+    ));
+
+    // DELIVER_SHARED whose header length exceeds what follows it.
+    let mut shared = vec![0u8; hearth_protocol::DELIVER_FIXED_LEN];
+    shared[7] = 1; // seq 1
+    shared.extend_from_slice(&7u64.to_be_bytes());
+    shared.extend_from_slice(&10u16.to_be_bytes());
+    shared.extend_from_slice(b"only 9 by");
+    out.push((
+        "deliver-shared-header-past-end".into(),
+        seed(DEFAULT_LIMIT, 70, &raw(0x88, &shared)),
+    ));
     out
+}
+
+/// A `SEND`, `SEND_GROUP` and `SEND_MULTI` too big for the tiny fuzz limit.
+fn big_sends() -> Vec<(&'static str, Frame)> {
+    let payload = Bytes::from(vec![0xab; 40]);
+    vec![
+        (
+            "send",
+            Frame::Send {
+                msg_id: id(),
+                to_account: 5,
+                to_device: 1,
+                ttl_secs: 60,
+                flags: 0,
+                payload: payload.clone(),
+            },
+        ),
+        (
+            "send-group",
+            Frame::SendGroup {
+                msg_id: id(),
+                group: 7,
+                ttl_secs: 60,
+                flags: 0,
+                payload: payload.clone(),
+            },
+        ),
+        (
+            "send-multi",
+            Frame::SendMulti {
+                msg_id: id(),
+                ttl_secs: 60,
+                flags: 0,
+                recipients: vec![rcpt(5, 0, b"k5"), rcpt(6, 1, b"k6")],
+                payload,
+            },
+        ),
+    ]
+}
+
+/// Each malformed seed, and the error it must end with.
+fn malformed_seeds() -> Vec<(&'static str, DecodeError)> {
+    let short = |kind| DecodeError::Malformed {
+        kind,
+        why: "body too short",
+    };
+    let count = |kind| DecodeError::Malformed {
+        kind,
+        why: "count does not match length",
+    };
+    vec![
+        (
+            "too-long-welcome",
+            DecodeError::TooLong { len: 29, max: 24 },
+        ),
+        (
+            "huge-length-ping",
+            DecodeError::TooLong {
+                len: u32::MAX as usize,
+                max: NODE_LIMIT,
+            },
+        ),
+        (
+            "huge-length-group-create",
+            DecodeError::TooLong {
+                len: u32::MAX as usize,
+                max: NODE_LIMIT,
+            },
+        ),
+        ("zero-length", DecodeError::EmptyFrame),
+        ("unknown-type", DecodeError::UnknownType(0x42)),
+        ("ack-count-mismatch", count("ACK")),
+        (
+            "hello-not-utf8",
+            DecodeError::Malformed {
+                kind: "HELLO",
+                why: "not UTF-8",
+            },
+        ),
+        (
+            "error-unknown-code",
+            DecodeError::Malformed {
+                kind: "ERROR",
+                why: "unknown error code",
+            },
+        ),
+        ("deliver-body-too-short", short("DELIVER")),
+        (
+            "ping-trailing-byte",
+            DecodeError::Malformed {
+                kind: "PING",
+                why: "trailing bytes",
+            },
+        ),
+        ("group-create-count-mismatch", count("GROUP_CREATE")),
+        ("group-update-count-mismatch", count("GROUP_UPDATE")),
+        ("group-info-count-mismatch", count("GROUP_INFO")),
+        ("send-multi-truncated-list", short("SEND_MULTI")),
+        ("send-multi-truncated-header", short("SEND_MULTI")),
+        ("send-multi-header-past-end", short("SEND_MULTI")),
+        ("deliver-shared-header-past-end", short("DELIVER_SHARED")),
+    ]
 }
 
 const DELIVER_FIXED_LEN_MINUS_ONE: usize = hearth_protocol::DELIVER_FIXED_LEN - 1;
@@ -173,40 +359,73 @@ fn every_corpus_file_passes_the_fuzz_check() {
     assert!(n >= seeds().len(), "only {n} corpus files");
 }
 
+fn steps_of(data: &[u8]) -> Vec<Step> {
+    let limit = FUZZ_LIMITS[data[0] as usize % FUZZ_LIMITS.len()];
+    decode_chunked(limit, &data[2..], &[])
+}
+
+#[test]
+fn fuzz_limit_is_the_node_default() {
+    assert_eq!(FUZZ_LIMITS[DEFAULT_LIMIT as usize], NODE_LIMIT);
+    assert!(FUZZ_LIMITS[TINY_LIMIT as usize] < 1 + SEND_FIXED_LEN);
+}
+
 #[test]
 fn seeds_reach_every_frame_type_and_every_outcome() {
     let mut types = std::collections::BTreeSet::new();
-    let (mut oversized, mut errors) = (0, 0);
+    let mut oversized = std::collections::BTreeSet::new();
+    let mut errors = 0;
     for (_, data) in seeds() {
-        let limit = FUZZ_LIMITS[data[0] as usize % FUZZ_LIMITS.len()];
-        for step in decode_chunked(limit, &data[2..], &[]) {
+        for step in steps_of(&data) {
             match step {
                 Step::Frame(f, _) => {
                     types.insert(f.type_byte());
                 }
-                Step::Oversized(..) => oversized += 1,
+                Step::Oversized(_, len) => {
+                    let at = data[2..]
+                        .windows(4)
+                        .position(|w| w == (len as u32).to_be_bytes())
+                        .unwrap();
+                    oversized.insert(data[2 + at + 4]);
+                }
                 Step::Error(_) => errors += 1,
             }
         }
     }
     assert_eq!(types.into_iter().collect::<Vec<_>>(), TYPES.to_vec());
-    assert_eq!(oversized, 2);
-    assert_eq!(errors, 9);
+    assert_eq!(
+        oversized.into_iter().collect::<Vec<_>>(),
+        SEND_TYPES.to_vec()
+    );
+    assert_eq!(errors, malformed_seeds().len());
+}
+
+#[test]
+fn malformed_seeds_fail_for_the_intended_reason() {
+    let seeds: std::collections::HashMap<String, Vec<u8>> = seeds().into_iter().collect();
+    for (name, want) in malformed_seeds() {
+        let steps = steps_of(&seeds[name]);
+        assert_eq!(steps.last(), Some(&Step::Error(want)), "{name}: {steps:?}");
+    }
 }
 
 #[test]
 fn the_check_sees_oversized_sends_and_the_frame_after() {
-    let (_, data) = seeds()
-        .into_iter()
-        .find(|(n, _)| n == "oversized-send-then-ping")
-        .unwrap();
-    let stream = &data[2..];
-    let steps = decode_chunked(FUZZ_LIMITS[0], stream, &[50]);
-    assert_eq!(
-        steps,
-        vec![
-            Step::Oversized(id(), 1 + SEND_FIXED_LEN + 40),
-            Step::Frame(Frame::Ping { nonce: 9 }, stream.len()),
-        ]
-    );
+    for (name, big) in big_sends() {
+        let (_, data) = seeds()
+            .into_iter()
+            .find(|(n, _)| *n == format!("oversized-{name}-then-ping"))
+            .unwrap();
+        let stream = &data[2..];
+        let len = enc(&big).len() - 4;
+        let steps = decode_chunked(FUZZ_LIMITS[0], stream, &[50]);
+        assert_eq!(
+            steps,
+            vec![
+                Step::Oversized(id(), len),
+                Step::Frame(Frame::Ping { nonce: 9 }, stream.len()),
+            ],
+            "{name}"
+        );
+    }
 }

@@ -1,5 +1,6 @@
 //! Malformed input: every way a peer can get a frame wrong is an error (or, for an oversized
-//! `SEND`, a skip), never a panic, and nothing is allocated from a length the peer claims.
+//! `SEND`, `SEND_GROUP` or `SEND_MULTI`, a skip), never a panic, and nothing is allocated from a
+//! length the peer claims (`allocation.rs` measures that).
 
 mod common;
 
@@ -28,18 +29,45 @@ fn frame_of(bytes: &[u8]) -> Frame {
     }
 }
 
-fn kind(ty: u8) -> &'static str {
+/// Bytes of `f`'s body before its payload, for the frames whose payload is the rest of the
+/// frame; `None` for the others.
+fn payload_offset(f: &Frame) -> Option<usize> {
+    match f {
+        Frame::Send { .. } => Some(SEND_FIXED_LEN),
+        Frame::Deliver { .. } => Some(DELIVER_FIXED_LEN),
+        Frame::SendGroup { .. } => Some(SEND_GROUP_FIXED_LEN),
+        Frame::SendMulti { recipients, .. } => Some(
+            SEND_MULTI_FIXED_LEN
+                + recipients
+                    .iter()
+                    .map(|r| RECIPIENT_FIXED_LEN + r.header.len())
+                    .sum::<usize>(),
+        ),
+        Frame::DeliverShared { header, .. } => Some(DELIVER_SHARED_FIXED_LEN + header.len()),
+        _ => None,
+    }
+}
+
+fn payload_of(f: &Frame) -> &Bytes {
+    match f {
+        Frame::Send { payload, .. }
+        | Frame::Deliver { payload, .. }
+        | Frame::SendGroup { payload, .. }
+        | Frame::SendMulti { payload, .. }
+        | Frame::DeliverShared { payload, .. } => payload,
+        other => panic!("{other:?} has no payload"),
+    }
+}
+
+/// Fixed bytes before the counted list of the frames with a u32/u16 count that must match the
+/// length exactly (`ACK`, `GROUP_CREATE`, `GROUP_UPDATE`, `GROUP_INFO`).
+fn counted_list_offset(ty: u8) -> Option<usize> {
     match ty {
-        0x01 => "HELLO",
-        0x02 => "SEND",
-        0x03 => "ACK",
-        0x04 => "PING",
-        0x81 => "WELCOME",
-        0x82 => "ACCEPTED",
-        0x83 => "DELIVER",
-        0x84 => "ERROR",
-        0x85 => "PONG",
-        _ => unreachable!(),
+        0x03 => Some(2),
+        0x05 => Some(GROUP_CREATE_FIXED_LEN),
+        0x06 => Some(GROUP_UPDATE_FIXED_LEN),
+        0x87 => Some(GROUP_INFO_FIXED_LEN),
+        _ => None,
     }
 }
 
@@ -76,37 +104,36 @@ fn truncated_bodies_are_errors() {
         let (ty, body) = (bytes[4], &bytes[5..]);
         for cut in 0..body.len() {
             let got = decode(&raw(ty, &body[..cut]));
-            match ty {
-                // The payload has no length of its own: a shorter body is a shorter payload.
-                0x02 | 0x83 => {
-                    let fixed = if ty == 0x02 {
-                        SEND_FIXED_LEN
-                    } else {
-                        DELIVER_FIXED_LEN
-                    };
-                    if cut < fixed {
-                        assert_eq!(got, malformed(kind(ty), "body too short"), "cut {cut}");
-                    } else {
-                        match got {
-                            Ok(Some(Decoded::Frame(
-                                Frame::Send { payload, .. } | Frame::Deliver { payload, .. },
-                            ))) => assert_eq!(payload.len(), cut - fixed),
-                            other => panic!("cut {cut}: {other:?}"),
-                        }
-                    }
-                }
-                0x03 if cut >= 2 => {
+            if let Some(fixed) = payload_offset(&f) {
+                // The payload has no length of its own: a shorter body is a shorter payload,
+                // once everything before it (for SEND_MULTI the whole recipient list, for
+                // DELIVER_SHARED the header) is present.
+                if cut < fixed {
                     assert_eq!(
                         got,
-                        malformed("ACK", "count does not match length"),
-                        "cut {cut}"
-                    )
+                        malformed(kind(ty), "body too short"),
+                        "{f:?} cut {cut}"
+                    );
+                } else {
+                    match got {
+                        Ok(Some(Decoded::Frame(g))) => {
+                            assert_eq!(payload_of(&g)[..], payload_of(&f)[..cut - fixed]);
+                        }
+                        other => panic!("cut {cut}: {other:?}"),
+                    }
                 }
-                _ => assert_eq!(
+            } else if counted_list_offset(ty).is_some_and(|n| cut >= n) {
+                assert_eq!(
+                    got,
+                    malformed(kind(ty), "count does not match length"),
+                    "{f:?} cut {cut}"
+                )
+            } else {
+                assert_eq!(
                     got,
                     malformed(kind(ty), "body too short"),
                     "{f:?} cut {cut}"
-                ),
+                )
             }
         }
         checked.insert(ty);
@@ -137,16 +164,19 @@ fn trailing_bytes_are_errors() {
         let (ty, mut body) = (bytes[4], bytes[5..].to_vec());
         body.push(0);
         let got = decode(&raw(ty, &body));
-        match ty {
-            0x02 | 0x83 => match got {
-                // Extra bytes of a SEND or DELIVER are payload.
-                Ok(Some(Decoded::Frame(
-                    Frame::Send { payload, .. } | Frame::Deliver { payload, .. },
-                ))) => assert_eq!(payload.last(), Some(&0)),
+        if payload_offset(&f).is_some() {
+            // Extra bytes of a frame that ends with its payload are payload.
+            match got {
+                Ok(Some(Decoded::Frame(g))) => {
+                    assert_eq!(payload_of(&g).len(), payload_of(&f).len() + 1);
+                    assert_eq!(payload_of(&g).last(), Some(&0));
+                }
                 other => panic!("{other:?}"),
-            },
-            0x03 => assert_eq!(got, malformed("ACK", "count does not match length")),
-            _ => assert_eq!(got, malformed(kind(ty), "trailing bytes"), "{f:?}"),
+            }
+        } else if counted_list_offset(ty).is_some() {
+            assert_eq!(got, malformed(kind(ty), "count does not match length"));
+        } else {
+            assert_eq!(got, malformed(kind(ty), "trailing bytes"), "{f:?}");
         }
     }
 }
@@ -179,9 +209,265 @@ fn ack_count_must_match_length() {
     assert_eq!(decode(&raw(0x03, &[0])), malformed("ACK", "body too short"));
 }
 
+/// `GROUP_CREATE` / `GROUP_UPDATE` body: req_id, group, [op,] count, then `accounts` and
+/// `extra` raw bytes.
+fn group_change(ty: u8, count: u32, accounts: &[u64], extra: &[u8]) -> Vec<u8> {
+    let mut body = id().0.to_vec();
+    body.extend_from_slice(&7u64.to_be_bytes());
+    if ty == 0x06 {
+        body.push(hearth_protocol::group_op::REMOVE_MEMBERS);
+    }
+    body.extend_from_slice(&count.to_be_bytes());
+    for a in accounts {
+        body.extend_from_slice(&a.to_be_bytes());
+    }
+    body.extend_from_slice(extra);
+    raw(ty, &body)
+}
+
+#[test]
+fn group_create_and_update_counts_must_match_length() {
+    for ty in [0x05, 0x06] {
+        let bad = malformed(kind(ty), "count does not match length");
+        let go = |count, accounts: &[u64], extra: &[u8]| {
+            decode(&group_change(ty, count, accounts, extra))
+        };
+        assert_eq!(go(2, &[1], &[]), bad);
+        assert_eq!(go(1, &[1, 2], &[]), bad);
+        assert_eq!(go(0, &[1], &[]), bad);
+        assert_eq!(go(1, &[1], &[0, 0, 0]), bad);
+        assert_eq!(go(0, &[], &[0]), bad);
+        // A count of 4 billion with nothing behind it is refused before anything is allocated.
+        assert_eq!(go(u32::MAX, &[], &[]), bad);
+        assert_eq!(go(u32::MAX, &[1, 2], &[]), bad);
+        // The count is of accounts, not bytes.
+        assert_eq!(go(16, &[1, 2], &[]), bad);
+        let want = |accounts: Vec<u64>| {
+            Ok(Some(Decoded::Frame(if ty == 0x05 {
+                Frame::GroupCreate {
+                    req_id: id(),
+                    group: 7,
+                    members: accounts,
+                }
+            } else {
+                Frame::GroupUpdate {
+                    req_id: id(),
+                    group: 7,
+                    op: hearth_protocol::group_op::REMOVE_MEMBERS,
+                    accounts,
+                }
+            })))
+        };
+        assert_eq!(go(0, &[], &[]), want(vec![]));
+        assert_eq!(go(2, &[5, u64::MAX], &[]), want(vec![5, u64::MAX]));
+        // One byte short of the fixed part.
+        let short = group_change(ty, 0, &[], &[]);
+        assert_eq!(
+            decode(&raw(ty, &short[5..short.len() - 1])),
+            malformed(kind(ty), "body too short")
+        );
+    }
+}
+
+fn group_info(count: u32, members: &[(u64, u8)], extra: &[u8]) -> Vec<u8> {
+    let mut body = id().0.to_vec();
+    for v in [7u64, 3, 42] {
+        body.extend_from_slice(&v.to_be_bytes()); // group, version, creator
+    }
+    body.extend_from_slice(&10u32.to_be_bytes()); // total
+    body.extend_from_slice(&0u32.to_be_bytes()); // offset
+    body.extend_from_slice(&count.to_be_bytes());
+    for (a, r) in members {
+        body.extend_from_slice(&a.to_be_bytes());
+        body.push(*r);
+    }
+    body.extend_from_slice(extra);
+    raw(0x87, &body)
+}
+
+#[test]
+fn group_info_count_must_match_length() {
+    let bad = malformed("GROUP_INFO", "count does not match length");
+    assert_eq!(decode(&group_info(2, &[(1, 1)], &[])), bad);
+    assert_eq!(decode(&group_info(1, &[(1, 1), (2, 2)], &[])), bad);
+    assert_eq!(decode(&group_info(1, &[(1, 1)], &[0])), bad);
+    assert_eq!(decode(&group_info(1, &[], &[0; 8])), bad); // an entry is 9 bytes
+    assert_eq!(decode(&group_info(u32::MAX, &[], &[])), bad);
+    // 8 entries are 72 bytes, which is also 9 u64s: a count of 9 must not be taken.
+    let eight: Vec<(u64, u8)> = (0..8).map(|a| (a, 1)).collect();
+    assert_eq!(decode(&group_info(9, &eight, &[])), bad);
+    assert_eq!(
+        decode(&group_info(2, &[(1, 1), (2, 2)], &[])),
+        Ok(Some(Decoded::Frame(Frame::GroupInfo {
+            req_id: id(),
+            group: 7,
+            version: 3,
+            creator: 42,
+            total: 10,
+            offset: 0,
+            members: vec![(1, 1), (2, 2)],
+        })))
+    );
+}
+
+/// A `SEND_MULTI` body: fixed part with `count`, then `tail` raw bytes.
+fn send_multi(count: u16, tail: &[u8]) -> Vec<u8> {
+    let mut body = id().0.to_vec();
+    body.extend_from_slice(&60u32.to_be_bytes());
+    body.push(0);
+    body.extend_from_slice(&count.to_be_bytes());
+    body.extend_from_slice(tail);
+    raw(0x09, &body)
+}
+
+/// One encoded recipient entry.
+fn recipient_bytes(account: u64, device: u32, header: &[u8]) -> Vec<u8> {
+    let mut v = account.to_be_bytes().to_vec();
+    v.extend_from_slice(&device.to_be_bytes());
+    v.extend_from_slice(&(header.len() as u16).to_be_bytes());
+    v.extend_from_slice(header);
+    v
+}
+
+#[test]
+fn send_multi_recipient_list_must_be_complete() {
+    let short = malformed("SEND_MULTI", "body too short");
+    let r1 = recipient_bytes(43, 0, b"key-43");
+    let r2 = recipient_bytes(44, 2, b"");
+    let both = [r1.clone(), r2.clone()].concat();
+    // The fixed part cut anywhere, including inside the count.
+    let whole = send_multi(2, &both);
+    for cut in 0..SEND_MULTI_FIXED_LEN {
+        assert_eq!(decode(&raw(0x09, &whole[5..5 + cut])), short, "cut {cut}");
+    }
+    // Fewer recipients than counted, and a count with nothing behind it.
+    assert_eq!(decode(&send_multi(3, &both)), short);
+    assert_eq!(decode(&send_multi(1, &[])), short);
+    assert_eq!(decode(&send_multi(u16::MAX, &both)), short);
+    // A recipient cut inside its fixed part or inside its header.
+    for cut in 1..r2.len() {
+        let tail = [&r1[..], &r2[..cut]].concat();
+        assert_eq!(
+            decode(&send_multi(2, &tail)),
+            short,
+            "second recipient cut at {cut}"
+        );
+    }
+    for cut in 0..r1.len() {
+        assert_eq!(
+            decode(&send_multi(1, &r1[..cut])),
+            short,
+            "header cut at {cut}"
+        );
+    }
+    // A header length pointing past the end of the frame.
+    let mut liar = recipient_bytes(43, 0, b"abc");
+    liar[12..14].copy_from_slice(&4u16.to_be_bytes());
+    assert_eq!(decode(&send_multi(1, &liar)), short);
+    let mut huge = recipient_bytes(43, 0, b"");
+    huge[12..14].copy_from_slice(&u16::MAX.to_be_bytes());
+    assert_eq!(decode(&send_multi(1, &huge)), short);
+    // Complete lists decode; what follows the last recipient is the payload.
+    assert_eq!(
+        frame_of(&send_multi(2, &[&both[..], b"pay"].concat())),
+        Frame::SendMulti {
+            msg_id: id(),
+            ttl_secs: 60,
+            flags: 0,
+            recipients: vec![rcpt(43, 0, b"key-43"), rcpt(44, 2, b"")],
+            payload: Bytes::from_static(b"pay"),
+        }
+    );
+    // With a count of 1 the second entry is just payload bytes.
+    assert_eq!(
+        frame_of(&send_multi(1, &both)),
+        Frame::SendMulti {
+            msg_id: id(),
+            ttl_secs: 60,
+            flags: 0,
+            recipients: vec![rcpt(43, 0, b"key-43")],
+            payload: Bytes::from(r2),
+        }
+    );
+    assert_eq!(
+        frame_of(&send_multi(0, &[])),
+        Frame::SendMulti {
+            msg_id: id(),
+            ttl_secs: 60,
+            flags: 0,
+            recipients: vec![],
+            payload: Bytes::new(),
+        }
+    );
+}
+
+/// A `DELIVER_SHARED` body with a header length field of `header_len` followed by `rest`.
+fn deliver_shared(header_len: u16, rest: &[u8]) -> Vec<u8> {
+    let mut body = vec![0u8; DELIVER_FIXED_LEN];
+    body[..8].copy_from_slice(&5u64.to_be_bytes()); // seq
+    body.extend_from_slice(&7u64.to_be_bytes()); // group
+    body.extend_from_slice(&header_len.to_be_bytes());
+    body.extend_from_slice(rest);
+    raw(0x88, &body)
+}
+
+#[test]
+fn deliver_shared_header_must_fit_the_body() {
+    let short = malformed("DELIVER_SHARED", "body too short");
+    assert_eq!(decode(&deliver_shared(1, &[])), short);
+    assert_eq!(decode(&deliver_shared(5, b"abcd")), short);
+    assert_eq!(decode(&deliver_shared(u16::MAX, b"abcd")), short);
+    let fixed = deliver_shared(0, &[]);
+    for cut in 0..DELIVER_SHARED_FIXED_LEN {
+        assert_eq!(decode(&raw(0x88, &fixed[5..5 + cut])), short, "cut {cut}");
+    }
+    let parts = |bytes: &[u8]| match frame_of(bytes) {
+        Frame::DeliverShared {
+            seq,
+            group,
+            header,
+            payload,
+            ..
+        } => (seq, group, header, payload),
+        other => panic!("{other:?}"),
+    };
+    let b = Bytes::from_static;
+    assert_eq!(
+        parts(&deliver_shared(4, b"abcd")),
+        (5, 7, b(b"abcd"), b(b""))
+    );
+    assert_eq!(
+        parts(&deliver_shared(2, b"abcd")),
+        (5, 7, b(b"ab"), b(b"cd"))
+    );
+    assert_eq!(
+        parts(&deliver_shared(0, b"abcd")),
+        (5, 7, b(b""), b(b"abcd"))
+    );
+    assert_eq!(parts(&deliver_shared(0, b"")), (5, 7, b(b""), b(b"")));
+}
+
+#[test]
+fn fixed_size_group_frames_must_be_exact() {
+    for (ty, len) in [(0x07, GROUP_GET_LEN), (0x86, GROUP_OK_LEN)] {
+        assert!(matches!(
+            decode(&raw(ty, &vec![0; len])),
+            Ok(Some(Decoded::Frame(_)))
+        ));
+        assert_eq!(
+            decode(&raw(ty, &vec![0; len - 1])),
+            malformed(kind(ty), "body too short")
+        );
+        assert_eq!(
+            decode(&raw(ty, &vec![0; len + 1])),
+            malformed(kind(ty), "trailing bytes")
+        );
+    }
+}
+
 #[test]
 fn huge_length_of_a_non_send_fails_at_once_without_allocating() {
-    for ty in (0..=255u8).filter(|t| *t != 0x02) {
+    for ty in (0..=255u8).filter(|t| !SEND_TYPES.contains(t)) {
         let mut buf = BytesMut::with_capacity(8);
         buf.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
         let mut dec = Decoder::new(NODE_LIMIT);
@@ -221,71 +507,100 @@ fn pending_frame_reserves_at_most_the_limit() {
     );
 }
 
-/// A SEND claiming 4 GiB is reported once and exactly its bytes are skipped, in bounded memory;
-/// the frame after it decodes.
-#[test]
-fn huge_send_is_skipped_exactly_then_the_next_frame_decodes() {
-    let len = u32::MAX as usize;
-    let mut dec = Decoder::new(NODE_LIMIT);
-    let mut buf = BytesMut::new();
-    buf.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x02]);
-    buf.extend_from_slice(&id().0[..15]);
-    assert_eq!(dec.decode(&mut buf), Ok(None), "needs the whole message id");
-    buf.extend_from_slice(&id().0[15..]);
-    assert_eq!(
-        dec.decode(&mut buf),
-        Ok(Some(Decoded::OversizedSend { msg_id: id(), len }))
-    );
-    assert!(buf.is_empty());
+/// A frame of type `ty` (one of `SEND_TYPES`) with message id `id()` and `payload_len` payload
+/// bytes; for `SEND_MULTI`, two recipients.
+fn send_of_type(ty: u8, payload_len: usize) -> Frame {
+    let payload = Bytes::from(vec![1u8; payload_len]);
+    match ty {
+        0x02 => Frame::Send {
+            msg_id: id(),
+            to_account: 1,
+            to_device: 0,
+            ttl_secs: 0,
+            flags: 0,
+            payload,
+        },
+        0x08 => Frame::SendGroup {
+            msg_id: id(),
+            group: 1,
+            ttl_secs: 0,
+            flags: 0,
+            payload,
+        },
+        0x09 => Frame::SendMulti {
+            msg_id: id(),
+            ttl_secs: 0,
+            flags: 0,
+            recipients: vec![rcpt(1, 0, b"k1"), rcpt(2, 3, b"k2")],
+            payload,
+        },
+        _ => unreachable!(),
+    }
+}
 
+/// A SEND, SEND_GROUP or SEND_MULTI claiming 4 GiB is reported once and exactly its bytes are
+/// skipped, in bounded memory; the frame after it decodes.
+#[test]
+fn huge_sends_are_skipped_exactly_then_the_next_frame_decodes() {
     const CHUNK: usize = 1 << 20;
     let zeros = vec![0u8; CHUNK];
-    let mut left = len - 1 - 16; // type byte and msg_id are consumed
-    while left > CHUNK {
-        buf.extend_from_slice(&zeros);
-        assert_eq!(dec.decode(&mut buf), Ok(None));
+    for ty in SEND_TYPES {
+        let len = u32::MAX as usize;
+        let mut dec = Decoder::new(NODE_LIMIT);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, ty]);
+        buf.extend_from_slice(&id().0[..15]);
+        assert_eq!(dec.decode(&mut buf), Ok(None), "needs the whole message id");
+        buf.extend_from_slice(&id().0[15..]);
+        assert_eq!(
+            dec.decode(&mut buf),
+            Ok(Some(Decoded::OversizedSend { msg_id: id(), len })),
+            "type 0x{ty:02x}"
+        );
         assert!(buf.is_empty());
-        left -= CHUNK;
+
+        let mut left = len - 1 - 16; // type byte and msg_id are consumed
+        while left > CHUNK {
+            buf.extend_from_slice(&zeros);
+            assert_eq!(dec.decode(&mut buf), Ok(None));
+            assert!(buf.is_empty());
+            left -= CHUNK;
+        }
+        buf.extend_from_slice(&zeros[..left]);
+        buf.extend_from_slice(&enc(&Frame::Ping { nonce: 77 }));
+        assert_eq!(
+            dec.decode(&mut buf),
+            Ok(Some(Decoded::Frame(Frame::Ping { nonce: 77 })))
+        );
+        assert!(buf.is_empty());
+        assert!(
+            buf.capacity() <= 2 * CHUNK,
+            "buffer grew to {}",
+            buf.capacity()
+        );
     }
-    buf.extend_from_slice(&zeros[..left]);
-    buf.extend_from_slice(&enc(&Frame::Ping { nonce: 77 }));
-    assert_eq!(
-        dec.decode(&mut buf),
-        Ok(Some(Decoded::Frame(Frame::Ping { nonce: 77 })))
-    );
-    assert!(buf.is_empty());
-    assert!(
-        buf.capacity() <= 2 * CHUNK,
-        "buffer grew to {}",
-        buf.capacity()
-    );
 }
 
 #[test]
-fn oversized_send_fed_byte_by_byte_is_reported_once() {
-    let send = Frame::Send {
-        msg_id: id(),
-        to_account: 1,
-        to_device: 0,
-        ttl_secs: 0,
-        flags: 0,
-        payload: Bytes::from(vec![1u8; 200]),
-    };
+fn oversized_sends_fed_byte_by_byte_are_reported_once() {
     let limit = 100;
-    let mut stream = enc(&send).to_vec();
-    stream.extend_from_slice(&enc(&Frame::Ack { seqs: vec![3] }));
-    stream.extend_from_slice(&enc(&send)); // oversized again, now all in one buffer
+    let mut stream = Vec::new();
+    let mut want = Vec::new();
+    for ty in SEND_TYPES {
+        let bytes = enc(&send_of_type(ty, 200));
+        stream.extend_from_slice(&bytes);
+        want.push(Decoded::OversizedSend {
+            msg_id: id(),
+            len: bytes.len() - 4,
+        });
+        stream.extend_from_slice(&enc(&Frame::Ack { seqs: vec![3] }));
+        want.push(Decoded::Frame(Frame::Ack { seqs: vec![3] }));
+        stream.extend_from_slice(&bytes); // oversized again, right after the ACK
+        want.push(want[want.len() - 2].clone());
+    }
     stream.extend_from_slice(&enc(&Frame::Ping { nonce: 1 }));
-    let oversized = Decoded::OversizedSend {
-        msg_id: id(),
-        len: 1 + SEND_FIXED_LEN + 200,
-    };
-    let want = vec![
-        oversized.clone(),
-        Decoded::Frame(Frame::Ack { seqs: vec![3] }),
-        oversized,
-        Decoded::Frame(Frame::Ping { nonce: 1 }),
-    ];
+    want.push(Decoded::Frame(Frame::Ping { nonce: 1 }));
+    assert_eq!(want.len(), 3 * SEND_TYPES.len() + 1);
 
     let mut dec = Decoder::new(limit);
     let mut buf = BytesMut::new();
@@ -309,42 +624,82 @@ fn oversized_send_fed_byte_by_byte_is_reported_once() {
 }
 
 #[test]
-fn send_at_the_limit_is_a_frame_and_one_more_byte_is_oversized() {
-    let mk = |n: usize| {
-        enc(&Frame::Send {
-            msg_id: id(),
-            to_account: 1,
-            to_device: 0,
-            ttl_secs: 0,
-            flags: 0,
-            payload: Bytes::from(vec![0u8; n]),
-        })
-    };
-    let limit = 1 + SEND_FIXED_LEN + 64;
-    let mut at = mk(64);
-    assert!(matches!(
-        Decoder::new(limit).decode(&mut at),
-        Ok(Some(Decoded::Frame(_)))
-    ));
-    let mut over = mk(65);
+fn sends_at_the_limit_are_frames_and_one_more_byte_is_oversized() {
+    for ty in SEND_TYPES {
+        let at = enc(&send_of_type(ty, 64));
+        let limit = at.len() - 4;
+        let mut at = at;
+        assert!(matches!(
+            Decoder::new(limit).decode(&mut at),
+            Ok(Some(Decoded::Frame(f))) if f.type_byte() == ty
+        ));
+        let mut over = enc(&send_of_type(ty, 65));
+        assert_eq!(
+            Decoder::new(limit).decode(&mut over),
+            Ok(Some(Decoded::OversizedSend {
+                msg_id: id(),
+                len: limit + 1
+            }))
+        );
+        assert!(over.is_empty());
+    }
+}
+
+/// An oversized `SEND_MULTI` is skipped whatever its recipient list claims: the decoder reads
+/// only its message id, even when the list is malformed.
+#[test]
+fn oversized_send_multi_is_skipped_without_reading_the_list() {
+    let mut bytes = send_multi(u16::MAX, &[0xff; 300]);
+    bytes.extend_from_slice(&enc(&Frame::Ping { nonce: 5 }));
+    let mut dec = Decoder::new(100);
+    let mut buf = BytesMut::from(&bytes[..]);
     assert_eq!(
-        Decoder::new(limit).decode(&mut over),
+        dec.decode(&mut buf),
         Ok(Some(Decoded::OversizedSend {
             msg_id: id(),
-            len: limit + 1
+            len: 1 + SEND_MULTI_FIXED_LEN + 300
         }))
     );
-    assert!(over.is_empty());
+    assert_eq!(
+        dec.decode(&mut buf),
+        Ok(Some(Decoded::Frame(Frame::Ping { nonce: 5 })))
+    );
 }
 
 #[test]
-fn oversized_send_too_short_to_hold_an_id_is_too_long() {
+fn oversized_sends_too_short_to_hold_an_id_are_too_long() {
     // With a limit below 17 bytes, a "SEND" cannot even carry its message id.
-    let mut buf = BytesMut::from(&raw(0x02, &[0u8; 12])[..]);
-    assert_eq!(
-        Decoder::new(8).decode(&mut buf),
-        Err(DecodeError::TooLong { len: 13, max: 8 })
-    );
+    for ty in SEND_TYPES {
+        let mut buf = BytesMut::from(&raw(ty, &[0u8; 12])[..]);
+        assert_eq!(
+            Decoder::new(8).decode(&mut buf),
+            Err(DecodeError::TooLong { len: 13, max: 8 })
+        );
+    }
+}
+
+/// Frames a node never accepts from a client are still fatal when too long, whatever their
+/// type: only the three send types are skipped.
+#[test]
+fn oversized_frames_other_than_sends_are_fatal() {
+    for f in samples() {
+        let bytes = enc(&f);
+        let len = bytes.len() - 4;
+        let ty = bytes[4];
+        let got = Decoder::new(len - 1).decode(&mut BytesMut::from(&bytes[..]));
+        if SEND_TYPES.contains(&ty) {
+            assert!(
+                matches!(got, Ok(Some(Decoded::OversizedSend { len: l, .. })) if l == len),
+                "{f:?}: {got:?}"
+            );
+        } else {
+            assert_eq!(
+                got,
+                Err(DecodeError::TooLong { len, max: len - 1 }),
+                "{f:?}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -459,8 +814,89 @@ fn framish() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(one, 1..6).prop_map(|v| v.concat())
 }
 
+/// A length field that is right, or off by a little, or anything.
+fn fudged(actual: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![
+        4 => Just(actual),
+        1 => Just(actual + 1),
+        1 => Just(actual.saturating_sub(1)),
+        1 => any::<u16>().prop_map(usize::from),
+    ]
+}
+
+/// Structured but possibly inconsistent bodies of the frames with inner lengths and counts:
+/// `SEND_MULTI` recipient lists, `DELIVER_SHARED` headers and the account lists of
+/// `GROUP_CREATE`, `GROUP_UPDATE` and `GROUP_INFO`. Uniformly random bytes almost never get
+/// past their fixed parts.
+fn inner_lengths_framish() -> impl Strategy<Value = Vec<u8>> {
+    let header =
+        prop::collection::vec(any::<u8>(), 0..24).prop_flat_map(|h| (fudged(h.len()), Just(h)));
+    let entry = (any::<u64>(), any::<u32>(), header).prop_map(|(a, d, (hl, h))| {
+        let mut v = a.to_be_bytes().to_vec();
+        v.extend_from_slice(&d.to_be_bytes());
+        v.extend_from_slice(&(hl as u16).to_be_bytes());
+        v.extend_from_slice(&h);
+        v
+    });
+    let multi = prop::collection::vec(entry, 0..5)
+        .prop_flat_map(|e| (fudged(e.len()), Just(e)))
+        .prop_map(|(n, entries)| (n as u16, entries.concat()));
+    let send_multi = (
+        any::<[u8; 21]>(),
+        multi,
+        prop::collection::vec(any::<u8>(), 0..24),
+    )
+        .prop_map(|(fixed, (n, list), payload)| {
+            raw(
+                0x09,
+                &[&fixed[..], &n.to_be_bytes(), &list, &payload].concat(),
+            )
+        });
+    let shared = (
+        any::<[u8; 61]>(),
+        prop::collection::vec(any::<u8>(), 0..40).prop_flat_map(|h| (fudged(h.len()), Just(h))),
+        prop::collection::vec(any::<u8>(), 0..24),
+    )
+        .prop_map(|(fixed, (hl, h), payload)| {
+            raw(
+                0x88,
+                &[&fixed[..], &(hl as u16).to_be_bytes(), &h, &payload].concat(),
+            )
+        });
+    let list = (
+        prop::sample::select(vec![
+            (0x05u8, 24usize, 8usize),
+            (0x06, 25, 8),
+            (0x87, 48, 9),
+        ]),
+        0..8usize,
+    )
+        .prop_flat_map(|((ty, fixed, entry), n)| {
+            (
+                Just((ty, fixed)),
+                fudged(n),
+                prop::collection::vec(any::<u8>(), fixed + n * entry..=fixed + n * entry + 2),
+            )
+        })
+        .prop_map(|((ty, fixed), count, mut body)| {
+            body.splice(fixed..fixed, (count as u32).to_be_bytes());
+            raw(ty, &body)
+        });
+    prop::collection::vec(prop_oneof![send_multi, shared, list], 1..5).prop_map(|v| v.concat())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn inner_length_bytes_never_panic(
+        control in any::<[u8; 2]>(),
+        stream in inner_lengths_framish(),
+    ) {
+        let mut data = control.to_vec();
+        data.extend_from_slice(&stream);
+        check(&data);
+    }
 
     #[test]
     fn arbitrary_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..512)) {

@@ -8,7 +8,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use hearth_protocol::{slot_of, ErrorCode, Frame, SigningKey, TokenClaims};
+use hearth_protocol::{group_op, role, slot_of, ErrorCode, Frame, SigningKey, TokenClaims};
 
 fn protocol_md() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../PROTOCOL.md");
@@ -87,6 +87,11 @@ fn examples() -> Vec<(&'static str, String)> {
     let token = test_key().issue(&CLAIMS);
     let mut out = Vec::new();
     let mut add = |name: &'static str, f: Frame, fields: &Layout<'_>| {
+        assert_eq!(
+            hearth_protocol::Decoder::new(CLIENT_LIMIT).decode(&mut enc(&f)),
+            Ok(Some(hearth_protocol::Decoded::Frame(f.clone()))),
+            "{name} round-trips"
+        );
         let bytes = enc(&f);
         out.push((name, dump(&bytes, &fields(&bytes))));
     };
@@ -232,7 +237,241 @@ fn examples() -> Vec<(&'static str, String)> {
         v.push((8, "nonce = 1".into()));
         v
     });
+    group_examples(&mut add);
     out
+}
+
+/// The group used by the examples of PROTOCOL.md §7.
+const GROUP: u64 = 1001;
+
+/// Examples of the groups extension: account 42 (device 7) creates group 1001 with 43 and 44,
+/// adds 45, reads the members, sends to the group and to a recipient list.
+fn group_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
+    add(
+        "GROUP_CREATE",
+        Frame::GroupCreate {
+            req_id: id(),
+            group: GROUP,
+            members: vec![43, 44],
+        },
+        &|b| {
+            let mut v = header(b, "GROUP_CREATE (0x05)");
+            v.push((16, "req_id".into()));
+            v.push((8, "group = 1001".into()));
+            v.push((4, "count = 2".into()));
+            v.push((8, "account = 43".into()));
+            v.push((8, "account = 44".into()));
+            v
+        },
+    );
+    add(
+        "GROUP_UPDATE",
+        Frame::GroupUpdate {
+            req_id: id(),
+            group: GROUP,
+            op: group_op::ADD_MEMBERS,
+            accounts: vec![45],
+        },
+        &|b| {
+            let mut v = header(b, "GROUP_UPDATE (0x06)");
+            v.push((16, "req_id".into()));
+            v.push((8, "group = 1001".into()));
+            v.push((1, "op = 1 (ADD_MEMBERS)".into()));
+            v.push((4, "count = 1".into()));
+            v.push((8, "account = 45".into()));
+            v
+        },
+    );
+    add(
+        "GROUP_OK",
+        Frame::GroupOk {
+            req_id: id(),
+            group: GROUP,
+            version: 2,
+            members: 4,
+        },
+        &|b| {
+            let mut v = header(b, "GROUP_OK (0x86)");
+            v.push((16, "req_id (of the GROUP_UPDATE)".into()));
+            v.push((8, "group = 1001".into()));
+            v.push((8, "version = 2".into()));
+            v.push((4, "members = 4".into()));
+            v
+        },
+    );
+    add(
+        "GROUP_GET",
+        Frame::GroupGet {
+            req_id: id(),
+            group: GROUP,
+            offset: 0,
+            limit: 100,
+        },
+        &|b| {
+            let mut v = header(b, "GROUP_GET (0x07)");
+            v.push((16, "req_id".into()));
+            v.push((8, "group = 1001".into()));
+            v.push((4, "offset = 0".into()));
+            v.push((4, "limit = 100".into()));
+            v
+        },
+    );
+    add(
+        "GROUP_INFO",
+        Frame::GroupInfo {
+            req_id: id(),
+            group: GROUP,
+            version: 2,
+            creator: 42,
+            total: 4,
+            offset: 0,
+            members: vec![
+                (42, role::ADMIN),
+                (43, role::MEMBER),
+                (44, role::MEMBER),
+                (45, role::MEMBER),
+            ],
+        },
+        &|b| {
+            let mut v = header(b, "GROUP_INFO (0x87)");
+            v.push((16, "req_id (of the GROUP_GET)".into()));
+            v.push((8, "group = 1001".into()));
+            v.push((8, "version = 2".into()));
+            v.push((8, "creator = 42".into()));
+            v.push((4, "total = 4".into()));
+            v.push((4, "offset = 0".into()));
+            v.push((4, "count = 4".into()));
+            for (a, r) in [(42, "2 (admin)"), (43, "1"), (44, "1"), (45, "1")] {
+                v.push((8, format!("account = {a}")));
+                v.push((1, format!("role = {r}")));
+            }
+            v
+        },
+    );
+    add(
+        "SEND_GROUP",
+        Frame::SendGroup {
+            msg_id: id(),
+            group: GROUP,
+            ttl_secs: 3600,
+            flags: 0,
+            payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
+        },
+        &|b| {
+            let mut v = header(b, "SEND_GROUP (0x08)");
+            v.push((16, "msg_id".into()));
+            v.push((8, "group = 1001".into()));
+            v.push((4, "ttl_secs = 3600".into()));
+            v.push((1, "flags = 0 (stored)".into()));
+            v.push((4, "payload (4 bytes: the rest of the frame)".into()));
+            v
+        },
+    );
+    add(
+        "DELIVER_SHARED (group)",
+        Frame::DeliverShared {
+            seq: 2,
+            msg_id: id(),
+            from_account: 42,
+            from_device: 7,
+            accepted_at_ms: 1_700_000_000_123,
+            expires_at_ms: 1_700_003_600_123,
+            flags: 0,
+            group: GROUP,
+            header: Bytes::new(),
+            payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
+        },
+        &|b| {
+            let mut v = header(b, "DELIVER_SHARED (0x88)");
+            v.push((8, "seq = 2".into()));
+            v.push((16, "msg_id".into()));
+            v.push((8, "from_account = 42".into()));
+            v.push((4, "from_device = 7".into()));
+            v.push((8, "accepted_at_ms = 1700000000123".into()));
+            v.push((8, "expires_at_ms = 1700003600123".into()));
+            v.push((1, "flags = 0".into()));
+            v.push((8, "group = 1001".into()));
+            v.push((2, "header_len = 0".into()));
+            v.push((0, "header (empty for a group)".into()));
+            v.push((4, "payload (4 bytes: the rest of the frame)".into()));
+            v
+        },
+    );
+    add(
+        "SEND_MULTI",
+        Frame::SendMulti {
+            msg_id: id(),
+            ttl_secs: 3600,
+            flags: 0,
+            recipients: vec![rcpt(43, 0, b"\x0a\x0b\x0c\x0d"), rcpt(44, 2, b"\x1a\x1b")],
+            payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
+        },
+        &|b| {
+            let mut v = header(b, "SEND_MULTI (0x09)");
+            v.push((16, "msg_id".into()));
+            v.push((4, "ttl_secs = 3600".into()));
+            v.push((1, "flags = 0 (stored)".into()));
+            v.push((2, "count = 2".into()));
+            v.push((8, "recipient 1: account = 43".into()));
+            v.push((4, "recipient 1: device = 0 (every device)".into()));
+            v.push((2, "recipient 1: header_len = 4".into()));
+            v.push((4, "recipient 1: header".into()));
+            v.push((8, "recipient 2: account = 44".into()));
+            v.push((4, "recipient 2: device = 2".into()));
+            v.push((2, "recipient 2: header_len = 2".into()));
+            v.push((2, "recipient 2: header".into()));
+            v.push((4, "payload (4 bytes: the rest of the frame)".into()));
+            v
+        },
+    );
+    add(
+        "DELIVER_SHARED (multi)",
+        Frame::DeliverShared {
+            seq: 5,
+            msg_id: id(),
+            from_account: 42,
+            from_device: 7,
+            accepted_at_ms: 1_700_000_000_123,
+            expires_at_ms: 1_700_003_600_123,
+            flags: 0,
+            group: 0,
+            header: Bytes::from_static(b"\x1a\x1b"),
+            payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
+        },
+        &|b| {
+            let mut v = header(b, "DELIVER_SHARED (0x88)");
+            v.push((8, "seq = 5".into()));
+            v.push((16, "msg_id".into()));
+            v.push((8, "from_account = 42".into()));
+            v.push((4, "from_device = 7".into()));
+            v.push((8, "accepted_at_ms = 1700000000123".into()));
+            v.push((8, "expires_at_ms = 1700003600123".into()));
+            v.push((1, "flags = 0".into()));
+            v.push((8, "group = 0 (SEND_MULTI)".into()));
+            v.push((2, "header_len = 2".into()));
+            v.push((2, "header (account 44's own)".into()));
+            v.push((4, "payload (4 bytes: the rest of the frame)".into()));
+            v
+        },
+    );
+    add(
+        "ERROR (group)",
+        Frame::Error {
+            msg_id: id(),
+            code: ErrorCode::NotAMember,
+            retry_after_ms: 0,
+            message: "not a member".into(),
+        },
+        &|b| {
+            let mut v = header(b, "ERROR (0x84)");
+            v.push((16, "msg_id (of the refused SEND_GROUP)".into()));
+            v.push((2, "code = 22 (NOT_A_MEMBER)".into()));
+            v.push((4, "retry_after_ms = 0".into()));
+            v.push((2, "message_len = 12".into()));
+            v.push((12, "message = \"not a member\"".into()));
+            v
+        },
+    );
 }
 
 #[test]
@@ -300,4 +539,80 @@ fn protocol_md_slot_vectors_hold() {
         missing.is_empty(),
         "PROTOCOL.md lacks the slot rows {missing:?}"
     );
+}
+
+/// Every frame type appears in §2's frame table with its name and direction.
+#[test]
+fn protocol_md_lists_every_frame_type() {
+    let doc = protocol_md();
+    let mut missing = Vec::new();
+    for ty in TYPES {
+        let dir = if ty < 0x80 {
+            "client → node"
+        } else {
+            "node → client"
+        };
+        let row = format!("| 0x{ty:02x} | `{}` | {dir} |", kind(ty));
+        println!("{row}");
+        if !doc.contains(&row) {
+            missing.push(row);
+        }
+        let heading = format!("### {} (0x{ty:02x}), {dir}", kind(ty));
+        if !doc.contains(&heading) {
+            missing.push(heading);
+        }
+    }
+    assert!(missing.is_empty(), "PROTOCOL.md lacks {missing:?}");
+}
+
+/// Every error code appears in §3's table with its value, name and fatality.
+#[test]
+fn protocol_md_lists_every_error_code() {
+    let doc = protocol_md();
+    let mut missing = Vec::new();
+    for code in ErrorCode::ALL {
+        let fatal = if code.is_fatal() { "yes" } else { "no" };
+        let row = format!("| {} | `{}` | {fatal} |", code.as_u16(), code.name());
+        println!("{row}");
+        if !doc.contains(&row) {
+            missing.push(row);
+        }
+    }
+    assert!(missing.is_empty(), "PROTOCOL.md lacks the rows {missing:?}");
+}
+
+/// The limits PROTOCOL.md §4 states, from the same constants the codec tests use.
+#[test]
+fn protocol_md_states_the_default_limits() {
+    let doc = protocol_md();
+    let group = |n: usize| {
+        // 532168 -> "532 168", as the document writes numbers.
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(' ');
+            }
+            out.push(c);
+        }
+        out
+    };
+    let max_accounts = (NODE_LIMIT - 1 - GROUP_UPDATE_FIXED_LEN) / 8;
+    let figures = [
+        ("node frame limit", NODE_LIMIT),
+        ("largest SEND", SEND_LIMIT),
+        ("client frame limit", CLIENT_LIMIT),
+        ("largest DELIVER", DELIVER_LIMIT),
+        ("accounts per GROUP_CREATE/UPDATE", max_accounts),
+        ("GROUP_INFO page", MAX_PAGE),
+    ];
+    let mut missing = Vec::new();
+    for (what, n) in figures {
+        let text = format!("**{}**", group(n));
+        println!("{what}: {text}");
+        if !doc.contains(&text) {
+            missing.push((what, text));
+        }
+    }
+    assert!(missing.is_empty(), "PROTOCOL.md lacks {missing:?}");
 }

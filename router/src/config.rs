@@ -67,6 +67,12 @@ pub struct Limits {
     pub max_pending_sends: usize,
     /// Bytes accepted but not yet durable, node-wide, before `OVERLOADED`.
     pub max_pending_bytes: u64,
+    /// Members a group may have (`GROUP_TOO_LARGE` above it).
+    pub max_group_size: u32,
+    /// Recipients a `SEND_MULTI` may list (`TOO_MANY_RECIPIENTS` above it).
+    pub max_multi_recipients: usize,
+    /// Bytes of one `SEND_MULTI` per-recipient header.
+    pub max_header_bytes: usize,
 }
 
 impl Default for Config {
@@ -100,7 +106,17 @@ impl Default for Limits {
             dedup_window_secs: 3600,
             max_pending_sends: 1024,
             max_pending_bytes: 256 * 1024 * 1024,
+            max_group_size: 100_000,
+            max_multi_recipients: 1000,
+            max_header_bytes: 256,
         }
+    }
+}
+
+impl Limits {
+    /// The largest frame the node reads: an envelope plus a full `SEND_MULTI` recipient list.
+    pub fn max_frame(&self) -> usize {
+        self.max_envelope_bytes + 64 + self.max_multi_recipients * (14 + self.max_header_bytes)
     }
 }
 
@@ -127,6 +143,13 @@ impl Config {
             "limits.default_ttl_secs must be in 1..=max_ttl_secs"
         );
         anyhow::ensure!(l.max_pending_sends > 0, "limits.max_pending_sends must be > 0");
+        anyhow::ensure!(l.max_group_size >= 1, "limits.max_group_size must be >= 1");
+        anyhow::ensure!(
+            l.max_multi_recipients <= u16::MAX as usize,
+            "limits.max_multi_recipients must be at most 65535"
+        );
+        // A DELIVER_SHARED must fit the client's frame limit (max envelope + 1 KiB).
+        anyhow::ensure!(l.max_header_bytes <= 960, "limits.max_header_bytes must be at most 960");
         anyhow::ensure!(self.tls_cert.is_some() == self.tls_key.is_some(), "tls_cert and tls_key go together");
         anyhow::ensure!((1..=64).contains(&self.quic_endpoints), "quic_endpoints must be in 1..=64");
         Ok(())

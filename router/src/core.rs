@@ -6,8 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use hearth_protocol::{flags, ErrorCode, Frame, MessageId, VerifyingKey};
-use hearth_storage::{DeviceKey, EnqueueError, Store, StoredEnvelope};
+use hearth_protocol::{
+    flags, group_op, role, ErrorCode, Frame, MessageId, MultiRecipient, VerifyingKey,
+};
+use hearth_storage::{
+    DeviceKey, EnqueueError, GroupError, GroupOp, GroupState, Role, SharedRecipient, Store,
+    StoredEnvelope,
+};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::config::Limits;
@@ -21,6 +26,47 @@ pub(crate) const LIVE_CHANNEL: usize = 512;
 pub(crate) struct Live {
     pub seq: u64,
     pub env: StoredEnvelope,
+    /// Group of a group envelope, else 0.
+    pub group: u64,
+    /// Per-recipient header of a multi-recipient envelope, else empty.
+    pub header: Bytes,
+}
+
+/// Who a durable envelope goes to: device queues holding it inline (1:1), or pointers to one
+/// shared copy (groups and multi-recipient sends).
+pub(crate) enum Recipients {
+    Inline(Vec<DeviceKey>),
+    Shared { group: u64, list: Vec<SharedRecipient> },
+}
+
+impl Recipients {
+    fn len(&self) -> usize {
+        match self {
+            Recipients::Inline(v) => v.len(),
+            Recipients::Shared { list, .. } => list.len(),
+        }
+    }
+
+    fn group(&self) -> u64 {
+        match self {
+            Recipients::Inline(_) => 0,
+            Recipients::Shared { group, .. } => *group,
+        }
+    }
+
+    fn header_of(&self, i: usize) -> Bytes {
+        match self {
+            Recipients::Inline(_) => Bytes::new(),
+            Recipients::Shared { list, .. } => list[i].header.clone(),
+        }
+    }
+
+    fn device(&self, i: usize) -> DeviceKey {
+        match self {
+            Recipients::Inline(v) => v[i],
+            Recipients::Shared { list, .. } => list[i].device,
+        }
+    }
 }
 
 /// The core's handle on one connected device.
@@ -55,6 +101,9 @@ impl SessionHandle {
     }
 }
 
+/// A send's identity for idempotent retries: the sending device and its message id.
+type SendId = (DeviceKey, MessageId);
+
 /// The answer to a `SEND`: at once, or when the envelope is durable.
 pub(crate) enum SendReply {
     Now(Frame),
@@ -68,7 +117,7 @@ pub(crate) struct Router {
     pub verifying_key: VerifyingKey,
     pub metrics: Metrics,
     sessions: Mutex<BTreeMap<DeviceKey, Arc<SessionHandle>>>,
-    sends_in_flight: Mutex<HashMap<(DeviceKey, MessageId), Vec<oneshot::Sender<Frame>>>>,
+    sends_in_flight: Mutex<HashMap<SendId, Vec<oneshot::Sender<Frame>>>>,
     next_session: AtomicU64,
 }
 
@@ -135,6 +184,49 @@ impl Router {
         self.sessions.lock().expect("not poisoned")
     }
 
+    /// Refuse a send with `code`.
+    fn refuse(&self, msg_id: MessageId, code: ErrorCode, retry_after_ms: u32, message: String) -> SendReply {
+        Metrics::inc(&self.metrics.refused);
+        SendReply::Now(Frame::Error { msg_id, code, retry_after_ms, message })
+    }
+
+    /// Check the parts every kind of send shares and build the envelope to store.
+    fn envelope(
+        &self,
+        from: DeviceKey,
+        msg_id: MessageId,
+        ttl_secs: u32,
+        flags: u8,
+        payload: Bytes,
+        now_ms: u64,
+    ) -> Result<StoredEnvelope, SendReply> {
+        if payload.len() > self.limits.max_envelope_bytes {
+            let msg = format!(
+                "envelope of {} bytes exceeds the {}-byte limit",
+                payload.len(),
+                self.limits.max_envelope_bytes
+            );
+            return Err(self.refuse(msg_id, ErrorCode::EnvelopeTooLarge, 0, msg));
+        }
+        if flags & !flags::KNOWN != 0 {
+            let msg = format!("unknown flag bits 0x{flags:02x}");
+            return Err(self.refuse(msg_id, ErrorCode::InvalidSend, 0, msg));
+        }
+        let ttl = match ttl_secs {
+            0 => self.limits.default_ttl_secs,
+            t => t.min(self.limits.max_ttl_secs),
+        };
+        Ok(StoredEnvelope {
+            msg_id,
+            from_account: from.account,
+            from_device: from.device,
+            accepted_at_ms: now_ms,
+            expires_at_ms: now_ms + u64::from(ttl) * 1000,
+            flags,
+            payload,
+        })
+    }
+
     /// Handle a `SEND` from the authenticated device `from` at time `now_ms`.
     #[allow(clippy::too_many_arguments)]
     pub fn send(
@@ -148,24 +240,13 @@ impl Router {
         payload: Bytes,
         now_ms: u64,
     ) -> SendReply {
-        let refuse = |code: ErrorCode, retry_after_ms: u32, message: String| {
-            Metrics::inc(&self.metrics.refused);
-            SendReply::Now(Frame::Error { msg_id, code, retry_after_ms, message })
+        let env = match self.envelope(from, msg_id, ttl_secs, flags, payload, now_ms) {
+            Ok(env) => env,
+            Err(reply) => return reply,
         };
-        if payload.len() > self.limits.max_envelope_bytes {
-            let msg = format!(
-                "envelope of {} bytes exceeds the {}-byte limit",
-                payload.len(),
-                self.limits.max_envelope_bytes
-            );
-            return refuse(ErrorCode::EnvelopeTooLarge, 0, msg);
-        }
-        if flags & !flags::KNOWN != 0 {
-            return refuse(ErrorCode::InvalidSend, 0, format!("unknown flag bits 0x{flags:02x}"));
-        }
         let registered = match self.store.devices(to_account) {
             Ok(d) => d,
-            Err(e) => return refuse(ErrorCode::Internal, 100, format!("storage: {e}")),
+            Err(e) => return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}")),
         };
         let devices: Vec<DeviceKey> = registered
             .iter()
@@ -175,38 +256,125 @@ impl Router {
             .collect();
         if devices.is_empty() {
             let msg = if to_device == 0 {
-                "the account has no other registered device".to_string()
+                "the account has no other registered device"
             } else {
-                "no such device".to_string()
+                "no such device"
             };
-            return refuse(ErrorCode::NoSuchRecipient, 0, msg);
+            return self.refuse(msg_id, ErrorCode::NoSuchRecipient, 0, msg.into());
         }
-        let ttl = match ttl_secs {
-            0 => self.limits.default_ttl_secs,
-            t => t.min(self.limits.max_ttl_secs),
-        };
-        let env = StoredEnvelope {
-            msg_id,
-            from_account: from.account,
-            from_device: from.device,
-            accepted_at_ms: now_ms,
-            expires_at_ms: now_ms + u64::from(ttl) * 1000,
-            flags,
-            payload,
-        };
-        if flags & flags::EPHEMERAL != 0 {
-            return SendReply::Now(self.push_ephemeral(&devices, env));
-        }
-        self.send_durable(from, devices, env)
+        self.deliver(from, env, Recipients::Inline(devices))
     }
 
-    fn push_ephemeral(&self, devices: &[DeviceKey], env: StoredEnvelope) -> Frame {
+    /// Handle a `SEND_GROUP`: every device of every member but the sending device.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_group(
+        self: &Arc<Self>,
+        from: DeviceKey,
+        msg_id: MessageId,
+        group: u64,
+        ttl_secs: u32,
+        flags: u8,
+        payload: Bytes,
+        now_ms: u64,
+    ) -> SendReply {
+        let env = match self.envelope(from, msg_id, ttl_secs, flags, payload, now_ms) {
+            Ok(env) => env,
+            Err(reply) => return reply,
+        };
+        let members = match self.store.group_members(group) {
+            Ok(Some(m)) => m,
+            Ok(None) => return self.refuse(msg_id, ErrorCode::NoSuchGroup, 0, "no such group".into()),
+            Err(e) => return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}")),
+        };
+        if members.binary_search(&from.account).is_err() {
+            let msg = "only members may send to a group".to_string();
+            return self.refuse(msg_id, ErrorCode::NotAMember, 0, msg);
+        }
+        let devices = match self.store.devices_of_many(&members) {
+            Ok(d) => d,
+            Err(e) => return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}")),
+        };
+        let list: Vec<SharedRecipient> = devices
+            .into_iter()
+            .filter(|k| *k != from)
+            .map(|device| SharedRecipient { device, header: Bytes::new() })
+            .collect();
+        self.deliver(from, env, Recipients::Shared { group, list })
+    }
+
+    /// Handle a `SEND_MULTI`: the listed recipients, each with its opaque header.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send_multi(
+        self: &Arc<Self>,
+        from: DeviceKey,
+        msg_id: MessageId,
+        ttl_secs: u32,
+        flags: u8,
+        recipients: Vec<MultiRecipient>,
+        payload: Bytes,
+        now_ms: u64,
+    ) -> SendReply {
+        let l = &self.limits;
+        if recipients.len() > l.max_multi_recipients {
+            let msg = format!("{} recipients exceed the limit of {}", recipients.len(), l.max_multi_recipients);
+            return self.refuse(msg_id, ErrorCode::TooManyRecipients, 0, msg);
+        }
+        if recipients.iter().any(|r| r.header.len() > l.max_header_bytes) {
+            let msg = format!("a recipient header exceeds {} bytes", l.max_header_bytes);
+            return self.refuse(msg_id, ErrorCode::TooManyRecipients, 0, msg);
+        }
+        let env = match self.envelope(from, msg_id, ttl_secs, flags, payload, now_ms) {
+            Ok(env) => env,
+            Err(reply) => return reply,
+        };
+        let mut list = Vec::with_capacity(recipients.len());
+        let mut seen = std::collections::HashSet::with_capacity(recipients.len());
+        for r in recipients {
+            let registered = match self.store.devices(r.account) {
+                Ok(d) => d,
+                Err(e) => return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}")),
+            };
+            let before = list.len();
+            for &device in registered.iter().filter(|d| r.device == 0 || **d == r.device) {
+                let key = DeviceKey { account: r.account, device };
+                if key != from && seen.insert(key) {
+                    list.push(SharedRecipient { device: key, header: r.header.clone() });
+                }
+            }
+            if list.len() == before && r.device != 0 && !registered.contains(&r.device) {
+                let msg = format!("account {} has no device {}", r.account, r.device);
+                return self.refuse(msg_id, ErrorCode::NoSuchRecipient, 0, msg);
+            }
+        }
+        if list.is_empty() {
+            return self.refuse(msg_id, ErrorCode::NoSuchRecipient, 0, "no recipient device".into());
+        }
+        self.deliver(from, env, Recipients::Shared { group: 0, list })
+    }
+
+    /// Store (or, if ephemeral, push) an envelope for its recipients.
+    fn deliver(self: &Arc<Self>, from: DeviceKey, env: StoredEnvelope, to: Recipients) -> SendReply {
+        if env.flags & flags::EPHEMERAL != 0 {
+            return SendReply::Now(self.push_ephemeral(&to, env));
+        }
+        if to.len() == 0 {
+            // A group whose only member is the sender: nothing to store.
+            Metrics::inc(&self.metrics.accepted);
+            let (msg_id, accepted_at_ms) = (env.msg_id, env.accepted_at_ms);
+            return SendReply::Now(Frame::Accepted { msg_id, accepted_at_ms, recipients: 0 });
+        }
+        self.send_durable(from, to, env)
+    }
+
+    fn push_ephemeral(&self, to: &Recipients, env: StoredEnvelope) -> Frame {
         let mut pushed = 0u32;
         {
             let sessions = self.sessions();
-            for k in devices {
-                if let Some(h) = sessions.get(k) {
-                    if h.live_tx.try_send(Live { seq: 0, env: env.clone() }).is_ok() {
+            for i in 0..to.len() {
+                if let Some(h) = sessions.get(&to.device(i)) {
+                    let live =
+                        Live { seq: 0, env: env.clone(), group: to.group(), header: to.header_of(i) };
+                    if h.live_tx.try_send(live).is_ok() {
                         pushed += 1;
                     }
                 }
@@ -216,15 +384,13 @@ impl Router {
         Frame::Accepted { msg_id: env.msg_id, accepted_at_ms: env.accepted_at_ms, recipients: pushed }
     }
 
-    fn send_durable(
-        self: &Arc<Self>,
-        from: DeviceKey,
-        devices: Vec<DeviceKey>,
-        env: StoredEnvelope,
-    ) -> SendReply {
+    fn send_durable(self: &Arc<Self>, from: DeviceKey, to: Recipients, env: StoredEnvelope) -> SendReply {
         let msg_id = env.msg_id;
         let dkey = (from, msg_id);
-        let cost = (env.payload.len() as u64 + 64) * devices.len() as u64;
+        let cost = match &to {
+            Recipients::Inline(d) => (env.payload.len() as u64 + 64) * d.len() as u64,
+            Recipients::Shared { list, .. } => env.payload.len() as u64 + 64 * list.len() as u64,
+        };
         {
             let mut inflight = self.sends_in_flight.lock().expect("not poisoned");
             if let Some(waiters) = inflight.get_mut(&dkey) {
@@ -265,8 +431,13 @@ impl Router {
             }
             inflight.insert(dkey, Vec::new());
         }
-        let n = devices.len() as u32;
-        let enqueued = match self.store.enqueue(&devices, &env, Some((from, u64::from(n)))) {
+        let n = to.len() as u32;
+        let dedup = Some((from, u64::from(n)));
+        let result = match &to {
+            Recipients::Inline(devices) => self.store.enqueue(devices, &env, dedup),
+            Recipients::Shared { group, list } => self.store.enqueue_shared(list, &env, *group, dedup),
+        };
+        let enqueued = match result {
             Ok(e) => e,
             Err(err) => {
                 let (code, message) = match err {
@@ -288,11 +459,15 @@ impl Router {
         Metrics::add(&self.metrics.pending_bytes, cost);
         {
             let sessions = self.sessions();
-            for (key, seq) in &enqueued.seqs {
+            let group = to.group();
+            for (i, (key, seq)) in enqueued.seqs.iter().enumerate() {
                 if let Some(h) = sessions.get(key) {
                     h.max_seen.fetch_max(*seq, Ordering::AcqRel);
+                    // Seqs come in recipient order; the header travels with its device.
+                    debug_assert_eq!(to.device(i), *key);
+                    let live = Live { seq: *seq, env: env.clone(), group, header: to.header_of(i) };
                     // A full channel is fine: the session reads the queue once this is durable.
-                    let _ = h.live_tx.try_send(Live { seq: *seq, env: env.clone() });
+                    let _ = h.live_tx.try_send(live);
                 }
             }
         }
@@ -334,11 +509,96 @@ impl Router {
     }
 
     /// Answer the retries that waited on a send, and forget it.
-    fn finish_send(&self, dkey: (DeviceKey, MessageId), frame: &Frame) {
+    fn finish_send(&self, dkey: SendId, frame: &Frame) {
         let waiters = self.sends_in_flight.lock().expect("not poisoned").remove(&dkey);
         for w in waiters.into_iter().flatten() {
             let _ = w.send(frame.clone());
         }
+    }
+
+    /// Handle `GROUP_CREATE`, `GROUP_UPDATE` and `GROUP_GET` from the account of `from`.
+    pub fn group_request(self: &Arc<Self>, from: DeviceKey, frame: Frame, now_ms: u64) -> SendReply {
+        let actor = from.account;
+        let max = self.limits.max_group_size;
+        let (req_id, group) = match &frame {
+            Frame::GroupCreate { req_id, group, .. }
+            | Frame::GroupUpdate { req_id, group, .. }
+            | Frame::GroupGet { req_id, group, .. } => (*req_id, *group),
+            _ => unreachable!("only group requests are routed here"),
+        };
+        if group == 0 {
+            return self.refuse(req_id, ErrorCode::InvalidRequest, 0, "group 0 is reserved".into());
+        }
+        let (tx, rx) = oneshot::channel();
+        let store = self.store.clone();
+        match frame {
+            Frame::GroupGet { offset, limit, .. } => {
+                let cap = (self.limits.max_envelope_bytes / 16).clamp(1, 16384) as u32;
+                let members = match self.store.group_members(group) {
+                    Ok(m) => m,
+                    Err(e) => return self.refuse(req_id, ErrorCode::Internal, 100, format!("storage: {e}")),
+                };
+                match members {
+                    None => return self.refuse(req_id, ErrorCode::NoSuchGroup, 0, "no such group".into()),
+                    Some(m) if m.binary_search(&actor).is_err() => {
+                        let msg = "only members may read a group".to_string();
+                        return self.refuse(req_id, ErrorCode::NotAMember, 0, msg);
+                    }
+                    Some(_) => {}
+                }
+                return match self.store.group_info(group, offset, limit.min(cap)) {
+                    Ok(Some((st, page))) => SendReply::Now(Frame::GroupInfo {
+                        req_id,
+                        group,
+                        version: st.version,
+                        creator: st.creator,
+                        total: st.members,
+                        offset,
+                        members: page
+                            .into_iter()
+                            .map(|(a, r)| {
+                                let role = match r {
+                                    Role::Admin => role::ADMIN,
+                                    Role::Member => role::MEMBER,
+                                };
+                                (a, role)
+                            })
+                            .collect(),
+                    }),
+                    Ok(None) => self.refuse(req_id, ErrorCode::NoSuchGroup, 0, "no such group".into()),
+                    Err(e) => self.refuse(req_id, ErrorCode::Internal, 100, format!("storage: {e}")),
+                };
+            }
+            Frame::GroupCreate { members, .. } => {
+                tokio::spawn(async move {
+                    let r = store.create_group(group, actor, &members, max, now_ms).await;
+                    let _ = tx.send(group_answer(req_id, r));
+                });
+            }
+            Frame::GroupUpdate { op, accounts, .. } => {
+                let op = match op {
+                    group_op::ADD_MEMBERS => GroupOp::AddMembers(accounts),
+                    group_op::REMOVE_MEMBERS => GroupOp::RemoveMembers(accounts),
+                    group_op::ADD_ADMINS => GroupOp::AddAdmins(accounts),
+                    group_op::REMOVE_ADMINS => GroupOp::RemoveAdmins(accounts),
+                    group_op::DELETE if accounts.is_empty() => GroupOp::Delete,
+                    group_op::DELETE => {
+                        let msg = "DELETE lists no accounts".to_string();
+                        return self.refuse(req_id, ErrorCode::InvalidRequest, 0, msg);
+                    }
+                    other => {
+                        let msg = format!("unknown group operation {other}");
+                        return self.refuse(req_id, ErrorCode::InvalidRequest, 0, msg);
+                    }
+                };
+                tokio::spawn(async move {
+                    let r = store.update_group(group, actor, op, max).await;
+                    let _ = tx.send(group_answer(req_id, r));
+                });
+            }
+            _ => unreachable!("matched above"),
+        }
+        SendReply::Later(rx)
     }
 
     /// Delete acknowledged entries (not waiting for them to be durable: a lost ack only
@@ -352,4 +612,24 @@ impl Router {
             }
         });
     }
+}
+
+/// The frame answering a group create or update.
+fn group_answer(req_id: MessageId, r: Result<GroupState, GroupError>) -> Frame {
+    let (code, message) = match r {
+        Ok(st) => {
+            return Frame::GroupOk { req_id, group: st.group, version: st.version, members: st.members }
+        }
+        Err(GroupError::NoSuchGroup) => (ErrorCode::NoSuchGroup, "no such group".to_string()),
+        Err(GroupError::Exists) => (ErrorCode::GroupExists, "the group already exists".to_string()),
+        Err(GroupError::NotMember) => (ErrorCode::NotAMember, "not a member of the group".to_string()),
+        Err(GroupError::NotAdmin) => (ErrorCode::NotAdmin, "only admins may do that".to_string()),
+        Err(GroupError::TooLarge) => (ErrorCode::GroupTooLarge, "the group would be too large".to_string()),
+        Err(GroupError::Invalid(why)) => (ErrorCode::InvalidRequest, why),
+        Err(GroupError::Storage(e)) => {
+            tracing::error!(error = %e, "group update failed");
+            (ErrorCode::Internal, "storage failure".to_string())
+        }
+    };
+    Frame::Error { msg_id: req_id, code, retry_after_ms: 0, message }
 }

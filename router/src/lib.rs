@@ -124,7 +124,8 @@ impl Node {
         self.admin_addr
     }
 
-    /// PEM of the certificate clients should trust.
+    /// PEM of the last certificate of the presented chain: the development certificate, or the
+    /// chain's root when the configured chain includes it (otherwise give clients your CA's PEM).
     pub fn ca_pem(&self) -> Vec<u8> {
         self.ca_pem.clone()
     }
@@ -175,9 +176,8 @@ async fn sweep_loop(shared: Arc<Shared>, every: Duration) {
         loop {
             match shared.router.store.sweep_expired(now_ms(), 10_000).await {
                 Ok(s) => {
-                    let n = s.expired.len();
-                    metrics::Metrics::add(&shared.router.metrics.expired, n as u64);
-                    if n < 10_000 {
+                    metrics::Metrics::add(&shared.router.metrics.expired, s.expired.len() as u64);
+                    if s.scanned < 10_000 {
                         break;
                     }
                 }

@@ -41,9 +41,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         router: router.clone(),
         recv,
         buf: BytesMut::with_capacity(READ_CHUNK),
-        decoder: Decoder::new(
-            router.limits.max_envelope_bytes + hearth_protocol::SEND_FIXED_LEN + 1,
-        ),
+        decoder: Decoder::new(router.limits.max_frame()),
         out: BytesMut::new(),
         out_tx,
     };
@@ -229,10 +227,25 @@ impl Session {
                     let reply = self.router.send(
                         key, msg_id, to_account, to_device, ttl_secs, flags, payload, now_ms(),
                     );
-                    match reply {
-                        SendReply::Now(f) => encode(&f, &mut self.out),
-                        SendReply::Later(rx) => pending.push(rx),
-                    }
+                    Self::answer(reply, &mut self.out, pending);
+                }
+                Frame::SendGroup { msg_id, group, ttl_secs, flags, payload } => {
+                    let reply = self.router.send_group(
+                        key, msg_id, group, ttl_secs, flags, payload, now_ms(),
+                    );
+                    Self::answer(reply, &mut self.out, pending);
+                }
+                Frame::SendMulti { msg_id, ttl_secs, flags, recipients, payload } => {
+                    let reply = self.router.send_multi(
+                        key, msg_id, ttl_secs, flags, recipients, payload, now_ms(),
+                    );
+                    Self::answer(reply, &mut self.out, pending);
+                }
+                f @ (Frame::GroupCreate { .. }
+                | Frame::GroupUpdate { .. }
+                | Frame::GroupGet { .. }) => {
+                    let reply = self.router.group_request(key, f, now_ms());
+                    Self::answer(reply, &mut self.out, pending);
                 }
                 Frame::Ack { seqs } => {
                     state.on_ack(&seqs);
@@ -249,13 +262,25 @@ impl Session {
         }
     }
 
+    /// Write an immediate answer, or remember a pending one.
+    fn answer(
+        reply: SendReply,
+        out: &mut BytesMut,
+        pending: &mut FuturesUnordered<tokio::sync::oneshot::Receiver<Frame>>,
+    ) {
+        match reply {
+            SendReply::Now(f) => encode(&f, out),
+            SendReply::Later(rx) => pending.push(rx),
+        }
+    }
+
     fn on_live(&mut self, state: &mut DeliveryState, live: Live) {
         if live.seq == 0 {
             Metrics::inc(&self.router.metrics.ephemeral_delivered);
-            encode(&deliver(0, &live.env), &mut self.out);
+            encode(&deliver(0, &live.env, live.group, &live.header), &mut self.out);
         } else if state.on_live(live.seq) {
             Metrics::inc(&self.router.metrics.delivered);
-            encode(&deliver(live.seq, &live.env), &mut self.out);
+            encode(&deliver(live.seq, &live.env, live.group, &live.header), &mut self.out);
         }
     }
 
@@ -271,11 +296,11 @@ impl Session {
                 entries.iter().map(|e| (e.seq, e.envelope.expires_at_ms > now)).collect();
             let send = state.on_read(read.max, &seqs);
             let mut i = 0;
-            for QueueEntry { seq, envelope } in &entries {
+            for QueueEntry { seq, envelope, group, header } in &entries {
                 if send.get(i) == Some(seq) {
                     i += 1;
                     Metrics::inc(&self.router.metrics.delivered);
-                    encode(&deliver(*seq, envelope), &mut self.out);
+                    encode(&deliver(*seq, envelope, *group, header), &mut self.out);
                 }
             }
             if entries.is_empty() {
@@ -294,7 +319,23 @@ impl Session {
     }
 }
 
-fn deliver(seq: u64, e: &hearth_storage::StoredEnvelope) -> Frame {
+/// The frame carrying a stored or live envelope: `DELIVER_SHARED` when it has a group or a
+/// per-recipient header, else `DELIVER`.
+fn deliver(seq: u64, e: &hearth_storage::StoredEnvelope, group: u64, header: &Bytes) -> Frame {
+    if group != 0 || !header.is_empty() {
+        return Frame::DeliverShared {
+            seq,
+            msg_id: e.msg_id,
+            from_account: e.from_account,
+            from_device: e.from_device,
+            accepted_at_ms: e.accepted_at_ms,
+            expires_at_ms: e.expires_at_ms,
+            flags: e.flags,
+            group,
+            header: header.clone(),
+            payload: e.payload.clone(),
+        };
+    }
     Frame::Deliver {
         seq,
         msg_id: e.msg_id,

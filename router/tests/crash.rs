@@ -95,3 +95,62 @@ async fn every_accepted_envelope_survives_sigkill() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_group_message_survives_sigkill_mid_fan_out() {
+    use hearth_client::OutgoingGroup;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = spawn_node(dir.path());
+    let members: Vec<u64> = (10..30).collect();
+    for &m in &members {
+        let (c, _) = Connection::connect(&client_config(dir.path(), addr, m, 1)).await.unwrap();
+        c.close();
+    }
+    let (sender, _) = Connection::connect(&client_config(dir.path(), addr, 1, 1)).await.unwrap();
+    sender.create_group(5, &members).await.unwrap();
+    let accepted = Arc::new(Mutex::new(HashSet::new()));
+    let mut tasks = Vec::new();
+    for t in 0..16u128 {
+        let (sender, accepted) = (sender.clone(), accepted.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let id = t * 1_000_000 + i;
+                let out = OutgoingGroup {
+                    msg_id: MessageId::from_u128(id),
+                    group: 5,
+                    ttl_secs: 0,
+                    ephemeral: false,
+                    payload: bytes::Bytes::copy_from_slice(&id.to_be_bytes()),
+                };
+                match sender.send_group(out).await {
+                    Ok(_) => accepted.lock().unwrap().insert(id),
+                    Err(_) => return,
+                };
+            }
+        }));
+    }
+    eventually("enough group messages accepted", || accepted.lock().unwrap().len() >= 300).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    sender.close();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let accepted = accepted.lock().unwrap().clone();
+    let (mut child, addr) = spawn_node(dir.path());
+    for &m in &members {
+        let (c, mut d) = Connection::connect(&client_config(dir.path(), addr, m, 1)).await.unwrap();
+        let mut missing = accepted.clone();
+        while !missing.is_empty() {
+            let got = tokio::time::timeout(DEADLINE, d.next())
+                .await
+                .unwrap_or_else(|_| panic!("member {m}: {} accepted never delivered", missing.len()))
+                .expect("connection open");
+            assert_eq!(got.group, 5);
+            missing.remove(&got.msg_id.as_u128());
+            c.ack(&[got.seq]).unwrap();
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -145,7 +145,7 @@ async fn ephemeral_envelopes_reach_online_devices_only_and_never_touch_disk() {
     let (_off, mut off_d) = n.connect(1, 2).await;
     assert_eq!(&next(&mut off_d).await.payload[..], b"stored marker");
     n.node.shutdown().await;
-    assert!(files_containing(dir.path(), b"stored marker").len() > 0, "the check can see payloads");
+    assert!(!files_containing(dir.path(), b"stored marker").is_empty(), "the check sees payloads");
     assert_eq!(files_containing(dir.path(), marker), Vec::<std::path::PathBuf>::new());
 }
 

@@ -32,6 +32,14 @@ impl Bystander {
     }
 }
 
+/// The error of a connection attempt that must fail.
+fn refusal<T>(r: Result<T, ClientError>) -> ClientError {
+    match r {
+        Ok(_) => panic!("the connection was accepted"),
+        Err(e) => e,
+    }
+}
+
 fn closed_code(e: &ClientError) -> Option<ErrorCode> {
     match e {
         ClientError::Closed { code, .. } => *code,
@@ -69,13 +77,13 @@ async fn bad_input_is_refused_with_its_code_while_others_keep_receiving() {
     // Forged and expired tokens.
     let mut cc = n.client_config(2, 1);
     cc.token = token(&SigningKey::generate(), 2, 1);
-    let err = Connection::connect(&cc).await.err().expect("forged token refused");
+    let err = refusal(Connection::connect(&cc).await);
     assert_eq!(closed_code(&err), Some(ErrorCode::BadToken), "{err:?}");
     cc.token = n.node.signing_key().issue(&TokenClaims { account: 2, device: 1, expires_at: 1 });
-    let err = Connection::connect(&cc).await.err().expect("expired token refused");
+    let err = refusal(Connection::connect(&cc).await);
     assert_eq!(closed_code(&err), Some(ErrorCode::TokenExpired), "{err:?}");
     cc.token = "not a token".into();
-    let err = Connection::connect(&cc).await.err().expect("garbage token refused");
+    let err = refusal(Connection::connect(&cc).await);
     assert_eq!(closed_code(&err), Some(ErrorCode::BadToken), "{err:?}");
     by.still_served().await;
 
@@ -122,7 +130,7 @@ async fn the_connection_limit_is_refused_with_its_code() {
     let n = TestNode::start_with(cfg).await;
     let (_a, _) = n.connect(1, 1).await;
     let (_b, _) = n.connect(1, 2).await;
-    let err = Connection::connect(&n.client_config(1, 3)).await.err().expect("refused");
+    let err = refusal(Connection::connect(&n.client_config(1, 3)).await);
     assert_eq!(closed_code(&err), Some(ErrorCode::TooManyConnections), "{err:?}");
     n.node.shutdown().await;
 }

@@ -41,3 +41,30 @@ pub enum EnqueueError {
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
+
+/// Why a group operation was refused or failed; nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// The group does not exist.
+    #[error("no such group")]
+    NoSuchGroup,
+    /// The group exists and was created by another account.
+    #[error("the group exists")]
+    Exists,
+    /// The acting account is not a member of the group.
+    #[error("not a member of the group")]
+    NotMember,
+    /// The operation needs an admin.
+    #[error("not an admin of the group")]
+    NotAdmin,
+    /// The group would have more members than allowed.
+    #[error("the group would be too large")]
+    TooLarge,
+    /// The request is malformed or not allowed (group 0, admin not a member, demoting or
+    /// removing the creator).
+    #[error("invalid group request: {0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}

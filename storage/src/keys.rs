@@ -1,10 +1,19 @@
 //! Key layouts and value encodings of the column families (all integers big-endian).
 //!
-//! - `queues`:  slot u16 | account u64 | device u32 | seq u64 -> envelope (see [`encode_envelope`])
+//! - `queues`:  slot u16 | account u64 | device u32 | seq u64 -> an inline envelope (tag 1, see
+//!   [`encode_envelope`]) or a pointer to a shared payload (tag 2, see [`encode_pointer`])
 //! - `devices`: slot u16 | account u64 | device u32 -> registered_at_ms u64 | next_seq u64
 //! - `dedup`:   slot u16 | account u64 | device u32 | msg_id [16] (the sender)
 //!   -> accepted_at_ms u64 | recipients u32 | expires_at_ms u64
 //! - `expiry`:  expires_at_ms u64 | kind u8 | the queue or dedup key -> empty
+//! - `groups`:  slot(group) u16 | group u64 -> creator u64 | version u64 | created_at_ms u64 |
+//!   member_count u32
+//! - `members`: slot(group) u16 | group u64 | account u64 -> role u8 (1 member, 2 admin)
+//! - `payloads`: payload_id u64 -> refs u32 (pointers written) | encoded envelope
+//!
+//! Queue values start with a tag byte. Inline envelopes always started with their format
+//! version, 1, so that byte is their tag and data written before pointers existed reads as is;
+//! pointers take tag 2.
 
 use bytes::Bytes;
 use hearth_protocol::MessageId;
@@ -29,8 +38,19 @@ pub(crate) const KIND_QUEUE: u8 = 0;
 /// Expiry index kind of a dedup record.
 pub(crate) const KIND_DEDUP: u8 = 1;
 
-/// Format version of a stored envelope.
+/// Format version of a stored envelope, also the tag of an inline queue value.
 const ENVELOPE_VERSION: u8 = 1;
+/// Tag of a queue value that points to a shared payload.
+const POINTER_TAG: u8 = 2;
+/// Bytes of a pointer before its header: tag | payload_id u64 | expires_at_ms u64 |
+/// payload_len u32 | group u64.
+pub(crate) const POINTER_HEADER_LEN: usize = 1 + 8 + 8 + 4 + 8;
+/// Length of a group key.
+pub(crate) const GROUP_KEY_LEN: usize = 2 + 8;
+/// Length of a member key.
+pub(crate) const MEMBER_KEY_LEN: usize = GROUP_KEY_LEN + 8;
+/// Length of a group record.
+const GROUP_RECORD_LEN: usize = 8 + 8 + 8 + 4;
 /// Bytes of a stored envelope before its payload.
 pub(crate) const ENVELOPE_HEADER_LEN: usize = 1 + 16 + 8 + 4 + 8 + 8 + 1;
 /// Offset of `expires_at_ms` in a stored envelope.
@@ -85,6 +105,15 @@ pub(crate) fn expiry_key(expires_at_ms: u64, kind: u8, key: &[u8]) -> Vec<u8> {
     k.extend_from_slice(&expires_at_ms.to_be_bytes());
     k.push(kind);
     k.extend_from_slice(key);
+    k
+}
+
+/// The expiry index key of a queue entry (no allocation: one per recipient of a fan-out).
+pub(crate) fn queue_expiry_key(expires_at_ms: u64, key: &QueueKey) -> [u8; 9 + QUEUE_KEY_LEN] {
+    let mut k = [0u8; 9 + QUEUE_KEY_LEN];
+    k[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
+    k[8] = KIND_QUEUE;
+    k[9..].copy_from_slice(key);
     k
 }
 
@@ -165,6 +194,11 @@ pub(crate) fn decode_dedup(v: &[u8]) -> Result<(DedupRecord, u64), StorageError>
 /// expires_at_ms u64 | flags u8 | payload.
 pub(crate) fn encode_envelope(env: &StoredEnvelope) -> Vec<u8> {
     let mut v = Vec::with_capacity(ENVELOPE_HEADER_LEN + env.payload.len());
+    encode_envelope_into(env, &mut v);
+    v
+}
+
+fn encode_envelope_into(env: &StoredEnvelope, v: &mut Vec<u8>) {
     v.push(ENVELOPE_VERSION);
     v.extend_from_slice(&env.msg_id.0);
     v.extend_from_slice(&env.from_account.to_be_bytes());
@@ -173,7 +207,6 @@ pub(crate) fn encode_envelope(env: &StoredEnvelope) -> Vec<u8> {
     v.extend_from_slice(&env.expires_at_ms.to_be_bytes());
     v.push(env.flags);
     v.extend_from_slice(&env.payload);
-    v
 }
 
 fn check_envelope(v: &[u8]) -> Result<(), StorageError> {
@@ -201,23 +234,170 @@ pub(crate) fn decode_envelope(v: &[u8]) -> Result<StoredEnvelope, StorageError> 
     })
 }
 
-/// What the writer needs to know of an entry: its payload size and expiry.
+/// What the writer needs to know of a queue entry: the bytes it counts against its queue,
+/// its expiry and, for a pointer, the shared payload it holds a reference to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct EntryMeta {
-    pub payload_len: u64,
+    /// Payload bytes (plus the header for a pointer).
+    pub bytes: u64,
     pub expires_at_ms: u64,
+    /// The payload id of a pointer.
+    pub payload: Option<u64>,
 }
 
-pub(crate) fn envelope_meta(v: &[u8]) -> Result<EntryMeta, StorageError> {
+/// The meta data of a queue value of either kind.
+pub(crate) fn entry_meta(v: &[u8]) -> Result<EntryMeta, StorageError> {
+    if v.first() == Some(&POINTER_TAG) {
+        let p = decode_pointer_fixed(v)?;
+        return Ok(EntryMeta {
+            bytes: u64::from(p.payload_len) + (v.len() - POINTER_HEADER_LEN) as u64,
+            expires_at_ms: p.expires_at_ms,
+            payload: Some(p.payload_id),
+        });
+    }
     check_envelope(v)?;
     Ok(EntryMeta {
-        payload_len: (v.len() - ENVELOPE_HEADER_LEN) as u64,
+        bytes: (v.len() - ENVELOPE_HEADER_LEN) as u64,
         expires_at_ms: u64::from_be_bytes(
             v[EXPIRES_OFFSET..EXPIRES_OFFSET + 8]
                 .try_into()
                 .expect("8 bytes"),
         ),
+        payload: None,
     })
+}
+
+/// The fixed part of a pointer value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Pointer {
+    pub payload_id: u64,
+    pub expires_at_ms: u64,
+    pub payload_len: u32,
+    pub group: u64,
+}
+
+/// Appends a pointer value (without its header) to `out`:
+/// tag 2 | payload_id u64 | expires_at_ms u64 | payload_len u32 | group u64 (then the header).
+pub(crate) fn encode_pointer(p: &Pointer, out: &mut Vec<u8>) {
+    out.push(POINTER_TAG);
+    out.extend_from_slice(&p.payload_id.to_be_bytes());
+    out.extend_from_slice(&p.expires_at_ms.to_be_bytes());
+    out.extend_from_slice(&p.payload_len.to_be_bytes());
+    out.extend_from_slice(&p.group.to_be_bytes());
+}
+
+fn decode_pointer_fixed(v: &[u8]) -> Result<Pointer, StorageError> {
+    if v.len() < POINTER_HEADER_LEN || v[0] != POINTER_TAG {
+        return Err(StorageError::Corrupt(format!(
+            "pointer entry of {} bytes",
+            v.len()
+        )));
+    }
+    let u64_at = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().expect("8 bytes"));
+    Ok(Pointer {
+        payload_id: u64_at(1),
+        expires_at_ms: u64_at(9),
+        payload_len: u32::from_be_bytes(v[17..21].try_into().expect("4 bytes")),
+        group: u64_at(21),
+    })
+}
+
+/// A decoded queue value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum QueueValue {
+    Inline(StoredEnvelope),
+    Pointer { pointer: Pointer, header: Bytes },
+}
+
+pub(crate) fn decode_queue_value(v: &[u8]) -> Result<QueueValue, StorageError> {
+    if v.first() == Some(&POINTER_TAG) {
+        let pointer = decode_pointer_fixed(v)?;
+        let header = Bytes::copy_from_slice(&v[POINTER_HEADER_LEN..]);
+        return Ok(QueueValue::Pointer { pointer, header });
+    }
+    decode_envelope(v).map(QueueValue::Inline)
+}
+
+/// The key of a shared payload.
+pub(crate) fn payload_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+pub(crate) fn decode_payload_key(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.try_into().ok()?))
+}
+
+/// refs u32 | encoded envelope.
+pub(crate) fn encode_payload(refs: u32, env: &StoredEnvelope) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + ENVELOPE_HEADER_LEN + env.payload.len());
+    v.extend_from_slice(&refs.to_be_bytes());
+    encode_envelope_into(env, &mut v);
+    v
+}
+
+/// Decodes a payload value into its refs field and envelope.
+pub(crate) fn decode_payload(v: &[u8]) -> Result<(u32, StoredEnvelope), StorageError> {
+    let refs = v
+        .get(..4)
+        .ok_or_else(|| StorageError::Corrupt("payload record".into()))?;
+    let refs = u32::from_be_bytes(refs.try_into().expect("4 bytes"));
+    Ok((refs, decode_envelope(&v[4..])?))
+}
+
+/// slot(group) | group.
+pub(crate) fn group_key(group: u64) -> [u8; GROUP_KEY_LEN] {
+    account_prefix(group)
+}
+
+pub(crate) fn member_key(group: u64, account: u64) -> [u8; MEMBER_KEY_LEN] {
+    let mut k = [0u8; MEMBER_KEY_LEN];
+    k[..GROUP_KEY_LEN].copy_from_slice(&group_key(group));
+    k[GROUP_KEY_LEN..].copy_from_slice(&account.to_be_bytes());
+    k
+}
+
+/// The account of a member key.
+pub(crate) fn decode_member_key(k: &[u8]) -> Option<u64> {
+    if k.len() != MEMBER_KEY_LEN {
+        return None;
+    }
+    Some(u64::from_be_bytes(k[GROUP_KEY_LEN..].try_into().ok()?))
+}
+
+/// The persisted part of a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GroupRecord {
+    pub creator: u64,
+    pub version: u64,
+    pub created_at_ms: u64,
+    pub member_count: u32,
+}
+
+impl GroupRecord {
+    pub(crate) fn encode(&self) -> [u8; GROUP_RECORD_LEN] {
+        let mut v = [0u8; GROUP_RECORD_LEN];
+        v[..8].copy_from_slice(&self.creator.to_be_bytes());
+        v[8..16].copy_from_slice(&self.version.to_be_bytes());
+        v[16..24].copy_from_slice(&self.created_at_ms.to_be_bytes());
+        v[24..].copy_from_slice(&self.member_count.to_be_bytes());
+        v
+    }
+
+    pub(crate) fn decode(v: &[u8]) -> Result<GroupRecord, StorageError> {
+        if v.len() != GROUP_RECORD_LEN {
+            return Err(StorageError::Corrupt(format!(
+                "group record of {} bytes",
+                v.len()
+            )));
+        }
+        let u64_at = |i: usize| u64::from_be_bytes(v[i..i + 8].try_into().expect("8 bytes"));
+        Ok(GroupRecord {
+            creator: u64_at(0),
+            version: u64_at(8),
+            created_at_ms: u64_at(16),
+            member_count: u32::from_be_bytes(v[24..].try_into().expect("4 bytes")),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -238,15 +418,80 @@ mod tests {
         let v = encode_envelope(&env);
         assert_eq!(v.len(), ENVELOPE_HEADER_LEN + 10);
         assert_eq!(decode_envelope(&v).unwrap(), env);
-        let meta = envelope_meta(&v).unwrap();
+        let meta = entry_meta(&v).unwrap();
         assert_eq!(
             meta,
             EntryMeta {
-                payload_len: 10,
-                expires_at_ms: env.expires_at_ms
+                bytes: 10,
+                expires_at_ms: env.expires_at_ms,
+                payload: None,
             }
         );
         assert!(decode_envelope(&v[..ENVELOPE_HEADER_LEN - 1]).is_err());
+        assert_eq!(
+            decode_queue_value(&v).unwrap(),
+            QueueValue::Inline(env.clone())
+        );
+
+        let p = encode_payload(7, &env);
+        assert_eq!(decode_payload(&p).unwrap(), (7, env));
+        assert!(decode_payload(&p[..3]).is_err());
+    }
+
+    #[test]
+    fn pointer_roundtrip_and_tags_differ() {
+        let pointer = Pointer {
+            payload_id: 0x0102_0304_0506_0708,
+            expires_at_ms: 1_700_000_999_000,
+            payload_len: 1000,
+            group: u64::MAX - 1,
+        };
+        let mut v = Vec::new();
+        encode_pointer(&pointer, &mut v);
+        assert_eq!(v.len(), POINTER_HEADER_LEN);
+        v.extend_from_slice(b"hdr");
+        assert_eq!(
+            entry_meta(&v).unwrap(),
+            EntryMeta {
+                bytes: 1003,
+                expires_at_ms: pointer.expires_at_ms,
+                payload: Some(pointer.payload_id),
+            }
+        );
+        assert_eq!(
+            decode_queue_value(&v).unwrap(),
+            QueueValue::Pointer {
+                pointer,
+                header: Bytes::from_static(b"hdr")
+            }
+        );
+        assert!(entry_meta(&v[..POINTER_HEADER_LEN - 1]).is_err());
+        // Neither kind decodes as the other.
+        assert!(decode_envelope(&v).is_err());
+        assert_ne!(POINTER_TAG, ENVELOPE_VERSION);
+        assert!(entry_meta(&[3; 60]).is_err());
+    }
+
+    #[test]
+    fn group_keys_and_records() {
+        let g = 0xdead_beef;
+        let k = member_key(g, 5);
+        assert!(k.starts_with(&group_key(g)));
+        assert!(member_key(g, 5) < member_key(g, 256));
+        assert_eq!(decode_member_key(&k), Some(5));
+        assert_eq!(
+            &group_key(g)[..2],
+            &hearth_protocol::slot_of(g).to_be_bytes()
+        );
+        let rec = GroupRecord {
+            creator: 9,
+            version: 3,
+            created_at_ms: 1_700_000_000_000,
+            member_count: 100_000,
+        };
+        assert_eq!(GroupRecord::decode(&rec.encode()).unwrap(), rec);
+        assert!(GroupRecord::decode(&[0; 27]).is_err());
+        assert_eq!(decode_payload_key(&payload_key(77)), Some(77));
     }
 
     #[test]
@@ -272,5 +517,6 @@ mod tests {
         let late = expiry_key(1001, KIND_QUEUE, &q);
         assert!(early < late);
         assert_eq!(decode_expiry_key(&late), Some((1001, KIND_QUEUE, &q[..])));
+        assert_eq!(queue_expiry_key(1001, &q).to_vec(), late);
     }
 }

@@ -1,31 +1,40 @@
 //! Hearth's durable storage on RocksDB: per-device queues, device records, dedup records and
-//! their expiry.
+//! their expiry, groups, and payloads shared by many queues.
 //!
 //! Column families (keys big-endian, so a slot's data is one range and a device's queue one
-//! prefix): `queues` (slot | account | device | seq -> envelope), `devices` (slot | account |
-//! device -> registered_at_ms | next_seq), `dedup` (slot | sender account | sender device |
-//! msg_id -> accepted_at_ms | recipients | expires_at_ms), `expiry` (expires_at_ms | kind |
-//! queue or dedup key -> empty).
+//! prefix): `queues` (slot | account | device | seq -> inline envelope or pointer to a shared
+//! payload), `devices` (slot | account | device -> registered_at_ms | next_seq), `dedup` (slot |
+//! sender account | sender device | msg_id -> accepted_at_ms | recipients | expires_at_ms),
+//! `expiry` (expires_at_ms | kind | queue or dedup key -> empty), `groups` (slot(group) | group
+//! -> creator | version | created_at_ms | member_count), `members` (slot(group) | group |
+//! account -> role), `payloads` (payload_id -> refs | envelope).
 //!
 //! One writer thread applies every mutation with group commit: it drains all waiting jobs into
 //! one `WriteBatch` and writes it with one fsync ([`Durability::Sync`]). Queue entries are
 //! written once and deleted with SingleDelete (device removal uses plain deletes). Sequence
 //! numbers are never reused: `next_seq` is written with every enqueue, and after an unclean
 //! shutdown every device skips ahead (seqs may have been delivered live before their fsync).
+//!
+//! In memory: every device's counters and each account's devices (loaded at open), groups in
+//! use (a cache of committed groups), the reference count of each shared payload (recounted
+//! from the pointers at open) and recent shared payloads.
 
 mod batch;
 mod commit;
 mod error;
+mod group_api;
+mod groups;
 mod keys;
+mod load;
 mod shared;
 mod store;
 mod types;
 mod writer;
 
 pub use commit::Commit;
-pub use error::{EnqueueError, StorageError};
+pub use error::{EnqueueError, GroupError, StorageError};
 pub use store::Store;
 pub use types::{
-    DedupRecord, DeviceKey, DeviceStats, Durability, Enqueued, QueueEntry, StoreOptions,
-    StoreStats, StoredEnvelope, SweepStats,
+    DedupRecord, DeviceKey, DeviceStats, Durability, Enqueued, GroupOp, GroupPage, GroupState,
+    QueueEntry, Role, SharedRecipient, StoreOptions, StoreStats, StoredEnvelope, SweepStats,
 };

@@ -1,24 +1,30 @@
 //! State shared by the store handles and the writer thread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rocksdb::{ColumnFamily, Direction, IteratorMode, ReadOptions, DB};
 use tokio::sync::Notify;
 
 use crate::error::StorageError;
-use crate::keys::{self, DeviceRecord};
-use crate::types::{DeviceKey, DeviceStats, StoreOptions};
+use crate::groups::GroupEntry;
+use crate::keys;
+use crate::types::{DeviceKey, DeviceStats, StoreOptions, StoredEnvelope};
 
 pub(crate) const QUEUES: &str = "queues";
 pub(crate) const DEVICES: &str = "devices";
 pub(crate) const DEDUP: &str = "dedup";
 pub(crate) const EXPIRY: &str = "expiry";
+pub(crate) const GROUPS: &str = "groups";
+pub(crate) const MEMBERS: &str = "members";
+pub(crate) const PAYLOADS: &str = "payloads";
 /// Every column family of ours, in the order `count_keys` reports them.
-pub(crate) const COLUMN_FAMILIES: [&str; 4] = [QUEUES, DEVICES, DEDUP, EXPIRY];
+pub(crate) const COLUMN_FAMILIES: [&str; 7] =
+    [QUEUES, DEVICES, DEDUP, EXPIRY, GROUPS, MEMBERS, PAYLOADS];
 
-/// In-memory state of a loaded device. Counters include submitted, not yet committed entries.
+/// In-memory state of a registered device. Counters include submitted, not yet committed
+/// entries.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DeviceState {
     pub registered_at_ms: u64,
@@ -56,6 +62,7 @@ pub(crate) struct Totals {
     pub bytes: AtomicU64,
     pub pending_bytes: AtomicU64,
     pub commits: AtomicU64,
+    pub payloads: AtomicU64,
 }
 
 impl Totals {
@@ -112,17 +119,96 @@ impl Latency {
     }
 }
 
+/// Groups kept in the cache at most (a group evicted is read again when needed).
+const MAX_CACHED_GROUPS: usize = 1 << 16;
+
+/// Puts a group in the cache, evicting another one when the cache is full.
+pub(crate) fn cache_group(cache: &mut HashMap<u64, GroupEntry>, group: u64, entry: GroupEntry) {
+    if cache.len() >= MAX_CACHED_GROUPS && !cache.contains_key(&group) {
+        if let Some(victim) = cache.keys().next().copied() {
+            cache.remove(&victim);
+        }
+    }
+    cache.insert(group, entry);
+}
+
+/// Registered devices of each account, sorted (devices being removed are left out).
+pub(crate) type Accounts = HashMap<u64, Vec<u32>>;
+
+/// Shared payloads recently stored or read, by id, so that readers share their `Bytes`
+/// instead of decoding a copy per queue entry. Bounded by payload bytes, oldest out first.
+pub(crate) struct PayloadCache {
+    map: HashMap<u64, StoredEnvelope>,
+    order: VecDeque<u64>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl PayloadCache {
+    pub(crate) fn new(budget: usize) -> PayloadCache {
+        PayloadCache {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<StoredEnvelope> {
+        self.map.get(&id).cloned()
+    }
+
+    pub(crate) fn insert(&mut self, id: u64, env: StoredEnvelope) {
+        let len = env.payload.len();
+        if len > self.budget {
+            return;
+        }
+        if let Some(old) = self.map.insert(id, env) {
+            self.bytes -= old.payload.len();
+        } else {
+            self.order.push_back(id);
+        }
+        self.bytes += len;
+        while self.bytes > self.budget {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.remove(oldest);
+        }
+    }
+
+    pub(crate) fn remove(&mut self, id: u64) {
+        if let Some(old) = self.map.remove(&id) {
+            self.bytes -= old.payload.len();
+        }
+        // Ids removed out of order leave their place in `order`; drop those lazily.
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.order.retain(|id| map.contains_key(id));
+        }
+    }
+}
+
 /// Everything behind a `Store` handle.
 pub(crate) struct Shared {
     pub db: DB,
     pub opts: StoreOptions,
     /// RocksDB's id of the `queues` column family (for SingleDelete records).
     pub queues_cf_id: u32,
-    /// Loaded devices. Lock order: `gate` before `devices`.
+    /// RocksDB's id of the `payloads` column family.
+    pub payloads_cf_id: u32,
+    /// Every registered device (loaded at open). Lock order: `devices`, then `accounts`.
     pub devices: Mutex<Devices>,
-    /// Held for writing by the writer while it writes a batch and applies its counter changes,
-    /// for reading while a device is loaded: a load sees a batch and its counter changes
-    /// entirely or not at all.
+    /// The devices of each account, as `Store::devices` reports them.
+    pub accounts: RwLock<Accounts>,
+    /// Groups read or changed since open, as committed.
+    pub groups: RwLock<HashMap<u64, GroupEntry>>,
+    pub payload_cache: Mutex<PayloadCache>,
+    /// The next shared payload id.
+    pub next_payload_id: AtomicU64,
+    /// Held for writing by the writer while it writes a batch and applies its in-memory
+    /// changes, for reading while a group is loaded into the cache: a load sees a batch and
+    /// its cache updates entirely or not at all.
     pub gate: RwLock<()>,
     /// Woken when the writer has finished removing devices.
     pub removal_done: Notify,
@@ -141,64 +227,42 @@ impl Shared {
         self.devices.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Locks the device map with every device of `keys` that is registered loaded into it.
-    pub(crate) fn lock_loaded(
-        &self,
-        keys: &[DeviceKey],
-    ) -> Result<MutexGuard<'_, Devices>, StorageError> {
-        {
-            let map = self.lock_devices();
-            if keys.iter().all(|k| map.contains_key(k)) {
-                return Ok(map);
-            }
-        }
-        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
-        let mut missing: Vec<DeviceKey> = {
-            let map = self.lock_devices();
-            keys.iter()
-                .filter(|k| !map.contains_key(k))
-                .copied()
-                .collect()
-        };
-        missing.sort_unstable();
-        missing.dedup();
-        let mut loaded = Vec::with_capacity(missing.len());
-        for key in missing {
-            if let Some(state) = self.load_device(key)? {
-                loaded.push((key, state));
-            }
-        }
-        let mut map = self.lock_devices();
-        for (key, state) in loaded {
-            map.entry(key).or_insert(state);
-        }
-        Ok(map)
+    pub(crate) fn read_accounts(&self) -> RwLockReadGuard<'_, Accounts> {
+        self.accounts.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Reads a device's record and scans its queue (None: not registered).
-    fn load_device(&self, key: DeviceKey) -> Result<Option<DeviceState>, StorageError> {
-        let prefix = keys::device_prefix(key);
-        let Some(v) = self.db.get_pinned_cf(self.cf(DEVICES), prefix)? else {
-            return Ok(None);
-        };
-        let rec = DeviceRecord::decode(&v)?;
-        let (mut queued, mut bytes, mut last_seq) = (0u64, 0u64, 0u64);
-        for item in self.scan(QUEUES, &prefix) {
-            let (k, v) = item?;
-            let meta = keys::envelope_meta(&v)?;
-            queued += 1;
-            bytes += meta.payload_len;
-            last_seq = keys::decode_queue_key(&k)
-                .ok_or_else(|| StorageError::Corrupt("queue key".into()))?
-                .1;
+    /// Lists `key` in its account's devices (call with `devices` locked).
+    pub(crate) fn index_add(&self, key: DeviceKey) {
+        let mut accounts = self.accounts.write().unwrap_or_else(|e| e.into_inner());
+        let list = accounts.entry(key.account).or_default();
+        if let Err(at) = list.binary_search(&key.device) {
+            list.insert(at, key.device);
         }
-        Ok(Some(DeviceState {
-            registered_at_ms: rec.registered_at_ms,
-            next_seq: rec.next_seq.max(last_seq + 1),
-            queued,
-            bytes,
-            removing: false,
-        }))
+    }
+
+    /// Takes `key` out of its account's devices (call with `devices` locked).
+    pub(crate) fn index_remove(&self, key: DeviceKey) {
+        let mut accounts = self.accounts.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = accounts.get_mut(&key.account) {
+            if let Ok(at) = list.binary_search(&key.device) {
+                list.remove(at);
+            }
+            if list.is_empty() {
+                accounts.remove(&key.account);
+            }
+        }
+    }
+
+    pub(crate) fn read_groups(&self) -> RwLockReadGuard<'_, HashMap<u64, GroupEntry>> {
+        self.groups.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn write_groups(&self) -> RwLockWriteGuard<'_, HashMap<u64, GroupEntry>> {
+        self.groups.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn lock_payloads(&self) -> MutexGuard<'_, PayloadCache> {
+        self.payload_cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Iterates the keys of column family `cf` that start with `prefix`, from `start`

@@ -1,26 +1,32 @@
 //! The `Store` handle.
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
-use rocksdb::{
-    ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, WriteBatch, WriteOptions, DB,
-};
+use rocksdb::{Direction, IteratorMode, ReadOptions};
 use tokio::sync::{oneshot, Notify};
 
 use crate::batch::column_family_id;
 use crate::commit::{reply, Commit};
 use crate::error::{EnqueueError, StorageError};
-use crate::keys::{self, DeviceRecord, EntryMeta};
-use crate::shared::{Latency, Shared, Totals, COLUMN_FAMILIES, DEDUP, DEVICES, QUEUES};
-use crate::types::{
-    DedupRecord, DeviceKey, DeviceStats, Enqueued, QueueEntry, StoreOptions, StoreStats,
-    StoredEnvelope, SweepStats,
+use crate::keys::{self, DeviceRecord, Pointer, QueueKey, QueueValue};
+use crate::load;
+use crate::shared::{
+    Devices, Latency, PayloadCache, Shared, Totals, COLUMN_FAMILIES, DEDUP, PAYLOADS, QUEUES,
 };
-use crate::writer::{self, EnqueueJob, Job, CLEAN_SHUTDOWN_KEY};
+use crate::types::{
+    DedupRecord, DeviceKey, DeviceStats, Enqueued, QueueEntry, SharedRecipient, StoreOptions,
+    StoreStats, StoredEnvelope, SweepStats,
+};
+use crate::writer::{self, DedupKey, EnqueueJob, Job, Values};
 use hearth_protocol::MessageId;
+
+/// Payload bytes of the shared payload cache.
+const PAYLOAD_CACHE_BYTES: usize = 64 << 20;
 
 /// The durable store: per-device queues, device records, dedup records and their expiry.
 ///
@@ -51,78 +57,36 @@ impl Drop for Inner {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store in directory `path`.
+    /// Opens (creating if needed) the store in directory `path`. Loads every device's counters
+    /// and the devices of each account into memory (one scan of the `devices` and `queues`
+    /// column families).
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StorageError> {
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        db_opts.set_max_background_jobs(2);
-        let cfs = COLUMN_FAMILIES.map(|name| {
-            let mut o = Options::default();
-            if name == QUEUES {
-                // Payloads are ciphertext: compressing them wastes CPU.
-                o.set_compression_type(DBCompressionType::None);
-            }
-            ColumnFamilyDescriptor::new(name, o)
-        });
-        let db = DB::open_cf_descriptors(&db_opts, path, cfs)?;
-
-        let clean = db.get_pinned(CLEAN_SHUTDOWN_KEY)?.is_some();
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        if clean {
-            // From now on a crash must be noticed at the next open.
-            db.delete_opt(CLEAN_SHUTDOWN_KEY, &wo)?;
-        }
-        let totals = Totals::default();
-        for item in db.iterator_cf(db.cf_handle(QUEUES).expect("opened"), IteratorMode::Start) {
-            let (_, v) = item?;
-            Totals::add(&totals.queued, 1);
-            Totals::add(&totals.bytes, keys::envelope_meta(&v)?.payload_len);
-        }
-        // After a crash, seqs handed out but lost may have been seen by a device (live delivery
-        // does not wait for the fsync): every device skips ahead of them. Per device they are at
-        // most a queue's length, since the queue limit counts submitted entries.
-        let skip = if clean {
-            0
-        } else {
-            opts.max_queue_len.max(1 << 20)
-        };
-        let mut skipped = WriteBatch::default();
-        let devices_cf = db.cf_handle(DEVICES).expect("opened");
-        for item in db.iterator_cf(devices_cf, IteratorMode::Start) {
-            let (k, v) = item?;
-            Totals::add(&totals.devices, 1);
-            if skip > 0 {
-                let mut rec = DeviceRecord::decode(&v)?;
-                rec.next_seq = rec.next_seq.saturating_add(skip);
-                skipped.put_cf(devices_cf, k, rec.encode());
-            }
-        }
-        if !skipped.is_empty() {
-            tracing::warn!(
-                skip,
-                "the store was not shut down cleanly: device seqs skip ahead"
-            );
-            db.write_opt(skipped, &wo)?;
-        }
+        let db = load::open_db(path)?;
+        let loaded = load::load(&db, &opts)?;
         let queues_cf_id = column_family_id(db.cf_handle(QUEUES).expect("opened"));
+        let payloads_cf_id = column_family_id(db.cf_handle(PAYLOADS).expect("opened"));
         let shared = Arc::new(Shared {
             db,
             opts,
             queues_cf_id,
-            devices: Mutex::new(Default::default()),
+            payloads_cf_id,
+            devices: Mutex::new(loaded.devices),
+            accounts: RwLock::new(loaded.accounts),
+            groups: RwLock::new(HashMap::new()),
+            payload_cache: Mutex::new(PayloadCache::new(PAYLOAD_CACHE_BYTES)),
+            next_payload_id: AtomicU64::new(loaded.next_payload_id),
             gate: RwLock::new(()),
             removal_done: Notify::new(),
-            totals,
+            totals: loaded.totals,
             latency: Mutex::new(Latency::new()),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let writer = {
             let shared = shared.clone();
+            let refs = loaded.refs;
             std::thread::Builder::new()
                 .name("hearth-storage-writer".into())
-                .spawn(move || writer::run(shared, rx))
+                .spawn(move || writer::run(shared, rx, refs))
                 .map_err(|e| StorageError::Db(format!("spawning the writer thread: {e}")))?
         };
         Ok(Store {
@@ -134,11 +98,11 @@ impl Store {
         })
     }
 
-    fn sh(&self) -> &Shared {
+    pub(crate) fn sh(&self) -> &Shared {
         &self.inner.shared
     }
 
-    fn submit(&self, job: Job) -> Result<(), StorageError> {
+    pub(crate) fn submit(&self, job: Job) -> Result<(), StorageError> {
         let tx = self
             .inner
             .tx
@@ -161,7 +125,7 @@ impl Store {
 
     fn register_step(&self, key: DeviceKey, now_ms: u64) -> Result<Register<'_>, StorageError> {
         let sh = self.sh();
-        let mut map = sh.lock_loaded(&[key])?;
+        let mut map = sh.lock_devices();
         match map.get(&key) {
             Some(st) if st.removing => return Ok(Register::Removing(sh.removal_done.notified())),
             Some(_) => return Ok(Register::Exists),
@@ -187,26 +151,33 @@ impl Store {
                 removing: false,
             },
         );
+        sh.index_add(key);
         Totals::add(&sh.totals.devices, 1);
         Ok(Register::Submitted(rx))
     }
 
-    /// The registered devices of an account, sorted.
+    /// The registered devices of an account, sorted (from memory).
     pub fn devices(&self, account: u64) -> Result<Vec<u32>, StorageError> {
-        let sh = self.sh();
-        let mut out = Vec::new();
-        for item in sh.scan(DEVICES, &keys::account_prefix(account)) {
-            let (k, _) = item?;
-            let key = keys::decode_device(&k)
-                .ok_or_else(|| StorageError::Corrupt("device key".into()))?;
-            out.push(key);
+        Ok(self
+            .sh()
+            .read_accounts()
+            .get(&account)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// The registered devices of many accounts at once (for fan-out), from memory: in the
+    /// order of `accounts`, each account's devices sorted; accounts without devices add
+    /// nothing, an account listed twice is listed twice.
+    pub fn devices_of_many(&self, accounts: &[u64]) -> Result<Vec<DeviceKey>, StorageError> {
+        let index = self.sh().read_accounts();
+        let mut out = Vec::with_capacity(accounts.len());
+        for &account in accounts {
+            if let Some(devices) = index.get(&account) {
+                out.extend(devices.iter().map(|&d| DeviceKey::new(account, d)));
+            }
         }
-        let map = sh.lock_devices();
-        Ok(out
-            .into_iter()
-            .filter(|k| !map.get(k).is_some_and(|s| s.removing))
-            .map(|k| k.device)
-            .collect())
+        Ok(out)
     }
 
     /// Unregisters a device and deletes its whole queue. Returns its stats as they were when
@@ -214,7 +185,7 @@ impl Store {
     pub async fn remove_device(&self, key: DeviceKey) -> Result<Option<DeviceStats>, StorageError> {
         let rx = {
             let sh = self.sh();
-            let mut map = sh.lock_loaded(&[key])?;
+            let mut map = sh.lock_devices();
             let Some(st) = map.get_mut(&key).filter(|s| !s.removing) else {
                 return Ok(None);
             };
@@ -229,6 +200,7 @@ impl Store {
                 reply: tx,
             })?;
             st.removing = true;
+            sh.index_remove(key);
             Totals::sub(&sh.totals.devices, 1);
             rx
         };
@@ -245,62 +217,133 @@ impl Store {
         env: &StoredEnvelope,
         dedup: Option<(DeviceKey, u64)>,
     ) -> Result<Enqueued, EnqueueError> {
+        let len = env.payload.len() as u64;
+        self.submit_enqueue(
+            devices.len(),
+            |i| (devices[i], len),
+            Values::Same(keys::encode_envelope(env)),
+            None,
+            len * devices.len() as u64,
+            self.dedup_entry(env, dedup),
+        )
+    }
+
+    /// Stores `env` once in `payloads` and a pointer entry (payload id, `group`, the
+    /// recipient's header) in each recipient device queue, all in ONE write batch; same seq
+    /// allocation, limits (all-or-nothing), dedup and Commit semantics as [`Store::enqueue`].
+    /// Each entry counts its payload plus its header against its queue's byte limit.
+    ///
+    /// The payload is deleted when its last pointer is acked, expires, or its device is
+    /// removed. Nothing is copied per recipient but its small key, pointer and header; with no
+    /// recipients nothing is stored (but the dedup record).
+    pub fn enqueue_shared(
+        &self,
+        recipients: &[SharedRecipient],
+        env: &StoredEnvelope,
+        group: u64,
+        dedup: Option<(DeviceKey, u64)>,
+    ) -> Result<Enqueued, EnqueueError> {
         let sh = self.sh();
-        let value = keys::encode_envelope(env);
-        let meta = EntryMeta {
-            payload_len: env.payload.len() as u64,
+        let payload_len = u32::try_from(env.payload.len())
+            .map_err(|_| StorageError::Db("payload of 4 GiB or more".into()))?;
+        let payload_id = sh.next_payload_id.fetch_add(1, Ordering::Relaxed);
+        let pointer = Pointer {
+            payload_id,
             expires_at_ms: env.expires_at_ms,
+            payload_len,
+            group,
         };
-        let dedup = dedup.map(|(sender, recipients)| {
+        let headers: usize = recipients.iter().map(|r| r.header.len()).sum();
+        let values = if headers == 0 {
+            let mut v = Vec::with_capacity(keys::POINTER_HEADER_LEN);
+            keys::encode_pointer(&pointer, &mut v);
+            Values::Same(v)
+        } else {
+            let mut arena =
+                Vec::with_capacity(recipients.len() * keys::POINTER_HEADER_LEN + headers);
+            let mut ends = Vec::with_capacity(recipients.len());
+            for r in recipients {
+                keys::encode_pointer(&pointer, &mut arena);
+                arena.extend_from_slice(&r.header);
+                ends.push(arena.len());
+            }
+            Values::Each { arena, ends }
+        };
+        let payload = (!recipients.is_empty()).then(|| {
+            let refs = u32::try_from(recipients.len()).unwrap_or(u32::MAX);
+            (payload_id, keys::encode_payload(refs, env))
+        });
+        let len = u64::from(payload_len);
+        // Cached before the writer can see it: its deletion then always evicts it.
+        if payload.is_some() {
+            sh.lock_payloads().insert(payload_id, env.clone());
+        }
+        let enqueued = self.submit_enqueue(
+            recipients.len(),
+            |i| {
+                (
+                    recipients[i].device,
+                    len + recipients[i].header.len() as u64,
+                )
+            },
+            values,
+            payload,
+            len + headers as u64,
+            self.dedup_entry(env, dedup),
+        );
+        if enqueued.is_err() {
+            sh.lock_payloads().remove(payload_id);
+        }
+        enqueued
+    }
+
+    /// The dedup key, value and expiry of an envelope.
+    fn dedup_entry(
+        &self,
+        env: &StoredEnvelope,
+        dedup: Option<(DeviceKey, u64)>,
+    ) -> Option<(DedupKey, [u8; 20], u64)> {
+        dedup.map(|(sender, recipients)| {
             let rec = DedupRecord {
                 accepted_at_ms: env.accepted_at_ms,
                 recipients: u32::try_from(recipients).unwrap_or(u32::MAX),
             };
-            let expires = env.accepted_at_ms.saturating_add(sh.opts.dedup_window_ms);
+            let expires = env
+                .accepted_at_ms
+                .saturating_add(self.sh().opts.dedup_window_ms);
             (
                 keys::dedup_key(sender, env.msg_id),
                 keys::encode_dedup(rec, expires),
                 expires,
             )
-        });
-        let mut map = sh.lock_loaded(devices)?;
+        })
+    }
 
-        // Check every recipient before touching any.
-        let mut wanted: Vec<(DeviceKey, u64)> = Vec::with_capacity(devices.len());
-        for &device in devices {
-            let Some(st) = map.get(&device).filter(|s| !s.removing) else {
-                return Err(EnqueueError::UnknownDevice { device });
-            };
-            let n = match wanted.iter_mut().find(|(d, _)| *d == device) {
-                Some((_, n)) => {
-                    *n += 1;
-                    *n
-                }
-                None => {
-                    wanted.push((device, 1));
-                    1
-                }
-            };
-            let len_ok = st.queued.saturating_add(n) <= sh.opts.max_queue_len;
-            let bytes_ok = st.bytes.saturating_add(n.saturating_mul(meta.payload_len))
-                <= sh.opts.max_queue_bytes;
-            if !len_ok || !bytes_ok {
-                return Err(EnqueueError::QueueFull { device });
-            }
-        }
-
-        let mut seqs = Vec::with_capacity(devices.len());
-        let mut entries = Vec::with_capacity(devices.len());
-        for &device in devices {
-            let st = map.get_mut(&device).expect("checked above");
-            let seq = st.next_seq;
-            st.next_seq += 1;
-            st.queued += 1;
-            st.bytes += meta.payload_len;
-            seqs.push((device, seq));
-            entries.push(keys::queue_key(device, seq));
-        }
-        let records = wanted
+    /// Allocates seqs for `n` entries (entry i: `entry(i)` = its device and the bytes it counts)
+    /// under the device lock, all or nothing, and submits their write.
+    fn submit_enqueue(
+        &self,
+        n: usize,
+        entry: impl Fn(usize) -> (DeviceKey, u64),
+        values: Values,
+        payload: Option<(u64, Vec<u8>)>,
+        pending: u64,
+        dedup: Option<(DedupKey, [u8; 20], u64)>,
+    ) -> Result<Enqueued, EnqueueError> {
+        let sh = self.sh();
+        let mut map = sh.lock_devices();
+        let seqs = allocate(
+            &mut map,
+            n,
+            &entry,
+            sh.opts.max_queue_len,
+            sh.opts.max_queue_bytes,
+        )?;
+        let entries: Vec<QueueKey> = seqs
+            .iter()
+            .map(|&(d, seq)| keys::queue_key(d, seq))
+            .collect();
+        let records = seqs
             .iter()
             .map(|(device, _)| {
                 let st = &map[device];
@@ -311,28 +354,25 @@ impl Store {
                 (keys::device_prefix(*device), rec)
             })
             .collect();
-        let n = devices.len() as u64;
         let (tx, rx) = oneshot::channel();
         let job = EnqueueJob {
-            value,
-            meta,
+            values,
             entries,
             records,
             dedup,
+            payload,
+            pending,
             reply: tx,
         };
         // Submitted under the lock: the writer sees every device's entries in seq order.
         if let Err(e) = self.submit(Job::Enqueue(job)) {
-            for &device in devices {
-                let st = map.get_mut(&device).expect("checked above");
-                st.queued -= 1;
-                st.bytes -= meta.payload_len;
-            }
+            release(&mut map, &seqs, &entry);
             return Err(e.into());
         }
-        Totals::add(&sh.totals.queued, n);
-        Totals::add(&sh.totals.bytes, n * meta.payload_len);
-        Totals::add(&sh.totals.pending_bytes, n * meta.payload_len);
+        let bytes: u64 = (0..n).map(|i| entry(i).1).sum();
+        Totals::add(&sh.totals.queued, n as u64);
+        Totals::add(&sh.totals.bytes, bytes);
+        Totals::add(&sh.totals.pending_bytes, pending);
         drop(map);
         Ok(Enqueued {
             seqs,
@@ -358,6 +398,8 @@ impl Store {
 
     /// Up to `max` entries of the device's queue with seq >= from_seq, in seq order (committed
     /// only). Expired entries not yet swept are included: compare `expires_at_ms` with the time.
+    /// Pointer entries come with their shared payload (its `Bytes` shared between entries and
+    /// readers, from a cache of recent payloads).
     pub fn read_queue(
         &self,
         key: DeviceKey,
@@ -369,20 +411,77 @@ impl Store {
         if max == 0 {
             return Ok(out);
         }
+        // One snapshot for the queue and the payloads: a pointer read is never left without
+        // its payload by an ack that deletes both meanwhile.
+        let snap = sh.db.snapshot();
+        let prefix = keys::device_prefix(key);
+        let mut ro = ReadOptions::default();
+        if let Some(end) = keys::prefix_end(&prefix) {
+            ro.set_iterate_upper_bound(end);
+        }
         let start = keys::queue_key(key, from_seq);
-        for item in sh.scan_from(QUEUES, &keys::device_prefix(key), &start) {
+        let iter = snap.iterator_cf_opt(
+            sh.cf(QUEUES),
+            ro,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        // Payloads met in this read (a queue holds few distinct ones in a row).
+        let mut seen: Vec<(u64, StoredEnvelope)> = Vec::new();
+        for item in iter {
             let (k, v) = item?;
             let (_, seq) = keys::decode_queue_key(&k)
                 .ok_or_else(|| StorageError::Corrupt("queue key".into()))?;
-            out.push(QueueEntry {
-                seq,
-                envelope: keys::decode_envelope(&v)?,
-            });
+            let entry = match keys::decode_queue_value(&v)? {
+                QueueValue::Inline(envelope) => QueueEntry {
+                    seq,
+                    envelope,
+                    group: 0,
+                    header: bytes::Bytes::new(),
+                },
+                QueueValue::Pointer { pointer, header } => {
+                    let id = pointer.payload_id;
+                    let envelope = match seen.iter().find(|(s, _)| *s == id) {
+                        Some((_, env)) => env.clone(),
+                        None => {
+                            let env = self.payload(&snap, id)?;
+                            seen.push((id, env.clone()));
+                            env
+                        }
+                    };
+                    QueueEntry {
+                        seq,
+                        envelope,
+                        group: pointer.group,
+                        header,
+                    }
+                }
+            };
+            out.push(entry);
             if out.len() >= max {
                 break;
             }
         }
         Ok(out)
+    }
+
+    /// A shared payload, from the cache or else the snapshot.
+    fn payload(
+        &self,
+        snap: &rocksdb::Snapshot<'_>,
+        id: u64,
+    ) -> Result<StoredEnvelope, StorageError> {
+        let sh = self.sh();
+        if let Some(env) = sh.lock_payloads().get(id) {
+            return Ok(env);
+        }
+        let v = snap
+            .get_pinned_cf(sh.cf(PAYLOADS), keys::payload_key(id))?
+            .ok_or_else(|| StorageError::Corrupt(format!("shared payload {id} is missing")))?;
+        let (_, env) = keys::decode_payload(&v)?;
+        // Should its last pointer have been deleted since the snapshot, this entry only waits
+        // for its turn to be evicted: ids are not reused while the store is open.
+        sh.lock_payloads().insert(id, env.clone());
+        Ok(env)
     }
 
     /// Deletes the acknowledged entries that exist (SingleDelete), not asking for an fsync of its
@@ -417,7 +516,7 @@ impl Store {
 
     /// Counters of a registered device (None if it is not registered).
     pub fn device_stats(&self, key: DeviceKey) -> Result<Option<DeviceStats>, StorageError> {
-        let map = self.sh().lock_loaded(&[key])?;
+        let map = self.sh().lock_devices();
         Ok(map.get(&key).filter(|s| !s.removing).map(|s| s.stats(key)))
     }
 
@@ -428,7 +527,7 @@ impl Store {
             .into_iter()
             .map(|d| DeviceKey::new(account, d))
             .collect();
-        let map = self.sh().lock_loaded(&keys)?;
+        let map = self.sh().lock_devices();
         Ok(keys
             .iter()
             .filter_map(|k| map.get(k).filter(|s| !s.removing).map(|s| s.stats(*k)))
@@ -453,11 +552,12 @@ impl Store {
             fsync_p99_us: p99,
             fsync_max_us: max,
             pending_bytes: Totals::get(&t.pending_bytes),
+            payloads: Totals::get(&t.payloads),
         }
     }
 
-    /// Raw count of keys in each column family: `queues`, `devices`, `dedup`, `expiry` (for
-    /// tests that prove data is gone).
+    /// Raw count of keys in each column family: `queues`, `devices`, `dedup`, `expiry`,
+    /// `groups`, `members`, `payloads` (for tests that prove data is gone).
     pub fn count_keys(&self) -> Result<Vec<(String, u64)>, StorageError> {
         let sh = self.sh();
         let mut out = Vec::with_capacity(COLUMN_FAMILIES.len());
@@ -476,6 +576,54 @@ impl Store {
     /// marks a clean shutdown and stops, and the database is closed before this returns.
     pub fn close(self) {
         drop(self);
+    }
+}
+
+/// Takes a seq and room for each entry in its device's queue, in order; on the first unknown
+/// device or full queue, gives back what it took (seqs too: nothing was submitted) and fails.
+fn allocate(
+    map: &mut Devices,
+    n: usize,
+    entry: &impl Fn(usize) -> (DeviceKey, u64),
+    max_len: u64,
+    max_bytes: u64,
+) -> Result<Vec<(DeviceKey, u64)>, EnqueueError> {
+    let mut seqs = Vec::with_capacity(n);
+    for i in 0..n {
+        let (device, bytes) = entry(i);
+        let refused = match map.get_mut(&device).filter(|s| !s.removing) {
+            None => Some(EnqueueError::UnknownDevice { device }),
+            Some(st) if st.queued >= max_len || st.bytes.saturating_add(bytes) > max_bytes => {
+                Some(EnqueueError::QueueFull { device })
+            }
+            Some(st) => {
+                st.queued += 1;
+                st.bytes += bytes;
+                seqs.push((device, st.next_seq));
+                st.next_seq += 1;
+                None
+            }
+        };
+        if let Some(e) = refused {
+            release(map, &seqs, entry);
+            return Err(e);
+        }
+    }
+    Ok(seqs)
+}
+
+/// Undoes `allocate` of the entries that got `seqs` (in reverse, so `next_seq` goes back).
+fn release(
+    map: &mut Devices,
+    seqs: &[(DeviceKey, u64)],
+    entry: &impl Fn(usize) -> (DeviceKey, u64),
+) {
+    for (i, (device, seq)) in seqs.iter().enumerate().rev() {
+        let st = map.get_mut(device).expect("allocated");
+        st.queued -= 1;
+        st.bytes -= entry(i).1;
+        debug_assert_eq!(st.next_seq, seq + 1);
+        st.next_seq = *seq;
     }
 }
 

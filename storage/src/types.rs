@@ -84,8 +84,82 @@ pub struct StoredEnvelope {
 pub struct QueueEntry {
     /// Per-device sequence number (acceptance order).
     pub seq: u64,
-    /// The stored envelope.
+    /// The stored envelope (for a shared entry, the shared payload: its `Bytes` are shared).
     pub envelope: StoredEnvelope,
+    /// The group of a shared entry stored by [`crate::Store::enqueue_shared`] (0 for
+    /// `SEND_MULTI` and for inline entries).
+    pub group: u64,
+    /// The recipient's opaque header of a shared entry (empty for inline entries).
+    pub header: Bytes,
+}
+
+/// One recipient of [`crate::Store::enqueue_shared`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedRecipient {
+    /// The recipient device.
+    pub device: DeviceKey,
+    /// An opaque per-recipient header stored in its pointer entry (may be empty).
+    pub header: Bytes,
+}
+
+/// The role of a group member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// A member (may read the group and leave it).
+    Member,
+    /// An admin: a member who may change the group.
+    Admin,
+}
+
+impl Role {
+    /// The wire value: 1 member, 2 admin.
+    pub fn to_u8(self) -> u8 {
+        match self {
+            Role::Member => 1,
+            Role::Admin => 2,
+        }
+    }
+
+    /// The role of a wire value.
+    pub fn from_u8(v: u8) -> Option<Role> {
+        match v {
+            1 => Some(Role::Member),
+            2 => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// A change to a group, for [`crate::Store::update_group`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupOp {
+    /// Adds accounts as members (present ones are left as they are).
+    AddMembers(Vec<u64>),
+    /// Removes members (absent ones are ignored); a non-admin may remove itself only.
+    RemoveMembers(Vec<u64>),
+    /// Makes members admins (every account must be a member).
+    AddAdmins(Vec<u64>),
+    /// Makes admins plain members (never the creator).
+    RemoveAdmins(Vec<u64>),
+    /// Deletes the group and its membership.
+    Delete,
+}
+
+/// A group's state and a page of its members with their roles (see
+/// [`crate::Store::group_info`]).
+pub type GroupPage = (GroupState, Vec<(u64, Role)>);
+
+/// A group's record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupState {
+    /// Group id.
+    pub group: u64,
+    /// The account that created it (always an admin).
+    pub creator: u64,
+    /// Bumped by every change that changed something (1 at creation).
+    pub version: u64,
+    /// Number of members (0 once deleted).
+    pub members: u32,
 }
 
 /// The result of a successful [`crate::Store::enqueue`].
@@ -115,7 +189,7 @@ pub struct DeviceStats {
     pub slot: u16,
     /// Envelopes in its queue (including submitted, not yet committed ones).
     pub queued: u64,
-    /// Payload bytes in its queue.
+    /// Payload bytes in its queue (a shared entry counts its payload plus its header).
     pub bytes: u64,
     /// The sequence number the next envelope will get.
     pub next_seq: u64,
@@ -130,7 +204,8 @@ pub struct StoreStats {
     pub devices: u64,
     /// Envelopes queued over all devices.
     pub queued: u64,
-    /// Payload bytes queued over all devices.
+    /// Payload bytes queued over all devices (a shared entry counts its payload and header
+    /// for each device it is queued for).
     pub queued_bytes: u64,
     /// Group commits written since open.
     pub commits: u64,
@@ -142,6 +217,8 @@ pub struct StoreStats {
     pub fsync_max_us: u64,
     /// Payload bytes submitted by `enqueue` and not yet committed.
     pub pending_bytes: u64,
+    /// Shared payloads stored (committed) by `enqueue_shared` and still referenced.
+    pub payloads: u64,
 }
 
 /// What one [`crate::Store::sweep_expired`] call removed.

@@ -5,8 +5,14 @@
 //! resolves every job. Existence checks (ack, sweep, remove) happen here, in submission order,
 //! so an entry is deleted exactly once. Within a group, checks see the group's earlier jobs
 //! through small overlays, since those are not in the database yet.
+//!
+//! The writer owns the reference counts of shared payloads (pointer entries per payload,
+//! recounted at open): deleting a pointer for any reason (ack, expiry, device removal)
+//! decrements it, and the last one deletes the payload in the same batch. Group operations
+//! are decided here too, one at a time, against the group as of the earlier jobs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,10 +21,13 @@ use rocksdb::{ColumnFamily, IteratorMode, ReadOptions, WriteOptions};
 use tokio::sync::oneshot;
 
 use crate::batch::Batch;
-use crate::error::StorageError;
+use crate::error::{GroupError, StorageError};
+use crate::groups::{self, Decision, GroupEntry};
 use crate::keys::{self, DeviceRecord, EntryMeta, QueueKey, DEDUP_KEY_LEN, KIND_DEDUP, KIND_QUEUE};
-use crate::shared::{Shared, Totals, DEDUP, DEVICES, EXPIRY, QUEUES};
-use crate::types::{DeviceKey, DeviceStats, Durability, SweepStats};
+use crate::shared::{
+    cache_group, Shared, Totals, DEDUP, DEVICES, EXPIRY, GROUPS, MEMBERS, PAYLOADS, QUEUES,
+};
+use crate::types::{DeviceKey, DeviceStats, Durability, GroupOp, GroupState, SweepStats};
 
 /// Key of the marker written by a clean shutdown (default column family).
 pub(crate) const CLEAN_SHUTDOWN_KEY: &[u8] = b"hearth-clean-shutdown";
@@ -56,25 +65,76 @@ pub(crate) enum Job {
         record: DeviceRecord,
         reply: Reply<Option<DeviceStats>>,
     },
+    Group {
+        group: u64,
+        req: GroupReq,
+        reply: oneshot::Sender<Result<GroupState, GroupError>>,
+    },
 }
 
-/// One envelope for one or more device queues.
+/// A group operation.
+pub(crate) enum GroupReq {
+    Create {
+        creator: u64,
+        members: Vec<u64>,
+        max_size: u32,
+        now_ms: u64,
+    },
+    Update {
+        actor: u64,
+        op: GroupOp,
+        max_size: u32,
+    },
+}
+
+/// The values of an enqueue's entries.
+pub(crate) enum Values {
+    /// Every entry has this value.
+    Same(Vec<u8>),
+    /// Entry i has `arena[ends[i - 1]..ends[i]]` (from 0 for the first).
+    Each { arena: Vec<u8>, ends: Vec<usize> },
+}
+
+impl Values {
+    fn range(&self, i: usize) -> Range<usize> {
+        match self {
+            Values::Same(v) => 0..v.len(),
+            Values::Each { ends, .. } => {
+                let start = if i == 0 { 0 } else { ends[i - 1] };
+                start..ends[i]
+            }
+        }
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        let r = self.range(i);
+        match self {
+            Values::Same(v) => &v[r],
+            Values::Each { arena, .. } => &arena[r],
+        }
+    }
+}
+
+/// One envelope (inline, or pointers to a shared payload) for one or more device queues.
 pub(crate) struct EnqueueJob {
-    /// The encoded envelope, the value of every entry.
-    pub value: Vec<u8>,
-    pub meta: EntryMeta,
+    pub values: Values,
     pub entries: Vec<QueueKey>,
     /// Device records with their new `next_seq`.
     pub records: Vec<(keys::DevicePrefix, DeviceRecord)>,
     /// Dedup key, value and expiry.
     pub dedup: Option<(DedupKey, [u8; 20], u64)>,
+    /// The shared payload the entries point to: its id and `payloads` value.
+    pub payload: Option<(u64, Vec<u8>)>,
+    /// Bytes this job added to `pending_bytes`.
+    pub pending: u64,
     pub reply: Reply<()>,
 }
 
-/// Runs until every `Store` handle is gone, then marks a clean shutdown.
-pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<Job>) {
+/// Runs until every `Store` handle is gone, then marks a clean shutdown. `refs`: pointer
+/// entries per shared payload, as loaded.
+pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<Job>, mut refs: HashMap<u64, u32>) {
     while let Ok(first) = rx.recv() {
-        let mut group = Group::new(&sh);
+        let mut group = Group::new(&sh, &mut refs);
         group.add(first);
         let mut jobs = 1;
         while jobs < MAX_GROUP_JOBS && group.batch.wb.size_in_bytes() < MAX_GROUP_BYTES {
@@ -98,6 +158,9 @@ struct Cfs<'a> {
     devices: &'a ColumnFamily,
     dedup: &'a ColumnFamily,
     expiry: &'a ColumnFamily,
+    groups: &'a ColumnFamily,
+    members: &'a ColumnFamily,
+    payloads: &'a ColumnFamily,
 }
 
 /// A job's answer, sent once the group is written: its own outcome, unless the write failed.
@@ -108,6 +171,10 @@ enum Done {
     Removed(
         Reply<Option<DeviceStats>>,
         Result<DeviceStats, StorageError>,
+    ),
+    Group(
+        oneshot::Sender<Result<GroupState, GroupError>>,
+        Result<GroupState, GroupError>,
     ),
 }
 
@@ -122,6 +189,11 @@ impl Done {
             Done::Count(r, own) => answer(r, own, written),
             Done::Sweep(r, own) => answer(r, own, written),
             Done::Removed(r, own) => answer(r, own.map(Some), written),
+            Done::Group(r, own) => {
+                let _ = r.send(
+                    own.and_then(|s| written.clone().map(|()| s).map_err(GroupError::Storage)),
+                );
+            }
         }
     }
 }
@@ -137,6 +209,15 @@ struct Found {
 struct Group<'a> {
     sh: &'a Shared,
     cfs: Cfs<'a>,
+    /// Pointer entries per shared payload, as committed.
+    refs: &'a mut HashMap<u64, u32>,
+    /// Reference counts changed by this group.
+    refs_overlay: HashMap<u64, u32>,
+    /// Shared payloads written and deleted by this group.
+    payloads_created: u64,
+    payloads_deleted: Vec<u64>,
+    /// Groups as of the end of this group so far (None: no such group).
+    groups_overlay: HashMap<u64, Option<GroupEntry>>,
     batch: Batch,
     /// Queue entries put (Some) or deleted (None) by earlier jobs of this group.
     queue_overlay: BTreeMap<QueueKey, Option<EntryMeta>>,
@@ -156,7 +237,7 @@ struct Group<'a> {
 }
 
 impl<'a> Group<'a> {
-    fn new(sh: &'a Shared) -> Group<'a> {
+    fn new(sh: &'a Shared, refs: &'a mut HashMap<u64, u32>) -> Group<'a> {
         Group {
             sh,
             cfs: Cfs {
@@ -164,7 +245,15 @@ impl<'a> Group<'a> {
                 devices: sh.cf(DEVICES),
                 dedup: sh.cf(DEDUP),
                 expiry: sh.cf(EXPIRY),
+                groups: sh.cf(GROUPS),
+                members: sh.cf(MEMBERS),
+                payloads: sh.cf(PAYLOADS),
             },
+            refs,
+            refs_overlay: HashMap::new(),
+            payloads_created: 0,
+            payloads_deleted: Vec::new(),
+            groups_overlay: HashMap::new(),
             batch: Batch::default(),
             queue_overlay: BTreeMap::new(),
             dedup_overlay: HashMap::new(),
@@ -228,15 +317,38 @@ impl<'a> Group<'a> {
                 };
                 self.done.push(Done::Removed(reply, own));
             }
+            Job::Group { group, req, reply } => {
+                let own = self.group_op(group, req);
+                self.done.push(Done::Group(reply, own));
+            }
         }
     }
 
     fn enqueue(&mut self, job: EnqueueJob) {
-        for key in &job.entries {
-            self.batch.wb.put_cf(self.cfs.queues, key, &job.value);
-            let index = keys::expiry_key(job.meta.expires_at_ms, KIND_QUEUE, key);
+        let same = match &job.values {
+            Values::Same(v) => Some(keys::entry_meta(v).expect("the store encodes its values")),
+            Values::Each { .. } => None,
+        };
+        for (i, key) in job.entries.iter().enumerate() {
+            let value = job.values.get(i);
+            let meta = match same {
+                Some(meta) => meta,
+                None => keys::entry_meta(value).expect("the store encodes its values"),
+            };
+            self.batch.wb.put_cf(self.cfs.queues, key, value);
+            let index = keys::queue_expiry_key(meta.expires_at_ms, key);
             self.batch.wb.put_cf(self.cfs.expiry, index, []);
-            self.queue_overlay.insert(*key, Some(job.meta));
+            self.queue_overlay.insert(*key, Some(meta));
+        }
+        if let Some((id, value)) = &job.payload {
+            if !job.entries.is_empty() {
+                self.batch
+                    .wb
+                    .put_cf(self.cfs.payloads, keys::payload_key(*id), value);
+                let n = u32::try_from(job.entries.len()).expect("fewer than 2^32 recipients");
+                self.refs_overlay.insert(*id, n);
+                self.payloads_created += 1;
+            }
         }
         for (prefix, record) in &job.records {
             self.batch
@@ -252,9 +364,99 @@ impl<'a> Group<'a> {
             );
             self.dedup_overlay.insert(*key, Some(*expires));
         }
-        self.pending_bytes += job.meta.payload_len * job.entries.len() as u64;
+        self.pending_bytes += job.pending;
         self.durable();
         self.done.push(Done::Unit(job.reply));
+    }
+
+    /// Drops one reference to a shared payload; the last one deletes it.
+    fn unref(&mut self, id: u64) {
+        let n = match self.refs_overlay.get(&id) {
+            Some(n) => *n,
+            None => self.refs.get(&id).copied().unwrap_or(0),
+        };
+        let Some(n) = n.checked_sub(1) else {
+            tracing::error!(id, "a pointer to a shared payload with no references");
+            return;
+        };
+        self.refs_overlay.insert(id, n);
+        if n == 0 {
+            // Put once, deleted once.
+            self.batch
+                .single_delete(self.sh.payloads_cf_id, &keys::payload_key(id));
+            self.payloads_deleted.push(id);
+        }
+    }
+
+    /// The group as of the end of this group so far.
+    fn group_entry(&mut self, group: u64) -> Result<Option<GroupEntry>, StorageError> {
+        if let Some(o) = self.groups_overlay.get(&group) {
+            return Ok(o.clone());
+        }
+        // The cache holds committed groups, and only this thread commits.
+        let cached = self.sh.read_groups().get(&group).cloned();
+        let entry = match cached {
+            Some(e) => Some(e),
+            None => groups::load(self.sh, group)?,
+        };
+        self.groups_overlay.insert(group, entry.clone());
+        Ok(entry)
+    }
+
+    fn group_op(&mut self, group: u64, req: GroupReq) -> Result<GroupState, GroupError> {
+        let current = self.group_entry(group)?;
+        let decision = match &req {
+            GroupReq::Create {
+                creator,
+                members,
+                max_size,
+                now_ms,
+            } => groups::create(
+                current.as_ref(),
+                group,
+                *creator,
+                members,
+                *max_size,
+                *now_ms,
+            ),
+            GroupReq::Update {
+                actor,
+                op,
+                max_size,
+            } => groups::update(current.as_ref(), group, *actor, op, *max_size),
+        }?;
+        let (state, after, put, delete) = match decision {
+            Decision::Unchanged(state) => return Ok(state),
+            Decision::Changed {
+                state,
+                after,
+                put,
+                delete,
+            } => (state, after, put, delete),
+        };
+        for (account, role) in put {
+            self.batch.wb.put_cf(
+                self.cfs.members,
+                keys::member_key(group, account),
+                [role.to_u8()],
+            );
+        }
+        for account in delete {
+            self.batch
+                .wb
+                .delete_cf(self.cfs.members, keys::member_key(group, account));
+        }
+        let key = keys::group_key(group);
+        match &after {
+            Some(e) => self
+                .batch
+                .wb
+                .put_cf(self.cfs.groups, key, e.record().encode()),
+            None => self.batch.wb.delete_cf(self.cfs.groups, key),
+        }
+        self.groups_overlay.insert(group, after);
+        self.durable();
+        Ok(state)
     }
 
     /// The entry under `key` as of the end of this group so far.
@@ -263,7 +465,7 @@ impl<'a> Group<'a> {
             return Ok(*o);
         }
         match self.sh.db.get_pinned_cf(self.cfs.queues, key)? {
-            Some(v) => Ok(Some(keys::envelope_meta(&v)?)),
+            Some(v) => Ok(Some(keys::entry_meta(&v)?)),
             None => Ok(None),
         }
     }
@@ -310,7 +512,10 @@ impl<'a> Group<'a> {
         self.queue_overlay.insert(f.key, None);
         let c = self.removed_entries.entry(f.device).or_default();
         c.0 += 1;
-        c.1 += f.meta.payload_len;
+        c.1 += f.meta.bytes;
+        if let Some(id) = f.meta.payload {
+            self.unref(id);
+        }
     }
 
     fn sweep(&mut self, now_ms: u64, max: usize) -> Result<SweepStats, StorageError> {
@@ -398,7 +603,7 @@ impl<'a> Group<'a> {
             let key: QueueKey = (*k)
                 .try_into()
                 .map_err(|_| StorageError::Corrupt("queue key".into()))?;
-            entries.insert(key, keys::envelope_meta(&v)?);
+            entries.insert(key, keys::entry_meta(&v)?);
         }
         let range = keys::queue_key(device, 0)..=keys::queue_key(device, u64::MAX);
         for (key, o) in self.queue_overlay.range(range) {
@@ -437,7 +642,10 @@ impl<'a> Group<'a> {
             self.index_gone.insert(index);
             self.queue_overlay.insert(f.key, None);
             queued += 1;
-            bytes += f.meta.payload_len;
+            bytes += f.meta.bytes;
+            if let Some(id) = f.meta.payload {
+                self.unref(id);
+            }
         }
         let c = self.removed_entries.entry(device).or_default();
         c.0 += queued;
@@ -474,6 +682,7 @@ impl<'a> Group<'a> {
                 .map_err(StorageError::from);
             if written.is_ok() {
                 self.apply();
+                self.apply_shared();
             } else {
                 self.unremoved.append(&mut self.removed_devices);
             }
@@ -497,6 +706,7 @@ impl<'a> Group<'a> {
                 if let Some(st) = map.get_mut(device) {
                     st.removing = false;
                     Totals::add(&sh.totals.devices, 1);
+                    sh.index_add(*device);
                 }
             }
         }
@@ -523,6 +733,37 @@ impl<'a> Group<'a> {
         for device in &self.removed_devices {
             let st = map.remove(device);
             debug_assert!(st.is_some_and(|s| s.removing));
+        }
+    }
+
+    /// Applies the reference counts, payload and group changes of a written batch.
+    fn apply_shared(&mut self) {
+        let sh = self.sh;
+        for (id, n) in self.refs_overlay.drain() {
+            if n == 0 {
+                self.refs.remove(&id);
+            } else {
+                self.refs.insert(id, n);
+            }
+        }
+        Totals::add(&sh.totals.payloads, self.payloads_created);
+        Totals::sub(&sh.totals.payloads, self.payloads_deleted.len() as u64);
+        if !self.payloads_deleted.is_empty() {
+            let mut cache = sh.lock_payloads();
+            for id in &self.payloads_deleted {
+                cache.remove(*id);
+            }
+        }
+        if !self.groups_overlay.is_empty() {
+            let mut cache = sh.write_groups();
+            for (group, entry) in self.groups_overlay.drain() {
+                match entry {
+                    Some(e) => cache_group(&mut cache, group, e),
+                    None => {
+                        cache.remove(&group);
+                    }
+                }
+            }
         }
     }
 }

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use hearth_storage::{DeviceKey, Durability, Store, StoreOptions};
+use bytes::Bytes;
+use hearth_storage::{DeviceKey, Durability, SharedRecipient, Store, StoreOptions};
 
 const CHILD_ENV: &str = "HEARTH_STORAGE_CRASH_CHILD";
 const DEVICE: DeviceKey = DeviceKey {
@@ -17,6 +18,7 @@ const DEVICE: DeviceKey = DeviceKey {
 };
 const ROUNDS: usize = 3;
 const TASKS: u64 = 8;
+const GROUP: u64 = 9;
 
 fn options() -> StoreOptions {
     StoreOptions {
@@ -52,7 +54,16 @@ fn child(dir: &str) {
                             1 << 50,
                             &payload(task, i),
                         );
-                        let e = store.enqueue(&[DEVICE], &env, None).unwrap();
+                        // Odd tasks store shared payloads behind pointer entries.
+                        let e = if task % 2 == 1 {
+                            let to = SharedRecipient {
+                                device: DEVICE,
+                                header: Bytes::from_static(b"h"),
+                            };
+                            store.enqueue_shared(&[to], &env, GROUP, None).unwrap()
+                        } else {
+                            store.enqueue(&[DEVICE], &env, None).unwrap()
+                        };
                         let seq = e.seqs[0].1;
                         emit(&format!("ALLOC {seq}"));
                         e.commit.await.unwrap();
@@ -138,6 +149,14 @@ fn committed_envelopes_survive_sigkill() {
                 "seq {seq}"
             );
         }
+        // Every pointer that survived has its payload, and no payload survived without one.
+        let pointers = queue.iter().filter(|e| e.group == GROUP).count() as u64;
+        assert!(pointers > 0);
+        assert!(queue
+            .iter()
+            .all(|e| (e.group == GROUP) == (e.header.as_ref() == b"h")));
+        assert_eq!(store.stats().payloads, pointers);
+        assert_eq!(common::count(&store, "payloads"), pointers);
         // Groups commit in order, so what survived is every entry up to some point:
         // no entry is missing before the last one present.
         let seqs: Vec<u64> = present.keys().copied().collect();

@@ -1,5 +1,7 @@
 //! Random operation sequences applied to the store and to an in-memory model, compared after
 //! every step, with close-and-reopen steps in between (the habit of sled's tests/tree).
+//! Covers inline and shared (pointer) entries, shared payload lifetimes, and groups with their
+//! permission rules.
 
 mod common;
 
@@ -8,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use hearth_protocol::{slot_of, MessageId};
 use hearth_storage::{
-    DedupRecord, DeviceKey, DeviceStats, Durability, EnqueueError, QueueEntry, Store, StoreOptions,
-    StoredEnvelope, SweepStats,
+    DedupRecord, DeviceKey, DeviceStats, Durability, EnqueueError, GroupError, GroupOp, GroupState,
+    QueueEntry, Role, SharedRecipient, Store, StoreOptions, StoredEnvelope, SweepStats,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -19,6 +21,19 @@ const DEVICES: usize = 6;
 const MAX_LEN: u64 = 4;
 const MAX_BYTES: u64 = 100;
 const WINDOW: u64 = 2_000;
+/// Accounts that may be group members (the first two have devices).
+const GROUP_ACCOUNTS: [u64; 4] = [ACCOUNTS[0], ACCOUNTS[1], 3, 9];
+/// Group ids used (0 is invalid).
+const GROUP_IDS: [u64; 3] = [5, 1 << 33, 0];
+const MAX_GROUP: u32 = 3;
+
+fn gacc(i: u8) -> u64 {
+    GROUP_ACCOUNTS[i as usize % GROUP_ACCOUNTS.len()]
+}
+
+fn gid(i: u8) -> u64 {
+    GROUP_IDS[i as usize % GROUP_IDS.len()]
+}
 
 fn dev(i: u8) -> DeviceKey {
     let i = i as usize % DEVICES;
@@ -53,6 +68,31 @@ enum Op {
         max: u8,
     },
     Reopen,
+    /// `enqueue_shared` to devices, each with a header of 0 to 3 bytes.
+    EnqueueShared {
+        to: Vec<(u8, u8)>,
+        len: u8,
+        ttl: u16,
+        dedup: Option<(u8, u8)>,
+        group: u8,
+    },
+    /// `enqueue_shared` to every device of a group's members, as a group send does.
+    SendGroup {
+        group: u8,
+        len: u8,
+        ttl: u16,
+    },
+    CreateGroup {
+        group: u8,
+        creator: u8,
+        members: Vec<u8>,
+    },
+    UpdateGroup {
+        group: u8,
+        actor: u8,
+        op: u8,
+        list: Vec<u8>,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -65,13 +105,83 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(Op::Remove),
         1 => (any::<u8>(), 0u8..12, 0u8..4).prop_map(|(dev, from, max)| Op::Read { dev, from, max }),
         1 => Just(Op::Reopen),
+        4 => (vec((any::<u8>(), 0u8..4), 0..4), 0u8..40, 1u16..4000,
+              proptest::option::of((any::<u8>(), 0u8..6)), any::<u8>())
+            .prop_map(|(to, len, ttl, dedup, group)| Op::EnqueueShared { to, len, ttl, dedup, group }),
+        2 => (any::<u8>(), 0u8..40, 1u16..4000)
+            .prop_map(|(group, len, ttl)| Op::SendGroup { group, len, ttl }),
+        2 => (any::<u8>(), any::<u8>(), vec(any::<u8>(), 0..4))
+            .prop_map(|(group, creator, members)| Op::CreateGroup { group, creator, members }),
+        4 => (any::<u8>(), any::<u8>(), 0u8..5, vec(any::<u8>(), 0..3))
+            .prop_map(|(group, actor, op, list)| Op::UpdateGroup { group, actor, op, list }),
     ]
+}
+
+/// One queue entry of the model: the envelope, and for a shared entry its group, header and
+/// the model's id of its shared payload.
+#[derive(Clone, Debug)]
+struct MEntry {
+    env: StoredEnvelope,
+    group: u64,
+    header: Bytes,
+    payload: Option<u64>,
+}
+
+impl MEntry {
+    fn bytes(&self) -> u64 {
+        (self.env.payload.len() + self.header.len()) as u64
+    }
+
+    fn entry(&self, seq: u64) -> QueueEntry {
+        QueueEntry {
+            seq,
+            envelope: self.env.clone(),
+            group: self.group,
+            header: self.header.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct MGroup {
+    creator: u64,
+    version: u64,
+    members: BTreeMap<u64, Role>,
+}
+
+impl MGroup {
+    fn state(&self, group: u64) -> GroupState {
+        GroupState {
+            group,
+            creator: self.creator,
+            version: self.version,
+            members: self.members.len() as u32,
+        }
+    }
+}
+
+/// Errors compared by kind (the messages of `Invalid` are the store's own).
+fn kind(e: &GroupError) -> String {
+    match e {
+        GroupError::Invalid(_) => "Invalid".into(),
+        e => format!("{e:?}"),
+    }
+}
+
+fn group_op(op: u8, list: Vec<u64>) -> GroupOp {
+    match op {
+        0 => GroupOp::AddMembers(list),
+        1 => GroupOp::RemoveMembers(list),
+        2 => GroupOp::AddAdmins(list),
+        3 => GroupOp::RemoveAdmins(list),
+        _ => GroupOp::Delete,
+    }
 }
 
 struct MDevice {
     registered_at_ms: u64,
     next_seq: u64,
-    queue: BTreeMap<u64, StoredEnvelope>,
+    queue: BTreeMap<u64, MEntry>,
 }
 
 impl MDevice {
@@ -80,7 +190,7 @@ impl MDevice {
             key,
             slot: slot_of(key.account),
             queued: self.queue.len() as u64,
-            bytes: self.queue.values().map(|e| e.payload.len() as u64).sum(),
+            bytes: self.queue.values().map(MEntry::bytes).sum(),
             next_seq: self.next_seq,
             registered_at_ms: self.registered_at_ms,
         }
@@ -101,37 +211,166 @@ struct Model {
     dedup: BTreeMap<(DeviceKey, u128), (DedupRecord, u64)>,
     index: BTreeSet<IndexEntry>,
     next_msg: u128,
+    groups: BTreeMap<u64, MGroup>,
+    next_payload: u64,
 }
 
 impl Model {
+    /// Entries of `to` (device, header); `shared`: the group of shared entries.
     fn enqueue(
         &mut self,
-        to: &[DeviceKey],
+        to: &[(DeviceKey, Bytes)],
         env: &StoredEnvelope,
+        shared: Option<u64>,
     ) -> Result<Vec<(DeviceKey, u64)>, EnqueueError> {
-        let mut wanted: BTreeMap<DeviceKey, u64> = BTreeMap::new();
-        for d in to {
+        // (entries, bytes) wanted per device so far.
+        let mut wanted: BTreeMap<DeviceKey, (u64, u64)> = BTreeMap::new();
+        for (d, header) in to {
             let Some(md) = self.devices.get(d) else {
                 return Err(EnqueueError::UnknownDevice { device: *d });
             };
-            let n = wanted.entry(*d).or_default();
-            *n += 1;
+            let w = wanted.entry(*d).or_default();
+            w.0 += 1;
+            w.1 += (env.payload.len() + header.len()) as u64;
             let st = md.stats(*d);
-            if st.queued + *n > MAX_LEN || st.bytes + *n * env.payload.len() as u64 > MAX_BYTES {
+            if st.queued + w.0 > MAX_LEN || st.bytes + w.1 > MAX_BYTES {
                 return Err(EnqueueError::QueueFull { device: *d });
             }
         }
+        let payload = shared.map(|_| {
+            self.next_payload += 1;
+            self.next_payload
+        });
         let mut seqs = Vec::new();
-        for d in to {
+        for (d, header) in to {
             let md = self.devices.get_mut(d).unwrap();
             let seq = md.next_seq;
             md.next_seq += 1;
-            md.queue.insert(seq, env.clone());
+            let entry = MEntry {
+                env: env.clone(),
+                group: shared.unwrap_or(0),
+                header: header.clone(),
+                payload,
+            };
+            md.queue.insert(seq, entry);
             self.index
                 .insert(index_entry(env.expires_at_ms, 0, *d, seq as u128));
             seqs.push((*d, seq));
         }
         Ok(seqs)
+    }
+
+    /// Shared payloads some entry still points to.
+    fn payloads(&self) -> u64 {
+        let ids: BTreeSet<u64> = self
+            .devices
+            .values()
+            .flat_map(|md| md.queue.values().filter_map(|e| e.payload))
+            .collect();
+        ids.len() as u64
+    }
+
+    fn create_group(
+        &mut self,
+        group: u64,
+        creator: u64,
+        members: &[u64],
+    ) -> Result<GroupState, GroupError> {
+        if group == 0 {
+            return Err(GroupError::Invalid(String::new()));
+        }
+        if let Some(g) = self.groups.get(&group) {
+            return match g.creator == creator {
+                true => Ok(g.state(group)),
+                false => Err(GroupError::Exists),
+            };
+        }
+        let mut all: BTreeMap<u64, Role> = members.iter().map(|&a| (a, Role::Member)).collect();
+        all.insert(creator, Role::Admin);
+        if all.len() > MAX_GROUP as usize {
+            return Err(GroupError::TooLarge);
+        }
+        let g = MGroup {
+            creator,
+            version: 1,
+            members: all,
+        };
+        let state = g.state(group);
+        self.groups.insert(group, g);
+        Ok(state)
+    }
+
+    fn update_group(
+        &mut self,
+        group: u64,
+        actor: u64,
+        op: &GroupOp,
+    ) -> Result<GroupState, GroupError> {
+        if group == 0 {
+            return Err(GroupError::Invalid(String::new()));
+        }
+        let Some(g) = self.groups.get(&group) else {
+            return Err(GroupError::NoSuchGroup);
+        };
+        let Some(&role) = g.members.get(&actor) else {
+            return Err(GroupError::NotMember);
+        };
+        let leave = matches!(op, GroupOp::RemoveMembers(l) if l.iter().all(|&a| a == actor));
+        if role != Role::Admin && !leave {
+            return Err(GroupError::NotAdmin);
+        }
+        let mut next = g.clone();
+        match op {
+            GroupOp::AddMembers(list) => {
+                for &a in list {
+                    next.members.entry(a).or_insert(Role::Member);
+                }
+                if next.members.len() > g.members.len().max(MAX_GROUP as usize) {
+                    return Err(GroupError::TooLarge);
+                }
+            }
+            GroupOp::RemoveMembers(list) => {
+                if list.contains(&g.creator) {
+                    return Err(GroupError::Invalid(String::new()));
+                }
+                for a in list {
+                    next.members.remove(a);
+                }
+            }
+            GroupOp::AddAdmins(list) => {
+                for a in list {
+                    match next.members.get_mut(a) {
+                        Some(r) => *r = Role::Admin,
+                        None => return Err(GroupError::Invalid(String::new())),
+                    }
+                }
+            }
+            GroupOp::RemoveAdmins(list) => {
+                if list.contains(&g.creator) {
+                    return Err(GroupError::Invalid(String::new()));
+                }
+                for a in list {
+                    if let Some(r) = next.members.get_mut(a) {
+                        *r = Role::Member;
+                    }
+                }
+            }
+            GroupOp::Delete => {
+                let state = GroupState {
+                    version: g.version + 1,
+                    members: 0,
+                    ..g.state(group)
+                };
+                self.groups.remove(&group);
+                return Ok(state);
+            }
+        }
+        if next.members != g.members {
+            next.version += 1;
+        }
+        let state = next.state(group);
+        self.groups.insert(group, next);
+        Ok(state)
     }
 
     fn sweep(&mut self, max: usize) -> SweepStats {
@@ -157,7 +396,7 @@ impl Model {
                     if md
                         .queue
                         .get(&seq)
-                        .is_some_and(|env| env.expires_at_ms <= now)
+                        .is_some_and(|e| e.env.expires_at_ms <= now)
                     {
                         md.queue.remove(&seq);
                         stats.expired.push((d, seq));
@@ -189,15 +428,7 @@ fn check(store: &Store, m: &Model) {
         let want: Vec<QueueEntry> = m
             .devices
             .get(&d)
-            .map(|md| {
-                md.queue
-                    .iter()
-                    .map(|(s, e)| QueueEntry {
-                        seq: *s,
-                        envelope: e.clone(),
-                    })
-                    .collect()
-            })
+            .map(|md| md.queue.iter().map(|(s, e)| e.entry(*s)).collect())
             .unwrap_or_default();
         assert_eq!(queue, want, "queue of {d:?}");
         let want = m.devices.get(&d).map(|md| md.stats(d));
@@ -224,6 +455,28 @@ fn check(store: &Store, m: &Model) {
             .collect();
         assert_eq!(store.account_stats(account).unwrap(), want);
     }
+    let asked = [ACCOUNTS[1], 3, ACCOUNTS[0], ACCOUNTS[1]];
+    let want: Vec<DeviceKey> = asked
+        .iter()
+        .flat_map(|a| m.devices.keys().filter(move |d| d.account == *a).copied())
+        .collect();
+    assert_eq!(store.devices_of_many(&asked).unwrap(), want);
+    for g in GROUP_IDS {
+        let want = m.groups.get(&g);
+        let members = store.group_members(g).unwrap();
+        assert_eq!(
+            members.as_deref().cloned(),
+            want.map(|mg| mg.members.keys().copied().collect::<Vec<u64>>()),
+            "members of group {g}"
+        );
+        let want_info = want.map(|mg| {
+            let all: Vec<(u64, Role)> = mg.members.iter().map(|(a, r)| (*a, *r)).collect();
+            (mg.state(g), all)
+        });
+        assert_eq!(store.group_info(g, 0, 100).unwrap(), want_info);
+        let page = want_info.map(|(st, all)| (st, all.into_iter().skip(1).take(1).collect()));
+        assert_eq!(store.group_info(g, 1, 1).unwrap(), page);
+    }
     let st = store.stats();
     assert_eq!(
         (st.devices, st.queued, st.queued_bytes),
@@ -231,11 +484,16 @@ fn check(store: &Store, m: &Model) {
         "store stats"
     );
     assert_eq!(st.pending_bytes, 0);
+    assert_eq!(st.payloads, m.payloads(), "stored payloads");
     let counts = common::counts(store);
     assert_eq!(counts["queues"], total.1, "queue keys");
     assert_eq!(counts["devices"], total.0, "device keys");
     assert_eq!(counts["dedup"], m.dedup.len() as u64, "dedup keys");
     assert_eq!(counts["expiry"], m.index.len() as u64, "expiry keys");
+    assert_eq!(counts["payloads"], m.payloads(), "payload keys");
+    assert_eq!(counts["groups"], m.groups.len() as u64, "group keys");
+    let members: usize = m.groups.values().map(|g| g.members.len()).sum();
+    assert_eq!(counts["members"], members as u64, "member keys");
     for ((sender, msg), (rec, _)) in &m.dedup {
         assert_eq!(
             store
@@ -262,6 +520,8 @@ fn run(ops: Vec<Op>) {
         dedup: BTreeMap::new(),
         index: BTreeSet::new(),
         next_msg: 1 << 64,
+        groups: BTreeMap::new(),
+        next_payload: 0,
     };
     for op in ops {
         match op {
@@ -284,43 +544,72 @@ fn run(ops: Vec<Op>) {
                 ttl,
                 dedup,
             } => {
-                let to: Vec<DeviceKey> = to.into_iter().map(dev).collect();
-                let sender = dedup.map(|(s, _)| dev(s)).unwrap_or(dev(0));
-                let msg = match dedup {
-                    Some((_, id)) => id as u128,
-                    None => {
-                        m.next_msg += 1;
-                        m.next_msg
-                    }
+                let to: Vec<(DeviceKey, Bytes)> =
+                    to.into_iter().map(|i| (dev(i), Bytes::new())).collect();
+                send(&rt, &store, &mut m, &to, len, ttl, dedup, None);
+            }
+            Op::EnqueueShared {
+                to,
+                len,
+                ttl,
+                dedup,
+                group,
+            } => {
+                let to: Vec<(DeviceKey, Bytes)> = to
+                    .into_iter()
+                    .map(|(i, h)| (dev(i), Bytes::from(vec![i; h as usize])))
+                    .collect();
+                let group = [0, gid(group)][group as usize % 2];
+                send(&rt, &store, &mut m, &to, len, ttl, dedup, Some(group));
+            }
+            Op::SendGroup { group, len, ttl } => {
+                let g = gid(group);
+                let members = store.group_members(g).unwrap();
+                let Some(members) = members else {
+                    assert!(!m.groups.contains_key(&g));
+                    check(&store, &m);
+                    continue;
                 };
-                let env = StoredEnvelope {
-                    msg_id: MessageId::from_u128(msg),
-                    from_account: sender.account,
-                    from_device: sender.device,
-                    accepted_at_ms: m.now,
-                    expires_at_ms: m.now + ttl as u64,
-                    flags: (msg % 3) as u8,
-                    payload: Bytes::from(vec![msg as u8; len as usize]),
-                };
-                let want = m.enqueue(&to, &env);
-                let got = store.enqueue(&to, &env, dedup.map(|_| (sender, to.len() as u64)));
-                match (got, want) {
-                    (Ok(got), Ok(want)) => {
-                        assert_eq!(got.seqs, want);
-                        rt.block_on(got.commit).unwrap();
-                        if dedup.is_some() {
-                            let rec = DedupRecord {
-                                accepted_at_ms: m.now,
-                                recipients: to.len() as u32,
-                            };
-                            let expires = m.now + WINDOW;
-                            m.dedup.insert((sender, msg), (rec, expires));
-                            m.index.insert(index_entry(expires, 1, sender, msg));
-                        }
-                    }
-                    (Err(got), Err(want)) => assert_eq!(got, want),
-                    (got, want) => panic!("enqueue: store {got:?}, model {want:?}"),
-                }
+                let to: Vec<(DeviceKey, Bytes)> = store
+                    .devices_of_many(&members)
+                    .unwrap()
+                    .into_iter()
+                    .map(|d| (d, Bytes::new()))
+                    .collect();
+                let want: Vec<DeviceKey> = m.groups[&g]
+                    .members
+                    .keys()
+                    .flat_map(|a| m.devices.keys().filter(move |d| d.account == *a).copied())
+                    .collect();
+                assert_eq!(to.iter().map(|(d, _)| *d).collect::<Vec<_>>(), want);
+                send(&rt, &store, &mut m, &to, len, ttl, None, Some(g));
+            }
+            Op::CreateGroup {
+                group,
+                creator,
+                members,
+            } => {
+                let (g, creator) = (gid(group), gacc(creator));
+                let members: Vec<u64> = members.into_iter().map(gacc).collect();
+                let want = m.create_group(g, creator, &members);
+                let got = rt.block_on(store.create_group(g, creator, &members, MAX_GROUP, m.now));
+                assert_eq!(got.as_ref().map_err(kind), want.as_ref().map_err(kind));
+            }
+            Op::UpdateGroup {
+                group,
+                actor,
+                op,
+                list,
+            } => {
+                let (g, actor) = (gid(group), gacc(actor));
+                let op = group_op(op, list.into_iter().map(gacc).collect());
+                let want = m.update_group(g, actor, &op);
+                let got = rt.block_on(store.update_group(g, actor, op.clone(), MAX_GROUP));
+                assert_eq!(
+                    got.as_ref().map_err(kind),
+                    want.as_ref().map_err(kind),
+                    "{op:?} by {actor} on {g}"
+                );
             }
             Op::Ack { dev: i, picks } => {
                 let d = dev(i);
@@ -362,9 +651,9 @@ fn run(ops: Vec<Op>) {
             Op::Remove(i) => {
                 let d = dev(i);
                 let want = m.devices.remove(&d).map(|md| {
-                    for (seq, env) in &md.queue {
+                    for (seq, e) in &md.queue {
                         m.index
-                            .remove(&index_entry(env.expires_at_ms, 0, d, *seq as u128));
+                            .remove(&index_entry(e.env.expires_at_ms, 0, d, *seq as u128));
                     }
                     md.stats(d)
                 });
@@ -379,10 +668,7 @@ fn run(ops: Vec<Op>) {
                         md.queue
                             .range(from as u64..)
                             .take(max as usize)
-                            .map(|(s, e)| QueueEntry {
-                                seq: *s,
-                                envelope: e.clone(),
-                            })
+                            .map(|(s, e)| e.entry(*s))
                             .collect()
                     })
                     .unwrap_or_default();
@@ -400,11 +686,78 @@ fn run(ops: Vec<Op>) {
     }
 }
 
+/// Enqueues one envelope to `to` (inline, or shared with `shared` = Some(group)) in the store
+/// and the model, and compares.
+#[allow(clippy::too_many_arguments)]
+fn send(
+    rt: &tokio::runtime::Runtime,
+    store: &Store,
+    m: &mut Model,
+    to: &[(DeviceKey, Bytes)],
+    len: u8,
+    ttl: u16,
+    dedup: Option<(u8, u8)>,
+    shared: Option<u64>,
+) {
+    let sender = dedup.map(|(s, _)| dev(s)).unwrap_or(dev(0));
+    let msg = match dedup {
+        Some((_, id)) => id as u128,
+        None => {
+            m.next_msg += 1;
+            m.next_msg
+        }
+    };
+    let env = StoredEnvelope {
+        msg_id: MessageId::from_u128(msg),
+        from_account: sender.account,
+        from_device: sender.device,
+        accepted_at_ms: m.now,
+        expires_at_ms: m.now + ttl as u64,
+        flags: (msg % 3) as u8,
+        payload: Bytes::from(vec![msg as u8; len as usize]),
+    };
+    let want = m.enqueue(to, &env, shared);
+    let dedup_arg = dedup.map(|_| (sender, to.len() as u64));
+    let got = match shared {
+        None => {
+            let devices: Vec<DeviceKey> = to.iter().map(|(d, _)| *d).collect();
+            store.enqueue(&devices, &env, dedup_arg)
+        }
+        Some(group) => {
+            let recipients: Vec<SharedRecipient> = to
+                .iter()
+                .map(|(device, header)| SharedRecipient {
+                    device: *device,
+                    header: header.clone(),
+                })
+                .collect();
+            store.enqueue_shared(&recipients, &env, group, dedup_arg)
+        }
+    };
+    match (got, want) {
+        (Ok(got), Ok(want)) => {
+            assert_eq!(got.seqs, want);
+            rt.block_on(got.commit).unwrap();
+            if dedup.is_some() {
+                let rec = DedupRecord {
+                    accepted_at_ms: m.now,
+                    recipients: to.len() as u32,
+                };
+                let expires = m.now + WINDOW;
+                m.dedup.insert((sender, msg), (rec, expires));
+                m.index.insert(index_entry(expires, 1, sender, msg));
+            }
+        }
+        (Err(got), Err(want)) => assert_eq!(got, want),
+        (got, want) => panic!("enqueue: store {got:?}, model {want:?}"),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn store_matches_model(ops in vec(op(), 1..60)) {
+    fn store_matches_model(ops in vec(op(), 1..80)) {
         run(ops);
     }
 }
@@ -466,6 +819,73 @@ fn model_fixed_sequence() {
         Op::Sweep {
             advance: 2999,
             max: 7,
+        },
+        // Groups and shared payloads.
+        Op::Register(3),
+        Op::CreateGroup {
+            group: 0,
+            creator: 0,
+            members: vec![1, 2, 1],
+        },
+        Op::CreateGroup {
+            group: 0,
+            creator: 1,
+            members: vec![],
+        },
+        Op::SendGroup {
+            group: 0,
+            len: 7,
+            ttl: 500,
+        },
+        Op::UpdateGroup {
+            group: 0,
+            actor: 1,
+            op: 0,
+            list: vec![3],
+        },
+        Op::UpdateGroup {
+            group: 0,
+            actor: 1,
+            op: 1,
+            list: vec![1],
+        },
+        Op::EnqueueShared {
+            to: vec![(0, 2), (1, 0), (0, 3)],
+            len: 5,
+            ttl: 100,
+            dedup: Some((1, 4)),
+            group: 1,
+        },
+        Op::Reopen,
+        Op::Read {
+            dev: 0,
+            from: 0,
+            max: 3,
+        },
+        Op::Ack {
+            dev: 1,
+            picks: vec![1, 2, 3],
+        },
+        Op::Sweep {
+            advance: 101,
+            max: 3,
+        },
+        Op::Remove(3),
+        Op::Sweep {
+            advance: 500,
+            max: 20,
+        },
+        Op::UpdateGroup {
+            group: 0,
+            actor: 0,
+            op: 4,
+            list: vec![],
+        },
+        Op::Reopen,
+        Op::SendGroup {
+            group: 0,
+            len: 1,
+            ttl: 5,
         },
     ]);
 }

@@ -6,11 +6,12 @@
 // chunks, bytes 2.. are the stream.
 
 /// Frame limits the fuzzer chooses from: tiny (oversize paths), small, and the node's default
-/// (`1 + SEND_FIXED_LEN + DEFAULT_MAX_ENVELOPE`).
+/// (PROTOCOL.md §4: the largest envelope, 64 bytes, and room for 1000 `SEND_MULTI` recipients
+/// with 256-byte headers).
 pub const FUZZ_LIMITS: [usize; 3] = [
     24,
     4096,
-    1 + hearth_protocol::SEND_FIXED_LEN + hearth_protocol::DEFAULT_MAX_ENVELOPE,
+    hearth_protocol::DEFAULT_MAX_ENVELOPE + 64 + 1000 * (8 + 4 + 2 + 256),
 ];
 
 /// What one decode call produced, with the stream offsets the checks need.
@@ -18,7 +19,7 @@ pub const FUZZ_LIMITS: [usize; 3] = [
 pub enum Step {
     /// A frame and the offset just past its last byte.
     Frame(hearth_protocol::Frame, usize),
-    /// An oversized `SEND` being skipped.
+    /// An oversized `SEND`, `SEND_GROUP` or `SEND_MULTI` being skipped.
     Oversized(hearth_protocol::MessageId, usize),
     /// A fatal error; decoding stops.
     Error(hearth_protocol::DecodeError),
@@ -62,8 +63,9 @@ pub fn decode_chunked(max_frame: usize, stream: &[u8], cuts: &[usize]) -> Vec<St
 /// - Every decoded frame re-encodes to exactly the bytes it was decoded from (the encoding is
 ///   canonical), starting where the previous frame (or skipped `SEND`) ended.
 /// - Re-encoded frames decode to the same frame: `decode(encode(f)) == f`.
-/// - An oversized `SEND` is reported only for a type byte 0x02 whose length exceeds the limit,
-///   with the message id from its first 16 body bytes, and exactly its bytes are skipped.
+/// - An oversized send is reported only for a type byte 0x02 (`SEND`), 0x08 (`SEND_GROUP`) or
+///   0x09 (`SEND_MULTI`) whose length exceeds the limit, with the message id from its first 16
+///   body bytes, and exactly its bytes are skipped.
 pub fn check(data: &[u8]) {
     use hearth_protocol::{encode, Decoded, Decoder};
     if data.len() < 2 {
@@ -102,7 +104,11 @@ pub fn check(data: &[u8]) {
                 let claimed = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
                 assert_eq!(*len, claimed);
                 assert!(*len > max_frame);
-                assert_eq!(head[4], 0x02);
+                assert!(
+                    matches!(head[4], 0x02 | 0x08 | 0x09),
+                    "type 0x{:02x}",
+                    head[4]
+                );
                 assert_eq!(&head[5..21], &id.0[..]);
                 start += 4 + len;
             }

@@ -4,22 +4,109 @@
 
 use bytes::{Bytes, BytesMut};
 use hearth_protocol::{
-    encode, flags, ErrorCode, Frame, MessageId, DEFAULT_MAX_ENVELOPE, DELIVER_FIXED_LEN,
-    SEND_FIXED_LEN,
+    encode, flags, group_op, role, ErrorCode, Frame, MessageId, MultiRecipient,
+    DEFAULT_MAX_ENVELOPE, DELIVER_FIXED_LEN, SEND_FIXED_LEN,
 };
 use proptest::prelude::*;
 
 /// Longest `HELLO` token and `ERROR` message on the wire.
 pub const MAX_TEXT: usize = 1024;
 
-/// The node's frame limit: the largest `SEND` it accepts.
-pub const NODE_LIMIT: usize = 1 + SEND_FIXED_LEN + DEFAULT_MAX_ENVELOPE;
+/// Fixed bytes of a `GROUP_CREATE` body before its accounts (req_id, group, count).
+pub const GROUP_CREATE_FIXED_LEN: usize = 16 + 8 + 4;
+/// Fixed bytes of a `GROUP_UPDATE` body before its accounts (req_id, group, op, count).
+pub const GROUP_UPDATE_FIXED_LEN: usize = 16 + 8 + 1 + 4;
+/// Bytes of a `GROUP_GET` body.
+pub const GROUP_GET_LEN: usize = 16 + 8 + 4 + 4;
+/// Fixed bytes of a `SEND_GROUP` body before its payload (msg_id, group, ttl, flags).
+pub const SEND_GROUP_FIXED_LEN: usize = 16 + 8 + 4 + 1;
+/// Fixed bytes of a `SEND_MULTI` body before its recipients (msg_id, ttl, flags, count).
+pub const SEND_MULTI_FIXED_LEN: usize = 16 + 4 + 1 + 2;
+/// Fixed bytes of one `SEND_MULTI` recipient before its header (account, device, header_len).
+pub const RECIPIENT_FIXED_LEN: usize = 8 + 4 + 2;
+/// Bytes of a `GROUP_OK` body.
+pub const GROUP_OK_LEN: usize = 16 + 8 + 8 + 4;
+/// Fixed bytes of a `GROUP_INFO` body before its members.
+pub const GROUP_INFO_FIXED_LEN: usize = 16 + 8 + 8 + 8 + 4 + 4 + 4;
+/// Bytes of one `GROUP_INFO` member entry (account, role).
+pub const GROUP_INFO_ENTRY_LEN: usize = 8 + 1;
+/// Fixed bytes of a `DELIVER_SHARED` body before its header (the `DELIVER` fields, group,
+/// header_len).
+pub const DELIVER_SHARED_FIXED_LEN: usize = DELIVER_FIXED_LEN + 8 + 2;
 
-/// A client's frame limit: the largest `DELIVER` it can receive.
-pub const CLIENT_LIMIT: usize = 1 + DELIVER_FIXED_LEN + DEFAULT_MAX_ENVELOPE;
+/// The node's default `max_multi_recipients`.
+pub const DEFAULT_MAX_MULTI_RECIPIENTS: usize = 1_000;
+/// The node's default `max_header_bytes`.
+pub const DEFAULT_MAX_HEADER: usize = 256;
+
+/// The largest `SEND` the node accepts (`length` field value).
+pub const SEND_LIMIT: usize = 1 + SEND_FIXED_LEN + DEFAULT_MAX_ENVELOPE;
+
+/// The node's frame limit (PROTOCOL.md §4): the largest envelope, 64 bytes for the fixed parts
+/// of a frame, and the largest `SEND_MULTI` recipient list (most recipients, each with the
+/// longest header). As `hearth_router`'s `Limits::max_frame`.
+pub const NODE_LIMIT: usize = DEFAULT_MAX_ENVELOPE
+    + 64
+    + DEFAULT_MAX_MULTI_RECIPIENTS * (RECIPIENT_FIXED_LEN + DEFAULT_MAX_HEADER);
+
+/// The largest valid `SEND_MULTI` (most recipients, longest headers, largest payload).
+pub const LARGEST_SEND_MULTI: usize = 1
+    + SEND_MULTI_FIXED_LEN
+    + DEFAULT_MAX_MULTI_RECIPIENTS * (RECIPIENT_FIXED_LEN + DEFAULT_MAX_HEADER)
+    + DEFAULT_MAX_ENVELOPE;
+
+/// The largest `DELIVER` a client receives.
+pub const DELIVER_LIMIT: usize = 1 + DELIVER_FIXED_LEN + DEFAULT_MAX_ENVELOPE;
+
+/// A client's frame limit: the largest `DELIVER_SHARED` it can receive (longest header, largest
+/// payload). PROTOCOL.md §4.
+pub const CLIENT_LIMIT: usize =
+    1 + DELIVER_SHARED_FIXED_LEN + DEFAULT_MAX_HEADER + DEFAULT_MAX_ENVELOPE;
+
+/// Most members in a `GROUP_INFO` page whose frame is no longer than the largest `DELIVER`.
+pub const MAX_PAGE: usize = (DELIVER_LIMIT - 1 - GROUP_INFO_FIXED_LEN) / GROUP_INFO_ENTRY_LEN;
 
 /// Every type byte of protocol version 1.
-pub const TYPES: [u8; 9] = [0x01, 0x02, 0x03, 0x04, 0x81, 0x82, 0x83, 0x84, 0x85];
+pub const TYPES: [u8; 17] = [
+    0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87,
+    0x88,
+];
+
+/// Type bytes whose oversized frames are skipped (answered `ENVELOPE_TOO_LARGE`), not fatal.
+pub const SEND_TYPES: [u8; 3] = [0x02, 0x08, 0x09];
+
+/// The frame name PROTOCOL.md and `DecodeError::Malformed` use for a type byte.
+pub fn kind(ty: u8) -> &'static str {
+    match ty {
+        0x01 => "HELLO",
+        0x02 => "SEND",
+        0x03 => "ACK",
+        0x04 => "PING",
+        0x05 => "GROUP_CREATE",
+        0x06 => "GROUP_UPDATE",
+        0x07 => "GROUP_GET",
+        0x08 => "SEND_GROUP",
+        0x09 => "SEND_MULTI",
+        0x81 => "WELCOME",
+        0x82 => "ACCEPTED",
+        0x83 => "DELIVER",
+        0x84 => "ERROR",
+        0x85 => "PONG",
+        0x86 => "GROUP_OK",
+        0x87 => "GROUP_INFO",
+        0x88 => "DELIVER_SHARED",
+        _ => unreachable!("type 0x{ty:02x}"),
+    }
+}
+
+/// A `SEND_MULTI` recipient.
+pub fn rcpt(account: u64, device: u32, header: &[u8]) -> MultiRecipient {
+    MultiRecipient {
+        account,
+        device,
+        header: Bytes::copy_from_slice(header),
+    }
+}
 
 /// The encoding of one frame.
 pub fn enc(f: &Frame) -> BytesMut {
@@ -115,7 +202,154 @@ pub fn samples() -> Vec<Frame> {
         },
         Frame::error(ErrorCode::BadToken, "token signature is invalid: ünïcödé ✓"),
         Frame::Pong { nonce: u64::MAX },
+        Frame::GroupCreate {
+            req_id: id(),
+            group: 7,
+            members: vec![43, 44, u64::MAX],
+        },
+        Frame::GroupCreate {
+            req_id: MessageId::NONE,
+            group: 0,
+            members: vec![],
+        },
+        Frame::GroupUpdate {
+            req_id: id(),
+            group: 7,
+            op: group_op::ADD_MEMBERS,
+            accounts: vec![45],
+        },
+        Frame::GroupUpdate {
+            req_id: MessageId([0xff; 16]),
+            group: u64::MAX,
+            op: group_op::DELETE,
+            accounts: vec![],
+        },
+        Frame::GroupUpdate {
+            // Unknown ops decode: the node, not the codec, refuses them (INVALID_REQUEST).
+            req_id: id(),
+            group: 1,
+            op: 0xff,
+            accounts: vec![0, 1, 2, 3],
+        },
+        Frame::GroupGet {
+            req_id: id(),
+            group: 7,
+            offset: 0,
+            limit: 100,
+        },
+        Frame::GroupGet {
+            req_id: MessageId::NONE,
+            group: u64::MAX,
+            offset: u32::MAX,
+            limit: u32::MAX,
+        },
+        Frame::SendGroup {
+            msg_id: id(),
+            group: 7,
+            ttl_secs: 3600,
+            flags: 0,
+            payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
+        },
+        Frame::SendGroup {
+            msg_id: MessageId([0xff; 16]),
+            group: u64::MAX,
+            ttl_secs: u32::MAX,
+            flags: flags::EPHEMERAL,
+            payload: Bytes::new(),
+        },
+        Frame::SendMulti {
+            msg_id: id(),
+            ttl_secs: 3600,
+            flags: 0,
+            recipients: vec![rcpt(43, 0, b"\x01\x02\x03"), rcpt(44, 2, b"")],
+            payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
+        },
+        Frame::SendMulti {
+            msg_id: MessageId([0xff; 16]),
+            ttl_secs: u32::MAX,
+            flags: flags::EPHEMERAL,
+            recipients: vec![rcpt(u64::MAX, u32::MAX, &[0xee; 256])],
+            payload: Bytes::new(),
+        },
+        Frame::SendMulti {
+            msg_id: id(),
+            ttl_secs: 0,
+            flags: 0,
+            recipients: vec![],
+            payload: Bytes::from_static(b"no recipients"),
+        },
+        Frame::GroupOk {
+            req_id: id(),
+            group: 7,
+            version: 3,
+            members: 4,
+        },
+        Frame::GroupOk {
+            req_id: MessageId([0xff; 16]),
+            group: u64::MAX,
+            version: u64::MAX,
+            members: u32::MAX,
+        },
+        Frame::GroupInfo {
+            req_id: id(),
+            group: 7,
+            version: 3,
+            creator: 42,
+            total: 4,
+            offset: 1,
+            members: vec![(43, role::MEMBER), (44, role::ADMIN), (u64::MAX, 0xff)],
+        },
+        Frame::GroupInfo {
+            req_id: MessageId::NONE,
+            group: u64::MAX,
+            version: u64::MAX,
+            creator: u64::MAX,
+            total: u32::MAX,
+            offset: u32::MAX,
+            members: vec![],
+        },
+        Frame::DeliverShared {
+            seq: 2,
+            msg_id: id(),
+            from_account: 42,
+            from_device: 7,
+            accepted_at_ms: 1_700_000_000_123,
+            expires_at_ms: 1_700_003_600_123,
+            flags: 0,
+            group: 7,
+            header: Bytes::new(),
+            payload: Bytes::from(vec![0x5a; 300]),
+        },
+        Frame::DeliverShared {
+            seq: u64::MAX,
+            msg_id: id(),
+            from_account: u64::MAX,
+            from_device: u32::MAX,
+            accepted_at_ms: u64::MAX,
+            expires_at_ms: u64::MAX,
+            flags: 0xff,
+            group: 0,
+            header: Bytes::from(vec![0xee; 256]),
+            payload: Bytes::new(),
+        },
+        Frame::DeliverShared {
+            seq: 0,
+            msg_id: MessageId::NONE,
+            from_account: 0,
+            from_device: 0,
+            accepted_at_ms: 0,
+            expires_at_ms: 0,
+            flags: flags::EPHEMERAL,
+            group: u64::MAX,
+            header: Bytes::from_static(b"h"),
+            payload: Bytes::from_static(b"p"),
+        },
     ]
+}
+
+/// `b` cut to at most 65535 bytes, as the encoder does with headers (u16 length).
+pub fn truncated_header(b: &Bytes) -> Bytes {
+    b.slice(..b.len().min(u16::MAX as usize))
 }
 
 /// `s` cut to at most 1024 bytes on a character boundary, as the encoder does.
@@ -127,7 +361,8 @@ pub fn truncated(s: &str) -> String {
     s[..n].to_string()
 }
 
-/// The frame a decoder yields after `f` is encoded: text truncated, at most 65535 seqs.
+/// The frame a decoder yields after `f` is encoded: text truncated, at most 65535 seqs,
+/// recipients, and header bytes.
 pub fn normalized(f: &Frame) -> Frame {
     match f.clone() {
         Frame::Hello { version, token } => Frame::Hello {
@@ -149,6 +384,48 @@ pub fn normalized(f: &Frame) -> Frame {
             seqs.truncate(u16::MAX as usize);
             Frame::Ack { seqs }
         }
+        Frame::SendMulti {
+            msg_id,
+            ttl_secs,
+            flags,
+            mut recipients,
+            payload,
+        } => {
+            recipients.truncate(u16::MAX as usize);
+            for r in &mut recipients {
+                r.header = truncated_header(&r.header);
+            }
+            Frame::SendMulti {
+                msg_id,
+                ttl_secs,
+                flags,
+                recipients,
+                payload,
+            }
+        }
+        Frame::DeliverShared {
+            seq,
+            msg_id,
+            from_account,
+            from_device,
+            accepted_at_ms,
+            expires_at_ms,
+            flags,
+            group,
+            header,
+            payload,
+        } => Frame::DeliverShared {
+            seq,
+            msg_id,
+            from_account,
+            from_device,
+            accepted_at_ms,
+            expires_at_ms,
+            flags,
+            group,
+            header: truncated_header(&header),
+            payload,
+        },
         other => other,
     }
 }
@@ -166,8 +443,13 @@ fn arb_text() -> impl Strategy<Value = String> {
     prop_oneof![".{0,40}", ".{0,400}"]
 }
 
-/// Any frame, with fields over their whole range.
+/// Any frame, with fields over their whole range; every variant about equally likely.
 pub fn arb_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![9 => arb_v1_frame(), 8 => arb_group_frame()]
+}
+
+/// Any frame of the issue-2 set (types 0x01..=0x04, 0x81..=0x85).
+pub fn arb_v1_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (any::<u8>(), arb_text()).prop_map(|(version, token)| Frame::Hello { version, token }),
         (
@@ -245,5 +527,149 @@ pub fn arb_frame() -> impl Strategy<Value = Frame> {
                 message
             }),
         any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
+    ]
+}
+
+fn arb_accounts() -> impl Strategy<Value = Vec<u64>> {
+    prop::collection::vec(any::<u64>(), 0..40)
+}
+
+fn arb_header() -> impl Strategy<Value = Bytes> {
+    prop_oneof![
+        Just(Bytes::new()),
+        prop::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from),
+    ]
+}
+
+fn arb_recipient() -> impl Strategy<Value = MultiRecipient> {
+    (any::<u64>(), any::<u32>(), arb_header()).prop_map(|(account, device, header)| {
+        MultiRecipient {
+            account,
+            device,
+            header,
+        }
+    })
+}
+
+/// Any frame of the groups extension (types 0x05..=0x09, 0x86..=0x88).
+pub fn arb_group_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (arb_id(), any::<u64>(), arb_accounts()).prop_map(|(req_id, group, members)| {
+            Frame::GroupCreate {
+                req_id,
+                group,
+                members,
+            }
+        }),
+        (arb_id(), any::<u64>(), any::<u8>(), arb_accounts()).prop_map(
+            |(req_id, group, op, accounts)| Frame::GroupUpdate {
+                req_id,
+                group,
+                op,
+                accounts
+            }
+        ),
+        (arb_id(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
+            |(req_id, group, offset, limit)| Frame::GroupGet {
+                req_id,
+                group,
+                offset,
+                limit
+            }
+        ),
+        (
+            arb_id(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u8>(),
+            arb_payload()
+        )
+            .prop_map(
+                |(msg_id, group, ttl_secs, flags, payload)| Frame::SendGroup {
+                    msg_id,
+                    group,
+                    ttl_secs,
+                    flags,
+                    payload
+                }
+            ),
+        (
+            arb_id(),
+            any::<u32>(),
+            any::<u8>(),
+            prop::collection::vec(arb_recipient(), 0..12),
+            arb_payload()
+        )
+            .prop_map(
+                |(msg_id, ttl_secs, flags, recipients, payload)| Frame::SendMulti {
+                    msg_id,
+                    ttl_secs,
+                    flags,
+                    recipients,
+                    payload
+                }
+            ),
+        (arb_id(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
+            |(req_id, group, version, members)| Frame::GroupOk {
+                req_id,
+                group,
+                version,
+                members
+            }
+        ),
+        (
+            (arb_id(), any::<u64>(), any::<u64>(), any::<u64>()),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                prop::collection::vec((any::<u64>(), any::<u8>()), 0..40)
+            )
+        )
+            .prop_map(
+                |((req_id, group, version, creator), (total, offset, members))| {
+                    Frame::GroupInfo {
+                        req_id,
+                        group,
+                        version,
+                        creator,
+                        total,
+                        offset,
+                        members,
+                    }
+                }
+            ),
+        (
+            (
+                any::<u64>(),
+                arb_id(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u64>()
+            ),
+            (
+                any::<u64>(),
+                any::<u8>(),
+                any::<u64>(),
+                arb_header(),
+                arb_payload()
+            )
+        )
+            .prop_map(
+                |(
+                    (seq, msg_id, from_account, from_device, accepted_at_ms),
+                    (expires_at_ms, flags, group, header, payload),
+                )| Frame::DeliverShared {
+                    seq,
+                    msg_id,
+                    from_account,
+                    from_device,
+                    accepted_at_ms,
+                    expires_at_ms,
+                    flags,
+                    group,
+                    header,
+                    payload
+                }
+            ),
     ]
 }

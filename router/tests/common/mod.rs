@@ -19,12 +19,13 @@ pub struct TestNode {
 }
 
 pub fn config(data_dir: &Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.admin_listen = "127.0.0.1:0".parse().unwrap();
-    cfg.data_dir = data_dir.to_path_buf();
-    cfg.sweep_interval_ms = 100;
-    cfg
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        sweep_interval_ms: 100,
+        ..Config::default()
+    }
 }
 
 impl TestNode {

@@ -1,0 +1,150 @@
+//! Opening the database and loading the in-memory state: every device's counters, the
+//! devices of each account, the reference counts of shared payloads.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rocksdb::{
+    ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+
+use crate::error::StorageError;
+use crate::keys::{self, DeviceRecord};
+use crate::shared::{
+    Accounts, DeviceState, Devices, Totals, COLUMN_FAMILIES, DEVICES, PAYLOADS, QUEUES,
+};
+use crate::types::StoreOptions;
+use crate::writer::CLEAN_SHUTDOWN_KEY;
+
+/// What `load` found.
+pub(crate) struct Loaded {
+    pub devices: Devices,
+    pub accounts: Accounts,
+    pub totals: Totals,
+    /// Pointer entries per shared payload id.
+    pub refs: HashMap<u64, u32>,
+    pub next_payload_id: u64,
+}
+
+/// Opens (creating if needed) the database with every column family.
+pub(crate) fn open_db(path: &Path) -> Result<DB, StorageError> {
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    db_opts.set_max_background_jobs(2);
+    let cfs = COLUMN_FAMILIES.map(|name| {
+        let mut o = Options::default();
+        if name == QUEUES || name == PAYLOADS {
+            // Payloads are ciphertext: compressing them wastes CPU.
+            o.set_compression_type(DBCompressionType::None);
+        }
+        ColumnFamilyDescriptor::new(name, o)
+    });
+    Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
+}
+
+/// Reads the state to keep in memory; after an unclean shutdown, moves every device's
+/// `next_seq` ahead first. Deletes shared payloads no pointer refers to (none should exist:
+/// a payload and its pointers are written and deleted in the same batches).
+pub(crate) fn load(db: &DB, opts: &StoreOptions) -> Result<Loaded, StorageError> {
+    let clean = db.get_pinned(CLEAN_SHUTDOWN_KEY)?.is_some();
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    if clean {
+        // From now on a crash must be noticed at the next open.
+        db.delete_opt(CLEAN_SHUTDOWN_KEY, &wo)?;
+    }
+    // After a crash, seqs handed out but lost may have been seen by a device (live delivery
+    // does not wait for the fsync): every device skips ahead of them. Per device they are at
+    // most a queue's length, since the queue limit counts submitted entries.
+    let skip = if clean {
+        0
+    } else {
+        opts.max_queue_len.max(1 << 20)
+    };
+    let totals = Totals::default();
+    let mut devices = Devices::new();
+    let mut accounts = Accounts::new();
+    let mut fixes = WriteBatch::default();
+    let devices_cf = db.cf_handle(DEVICES).expect("opened");
+    for item in db.iterator_cf(devices_cf, IteratorMode::Start) {
+        let (k, v) = item?;
+        let key =
+            keys::decode_device(&k).ok_or_else(|| StorageError::Corrupt("device key".into()))?;
+        let mut rec = DeviceRecord::decode(&v)?;
+        if skip > 0 {
+            rec.next_seq = rec.next_seq.saturating_add(skip);
+            fixes.put_cf(devices_cf, &k, rec.encode());
+        }
+        devices.insert(
+            key,
+            DeviceState {
+                registered_at_ms: rec.registered_at_ms,
+                next_seq: rec.next_seq,
+                queued: 0,
+                bytes: 0,
+                removing: false,
+            },
+        );
+        // Keys sort by account then device: each list is built in order.
+        accounts.entry(key.account).or_default().push(key.device);
+        Totals::add(&totals.devices, 1);
+    }
+    if skip > 0 && !fixes.is_empty() {
+        tracing::warn!(
+            skip,
+            "the store was not shut down cleanly: device seqs skip ahead"
+        );
+    }
+
+    let mut refs: HashMap<u64, u32> = HashMap::new();
+    for item in db.iterator_cf(db.cf_handle(QUEUES).expect("opened"), IteratorMode::Start) {
+        let (k, v) = item?;
+        let (device, seq) =
+            keys::decode_queue_key(&k).ok_or_else(|| StorageError::Corrupt("queue key".into()))?;
+        let meta = keys::entry_meta(&v)?;
+        Totals::add(&totals.queued, 1);
+        Totals::add(&totals.bytes, meta.bytes);
+        if let Some(st) = devices.get_mut(&device) {
+            st.queued += 1;
+            st.bytes += meta.bytes;
+            st.next_seq = st.next_seq.max(seq + 1);
+        }
+        if let Some(id) = meta.payload {
+            *refs.entry(id).or_default() += 1;
+        }
+    }
+
+    let payloads_cf = db.cf_handle(PAYLOADS).expect("opened");
+    let mut next_payload_id = 1;
+    let mut found = 0;
+    for item in db.iterator_cf(payloads_cf, IteratorMode::Start) {
+        let (k, _) = item?;
+        let id = keys::decode_payload_key(&k)
+            .ok_or_else(|| StorageError::Corrupt("payload key".into()))?;
+        next_payload_id = next_payload_id.max(id + 1);
+        if refs.contains_key(&id) {
+            found += 1;
+        } else {
+            tracing::warn!(id, "deleting a shared payload no entry points to");
+            fixes.delete_cf(payloads_cf, k);
+        }
+    }
+    if found != refs.len() {
+        tracing::error!(
+            missing = refs.len() - found,
+            "queue entries point to missing shared payloads"
+        );
+    }
+    Totals::add(&totals.payloads, found as u64);
+    if !fixes.is_empty() {
+        db.write_opt(fixes, &wo)?;
+    }
+    Ok(Loaded {
+        devices,
+        accounts,
+        totals,
+        refs,
+        next_payload_id,
+    })
+}
