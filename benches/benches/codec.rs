@@ -1,7 +1,8 @@
 //! Codec micro-benchmarks: encode and decode of `SEND` and `DELIVER` with 512-byte payloads,
 //! decoding 64 `DELIVER` frames coalesced in one buffer (what one stream read may hold), and the
 //! groups frames: a `SEND_MULTI` to 100 recipients (48-byte headers, the size of a wrapped
-//! message key) and a `DELIVER_SHARED` with such a header.
+//! message key) and a `DELIVER_SHARED` with such a header; and a `POLICY_SET` adding 100
+//! accounts to the block list.
 //!
 //! Run: `cargo bench -p hearth-benches --bench codec`.
 
@@ -11,13 +12,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use hearth_protocol::{
-    encode, Decoded, Decoder, Frame, MessageId, MultiRecipient, DEFAULT_MAX_ENVELOPE,
+    encode, Decoded, Decoder, Frame, MessageId, MultiRecipient, PolicyChange, DEFAULT_MAX_ENVELOPE,
 };
 
 const PAYLOAD: usize = 512;
 const COALESCED: usize = 64;
 /// Recipients of the benchmarked `SEND_MULTI`.
 const MULTI_RECIPIENTS: usize = 100;
+/// Accounts in the benchmarked `POLICY_SET`.
+const POLICY_ACCOUNTS: u64 = 100;
 /// Per-recipient header: a 32-byte key wrapped with a 16-byte tag.
 const HEADER: usize = 48;
 /// The node's default frame limit (PROTOCOL.md §4: the largest envelope, 64 bytes, and room for
@@ -79,6 +82,16 @@ fn deliver_shared(seq: u64) -> Frame {
     }
 }
 
+fn policy_set() -> Frame {
+    Frame::PolicySet {
+        req_id: MessageId::from_u128(7),
+        change: PolicyChange::Block {
+            add: true,
+            accounts: (0..POLICY_ACCOUNTS).map(|i| 1_000_000 + i * 7).collect(),
+        },
+    }
+}
+
 fn encoded(frames: &[Frame]) -> BytesMut {
     let mut out = BytesMut::new();
     for f in frames {
@@ -118,6 +131,7 @@ fn codec(c: &mut Criterion) {
     bench_frame(c, "deliver_512B", deliver(1));
     bench_frame(c, "send_multi_100x48B_512B", send_multi());
     bench_frame(c, "deliver_shared_48B_512B", deliver_shared(1));
+    bench_frame(c, "policy_set_block_100", policy_set());
 
     let frames: Vec<Frame> = (1..=COALESCED as u64).map(deliver).collect();
     let bytes = encoded(&frames);

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use hearth_protocol::{encode, Decoded, Decoder, ErrorCode, Frame, MessageId, PROTOCOL_VERSION};
+use hearth_protocol::{
+    encode, Decoded, Decoder, ErrorCode, Frame, MessageId, PolicyChange, PROTOCOL_VERSION,
+};
 use quinn::{Endpoint, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 
@@ -14,7 +16,7 @@ use crate::shared::Shared;
 use crate::types::GroupReply;
 use crate::{
     random_message_id, Accepted, ClientConfig, ClientError, Deliveries, Delivery, GroupInfo, GroupOk,
-    Outgoing, OutgoingGroup, OutgoingMulti, Welcome,
+    Outgoing, OutgoingGroup, OutgoingMulti, OutgoingSealed, Welcome,
 };
 
 /// Frames queued for the writer before `send` waits (backpressure from a slow node).
@@ -215,7 +217,7 @@ impl Connection {
         let frame = Frame::GroupCreate { req_id, group, members: members.to_vec() };
         match self.request(req_id, frame).await? {
             GroupReply::Ok(ok) => Ok(ok),
-            GroupReply::Info(_) => Err(ClientError::Protocol("GROUP_INFO for GROUP_CREATE".into())),
+            _ => Err(ClientError::Protocol("unexpected answer to GROUP_CREATE".into())),
         }
     }
 
@@ -230,7 +232,7 @@ impl Connection {
         let frame = Frame::GroupUpdate { req_id, group, op, accounts: accounts.to_vec() };
         match self.request(req_id, frame).await? {
             GroupReply::Ok(ok) => Ok(ok),
-            GroupReply::Info(_) => Err(ClientError::Protocol("GROUP_INFO for GROUP_UPDATE".into())),
+            _ => Err(ClientError::Protocol("unexpected answer to GROUP_UPDATE".into())),
         }
     }
 
@@ -245,7 +247,53 @@ impl Connection {
         let frame = Frame::GroupGet { req_id, group, offset, limit };
         match self.request(req_id, frame).await? {
             GroupReply::Info(info) => Ok(info),
-            GroupReply::Ok(_) => Err(ClientError::Protocol("GROUP_OK for GROUP_GET".into())),
+            _ => Err(ClientError::Protocol("unexpected answer to GROUP_GET".into())),
+        }
+    }
+
+    /// Sends like [`Connection::send`] with the `URGENT` flag: an offline recipient device is
+    /// woken through its push token even if it was woken recently.
+    pub async fn send_urgent(&self, out: Outgoing) -> Result<Accepted, ClientError> {
+        let frame = Frame::Send {
+            msg_id: out.msg_id,
+            to_account: out.to_account,
+            to_device: out.to_device,
+            ttl_secs: out.ttl_secs,
+            flags: out.flags() | hearth_protocol::flags::URGENT,
+            payload: out.payload,
+        };
+        self.send_frame(out.msg_id, frame).await
+    }
+
+    /// Sends an envelope without the sender's identity (`SEND_SEALED`).
+    pub async fn send_sealed(&self, out: OutgoingSealed) -> Result<Accepted, ClientError> {
+        let frame = Frame::SendSealed {
+            msg_id: out.msg_id,
+            to_account: out.to_account,
+            to_device: out.to_device,
+            ttl_secs: out.ttl_secs,
+            flags: 0,
+            access_key: out.access_key,
+            payload: out.payload,
+        };
+        self.send_frame(out.msg_id, frame).await
+    }
+
+    /// Changes this account's privacy settings (or this device's push token): `POLICY_SET`.
+    pub async fn set_policy(&self, change: PolicyChange) -> Result<(), ClientError> {
+        let req_id = random_message_id();
+        match self.request(req_id, Frame::PolicySet { req_id, change }).await? {
+            GroupReply::Done => Ok(()),
+            _ => Err(ClientError::Protocol("unexpected answer to POLICY_SET".into())),
+        }
+    }
+
+    /// Reports an account as abusive (`REPORT`).
+    pub async fn report(&self, account: u64) -> Result<(), ClientError> {
+        let req_id = random_message_id();
+        match self.request(req_id, Frame::Report { req_id, account }).await? {
+            GroupReply::Done => Ok(()),
+            _ => Err(ClientError::Protocol("unexpected answer to REPORT".into())),
         }
     }
 

@@ -223,6 +223,11 @@ fn on_frame(
                 payload,
             });
         }
+        Frame::Ok { req_id } => {
+            if !shared.resolve_request(req_id, Ok(GroupReply::Done)) {
+                tracing::debug!(?req_id, "OK for no outstanding request");
+            }
+        }
         Frame::GroupOk { req_id, group, version, members } => {
             let ok = GroupReply::Ok(GroupOk { group, version, members });
             if !shared.resolve_request(req_id, Ok(ok)) {
@@ -288,7 +293,10 @@ fn on_frame(
         | Frame::GroupUpdate { .. }
         | Frame::GroupGet { .. }
         | Frame::SendGroup { .. }
-        | Frame::SendMulti { .. } => {
+        | Frame::SendMulti { .. }
+        | Frame::PolicySet { .. }
+        | Frame::Report { .. }
+        | Frame::SendSealed { .. } => {
             return Err("client frame type");
         }
     }

@@ -33,8 +33,10 @@ pub use connection::Connection;
 pub use error::ClientError;
 pub use types::{
     random_message_id, Accepted, Deliveries, Delivery, GroupInfo, GroupOk, Outgoing, OutgoingGroup,
-    OutgoingMulti, Welcome,
+    OutgoingMulti, OutgoingSealed, Welcome,
 };
 
 /// Re-exported so users need not depend on the protocol crate for ids and codes.
-pub use hearth_protocol::{group_op, role, ErrorCode, MessageId, MultiRecipient};
+pub use hearth_protocol::{
+    group_op, reach, role, ErrorCode, MessageId, MultiRecipient, PolicyChange, Scope,
+};

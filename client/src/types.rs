@@ -114,11 +114,31 @@ pub struct GroupInfo {
     pub members: Vec<(u64, u8)>,
 }
 
-/// Answer to a group request.
+/// Answer to a group, policy or report request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum GroupReply {
     Ok(GroupOk),
     Info(GroupInfo),
+    /// `OK` to a `POLICY_SET` or `REPORT`.
+    Done,
+}
+
+/// An envelope that does not reveal its sender (`SEND_SEALED`), authorised by the recipient's
+/// delivery access key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingSealed {
+    /// Sender-chosen id (use random ids: sealed sends are deduplicated by id alone).
+    pub msg_id: MessageId,
+    /// Recipient account.
+    pub to_account: u64,
+    /// Recipient device, or 0 for every device of the account.
+    pub to_device: u32,
+    /// Time to live in seconds; 0 = the node's default.
+    pub ttl_secs: u32,
+    /// The recipient's delivery access key.
+    pub access_key: Bytes,
+    /// Ciphertext.
+    pub payload: Bytes,
 }
 
 fn flag_byte(ephemeral: bool) -> u8 {

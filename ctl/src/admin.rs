@@ -58,6 +58,56 @@ pub fn device_remove(
     emit(&v, json, out, render::render_device_removed)
 }
 
+/// `GET /v1/abuse`: the accounts the node flagged, most severe first (the node's order), at
+/// most `limit` of them; rendered as a table.
+pub fn abuse_top(
+    admin: &str,
+    limit: Option<u64>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut v = Admin::new(admin)?.call("GET", "/v1/abuse", "abuse signals")?;
+    let Some(flagged) = v.get_mut("flagged").and_then(Value::as_array_mut) else {
+        bail!("unexpected abuse report from the node: no \"flagged\" list");
+    };
+    let total = flagged.len();
+    if let Some(limit) = limit {
+        flagged.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    }
+    let shown = flagged.len();
+    emit(&v, json, out, render::render_abuse_top)?;
+    if !json && shown < total {
+        writeln!(
+            out,
+            "showing {shown} of {total} flagged accounts (raise --limit to see more)"
+        )?;
+    }
+    Ok(())
+}
+
+/// `DELETE /v1/accounts/{account}`: erase everything the node holds about the account and
+/// print what was removed. Refuses unless `confirmed` (`--yes`): an erasure cannot be undone.
+pub fn account_purge(
+    admin: &str,
+    account: u64,
+    confirmed: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    if !confirmed {
+        bail!(
+            "account purge erases everything the node holds about account {account} (devices \
+             and their queued envelopes, settings, allow and block lists, push tokens, group \
+             memberships, abuse counters) and cannot be undone; run it again with --yes to \
+             confirm"
+        );
+    }
+    let admin = Admin::new(admin)?;
+    let path = format!("/v1/accounts/{account}");
+    let v = admin.call("DELETE", &path, &format!("account {account}"))?;
+    emit(&v, json, out, render::render_account_purged)
+}
+
 fn emit(
     v: &Value,
     json: bool,

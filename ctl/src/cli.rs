@@ -46,6 +46,12 @@ pub enum Command {
     /// Token signing keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Abuse signals computed from metadata (never content).
+    #[command(subcommand)]
+    Abuse(AbuseCommand),
+    /// Accounts.
+    #[command(subcommand)]
+    Account(AccountCommand),
 }
 
 /// `hearthctl token ...`
@@ -70,6 +76,13 @@ pub struct TokenIssueArgs {
     /// The node's token key (PKCS#8 DER Ed25519).
     #[arg(long, env = "HEARTH_TOKEN_KEY", default_value = DEFAULT_KEY_PATH)]
     pub key: PathBuf,
+    /// Network (app) the device speaks for, one of the node's `[privacy] networks`. With
+    /// `--network` or `--zone` the token is v2 (`ht2.`); what is omitted is the node's default.
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Residency zone of the account, a key of the node's `[residency] zones`.
+    #[arg(long)]
+    pub zone: Option<String>,
 }
 
 /// `hearthctl queue ...`
@@ -108,6 +121,41 @@ pub struct DeviceRemoveArgs {
     pub device: u32,
 }
 
+/// `hearthctl abuse ...`
+#[derive(Debug, Subcommand)]
+pub enum AbuseCommand {
+    /// List the accounts the node flagged (most severe first), with the reasons and counters.
+    Top(AbuseTopArgs),
+}
+
+/// Arguments of `hearthctl abuse top`.
+#[derive(Debug, Clone, Args)]
+pub struct AbuseTopArgs {
+    /// Show at most this many accounts.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
+}
+
+/// `hearthctl account ...`
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Erase everything the node holds about an account: devices and their queues, account
+    /// record and settings, its allow and block lists, push tokens, dedup records, group
+    /// memberships (groups it created are deleted) and abuse counters. Cannot be undone.
+    Purge(AccountPurgeArgs),
+}
+
+/// Arguments of `hearthctl account purge`.
+#[derive(Debug, Clone, Args)]
+pub struct AccountPurgeArgs {
+    /// Account id.
+    #[arg(long)]
+    pub account: u64,
+    /// Confirm the erasure (required: it cannot be undone).
+    #[arg(long)]
+    pub yes: bool,
+}
+
 /// `hearthctl key ...`
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
@@ -137,6 +185,10 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             crate::admin::device_remove(admin, a.account, a.device, json, out)
         }
         Command::Key(KeyCommand::Generate(a)) => crate::keys::key_generate(&a.out, json, out),
+        Command::Abuse(AbuseCommand::Top(a)) => crate::admin::abuse_top(admin, a.limit, json, out),
+        Command::Account(AccountCommand::Purge(a)) => {
+            crate::admin::account_purge(admin, a.account, a.yes, json, out)
+        }
     }?;
     out.flush()?;
     Ok(())

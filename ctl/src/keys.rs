@@ -5,13 +5,15 @@ use std::io::{ErrorKind, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use hearth_protocol::{SigningKey, TokenClaims};
+use hearth_protocol::{Scope, SigningKey, TokenClaims};
 
 use crate::cli::TokenIssueArgs;
 
 /// Sign a token for `args.account`/`args.device` valid until `now_secs + args.ttl` with the key
 /// in `args.key`, and print it (alone on its line, or as JSON
-/// `{"token","account","device","expires_at"}`).
+/// `{"token","account","device","expires_at","network","zone"}`). With `args.network` or
+/// `args.zone` the token is v2 (`ht2.`) and carries them; a name left out (JSON `null`) means
+/// the node's default.
 pub fn token_issue(
     args: &TokenIssueArgs,
     now_secs: u64,
@@ -21,6 +23,8 @@ pub fn token_issue(
     if args.device == 0 {
         bail!("device 0 is reserved; use a device id of 1 or more");
     }
+    let network = scope_name("network", args.network.as_deref())?;
+    let zone = scope_name("zone", args.zone.as_deref())?;
     let key = load_key(&args.key)?;
     let expires_at = now_secs
         .checked_add(args.ttl.as_secs())
@@ -30,13 +34,24 @@ pub fn token_issue(
         device: args.device,
         expires_at,
     };
-    let token = key.issue(&claims);
+    let token = if network.is_some() || zone.is_some() {
+        let scope = Scope {
+            network: network.unwrap_or_default().to_owned(),
+            zone: zone.unwrap_or_default().to_owned(),
+        };
+        key.issue_scoped(&claims, &scope)
+            .map_err(|e| anyhow::anyhow!("cannot issue the token: {e}"))?
+    } else {
+        key.issue(&claims)
+    };
     if json {
         let v = serde_json::json!({
             "token": token,
             "account": claims.account,
             "device": claims.device,
             "expires_at": claims.expires_at,
+            "network": network,
+            "zone": zone,
         });
         serde_json::to_writer_pretty(&mut *out, &v)?;
         writeln!(out)?;
@@ -44,6 +59,28 @@ pub fn token_issue(
         writeln!(out, "{token}")?;
     }
     Ok(())
+}
+
+/// Longest network or zone name a v2 token carries, in bytes (the protocol's limit).
+const MAX_SCOPE_NAME: usize = 64;
+
+/// A network or zone name as given on the command line: not empty, at most 64 bytes, no
+/// whitespace or control characters (the node compares names exactly, so a stray space would
+/// make a token it refuses).
+fn scope_name<'a>(what: &str, name: Option<&'a str>) -> anyhow::Result<Option<&'a str>> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    if name.is_empty() {
+        bail!("--{what} must not be empty (leave it out for the node's default {what})");
+    }
+    if name.len() > MAX_SCOPE_NAME {
+        bail!("--{what} {name:?} is too long: at most {MAX_SCOPE_NAME} bytes");
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("--{what} {name:?} must not contain spaces or control characters");
+    }
+    Ok(Some(name))
 }
 
 fn load_key(path: &Path) -> anyhow::Result<SigningKey> {

@@ -346,3 +346,99 @@ pub fn render_device_removed(v: &Value, out: &mut dyn Write) -> anyhow::Result<(
     )?;
     Ok(())
 }
+
+#[derive(Deserialize)]
+struct AbuseReport {
+    flagged: Vec<FlaggedAccount>,
+}
+
+#[derive(Deserialize)]
+struct FlaggedAccount {
+    account: u64,
+    reasons: Vec<String>,
+    new_recipients: u64,
+    blocks: u64,
+    reports: u64,
+    fanout: u64,
+    since_ms: u64,
+}
+
+/// Render a `GET /v1/abuse` answer as a table, in the node's order (most severe first), the
+/// reasons of each account joined with `; `.
+pub fn render_abuse_top(v: &Value, out: &mut dyn Write) -> anyhow::Result<()> {
+    let report: AbuseReport = parse(v, "abuse report")?;
+    if report.flagged.is_empty() {
+        writeln!(out, "no flagged accounts")?;
+        return Ok(());
+    }
+    // The reasons (long sentences) go last, so the counters stay in compact columns.
+    let mut t = Table::new(&[
+        "ACCOUNT",
+        "NEW RECIPIENTS",
+        "BLOCKS",
+        "REPORTS",
+        "FAN-OUT",
+        "FLAGGED SINCE",
+        "REASONS",
+    ]);
+    for col in [0, 1, 2, 3, 4] {
+        t = t.align_right(col);
+    }
+    for f in &report.flagged {
+        t.push(vec![
+            f.account.to_string(),
+            format_count(f.new_recipients),
+            format_count(f.blocks),
+            format_count(f.reports),
+            format_count(f.fanout),
+            format_timestamp_ms(f.since_ms),
+            f.reasons.join("; "),
+        ]);
+    }
+    t.write_to(out)?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Purged {
+    account: u64,
+    devices: u64,
+    envelopes: u64,
+    groups_left: u64,
+    groups_deleted: u64,
+    list_entries: u64,
+    dedup_records: u64,
+    push_tokens: u64,
+    account_record: bool,
+}
+
+/// Render a `DELETE /v1/accounts/...` answer: a sentence, then a table of what was removed.
+pub fn render_account_purged(v: &Value, out: &mut dyn Write) -> anyhow::Result<()> {
+    let p: Purged = parse(v, "account purge answer")?;
+    let counts = [
+        ("devices", p.devices),
+        ("queued envelopes", p.envelopes),
+        ("groups left", p.groups_left),
+        ("groups deleted (it created them)", p.groups_deleted),
+        ("allow and block list entries", p.list_entries),
+        ("dedup records", p.dedup_records),
+        ("push tokens", p.push_tokens),
+    ];
+    if !p.account_record && counts.iter().all(|&(_, n)| n == 0) {
+        writeln!(
+            out,
+            "account {}: the node held no stored data about it; nothing to erase",
+            p.account
+        )?;
+        return Ok(());
+    }
+    writeln!(out, "erased account {}:", p.account)?;
+    let mut t = Table::new(&["REMOVED", "COUNT"]).align_right(1);
+    for (what, n) in counts {
+        t.push(vec![what.to_owned(), format_count(n)]);
+    }
+    let record = if p.account_record { "yes" } else { "no" };
+    t.push(vec!["account record".to_owned(), record.to_owned()]);
+    t.write_to(out)?;
+    Ok(())
+}

@@ -128,3 +128,153 @@ fn empty_account_and_json_passthrough() {
     assert_eq!(v, serde_json::from_str::<serde_json::Value>(body).unwrap());
     assert_eq!(server.join().unwrap(), "GET /v1/queues/7/2 HTTP/1.1");
 }
+
+const ABUSE: &str = r#"{"flagged": [
+    {"account": 901, "reasons": ["1500 distinct new recipients"], "new_recipients": 1500, "blocks": 0,
+     "reports": 0, "fanout": 20000, "since_ms": 1735787045000},
+    {"account": 17, "reasons": ["blocked 40 times", "reported 9 times"], "new_recipients": 3, "blocks": 40,
+     "reports": 9, "fanout": 3, "since_ms": 1735787045000},
+    {"account": 5, "reasons": ["reported 6 times"], "new_recipients": 0, "blocks": 0,
+     "reports": 6, "fanout": 0, "since_ms": 1735787045000}
+]}"#;
+
+#[test]
+fn abuse_top_lists_flagged_accounts_up_to_the_limit() {
+    let (url, server) = respond_once("200 OK", ABUSE);
+    let out = ctl(&["abuse", "top", "--admin", &url]).unwrap();
+    assert_eq!(server.join().unwrap(), "GET /v1/abuse HTTP/1.1");
+    let accounts: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(accounts, ["901", "17", "5"], "{out}");
+    assert!(
+        out.lines()
+            .nth(2)
+            .unwrap()
+            .ends_with("UTC  blocked 40 times; reported 9 times"),
+        "{out}"
+    );
+
+    let (url, server) = respond_once("200 OK", ABUSE);
+    let out = ctl(&["abuse", "top", "--limit", "2", "--admin", &url]).unwrap();
+    server.join().unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(
+        lines[1]
+            .trim_start()
+            .starts_with("901           1,500       0        0   20,000  "),
+        "{out}"
+    );
+    assert!(
+        lines[2]
+            .trim_start()
+            .starts_with("17               3      40        9        3  "),
+        "{out}"
+    );
+    assert_eq!(
+        lines[3],
+        "showing 2 of 3 flagged accounts (raise --limit to see more)"
+    );
+
+    let (url, server) = respond_once("200 OK", ABUSE);
+    let out = ctl(&["abuse", "top", "--limit", "1", "--json", "--admin", &url]).unwrap();
+    server.join().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let all: serde_json::Value = serde_json::from_str(ABUSE).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"flagged": [all["flagged"][0].clone()]})
+    );
+
+    let (url, server) = respond_once("200 OK", r#"{"flagged": []}"#);
+    let out = ctl(&["abuse", "top", "--admin", &url]).unwrap();
+    server.join().unwrap();
+    assert_eq!(out, "no flagged accounts\n");
+
+    let (url, server) = respond_once("200 OK", r#"{"accounts": []}"#);
+    let err = ctl(&["abuse", "top", "--admin", &url]).unwrap_err();
+    server.join().unwrap();
+    assert!(err.to_string().contains("no \"flagged\" list"), "{err}");
+
+    assert!(ctl(&["abuse", "top", "--limit", "0"]).is_err());
+}
+
+#[test]
+fn account_purge_needs_yes_and_sends_nothing_without_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let err = ctl(&["account", "purge", "--account", "42", "--admin", &url])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot be undone"), "{err}");
+    assert!(err.contains("--yes"), "{err}");
+    assert!(err.contains("account 42"), "{err}");
+    let accepted = listener.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "hearthctl contacted the node without --yes: {accepted:?}"
+    );
+}
+
+#[test]
+fn account_purge_deletes_and_reports() {
+    let body = r#"{"account": 42, "devices": 2, "envelopes": 7, "groups_left": 1,
+                   "groups_deleted": 0, "list_entries": 3, "dedup_records": 4,
+                   "push_tokens": 1, "account_record": true}"#;
+    let (url, server) = respond_once("200 OK", body);
+    let out = ctl(&[
+        "account",
+        "purge",
+        "--account",
+        "42",
+        "--yes",
+        "--admin",
+        &url,
+    ])
+    .unwrap();
+    assert_eq!(server.join().unwrap(), "DELETE /v1/accounts/42 HTTP/1.1");
+    assert!(out.starts_with("erased account 42:\nREMOVED "), "{out}");
+    assert!(out.contains("\nqueued envelopes "), "{out}");
+    assert!(
+        out.ends_with("account record                      yes\n"),
+        "{out}"
+    );
+
+    let (url, server) = respond_once("200 OK", body);
+    let out = ctl(&[
+        "account",
+        "purge",
+        "--account",
+        "42",
+        "--yes",
+        "--json",
+        "--admin",
+        &url,
+    ])
+    .unwrap();
+    server.join().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v, serde_json::from_str::<serde_json::Value>(body).unwrap());
+
+    let (url, server) = respond_once("500 Internal Server Error", r#"{"error": "disk full"}"#);
+    let err = ctl(&[
+        "account",
+        "purge",
+        "--account",
+        "9",
+        "--yes",
+        "--admin",
+        &url,
+    ])
+    .unwrap_err()
+    .to_string();
+    assert_eq!(server.join().unwrap(), "DELETE /v1/accounts/9 HTTP/1.1");
+    assert_eq!(
+        err,
+        format!("node admin at {url} answered HTTP 500: disk full")
+    );
+}

@@ -59,8 +59,20 @@ fn commented_defaults_are_the_real_defaults_and_every_key_is_documented() {
     for (table, key, line) in &commented {
         let parsed: toml::Value = toml::from_str(line).unwrap();
         let shown = parsed.get(key).unwrap();
-        let real = lookup(&defaults, table, key).unwrap_or_else(|| panic!("unknown key {line}"));
-        assert_eq!(shown, real, "{table:?}.{key}: the example says {line}");
+        match lookup(&defaults, table, key) {
+            Some(real) => assert_eq!(shown, real, "{table:?}.{key}: the example says {line}"),
+            // A key unset by default (an Option such as push.webhook_url): the commented line
+            // is an example value, which the node must accept.
+            None => {
+                let text = match table {
+                    Some(t) => format!("[{t}]\n{line}\n"),
+                    None => format!("{line}\n"),
+                };
+                if let Err(e) = Config::from_toml(&text) {
+                    panic!("unknown key or invalid example {table:?}.{line}: {e:#}");
+                }
+            }
+        }
     }
     // Every key the node knows appears in the example, set or commented.
     let example: toml::Value = toml::from_str(EXAMPLE).unwrap();
@@ -102,4 +114,23 @@ fn unit_matches_the_example_config() {
     assert!(lines.iter().any(|l| l.starts_with("TimeoutStopSec=")));
     let cfg = Config::from_toml(EXAMPLE).unwrap();
     assert!(UNIT.contains(&format!("ReadWritePaths={}", cfg.data_dir.display())));
+}
+
+#[test]
+fn readme_config_snippets_are_valid() {
+    let readme = include_str!("../../deploy/README.md");
+    let mut snippets = Vec::new();
+    let mut rest = readme;
+    while let Some(start) = rest.find("```toml\n") {
+        let body = &rest[start + "```toml\n".len()..];
+        let end = body.find("```").expect("closed code block");
+        snippets.push(&body[..end]);
+        rest = &body[end..];
+    }
+    assert!(!snippets.is_empty(), "the README shows a residency example");
+    for s in snippets {
+        if let Err(e) = Config::from_toml(s) {
+            panic!("README snippet is not a valid config: {e:#}\n{s}");
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hearth_client::{ClientConfig, Connection, Deliveries, ErrorCode, Outgoing};
+use hearth_client::{ClientConfig, Connection, Deliveries, ErrorCode, Outgoing, PolicyChange};
 use hearth_ctl::{run, Cli};
 use hearth_router::{Config, Node};
 use serde_json::Value;
@@ -42,20 +42,28 @@ async fn start(dir: &Path) -> Node {
 }
 
 async fn token(key: &Path, account: u64, device: u32) -> String {
+    scoped_token(key, account, device, &[]).await
+}
+
+/// A token from `hearthctl token issue` with `extra` arguments (`--network`, `--zone`).
+async fn scoped_token(key: &Path, account: u64, device: u32, extra: &[&str]) -> String {
     let (a, d) = (account.to_string(), device.to_string());
     let key = key.to_str().unwrap();
-    let out = ctl(&[
-        "token",
-        "issue",
-        "--account",
-        &a,
-        "--device",
-        &d,
-        "--key",
-        key,
-    ])
-    .await;
-    out.unwrap().trim_end().to_owned()
+    let args = [
+        &[
+            "token",
+            "issue",
+            "--account",
+            &a,
+            "--device",
+            &d,
+            "--key",
+            key,
+        ],
+        extra,
+    ]
+    .concat();
+    ctl(&args).await.unwrap().trim_end().to_owned()
 }
 
 async fn connect(
@@ -249,5 +257,150 @@ async fn node_refuses_tokens_from_another_key() {
         .unwrap();
     assert_eq!(conn.welcome().device, 1);
     conn.close();
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_tokens_are_checked_by_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::from_toml(
+        "region = \"eu-west\"\n[privacy]\nnetworks = [\"chat\", \"photos\"]\n\
+         [residency.zones]\nglobal = [\"*\"]\neu = [\"eu-west\"]\nus = [\"us-east\"]\n",
+    )
+    .unwrap();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin_listen = "127.0.0.1:0".parse().unwrap();
+    cfg.data_dir = dir.path().to_path_buf();
+    let node = Node::start(cfg).await.unwrap();
+    let key = dir.path().join("token.key");
+
+    let t = scoped_token(&key, 1, 1, &["--network", "photos", "--zone", "eu"]).await;
+    assert!(t.starts_with("ht2."), "{t}");
+    let (conn, _) = connect(&node, t).await.unwrap();
+    assert_eq!((conn.welcome().account, conn.welcome().device), (1, 1));
+    conn.close();
+
+    let t = scoped_token(&key, 2, 1, &["--network", "social"]).await;
+    let err = connect(&node, t).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::BadToken), "{err}");
+
+    let t = scoped_token(&key, 3, 1, &["--zone", "us"]).await;
+    let err = connect(&node, t).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Residency), "{err}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_top_and_account_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::from_toml("[safety]\nreports_received_per_window = 1\n").unwrap();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin_listen = "127.0.0.1:0".parse().unwrap();
+    cfg.data_dir = dir.path().to_path_buf();
+    let node = Node::start(cfg).await.unwrap();
+    let key = dir.path().join("token.key");
+    let admin = format!("http://{}", node.admin_addr());
+    let admin = admin.as_str();
+    let abuse = ["abuse", "top", "--admin", admin];
+
+    assert_eq!(ctl(&abuse).await.unwrap(), "no flagged accounts\n");
+    assert_eq!(ctl_json(&abuse).await, serde_json::json!({"flagged": []}));
+
+    // Account 42: device 2 registers a push token and goes offline; device 1 stays online.
+    let (d2, _) = connect(&node, token(&key, 42, 2).await).await.unwrap();
+    let push = PolicyChange::PushToken(vec![9u8; 32].into());
+    d2.set_policy(push).await.unwrap();
+    d2.shutdown().await;
+    let (d1, _d1_deliveries) = connect(&node, token(&key, 42, 1).await).await.unwrap();
+    // Accounts 7 and 8, one device each, online.
+    let (a7, _a7_deliveries) = connect(&node, token(&key, 7, 1).await).await.unwrap();
+    let (a8, _a8_deliveries) = connect(&node, token(&key, 8, 1).await).await.unwrap();
+
+    // 42 keeps lists, created one group and is a member of another.
+    let block = PolicyChange::Block {
+        add: true,
+        accounts: vec![99, 100],
+    };
+    d1.set_policy(block).await.unwrap();
+    let allow = PolicyChange::Allow {
+        add: true,
+        accounts: vec![7],
+    };
+    d1.set_policy(allow).await.unwrap();
+    d1.create_group(500, &[7]).await.unwrap();
+    a7.create_group(600, &[42, 8]).await.unwrap();
+
+    // Three envelopes wait for device 2: two from account 7, one from device 1 (42's own send).
+    for from in [&a7, &a7, &d1] {
+        let out = Outgoing {
+            to_device: 2,
+            ..Outgoing::new(42, vec![1u8; 64])
+        };
+        assert_eq!(from.send(out).await.unwrap().recipients, 1);
+    }
+    // 42 also sends to 8 (that envelope is 8's: it stays).
+    a8.shutdown().await;
+    let to8 = d1.send(Outgoing::new(8, vec![2u8; 64])).await.unwrap();
+    assert_eq!(to8.recipients, 1);
+
+    // Two accounts report 42: past the threshold of 1, 42 is flagged.
+    a7.report(42).await.unwrap();
+    let (a9, _a9_deliveries) = connect(&node, token(&key, 9, 1).await).await.unwrap();
+    a9.report(42).await.unwrap();
+    let v = wait_for(&abuse, |v| {
+        v["flagged"].as_array().is_some_and(|f| !f.is_empty())
+    })
+    .await;
+    let flagged = v["flagged"].as_array().unwrap();
+    assert_eq!(flagged.len(), 1, "{v}");
+    assert_eq!(flagged[0]["account"], 42, "{v}");
+    assert!(flagged[0]["reports"].as_u64().unwrap() >= 2, "{v}");
+    assert!(!flagged[0]["reasons"].as_array().unwrap().is_empty(), "{v}");
+    let out = ctl(&abuse).await.unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("ACCOUNT  NEW RECIPIENTS"), "{out}");
+    assert!(lines[1].contains(" UTC  reported 2 times "), "{out}");
+    assert!(lines[1].trim_start().starts_with("42  "), "{out}");
+
+    // Without --yes nothing happens.
+    let purge = ["account", "purge", "--account", "42", "--admin", admin];
+    let err = ctl(&purge).await.unwrap_err().to_string();
+    assert!(err.contains("--yes"), "{err}");
+    let q = ["queue", "stats", "--account", "42", "--admin", admin];
+    assert_eq!(ctl_json(&q).await.as_array().unwrap().len(), 2);
+
+    let purge = [&purge[..], &["--yes"]].concat();
+    let v = ctl_json(&purge).await;
+    let expected = serde_json::json!({
+        "account": 42, "devices": 2, "envelopes": 3, "groups_left": 1, "groups_deleted": 1,
+        "list_entries": 3, "dedup_records": 2, "push_tokens": 1, "account_record": true,
+    });
+    assert_eq!(v, expected);
+    // The online device is disconnected.
+    let why = tokio::time::timeout(Duration::from_secs(20), d1.closed())
+        .await
+        .unwrap();
+    assert_eq!(why.code(), Some(ErrorCode::DeviceRemoved), "{why}");
+
+    // Nothing is left: no devices, no queues, no abuse counters; a second purge finds nothing.
+    assert_eq!(
+        ctl(&q).await.unwrap(),
+        "account 42 has no registered devices\n"
+    );
+    assert_eq!(ctl(&abuse).await.unwrap(), "no flagged accounts\n");
+    let out = ctl(&purge).await.unwrap();
+    assert_eq!(
+        out,
+        "account 42: the node held no stored data about it; nothing to erase\n"
+    );
+    // Other accounts keep their data: 8's queued envelope from 42, 7's device.
+    let v = ctl_json(&["queue", "stats", "--account", "8", "--admin", admin]).await;
+    assert_eq!(v[0]["queued"], 1, "{v}");
+    let v = ctl_json(&["queue", "stats", "--account", "7", "--admin", admin]).await;
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+
+    a7.close();
+    a9.close();
     node.shutdown().await;
 }

@@ -2,7 +2,8 @@
 
 use hearth_ctl::{
     format_bytes, format_count, format_duration, format_micros, format_timestamp_ms,
-    render_device_removed, render_queue_stats, render_status, Table,
+    render_abuse_top, render_account_purged, render_device_removed, render_queue_stats,
+    render_status, Table,
 };
 use serde_json::json;
 
@@ -191,4 +192,83 @@ fn device_removed_sentence() {
         s,
         "removed device 3 of account 42: deleted 1,500 queued envelopes (750.0 KiB)\n"
     );
+}
+
+fn flagged(account: u64, reasons: &[&str], new_recipients: u64, fanout: u64) -> serde_json::Value {
+    json!({"account": account, "reasons": reasons, "new_recipients": new_recipients,
+           "blocks": 3, "reports": 12, "fanout": fanout, "since_ms": 1_735_787_045_000u64})
+}
+
+#[test]
+fn abuse_top_table_keeps_the_nodes_order() {
+    let v = json!({"flagged": [
+        flagged(901, &["reported 12 times (threshold 5)", "1500 new recipients"], 1500, 20_000),
+        flagged(7, &["blocked 3 times (threshold 2)"], 2, 0),
+    ]});
+    let s = text(|o| render_abuse_top(&v, o).unwrap());
+    let expected = "\
+ACCOUNT  NEW RECIPIENTS  BLOCKS  REPORTS  FAN-OUT  FLAGGED SINCE            REASONS
+    901           1,500       3       12   20,000  2025-01-02 03:04:05 UTC  reported 12 times (threshold 5); 1500 new recipients
+      7               2       3       12        0  2025-01-02 03:04:05 UTC  blocked 3 times (threshold 2)
+";
+    assert_eq!(s, expected);
+
+    let s = text(|o| render_abuse_top(&json!({"flagged": []}), o).unwrap());
+    assert_eq!(s, "no flagged accounts\n");
+
+    let err = render_abuse_top(&json!({"flagged": [{"account": 1}]}), &mut Vec::new());
+    assert!(format!("{:#}", err.unwrap_err()).contains("reasons"));
+    assert!(render_abuse_top(&json!([]), &mut Vec::new()).is_err());
+}
+
+fn purged(devices: u64, envelopes: u64, account_record: bool) -> serde_json::Value {
+    json!({"account": 42, "devices": devices, "envelopes": envelopes, "groups_left": 2,
+           "groups_deleted": 1, "list_entries": 5, "dedup_records": 1234, "push_tokens": 1,
+           "account_record": account_record})
+}
+
+#[test]
+fn account_purged_table() {
+    let s = text(|o| render_account_purged(&purged(2, 1500, true), o).unwrap());
+    let expected = "\
+erased account 42:
+REMOVED                           COUNT
+devices                               2
+queued envelopes                  1,500
+groups left                           2
+groups deleted (it created them)      1
+allow and block list entries          5
+dedup records                     1,234
+push tokens                           1
+account record                      yes
+";
+    assert_eq!(s, expected);
+
+    let mut v = purged(0, 0, false);
+    for k in [
+        "groups_left",
+        "groups_deleted",
+        "list_entries",
+        "dedup_records",
+        "push_tokens",
+    ] {
+        v[k] = json!(0);
+    }
+    let s = text(|o| render_account_purged(&v, o).unwrap());
+    assert_eq!(
+        s,
+        "account 42: the node held no stored data about it; nothing to erase\n"
+    );
+    // Any one count makes it an erasure.
+    v["dedup_records"] = json!(1);
+    let s = text(|o| render_account_purged(&v, o).unwrap());
+    assert!(s.starts_with("erased account 42:\n"), "{s}");
+    assert!(
+        s.ends_with("\naccount record                       no\n"),
+        "{s}"
+    );
+
+    v.as_object_mut().unwrap().remove("push_tokens");
+    let err = render_account_purged(&v, &mut Vec::new()).unwrap_err();
+    assert!(format!("{err:#}").contains("push_tokens"), "{err:#}");
 }

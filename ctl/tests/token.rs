@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use hearth_ctl::{run, token_issue, Cli, Command, TokenCommand};
-use hearth_protocol::{SigningKey, TokenClaims};
+use hearth_protocol::{Scope, SigningKey, TokenClaims};
 
 fn ctl(args: &[&str]) -> anyhow::Result<String> {
     let cli = Cli::try_parse_from(std::iter::once("hearthctl").chain(args.iter().copied()))?;
@@ -13,6 +13,8 @@ fn ctl(args: &[&str]) -> anyhow::Result<String> {
     run(&cli, &mut out)?;
     Ok(String::from_utf8(out).expect("utf-8 output"))
 }
+
+use serde_json::json;
 
 fn now() -> u64 {
     SystemTime::now()
@@ -97,7 +99,9 @@ fn json_output_and_default_ttl() {
         expires_at: 1_000_000 + 30 * 86_400,
     };
     assert_eq!(claims, expected);
-    assert_eq!(v.as_object().unwrap().len(), 4, "{v}");
+    assert!(v["token"].as_str().unwrap().starts_with("ht1."), "{v}");
+    assert_eq!((&v["network"], &v["zone"]), (&json!(null), &json!(null)));
+    assert_eq!(v.as_object().unwrap().len(), 6, "{v}");
 }
 
 #[test]
@@ -182,4 +186,103 @@ fn key_generate_writes_a_private_key_and_never_overwrites() {
     ])
     .unwrap_err();
     assert!(err.to_string().contains("cannot create"), "{err}");
+}
+
+fn issue_scoped(key_path: &Path, extra: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let key = key_path.to_str().unwrap();
+    let args = [
+        &[
+            "token",
+            "issue",
+            "--account",
+            "42",
+            "--device",
+            "3",
+            "--key",
+            key,
+            "--json",
+        ],
+        extra,
+    ]
+    .concat();
+    Ok(serde_json::from_str(&ctl(&args)?)?)
+}
+
+#[test]
+fn network_and_zone_make_a_v2_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("token.key");
+    let key = generate(&key_path);
+    let vk = key.verifying_key();
+    let t = now();
+
+    let v = issue_scoped(&key_path, &["--network", "photos", "--zone", "eu"]).unwrap();
+    let token = v["token"].as_str().unwrap();
+    assert!(token.starts_with("ht2."), "{v}");
+    let (claims, scope) = vk.verify_scoped(token, t).unwrap();
+    assert_eq!((claims.account, claims.device), (42, 3));
+    let expected = Scope {
+        network: "photos".into(),
+        zone: "eu".into(),
+    };
+    assert_eq!(scope, expected);
+    assert_eq!(
+        (&v["network"], &v["zone"]),
+        (&json!("photos"), &json!("eu"))
+    );
+    assert!(vk.verify(token, t).is_err(), "a v2 token is not a v1 token");
+
+    // One of the two: the other is empty in the token (the node's default) and null in JSON.
+    let v = issue_scoped(&key_path, &["--zone", "eu"]).unwrap();
+    let (_, scope) = vk.verify_scoped(v["token"].as_str().unwrap(), t).unwrap();
+    assert_eq!((scope.network.as_str(), scope.zone.as_str()), ("", "eu"));
+    assert_eq!((&v["network"], &v["zone"]), (&json!(null), &json!("eu")));
+    let v = issue_scoped(&key_path, &["--network", "chat"]).unwrap();
+    let (_, scope) = vk.verify_scoped(v["token"].as_str().unwrap(), t).unwrap();
+    assert_eq!((scope.network.as_str(), scope.zone.as_str()), ("chat", ""));
+
+    // Neither: v1, as before.
+    let v = issue_scoped(&key_path, &[]).unwrap();
+    let token = v["token"].as_str().unwrap();
+    assert!(token.starts_with("ht1."), "{v}");
+    assert_eq!(vk.verify_scoped(token, t).unwrap().1, Scope::default());
+
+    // Plain output is the token alone.
+    let out = ctl(&[
+        "token",
+        "issue",
+        "--account",
+        "1",
+        "--device",
+        "1",
+        "--network",
+        "chat",
+        "--key",
+        key_path.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(out.lines().count(), 1, "{out:?}");
+    assert!(vk.verify_scoped(out.trim_end(), t).is_ok(), "{out:?}");
+}
+
+#[test]
+fn refuses_bad_network_and_zone_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("token.key");
+    generate(&key_path);
+    let long = "n".repeat(65);
+    let cases: [(&[&str], &str); 5] = [
+        (&["--network", ""], "--network must not be empty"),
+        (&["--zone", ""], "--zone must not be empty"),
+        (&["--network", &long], "at most 64 bytes"),
+        (&["--zone", "eu "], "must not contain spaces"),
+        (&["--network", "a\tb"], "must not contain spaces"),
+    ];
+    for (extra, expected) in cases {
+        let err = issue_scoped(&key_path, extra).unwrap_err().to_string();
+        assert!(err.contains(expected), "{extra:?}: {err}");
+    }
+    // 64 bytes is the protocol's limit and is fine.
+    let v = issue_scoped(&key_path, &["--network", &"n".repeat(64)]).unwrap();
+    assert_eq!(v["network"].as_str().unwrap().len(), 64);
 }

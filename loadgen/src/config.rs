@@ -1,18 +1,28 @@
-//! What one load run does: target, traffic shape, timing. Built by the CLI or by tests.
+//! What one load run does: the target and the scenario, plus reporting settings. Built by the
+//! CLI, by tests, or received by an agent from its coordinator (it is serializable).
 
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::Scenario;
+use crate::slo::Slo;
 
 /// Smallest payload: the header every load envelope carries (see `payload.rs`).
 pub const MIN_SIZE: usize = crate::payload::HEADER_LEN;
 
 /// Where the load goes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Target {
-    /// Start a node in-process on a temporary data directory, listening on 127.0.0.1:0.
+    /// Start a node in-process (on its own runtime threads) on a temporary data directory,
+    /// listening on 127.0.0.1:0.
     Embedded {
         /// Durability of the embedded node's store.
         durability: EmbeddedDurability,
+        /// hearthd TOML for the embedded node (limits etc.); addresses, data dir and
+        /// durability are set by the load generator.
+        node_config: Option<String>,
     },
     /// A running node.
     Remote {
@@ -24,11 +34,13 @@ pub enum Target {
         server_name: String,
         /// PKCS#8 DER of the node's token signing key, to mint device tokens.
         key_pkcs8: Vec<u8>,
+        /// The node's admin HTTP address, for `/v1/status` (connections, RSS).
+        admin: Option<SocketAddr>,
     },
 }
 
 /// Durability of an embedded node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EmbeddedDurability {
     /// fsync before `ACCEPTED` (the default, what production does).
     Sync,
@@ -46,108 +58,89 @@ impl EmbeddedDurability {
     }
 }
 
-/// How sends are generated.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Mode {
-    /// Open loop: `rate` envelopes/s at constant intervals, scheduled in advance; latency is
-    /// measured from each send's intended time.
-    OpenLoop {
-        /// Offered envelopes per second (whole run, all connections).
-        rate: f64,
-    },
-    /// Closed loop (saturation): `window` outstanding sends per connection, a new one as soon as
-    /// one is answered. Latency is from the actual send time, so it hides queueing.
-    ClosedLoop {
-        /// Outstanding sends per connection.
-        window: u32,
-    },
-}
-
 /// One load run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunConfig {
     /// Where the load goes.
     pub target: Target,
-    /// Simulated devices; each is its own account (`account_base + i`, device 1).
-    pub devices: u32,
-    /// Connections; for now exactly one per device, so it must equal `devices`.
-    pub connections: u32,
-    /// Open or closed loop.
-    pub mode: Mode,
-    /// Warm-up before measuring (sends happen, nothing is counted in rates or latency).
-    pub warmup: Duration,
-    /// Measured period.
-    pub duration: Duration,
-    /// Longest wait after the last send for outstanding answers and deliveries.
-    pub settle: Duration,
-    /// Payload bytes per envelope (at least [`MIN_SIZE`]).
-    pub size: usize,
-    /// Account id of device 0.
+    /// The traffic.
+    pub scenario: Scenario,
+    /// Account id of device 0 (device `i` is account `account_base + i`).
     pub account_base: u64,
-    /// Spread client sockets over 127.0.0.1..=127.0.0.N (loopback targets only); 1 = don't.
-    pub source_ips: u8,
+    /// Length of one timeline interval (progress line, HTML charts, interval log).
+    #[serde(with = "millis")]
+    pub interval: Duration,
+    /// Print a live progress line on stderr.
+    pub progress: bool,
+    /// Objectives to evaluate (exit code 2 when one fails).
+    #[serde(default)]
+    pub slos: Vec<Slo>,
+    /// Also apply the integrity checks (lost, unanswered, reordered, fan-out == 0).
+    #[serde(default = "yes")]
+    pub checks: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl RunConfig {
-    /// A small open-loop run against an embedded node with durability sync.
+    /// A small open-loop 1:1 run against an embedded node with durability sync, no warm-up.
     pub fn embedded(devices: u32, rate: f64, duration: Duration) -> RunConfig {
+        let mut scenario = Scenario {
+            devices,
+            ..Scenario::default()
+        };
+        scenario.load.rate = Some(rate);
+        scenario.phases.warmup = Duration::ZERO;
+        scenario.phases.steady = duration;
         RunConfig {
             target: Target::Embedded {
                 durability: EmbeddedDurability::Sync,
+                node_config: None,
             },
-            devices,
-            connections: devices,
-            mode: Mode::OpenLoop { rate },
-            warmup: Duration::ZERO,
-            duration,
-            settle: Duration::from_secs(5),
-            size: 512,
+            scenario,
             account_base: 1_000_000,
-            source_ips: 1,
+            interval: Duration::from_secs(1),
+            progress: false,
+            slos: Vec::new(),
+            checks: true,
         }
     }
 
     /// Checks the combination; the error says what to change.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.scenario.validate()?;
         anyhow::ensure!(
-            self.devices >= 2,
-            "--devices must be at least 2 (1:1 traffic)"
+            self.interval >= Duration::from_millis(10),
+            "--interval must be at least 10ms"
         );
-        anyhow::ensure!(
-            self.connections == self.devices,
-            "--connections must equal --devices for now: each connection is one device \
-             (offline recipients are a later scenario)"
-        );
-        anyhow::ensure!(
-            self.size >= MIN_SIZE,
-            "--size must be at least {MIN_SIZE} bytes"
-        );
-        anyhow::ensure!(!self.duration.is_zero(), "--duration must be positive");
-        anyhow::ensure!(self.source_ips >= 1, "--source-ips must be at least 1");
         anyhow::ensure!(
             self.account_base
-                .checked_add(u64::from(self.devices))
+                .checked_add(u64::from(self.scenario.devices) + 2)
                 .is_some(),
             "--account-base + --devices overflows u64"
         );
-        match self.mode {
-            Mode::OpenLoop { rate } => {
-                anyhow::ensure!(rate.is_finite() && rate > 0.0, "--rate must be positive")
-            }
-            Mode::ClosedLoop { window } => {
-                anyhow::ensure!(
-                    (1..=crate::runner::PIPELINE as u32).contains(&window),
-                    "--closed-loop must be in 1..={}",
-                    crate::runner::PIPELINE
-                )
-            }
-        }
         if let Target::Remote { addr, .. } = &self.target {
             anyhow::ensure!(
-                self.source_ips == 1 || addr.ip().is_loopback(),
+                self.scenario.connections.source_ips == 1 || addr.ip().is_loopback(),
                 "--source-ips > 1 needs a loopback --addr"
             );
         }
         Ok(())
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
     }
 }

@@ -1,222 +1,198 @@
-//! Runs one load: connects the devices, drives senders (open-loop schedulers or closed-loop
-//! pumps), receives and acknowledges, waits for stragglers, and builds the [`Report`].
+//! Runs one load: connects the devices, creates the groups, takes the offline devices away,
+//! drives the senders (open-loop schedulers or closed-loop windows), samples the timeline,
+//! waits for stragglers, and builds the [`Report`].
 //!
-//! Open loop: a few scheduler threads each own an equal share of the rate. Send `j` (over all
-//! schedulers) is due at `j / rate` seconds; a scheduler hands each due send to the sender
-//! connection's pump and never waits for an answer. Each connection's pump gives sends to the
-//! client in order (polling each new send once, so its frame is queued before the next one) and
-//! collects the answers concurrently, so a slow `ACCEPTED` never delays a later send; only when
-//! [`PIPELINE`] sends of one connection are unanswered do later ones wait in the pump (a
-//! saturated node), and that wait is part of their latency.
+//! Open loop: a few scheduler threads each own an equal share of the rate (see `arrivals`);
+//! each picks the send (kind, sender, recipient) and hands it to the sender's device task at its
+//! intended time, never waiting for an answer.
 
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::net::SocketAddr;
-use std::pin::Pin;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
-use std::task::Poll;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use hdrhistogram::Histogram;
-use hearth_client::{
-    client_endpoint, quic_client_config, Accepted, ClientConfig, ClientError, Connection,
-    Deliveries, Delivery, Outgoing,
-};
-use hearth_protocol::MessageId;
-use quinn::Endpoint;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use hearth_client::{group_op, Connection, Deliveries};
 use rand::rngs::SmallRng;
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Mode, RunConfig, Target};
-use crate::payload::Header;
-use crate::report::{Latency, Report, CLOSED_LOOP_LABEL};
-use crate::scenario::{Devices, OneToOne};
-use crate::stats::{latency_histogram, AtomicBitmap, Counters, ErrorCounts};
-use crate::target::{self, Prepared};
+use crate::arrivals::{ArrivalStream, Schedule};
+use crate::config::{RunConfig, Target};
+use crate::connect::Connector;
+use crate::device::{Cmd, Device};
+use crate::payload::HEADER_LEN;
+use crate::plan::Plan;
+use crate::report::{
+    ConnectionsReport, Extra, GroupsReport, Latency, NodeReport, OfflineReport, Report,
+    CLOSED_LOOP_LABEL,
+};
+use crate::scenario::{Kind, Scenario};
+use crate::selfcheck::{self, CpuSample};
+use crate::shared::{PhaseTimes, SendReq, Shared};
+use crate::slo;
+use crate::stats::Counters;
+use crate::target::{self, node_status, Prepared};
+use crate::timeline::{self, SamplerCfg, Timeline};
 
 /// Open-loop scheduler threads; each owns `1/SCHEDULERS` of the rate.
 const SCHEDULERS: u64 = 2;
 /// A send issued later than this after its intended time counts as late.
 const LATE_NS: u64 = 1_000_000;
-/// Client endpoints (UDP sockets) the connections are spread over, at most.
-const MAX_ENDPOINTS: usize = 8;
-/// Most outstanding sends per connection. It keeps the client's outgoing queue from ever being
-/// full, so each send's frame is queued on its first poll: sends reach the wire in the order the
-/// pump starts them, which the receivers' reorder check relies on. (The client's queue holds
-/// 1024 frames, and the node reads up to 1024 unanswered sends per connection by default.)
-pub(crate) const PIPELINE: usize = 512;
-/// Concurrent handshakes while connecting the devices.
-const CONNECT_CONCURRENCY: usize = 32;
-/// Most delivery sequence numbers acknowledged in one `ACK`.
-const ACK_BATCH: usize = 256;
 /// How often the settle phase checks whether everything arrived.
 const SETTLE_POLL: Duration = Duration::from_millis(10);
 /// Longest wait for the connection closes to reach the node at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-/// TTL of load envelopes (short: leftovers of an interrupted run expire soon).
-const TTL_SECS: u32 = 3600;
+/// Accounts per group request (well under the node's frame limit).
+const GROUP_CHUNK: usize = 10_000;
+/// Connection attempts per device during the setup.
+const SETUP_ATTEMPTS: u32 = 5;
 
 /// Runs the load described by `cfg` and reports what happened. Errors are setup failures
 /// (bad configuration, node that does not start, device that cannot connect).
 pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     cfg.validate()?;
-    let devices = Devices {
-        count: cfg.devices,
-        account_base: cfg.account_base,
-    };
-    let prepared = target::prepare(&cfg, devices).await?;
-    let result = run_on(&cfg, OneToOne { devices }, &prepared).await;
+    let prepared = target::prepare(&cfg.target).await?;
+    let result = run_on(&cfg, &prepared).await;
     prepared.shutdown().await;
     result
 }
 
-/// One in-flight send, as the pump remembers it.
-#[derive(Debug, Clone, Copy)]
-struct SendReq {
-    intended_ns: u64,
-    seq: u64,
-    to: u32,
-}
+/// Runs the load against a prepared target (the coordinator and the capacity search reuse it).
+pub(crate) async fn run_on(cfg: &RunConfig, p: &Prepared) -> anyhow::Result<Report> {
+    cfg.validate()?;
+    let s = &cfg.scenario;
+    let setup_start = Instant::now();
+    let rss_before = match p.admin {
+        Some(a) => node_status(a).await.ok().map(|st| st.rss_bytes),
+        None => None,
+    };
+    let run_id = rand::thread_rng().next_u64();
+    let plan = Arc::new(Plan::new(s, cfg.account_base, run_id)?);
+    let probe = s.load.probe_rate.is_some();
+    let total = plan.devices + if probe { 2 } else { 0 };
+    let connector = Arc::new(Connector::new(
+        p,
+        total as usize,
+        s.connections.source_ips,
+        s.connections.connect_rate,
+    )?);
+    let failures = AtomicU64::new(0);
+    let mut conns = connect_all(&connector, &plan, total, cfg.progress, &failures).await?;
+    create_groups(&plan, &conns).await?;
+    // Devices offline at first were registered by connecting; now they go away.
+    let away: Vec<_> = (0..plan.devices)
+        .filter(|&d| plan.is_offline_at_start(d))
+        .filter_map(|d| conns[d as usize].take())
+        .collect();
+    futures_util::future::join_all(away.iter().map(|(c, _)| c.shutdown())).await;
+    drop(away);
+    let setup_s = setup_start.elapsed().as_secs_f64();
 
-type SendFuture = Pin<Box<dyn Future<Output = (SendReq, Result<Accepted, ClientError>)> + Send>>;
-
-/// State shared by every task of a run.
-struct Shared {
-    epoch: Instant,
-    warmup_ns: u64,
-    end_ns: u64,
-    run_id: u64,
-    size: usize,
-    devices: Devices,
-    next_seq: AtomicU64,
-    accepted: AtomicBitmap,
-    delivered: AtomicBitmap,
-    c: Counters,
-    errors: ErrorCounts,
-}
-
-impl Shared {
-    fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-
-    fn at(&self, ns: u64) -> Instant {
-        self.epoch + Duration::from_nanos(ns)
-    }
-
-    /// In the measured window (warm-up excluded).
-    fn measured(&self, ns: u64) -> bool {
-        ns >= self.warmup_ns && ns < self.end_ns
-    }
-
-    /// A fresh global sequence number for a send due at `intended_ns`.
-    fn allocate(&self, intended_ns: u64) -> u64 {
-        if self.measured(intended_ns) {
-            Counters::inc(&self.c.issued_measured);
-        }
-        self.next_seq.fetch_add(1, Relaxed)
-    }
-
-    fn msg_id(&self, seq: u64) -> MessageId {
-        MessageId::from_u128((u128::from(self.run_id) << 64) | u128::from(seq))
-    }
-
-    fn record_answer(&self, req: SendReq, res: Result<Accepted, ClientError>) {
-        let now = self.now_ns();
-        Counters::inc(&self.c.answered);
-        match res {
-            Ok(_) => {
-                self.accepted.set(req.seq);
-                Counters::inc(&self.c.accepted);
-                if self.measured(req.intended_ns) {
-                    Counters::inc(&self.c.accepted_measured);
-                }
-                if self.measured(now) {
-                    Counters::inc(&self.c.accepted_in_window);
-                }
-            }
-            Err(e) => self.errors.add(&error_name(&e)),
-        }
-    }
-}
-
-fn error_name(e: &ClientError) -> String {
-    match e {
-        ClientError::Refused { code, .. } => code.name().to_string(),
-        ClientError::Closed {
-            code: Some(code), ..
-        } => format!("closed:{}", code.name()),
-        ClientError::Closed { code: None, .. } => "closed".to_string(),
-        other => format!("client:{other}"),
-    }
-}
-
-async fn run_on(cfg: &RunConfig, scenario: OneToOne, p: &Prepared) -> anyhow::Result<Report> {
-    let Connected { conns, endpoints } = connect_all(cfg, p).await?;
-    let warmup_ns = cfg.warmup.as_nanos() as u64;
-    let sh = Arc::new(Shared {
-        epoch: Instant::now(),
-        warmup_ns,
-        end_ns: warmup_ns + cfg.duration.as_nanos() as u64,
-        run_id: rand::thread_rng().next_u64(),
-        size: cfg.size,
-        devices: scenario.devices,
-        next_seq: AtomicU64::new(0),
-        accepted: AtomicBitmap::new(),
-        delivered: AtomicBitmap::new(),
-        c: Counters::default(),
-        errors: ErrorCounts::default(),
-    });
+    let ph = &s.phases;
+    let ns = |d: Duration| d.as_nanos() as u64;
+    let phases = PhaseTimes {
+        warmup_end: ns(ph.warmup),
+        steady_start: ns(ph.warmup + ph.ramp),
+        end: ns(ph.warmup + ph.ramp + ph.steady),
+    };
+    let sh = Arc::new(Shared::new(
+        plan.clone(),
+        phases,
+        run_id,
+        s.envelope.ttl_secs,
+        probe,
+    ));
+    Counters::add(&sh.c.connect_failures, failures.load(Relaxed));
+    let online = conns.iter().filter(|c| c.is_some()).count() as u64;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut handles = Vec::with_capacity(conns.len());
-    let mut receivers = Vec::with_capacity(conns.len());
-    for (i, (conn, deliveries)) in conns.into_iter().enumerate() {
-        let r = receive(conn.clone(), deliveries, sh.clone(), stop_rx.clone());
-        receivers.push(tokio::spawn(r));
-        handles.push((i as u32, conn));
+    let mut senders = Vec::with_capacity(total as usize);
+    let mut devices = Vec::with_capacity(total as usize);
+    let window = s.load.closed_loop;
+    for (i, conn) in conns.into_iter().enumerate() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        senders.push(tx);
+        let is_probe = i as u32 >= plan.devices;
+        let dev = Device {
+            me: i as u32,
+            sh: sh.clone(),
+            connector: connector.clone(),
+            conn,
+            rx,
+            window: if is_probe { None } else { window },
+            stop: stop_rx.clone(),
+        };
+        devices.push(tokio::spawn(dev.run()));
     }
+    let senders = Arc::new(senders);
 
-    let mut pumps = Vec::with_capacity(handles.len());
+    let schedule = s.load.rate.map(|rate| {
+        Schedule::new(
+            phases.warmup_end,
+            phases.steady_start - phases.warmup_end,
+            phases.end - phases.steady_start,
+            rate,
+            s.load.ramp_from,
+        )
+    });
+    let timeline = Arc::new(Mutex::new(Timeline::default()));
+    let sampler = tokio::spawn(timeline::sampler(
+        sh.clone(),
+        SamplerCfg {
+            interval: cfg.interval,
+            schedule: schedule.clone(),
+            admin: p.admin,
+            progress: cfg.progress,
+            settle: ph.settle,
+        },
+        stop_rx.clone(),
+        timeline.clone(),
+    ));
+    let lag = tokio::spawn(selfcheck::runtime_lag_probe(sh.clone(), stop_rx.clone()));
+    let mut background = vec![lag];
+    if let Some(rate) = s.load.probe_rate {
+        background.push(tokio::spawn(probe_scheduler(
+            sh.clone(),
+            senders.clone(),
+            rate,
+        )));
+    }
+    if s.connections.churn > 0.0 {
+        background.push(tokio::spawn(churn(
+            sh.clone(),
+            senders.clone(),
+            s.connections.churn,
+        )));
+    }
     let mut schedulers = Vec::new();
-    match cfg.mode {
-        Mode::OpenLoop { rate } => {
-            let mut txs = Vec::with_capacity(handles.len());
-            for (i, conn) in &handles {
-                let (tx, rx) = mpsc::unbounded_channel();
-                txs.push(tx);
-                pumps.push(tokio::spawn(pump_open(*i, conn.clone(), rx, sh.clone())));
-            }
-            for k in 0..SCHEDULERS {
-                let (txs, sh) = (txs.clone(), sh.clone());
-                schedulers.push(tokio::task::spawn_blocking(move || {
-                    schedule(k, rate, scenario, &txs, &sh)
-                }));
-            }
-        }
-        Mode::ClosedLoop { window } => {
-            for (i, conn) in &handles {
-                let pump = pump_closed(*i, conn.clone(), window, scenario, sh.clone());
-                pumps.push(tokio::spawn(pump));
-            }
+    if let Some(sched) = schedule {
+        let seed: u64 = rand::random();
+        for k in 0..SCHEDULERS {
+            let (senders, sh) = (senders.clone(), sh.clone());
+            let stream = ArrivalStream::new(sched.clone(), s.load.arrivals, k, SCHEDULERS, seed);
+            schedulers.push(tokio::task::spawn_blocking(move || {
+                schedule_sends(k, stream, &sh, &senders, seed ^ k)
+            }));
         }
     }
-    for s in schedulers {
-        s.await.context("scheduler thread")?;
-    }
-    tokio::time::sleep_until(sh.at(sh.end_ns).into()).await;
 
-    // Settle: wait until every send is answered and every accepted one delivered.
+    tokio::time::sleep_until(sh.at(phases.steady_start).into()).await;
+    let cpu0 = CpuSample::now();
+    for t in schedulers {
+        t.await.context("scheduler thread")?;
+    }
+    tokio::time::sleep_until(sh.at(phases.end).into()).await;
+    let cpu1 = CpuSample::now();
+
+    // Settle: wait until every send is answered and every owed delivery arrived.
     let settle_start = Instant::now();
     loop {
         let allocated = sh.next_seq.load(Relaxed);
         let done = Counters::get(&sh.c.answered) == allocated
-            && Counters::get(&sh.c.delivered) >= Counters::get(&sh.c.accepted);
-        if done || settle_start.elapsed() >= cfg.settle {
+            && Counters::get(&sh.c.delivered) >= Counters::get(&sh.c.expected);
+        if done || settle_start.elapsed() >= ph.settle {
             break;
         }
         tokio::time::sleep(SETTLE_POLL).await;
@@ -224,326 +200,350 @@ async fn run_on(cfg: &RunConfig, scenario: OneToOne, p: &Prepared) -> anyhow::Re
     let settle = settle_start.elapsed();
 
     let _ = stop_tx.send(true);
-    let mut hist = latency_histogram();
-    for r in receivers {
-        hist.add(r.await.context("receiver task")?)
-            .expect("same histogram bounds");
+    for d in devices {
+        d.await.context("device task")?;
     }
-    for p in &pumps {
-        p.abort();
+    for b in background {
+        b.abort();
     }
-    // Flush the last acknowledgements (one PING round trip each), then close.
-    futures_util::future::join_all(handles.iter().map(|(_, conn)| conn.shutdown())).await;
-    let idle = futures_util::future::join_all(endpoints.iter().map(|e| e.wait_idle()));
+    let idle = futures_util::future::join_all(connector.endpoints().iter().map(|e| e.wait_idle()));
     let _ = tokio::time::timeout(CLOSE_WAIT, idle).await;
-    Ok(build_report(cfg, &sh, &hist, settle))
+    sampler.await.context("sampler task")?;
+    let timeline = std::mem::take(&mut *timeline.lock().expect("timeline lock"));
+
+    let mut report = build_report(
+        cfg,
+        p,
+        &sh,
+        timeline,
+        settle,
+        ConnectionsReport {
+            online,
+            setup_s,
+            reconnects: Counters::get(&sh.c.reconnects),
+            connect_failures: Counters::get(&sh.c.connect_failures),
+            source_ips: s.connections.source_ips,
+        },
+        rss_before,
+        (cpu0, cpu1),
+    );
+    evaluate(&mut report, cfg);
+    Ok(report)
 }
 
-/// Connects every device. Connections share a pool of client endpoints (UDP sockets, each with
-/// its own quinn driver task), spread over the `--source-ips` loopback addresses; the caller
-/// keeps the endpoints alive as long as the connections.
-async fn connect_all(cfg: &RunConfig, p: &Prepared) -> anyhow::Result<Connected> {
-    let base = ClientConfig::new(p.addr, p.server_name.clone(), p.ca_pem.clone(), "");
-    let quic_cfg = quic_client_config(&base).context("client TLS configuration")?;
-    let ips = usize::from(cfg.source_ips);
-    let count = ips.max(MAX_ENDPOINTS.min(p.tokens.len()));
-    let endpoints = (0..count)
-        .map(|e| {
-            let bind = if ips > 1 {
-                SocketAddr::from(([127, 0, 0, 1 + (e % ips) as u8], 0))
-            } else {
-                base.bind_addr()
-            };
-            client_endpoint(bind).with_context(|| format!("binding a client endpoint on {bind}"))
+/// Connects every device (and the probe's two), failing the setup if one cannot connect.
+async fn connect_all(
+    connector: &Arc<Connector>,
+    plan: &Plan,
+    total: u32,
+    progress: bool,
+    failures: &AtomicU64,
+) -> anyhow::Result<Vec<Option<(Connection, Deliveries)>>> {
+    let done = AtomicU64::new(0);
+    let show = progress && total >= 1000;
+    let conns: Vec<(Connection, Deliveries)> = stream::iter(0..total)
+        .map(|i| {
+            let (connector, done) = (connector.clone(), &done);
+            async move {
+                let c = connector
+                    .connect_retry(i as usize, plan.account(i), SETUP_ATTEMPTS, failures)
+                    .await
+                    .with_context(|| format!("connecting device {i}"))?;
+                let n = done.fetch_add(1, Relaxed) + 1;
+                if show && (n % 1000 == 0 || n == u64::from(total)) {
+                    eprint!("\r\x1b[2Kconnected {n}/{total}");
+                    if n == u64::from(total) {
+                        eprintln!();
+                    }
+                }
+                anyhow::Ok(c)
+            }
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let connect = |i: usize| {
-        let cc = ClientConfig {
-            token: p.tokens[i].clone(),
-            ..base.clone()
-        };
-        let (endpoint, quic_cfg) = (&endpoints[i % count], &quic_cfg);
-        async move {
-            Connection::connect_with_config(endpoint, quic_cfg, &cc)
+        .buffered(1024)
+        .try_collect()
+        .await?;
+    Ok(conns.into_iter().map(Some).collect())
+}
+
+/// Creates every group from its first member's connection, adding members in chunks.
+async fn create_groups(
+    plan: &Plan,
+    conns: &[Option<(Connection, Deliveries)>],
+) -> anyhow::Result<()> {
+    stream::iter(plan.groups.iter())
+        .map(|g| async move {
+            let creator = g.members[0];
+            let (conn, _) = conns[creator as usize]
+                .as_ref()
+                .context("group creator is not connected")?;
+            let accounts: Vec<u64> = g.members[1..].iter().map(|&d| plan.account(d)).collect();
+            let mut chunks = accounts.chunks(GROUP_CHUNK);
+            let first = chunks.next().unwrap_or(&[]);
+            let mut ok = conn
+                .create_group(g.id, first)
                 .await
-                .with_context(|| format!("connecting device {i}"))
-        }
-    };
-    let conns = futures_util::stream::iter(0..p.tokens.len())
-        .map(connect)
-        .buffered(CONNECT_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(Connected { conns, endpoints })
+                .with_context(|| format!("creating group {}", g.id))?;
+            for chunk in chunks {
+                ok = conn
+                    .update_group(g.id, group_op::ADD_MEMBERS, chunk)
+                    .await
+                    .with_context(|| format!("adding members to group {}", g.id))?;
+            }
+            anyhow::ensure!(
+                ok.members as usize == g.members.len(),
+                "group {} has {} members, expected {}",
+                g.id,
+                ok.members,
+                g.members.len()
+            );
+            anyhow::Ok(())
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
 }
 
-/// The devices' connections and the endpoints they run on.
-struct Connected {
-    conns: Vec<(Connection, Deliveries)>,
-    endpoints: Vec<Endpoint>,
-}
-
-/// Open-loop scheduler `k` (runs on its own thread): issues sends `k, k + S, k + 2S, ...`, each
-/// at its intended time `j / rate`, until the end of the measured window.
-fn schedule(
+/// Open-loop scheduler `k` (on its own thread): issues its arrivals at their intended times.
+fn schedule_sends(
     k: u64,
-    rate: f64,
-    scenario: OneToOne,
-    pumps: &[mpsc::UnboundedSender<SendReq>],
+    arrivals: ArrivalStream,
     sh: &Shared,
+    senders: &[mpsc::UnboundedSender<Cmd>],
+    seed: u64,
 ) {
-    let mut rng = SmallRng::from_entropy();
-    let mut j = k;
-    loop {
-        let intended_ns = (j as f64 * 1e9 / rate) as u64;
-        if intended_ns >= sh.end_ns {
-            break;
-        }
+    let mut rng = SmallRng::seed_from_u64(seed);
+    for intended_ns in arrivals {
         let mut now = sh.now_ns();
         if intended_ns > now {
             std::thread::sleep(Duration::from_nanos(intended_ns - now));
             now = sh.now_ns();
         }
-        if now.saturating_sub(intended_ns) > LATE_NS && sh.measured(intended_ns) {
+        let lag = now.saturating_sub(intended_ns);
+        let measured = sh.measured(intended_ns);
+        if lag > LATE_NS && measured {
             Counters::inc(&sh.c.late_sends);
         }
-        let (from, to) = scenario.pick_pair(&mut rng);
-        let seq = sh.allocate(intended_ns);
-        // A closed channel means the pump died; the send then counts as unanswered.
-        let _ = pumps[from as usize].send(SendReq {
+        sh.rec.sched_lag.record(k as usize, lag / 1000, measured);
+        let pick = sh.plan.pick_open(&mut rng);
+        let req = SendReq {
             intended_ns,
-            seq,
-            to,
-        });
-        j += SCHEDULERS;
+            seq: sh.allocate(intended_ns, pick.kind),
+            kind: pick.kind,
+            target: pick.target,
+            size: pick.size,
+        };
+        // A closed channel means the device task died; the send then counts as unanswered.
+        let _ = senders[pick.sender as usize].send(Cmd::Send(req));
     }
 }
 
-/// Hands `req` to the client and polls it once so its frame is queued now, in order (see
-/// [`PIPELINE`]). Returns
-/// the future to finish later, or `None` if it already finished (then it is recorded).
-async fn start_send(
-    conn: &Connection,
-    sh: &Arc<Shared>,
-    from: u32,
-    sender_seq: u64,
-    req: SendReq,
-) -> Option<SendFuture> {
-    let header = Header {
-        intended_ns: req.intended_ns,
-        seq: req.seq,
-        sender: from,
-        sender_seq,
-    };
-    let out = Outgoing {
-        msg_id: sh.msg_id(req.seq),
-        to_account: sh.devices.account(req.to),
-        to_device: Devices::DEVICE_ID,
-        ttl_secs: TTL_SECS,
-        ephemeral: false,
-        payload: header.encode(sh.size),
-    };
-    let conn = conn.clone();
-    // Unconstrained: tokio's cooperative budget could make the first poll return Pending
-    // without queueing the frame, and a later send could then overtake this one.
-    let send = async move { (req, conn.send(out).await) };
-    let mut fut: SendFuture = Box::pin(tokio::task::unconstrained(send));
-    match std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await {
-        Poll::Ready((req, res)) => {
-            sh.record_answer(req, res);
-            None
-        }
-        Poll::Pending => Some(fut),
-    }
-}
-
-/// Open-loop pump of connection `me`: sends what the schedulers hand it, in order. At most
-/// [`PIPELINE`] sends are outstanding; later ones wait here, in order (their wait counts in
-/// their latency, which runs from the intended time).
-async fn pump_open(
-    me: u32,
-    conn: Connection,
-    mut rx: mpsc::UnboundedReceiver<SendReq>,
+/// The latency probe: constant-rate 1:1 sends between the two probe devices.
+async fn probe_scheduler(
     sh: Arc<Shared>,
+    senders: Arc<Vec<mpsc::UnboundedSender<Cmd>>>,
+    rate: f64,
 ) {
-    let mut inflight = FuturesUnordered::new();
-    let mut backlog = VecDeque::new();
-    let mut open = true;
-    let mut sender_seq = 0;
-    loop {
-        while inflight.len() < PIPELINE {
-            let Some(req) = backlog.pop_front() else {
-                break;
-            };
-            sender_seq += 1;
-            if let Some(f) = start_send(&conn, &sh, me, sender_seq, req).await {
-                inflight.push(f);
-            }
+    let Some((from, to)) = sh.probe else { return };
+    let gap = 1e9 / rate;
+    for j in 0.. {
+        let intended_ns = (j as f64 * gap) as u64;
+        if intended_ns >= sh.phases.end {
+            return;
         }
-        tokio::select! {
-            biased;
-            req = rx.recv(), if open => match req {
-                Some(req) => backlog.push_back(req),
-                None => open = false,
-            },
-            Some((req, res)) = inflight.next(), if !inflight.is_empty() => sh.record_answer(req, res),
-            else => break,
-        }
+        tokio::time::sleep_until(sh.at(intended_ns).into()).await;
+        let req = SendReq {
+            intended_ns,
+            seq: sh.allocate(intended_ns, Kind::Probe),
+            kind: Kind::Probe,
+            target: to,
+            size: HEADER_LEN.max(64) as u32,
+        };
+        let _ = senders[from as usize].send(Cmd::Send(req));
     }
 }
 
-/// Closed-loop pump of connection `me`: keeps `window` sends outstanding until the end.
-async fn pump_closed(me: u32, conn: Connection, window: u32, scenario: OneToOne, sh: Arc<Shared>) {
+/// Churn: every second, `share` of the online devices reconnect (until the end of the load).
+async fn churn(sh: Arc<Shared>, senders: Arc<Vec<mpsc::UnboundedSender<Cmd>>>, share: f64) {
     let mut rng = SmallRng::from_entropy();
-    let mut inflight = FuturesUnordered::new();
-    let mut sender_seq = 0;
-    loop {
-        while inflight.len() < window as usize {
-            let now = sh.now_ns();
-            if now >= sh.end_ns {
-                break;
-            }
-            let to = scenario.pick_recipient(me, &mut rng);
-            let seq = sh.allocate(now);
-            sender_seq += 1;
-            let req = SendReq {
-                intended_ns: now,
-                seq,
-                to,
-            };
-            if let Some(f) = start_send(&conn, &sh, me, sender_seq, req).await {
-                inflight.push(f);
-            }
-        }
-        match inflight.next().await {
-            Some((req, res)) => sh.record_answer(req, res),
-            None => break,
-        }
-    }
-}
-
-/// Receiver of one connection: measures, checks order and duplicates, acknowledges in batches.
-/// Returns its latency histogram when told to stop.
-async fn receive(
-    conn: Connection,
-    mut deliveries: Deliveries,
-    sh: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) -> Histogram<u64> {
-    let mut rx = ReceiverState {
-        hist: latency_histogram(),
-        last_from: HashMap::new(),
-        acks: Vec::with_capacity(ACK_BATCH),
-    };
-    let mut batch = Vec::with_capacity(ACK_BATCH);
-    loop {
-        let n = tokio::select! {
-            biased;
-            _ = stop.changed() => break,
-            n = deliveries.next_batch(&mut batch, ACK_BATCH) => n,
-        };
-        if n == 0 {
-            if !*stop.borrow() {
-                sh.errors.add("deliveries_ended");
-            }
-            break;
-        }
-        for d in batch.drain(..) {
-            rx.handle(&sh, d);
-        }
-        if !rx.acks.is_empty() {
-            if let Err(e) = conn.ack(&rx.acks) {
-                sh.errors.add(&format!("ack:{}", error_name(&e)));
-            }
-            rx.acks.clear();
-        }
-    }
-    rx.hist
-}
-
-struct ReceiverState {
-    hist: Histogram<u64>,
-    /// Highest sender sequence seen from each sender.
-    last_from: HashMap<u32, u64>,
-    acks: Vec<u64>,
-}
-
-impl ReceiverState {
-    fn handle(&mut self, sh: &Shared, d: Delivery) {
-        let now = sh.now_ns();
-        if d.seq > 0 {
-            self.acks.push(d.seq);
-        }
-        let header = Header::decode(&d.payload);
-        let ours = (d.msg_id.as_u128() >> 64) as u64 == sh.run_id;
-        let Some(h) = header.filter(|_| ours) else {
-            Counters::inc(&sh.c.stale);
-            return;
-        };
-        if !sh.delivered.set(h.seq) {
-            Counters::inc(&sh.c.duplicated);
+    let online = &sh.plan.online;
+    let mut carry = 0.0;
+    for sec in 1.. {
+        let at = sec as u64 * 1_000_000_000;
+        if at >= sh.phases.end {
             return;
         }
-        Counters::inc(&sh.c.delivered);
-        if sh.measured(now) {
-            Counters::inc(&sh.c.delivered_in_window);
-        }
-        if sh.measured(h.intended_ns) {
-            Counters::inc(&sh.c.delivered_measured);
-            let us = now.saturating_sub(h.intended_ns) / 1000;
-            self.hist.saturating_record(us.max(1));
-        }
-        let last = self.last_from.entry(h.sender).or_insert(0);
-        if h.sender_seq < *last {
-            Counters::inc(&sh.c.reordered);
-        } else {
-            *last = h.sender_seq;
+        tokio::time::sleep_until(sh.at(at).into()).await;
+        carry += share * online.len() as f64;
+        let n = carry.floor() as usize;
+        carry -= n as f64;
+        for _ in 0..n {
+            let d = online[rng.gen_range(0..online.len())];
+            let _ = senders[d as usize].send(Cmd::Reconnect);
         }
     }
 }
 
-fn build_report(cfg: &RunConfig, sh: &Shared, hist: &Histogram<u64>, settle: Duration) -> Report {
-    let secs = cfg.duration.as_secs_f64();
+#[allow(clippy::too_many_arguments)]
+fn build_report(
+    cfg: &RunConfig,
+    p: &Prepared,
+    sh: &Shared,
+    timeline: Timeline,
+    settle: Duration,
+    connections: ConnectionsReport,
+    rss_before: Option<u64>,
+    cpu: (CpuSample, CpuSample),
+) -> Report {
+    let s: &Scenario = &cfg.scenario;
+    let secs = s.phases.steady.as_secs_f64();
     let allocated = sh.next_seq.load(Relaxed);
     let g = Counters::get;
-    let (mode, offered, window) = match cfg.mode {
-        Mode::OpenLoop { rate } => ("open-loop".to_string(), Some(rate), None),
-        Mode::ClosedLoop { window } => (CLOSED_LOOP_LABEL.to_string(), None, Some(window)),
+    let (mode, offered, window, arrivals) = match (s.load.rate, s.load.closed_loop) {
+        (_, Some(w)) => (CLOSED_LOOP_LABEL.to_string(), None, Some(w), None),
+        (rate, None) => (
+            "open-loop".to_string(),
+            rate,
+            None,
+            Some(s.load.arrivals.label().to_string()),
+        ),
     };
     let (target, durability) = match &cfg.target {
-        Target::Embedded { durability } => {
+        Target::Embedded { durability, .. } => {
             ("embedded".to_string(), Some(durability.label().into()))
         }
         Target::Remote { addr, .. } => (addr.to_string(), None),
     };
+    let plan = &sh.plan;
+    let delivery = sh.rec.delivery.total();
+    let accept = sh.rec.accept.total();
+    let probe = sh.rec.probe.total();
+    let mut by_kind = BTreeMap::new();
+    for (k, name) in [(0, "one_to_one"), (1, "group"), (2, "ephemeral")] {
+        let h = sh.rec.by_kind[k].total();
+        if !h.is_empty() {
+            by_kind.insert(name.to_string(), Latency::from_histogram(&h));
+        }
+    }
+    let fanout = (!plan.groups.is_empty()).then(|| sh.fanout.result());
+    let groups = (!plan.groups.is_empty()).then(|| {
+        let sizes: Vec<usize> = plan.groups.iter().map(|g| g.members.len()).collect();
+        GroupsReport {
+            count: sizes.len() as u32,
+            min_size: sizes.iter().copied().min().unwrap_or(0) as u32,
+            max_size: sizes.iter().copied().max().unwrap_or(0) as u32,
+            mean_size: sizes.iter().sum::<usize>() as f64 / sizes.len() as f64,
+            messages_accepted: g(&sh.c.group_accepted_measured),
+        }
+    });
+    let n_off = plan.reconnect_at.iter().filter(|r| r.is_some()).count() as u32;
+    let offline = (n_off > 0).then(|| OfflineReport {
+        devices: n_off,
+        delivered: g(&sh.c.offline_delivered),
+        latency_us: Latency::from_histogram(&sh.rec.offline.total()),
+    });
+    let node = p.admin.map(|_| {
+        let peak = timeline
+            .node_peak
+            .or(timeline.node_last)
+            .unwrap_or_default();
+        let per = match rss_before {
+            Some(before) if peak.connections > 0 => {
+                Some(peak.rss_bytes.saturating_sub(before) / peak.connections)
+            }
+            _ => None,
+        };
+        NodeReport {
+            connections: peak.connections,
+            rss_bytes: peak.rss_bytes,
+            rss_before_bytes: rss_before,
+            rss_per_connection_bytes: per,
+            includes_generator: p.is_embedded(),
+        }
+    });
+    let sched = sh.rec.sched_lag.total();
+    let rt = sh.rec.runtime_lag.total();
+    let q = |h: &hdrhistogram::Histogram<u64>, x: f64| {
+        if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(x)
+        }
+    };
+    let self_check = selfcheck::verdict(selfcheck::Inputs {
+        sched_lag_p99_us: q(&sched, 0.99),
+        sched_lag_max_us: if sched.is_empty() { 0 } else { sched.max() },
+        runtime_lag_p99_us: q(&rt, 0.99),
+        late_sends: g(&sh.c.late_sends),
+        sends: g(&sh.c.issued_measured),
+        cpu: cpu.0.cores_until(&cpu.1),
+    });
+    if self_check.generator_saturated {
+        for r in &self_check.reasons {
+            tracing::warn!("generator saturated: {r}");
+        }
+    }
+    let m = &s.mix;
     Report {
         mode,
-        scenario: "1:1".into(),
+        scenario: s.name.clone(),
+        arrivals,
         target,
         durability,
         offered_per_s: offered,
         closed_loop_window: window,
+        sent_per_s: g(&sh.c.issued_measured) as f64 / secs,
         delivered_per_s: g(&sh.c.delivered_in_window) as f64 / secs,
         accepted_per_s: g(&sh.c.accepted_in_window) as f64 / secs,
-        latency_us: Latency::from_histogram(hist),
+        group_deliveries_per_s: g(&sh.c.group_delivered_in_window) as f64 / secs,
+        latency_us: Latency::from_histogram(&delivery),
+        latency_by_kind: by_kind,
+        accept_latency_us: Latency::from_histogram(&accept),
+        probe_latency_us: sh.probe.map(|_| Latency::from_histogram(&probe)),
+        offline,
         sent: g(&sh.c.issued_measured),
         accepted: g(&sh.c.accepted_measured),
         delivered: g(&sh.c.delivered_measured),
         total_sent: allocated,
-        lost: sh.accepted.count_and_not(&sh.delivered, allocated),
+        lost: sh.accepted.count_and_not(&sh.delivered, allocated) + fanout.map_or(0, |f| f.missing),
         duplicated: g(&sh.c.duplicated),
         reordered: g(&sh.c.reordered),
         late_sends: g(&sh.c.late_sends),
         unanswered: allocated.saturating_sub(g(&sh.c.answered)),
         stale_deliveries: g(&sh.c.stale),
+        ephemeral_unpushed: g(&sh.c.ephemeral_unpushed),
+        fanout,
+        groups,
         errors: sh.errors.snapshot(),
+        connections,
+        node,
+        self_check,
+        slo: Vec::new(),
+        passed: true,
         duration_s: secs,
-        warmup_s: cfg.warmup.as_secs_f64(),
+        warmup_s: s.phases.warmup.as_secs_f64(),
+        ramp_s: s.phases.ramp.as_secs_f64(),
         settle_s: settle.as_secs_f64(),
-        devices: cfg.devices,
-        connections: cfg.connections,
-        size: cfg.size,
+        devices: s.devices,
+        size: s.envelope.size.describe(),
+        mix: format!(
+            "1:1 {} / group {} / ephemeral {}",
+            m.one_to_one, m.group, m.ephemeral
+        ),
+        started_unix_s: sh.started_unix_s,
+        timeline: timeline.intervals,
+        extra: Extra {
+            delivery,
+            accept,
+            probe,
+            interval_hists: timeline.hists,
+        },
     }
+}
+
+/// Evaluates the objectives and checks of `cfg` into the report.
+pub(crate) fn evaluate(report: &mut Report, cfg: &RunConfig) {
+    let all = slo::with_checks(&cfg.slos, cfg.checks, report.fanout.is_some());
+    report.slo = all.iter().map(|s| s.evaluate(report)).collect();
+    report.passed = report.slo.iter().all(|r| r.passed);
 }

@@ -69,8 +69,8 @@ impl AtomicBitmap {
     }
 }
 
-/// Counters shared by schedulers, pumps and receivers. "measured" = the send's intended time
-/// falls in the measured window; "in_window" = the event itself happened in it.
+/// Counters shared by schedulers, devices and the sampler. "measured" = the send's intended
+/// time falls in the steady window; "in_window" = the event itself happened in it.
 #[derive(Default)]
 pub(crate) struct Counters {
     pub issued_measured: AtomicU64,
@@ -78,18 +78,38 @@ pub(crate) struct Counters {
     pub accepted: AtomicU64,
     pub accepted_measured: AtomicU64,
     pub accepted_in_window: AtomicU64,
+    /// First copies the accepted sends should produce (1:1, pushed ephemeral, group queues).
+    pub expected: AtomicU64,
+    /// First copies received (every kind).
     pub delivered: AtomicU64,
     pub delivered_measured: AtomicU64,
     pub delivered_in_window: AtomicU64,
+    pub group_delivered: AtomicU64,
+    pub group_delivered_in_window: AtomicU64,
+    pub group_accepted_measured: AtomicU64,
+    /// First copies to devices that were offline at the intended send time.
+    pub offline_delivered: AtomicU64,
     pub duplicated: AtomicU64,
     pub reordered: AtomicU64,
     pub late_sends: AtomicU64,
     pub stale: AtomicU64,
+    /// Refused or failed requests (all kinds), for the timeline.
+    pub errors: AtomicU64,
+    /// Ephemeral sends the node pushed to nobody (the recipient was away).
+    pub ephemeral_unpushed: AtomicU64,
+    pub reconnects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    /// Sends by kind (1:1, group, ephemeral) with intended time in the measured window.
+    pub issued_by_kind: [AtomicU64; 3],
 }
 
 impl Counters {
     pub fn inc(c: &AtomicU64) {
         c.fetch_add(1, Relaxed);
+    }
+
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Relaxed);
     }
 
     pub fn get(c: &AtomicU64) -> u64 {
@@ -117,6 +137,68 @@ pub(crate) fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
+const REC_SHARDS: usize = 8;
+
+struct Pair {
+    interval: Histogram<u64>,
+    total: Histogram<u64>,
+}
+
+/// A latency recorder many tasks write to: sharded histograms, each with the current
+/// interval's values (taken by the sampler every interval) and the run's counted values.
+pub(crate) struct Recorder {
+    shards: Vec<Mutex<Pair>>,
+}
+
+impl Recorder {
+    pub fn new() -> Recorder {
+        Recorder {
+            shards: (0..REC_SHARDS)
+                .map(|_| {
+                    Mutex::new(Pair {
+                        interval: latency_histogram(),
+                        total: latency_histogram(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Records `us` (µs) in the interval, and in the total if `counted`. `hint` spreads
+    /// writers over the shards (e.g. the device index).
+    pub fn record(&self, hint: usize, us: u64, counted: bool) {
+        let mut p = self.shards[hint % REC_SHARDS]
+            .lock()
+            .expect("recorder lock");
+        let us = us.max(1);
+        p.interval.saturating_record(us);
+        if counted {
+            p.total.saturating_record(us);
+        }
+    }
+
+    /// The values recorded since the last call (all shards), resetting them.
+    pub fn take_interval(&self) -> Histogram<u64> {
+        let mut h = latency_histogram();
+        for s in &self.shards {
+            let mut p = s.lock().expect("recorder lock");
+            h.add(&p.interval).expect("same bounds");
+            p.interval.reset();
+        }
+        h
+    }
+
+    /// Every counted value so far.
+    pub fn total(&self) -> Histogram<u64> {
+        let mut h = latency_histogram();
+        for s in &self.shards {
+            h.add(&s.lock().expect("recorder lock").total)
+                .expect("same bounds");
+        }
+        h
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,5 +220,21 @@ mod tests {
         assert_eq!(a.count_and_not(&b, 4), 2);
         assert_eq!(a.count_and_not(&b, 0), 0);
         assert!(!a.set(u64::MAX));
+    }
+
+    #[test]
+    fn recorder_separates_intervals_and_counted_totals() {
+        let r = Recorder::new();
+        r.record(0, 100, true);
+        r.record(3, 0, false); // clamped to 1 µs
+        r.record(5, 200, true);
+        r.record(5, 300, false);
+        let i = r.take_interval();
+        assert_eq!(i.len(), 4);
+        assert_eq!(i.min(), 1);
+        assert_eq!(r.take_interval().len(), 0);
+        let t = r.total();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.max(), t.highest_equivalent(200));
     }
 }

@@ -3,7 +3,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::{ErrorCode, Frame, MessageId, MultiRecipient, SEND_FIXED_LEN};
+use crate::{ErrorCode, Frame, MessageId, MultiRecipient, PolicyChange, SEND_FIXED_LEN};
 
 /// Longest `HELLO` token and `ERROR` message, in bytes.
 pub const MAX_TEXT: usize = 1024;
@@ -47,8 +47,8 @@ impl DecodeError {
 pub enum Decoded {
     /// A complete frame.
     Frame(Frame),
-    /// A `SEND`, `SEND_GROUP` or `SEND_MULTI` longer than the limit. Its bytes are being
-    /// skipped; the connection may go on.
+    /// A `SEND`, `SEND_GROUP`, `SEND_MULTI` or `SEND_SEALED` longer than the limit. Its bytes
+    /// are being skipped; the connection may go on.
     OversizedSend {
         /// The `SEND`'s message id.
         msg_id: MessageId,
@@ -93,7 +93,7 @@ impl Decoder {
             if buf.len() < 5 {
                 return Ok(None);
             }
-            if !matches!(buf[4], 0x02 | 0x08 | 0x09) {
+            if !matches!(buf[4], 0x02 | 0x08 | 0x09 | 0x0C) {
                 return Err(DecodeError::TooLong { len, max: self.max_frame });
             }
             if len < 1 + 16 {
@@ -241,6 +241,75 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             }
             Frame::SendMulti { msg_id, ttl_secs, flags, recipients, payload: b }
         }
+        0x0A => {
+            let k = "POLICY_SET";
+            need(&b, 16 + 1, k)?;
+            let req_id = id(&mut b);
+            let kind = b.get_u8();
+            let accounts = |b: &mut Bytes| -> Result<Vec<u64>, DecodeError> {
+                need(b, 4, k)?;
+                let n = b.get_u32() as usize;
+                if b.remaining() / 8 != n || b.remaining() % 8 != 0 {
+                    return Err(DecodeError::Malformed { kind: k, why: "count does not match length" });
+                }
+                Ok((0..n).map(|_| b.get_u64()).collect())
+            };
+            let change = match kind {
+                1 => {
+                    need(&b, 1, k)?;
+                    PolicyChange::Reach(b.get_u8())
+                }
+                2 | 3 => PolicyChange::Allow { add: kind == 2, accounts: accounts(&mut b)? },
+                4 | 5 => PolicyChange::Block { add: kind == 4, accounts: accounts(&mut b)? },
+                6 => {
+                    need(&b, 1, k)?;
+                    let n = b.get_u8() as usize;
+                    let mut names = Vec::with_capacity(n.min(b.remaining()));
+                    for _ in 0..n {
+                        need(&b, 1, k)?;
+                        let len = b.get_u8() as usize;
+                        need(&b, len, k)?;
+                        names.push(text(b.split_to(len), k)?);
+                    }
+                    PolicyChange::Networks(names)
+                }
+                7 => {
+                    need(&b, 1, k)?;
+                    let len = b.get_u8() as usize;
+                    need(&b, len, k)?;
+                    PolicyChange::AccessKey(b.split_to(len))
+                }
+                8 => {
+                    need(&b, 2, k)?;
+                    let len = b.get_u16() as usize;
+                    need(&b, len, k)?;
+                    PolicyChange::PushToken(b.split_to(len))
+                }
+                _ => return Err(DecodeError::Malformed { kind: k, why: "unknown policy kind" }),
+            };
+            end(&b, k)?;
+            Frame::PolicySet { req_id, change }
+        }
+        0x0B => {
+            let k = "REPORT";
+            need(&b, 16 + 8, k)?;
+            let f = Frame::Report { req_id: id(&mut b), account: b.get_u64() };
+            end(&b, k)?;
+            f
+        }
+        0x0C => {
+            let k = "SEND_SEALED";
+            need(&b, 16 + 8 + 4 + 4 + 1 + 1, k)?;
+            let msg_id = id(&mut b);
+            let to_account = b.get_u64();
+            let to_device = b.get_u32();
+            let ttl_secs = b.get_u32();
+            let flags = b.get_u8();
+            let n = b.get_u8() as usize;
+            need(&b, n, k)?;
+            let access_key = b.split_to(n);
+            Frame::SendSealed { msg_id, to_account, to_device, ttl_secs, flags, access_key, payload: b }
+        }
         0x81 => {
             let k = "WELCOME";
             need(&b, 8 + 4 + 8 + 4 + 4, k)?;
@@ -302,6 +371,13 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             let nonce = b.get_u64();
             end(&b, k)?;
             Frame::Pong { nonce }
+        }
+        0x89 => {
+            let k = "OK";
+            need(&b, 16, k)?;
+            let f = Frame::Ok { req_id: id(&mut b) };
+            end(&b, k)?;
+            f
         }
         0x86 => {
             let k = "GROUP_OK";
@@ -445,6 +521,70 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             }
             out.put_slice(payload);
         }
+        Frame::PolicySet { req_id, change } => {
+            out.put_slice(&req_id.0);
+            let put_accounts = |out: &mut BytesMut, kind: u8, accounts: &[u64]| {
+                out.put_u8(kind);
+                out.put_u32(accounts.len() as u32);
+                for a in accounts {
+                    out.put_u64(*a);
+                }
+            };
+            match change {
+                PolicyChange::Reach(mode) => {
+                    out.put_u8(1);
+                    out.put_u8(*mode);
+                }
+                PolicyChange::Allow { add, accounts } => {
+                    put_accounts(out, if *add { 2 } else { 3 }, accounts)
+                }
+                PolicyChange::Block { add, accounts } => {
+                    put_accounts(out, if *add { 4 } else { 5 }, accounts)
+                }
+                PolicyChange::Networks(names) => {
+                    out.put_u8(6);
+                    let n = names.len().min(u8::MAX as usize);
+                    out.put_u8(n as u8);
+                    for name in &names[..n] {
+                        let mut len = name.len().min(u8::MAX as usize);
+                        while !name.is_char_boundary(len) {
+                            len -= 1;
+                        }
+                        out.put_u8(len as u8);
+                        out.put_slice(&name.as_bytes()[..len]);
+                    }
+                }
+                PolicyChange::AccessKey(key) => {
+                    out.put_u8(7);
+                    let len = key.len().min(u8::MAX as usize);
+                    out.put_u8(len as u8);
+                    out.put_slice(&key[..len]);
+                }
+                PolicyChange::PushToken(token) => {
+                    out.put_u8(8);
+                    let len = token.len().min(u16::MAX as usize);
+                    out.put_u16(len as u16);
+                    out.put_slice(&token[..len]);
+                }
+            }
+        }
+        Frame::Report { req_id, account } => {
+            out.put_slice(&req_id.0);
+            out.put_u64(*account);
+        }
+        Frame::SendSealed { msg_id, to_account, to_device, ttl_secs, flags, access_key, payload } => {
+            out.reserve(16 + 8 + 4 + 4 + 2 + access_key.len() + payload.len());
+            out.put_slice(&msg_id.0);
+            out.put_u64(*to_account);
+            out.put_u32(*to_device);
+            out.put_u32(*ttl_secs);
+            out.put_u8(*flags);
+            let len = access_key.len().min(u8::MAX as usize);
+            out.put_u8(len as u8);
+            out.put_slice(&access_key[..len]);
+            out.put_slice(payload);
+        }
+        Frame::Ok { req_id } => out.put_slice(&req_id.0),
         Frame::GroupOk { req_id, group, version, members } => {
             out.put_slice(&req_id.0);
             out.put_u64(*group);

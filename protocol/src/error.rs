@@ -26,6 +26,14 @@ pub enum ErrorCode {
     Overloaded = 20,
     /// The sender is not a member of the group.
     NotAMember = 22,
+    /// The recipient's settings (reachability, network opt-in) do not accept this sender.
+    RecipientUnreachable = 29,
+    /// A rate limit refused the request; retry after `retry_after_ms`.
+    RateLimited = 30,
+    /// The account's residency zone does not allow its data on this node's region.
+    Residency = 31,
+    /// A sealed send's delivery access key does not match the recipient's.
+    BadAccessKey = 37,
     /// The operation needs a group admin.
     NotAdmin = 23,
     /// The group does not exist.
@@ -54,7 +62,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::MalformedFrame,
         ErrorCode::ProtocolViolation,
         ErrorCode::BadToken,
@@ -72,6 +80,10 @@ impl ErrorCode {
         ErrorCode::GroupTooLarge,
         ErrorCode::TooManyRecipients,
         ErrorCode::InvalidRequest,
+        ErrorCode::RecipientUnreachable,
+        ErrorCode::RateLimited,
+        ErrorCode::Residency,
+        ErrorCode::BadAccessKey,
         ErrorCode::Replaced,
         ErrorCode::GoingAway,
         ErrorCode::TooManyConnections,
@@ -99,6 +111,7 @@ impl ErrorCode {
                 | ErrorCode::BadToken
                 | ErrorCode::TokenExpired
                 | ErrorCode::UnsupportedVersion
+                | ErrorCode::Residency
                 | ErrorCode::Replaced
                 | ErrorCode::GoingAway
                 | ErrorCode::TooManyConnections
@@ -127,6 +140,10 @@ impl ErrorCode {
             ErrorCode::GroupTooLarge => "GROUP_TOO_LARGE",
             ErrorCode::TooManyRecipients => "TOO_MANY_RECIPIENTS",
             ErrorCode::InvalidRequest => "INVALID_REQUEST",
+            ErrorCode::RecipientUnreachable => "RECIPIENT_UNREACHABLE",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::Residency => "RESIDENCY",
+            ErrorCode::BadAccessKey => "BAD_ACCESS_KEY",
             ErrorCode::Replaced => "REPLACED",
             ErrorCode::GoingAway => "GOING_AWAY",
             ErrorCode::TooManyConnections => "TOO_MANY_CONNECTIONS",

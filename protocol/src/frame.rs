@@ -27,8 +27,11 @@ impl MessageId {
 pub mod flags {
     /// Ephemeral: deliver only to connected devices, never store, never acknowledge.
     pub const EPHEMERAL: u8 = 0x01;
+    /// Urgent: wake an offline recipient device through its push token even if it was woken
+    /// recently (calls, not chatter).
+    pub const URGENT: u8 = 0x02;
     /// All bits a client may set in version 1.
-    pub const KNOWN: u8 = EPHEMERAL;
+    pub const KNOWN: u8 = EPHEMERAL | URGENT;
 }
 
 /// One recipient of a `SEND_MULTI`: an account (device 0 = all its devices) or one device, with
@@ -55,6 +58,44 @@ pub mod group_op {
     pub const REMOVE_ADMINS: u8 = 4;
     /// Delete the group (no accounts listed).
     pub const DELETE: u8 = 5;
+}
+
+/// Reachability modes of `POLICY_SET` [`PolicyChange::Reach`].
+pub mod reach {
+    /// Anyone may send to the account (blocked senders excepted).
+    pub const EVERYONE: u8 = 0;
+    /// Only accounts on the allow list (contacts) may send.
+    pub const CONTACTS: u8 = 1;
+    /// Nobody may send (sealed sends included).
+    pub const NOBODY: u8 = 2;
+}
+
+/// One change of an account's privacy settings, carried by `POLICY_SET`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyChange {
+    /// Kind 1: who may reach the account; see [`reach`].
+    Reach(u8),
+    /// Kinds 2 (add) and 3 (remove): the allow list (contacts).
+    Allow {
+        /// Add (true) or remove (false).
+        add: bool,
+        /// Accounts.
+        accounts: Vec<u64>,
+    },
+    /// Kinds 4 (add) and 5 (remove): the block list.
+    Block {
+        /// Add (true) or remove (false).
+        add: bool,
+        /// Accounts.
+        accounts: Vec<u64>,
+    },
+    /// Kind 6: the other networks (apps) the account accepts envelopes from (replaces the set).
+    Networks(Vec<String>),
+    /// Kind 7: the delivery access key for sealed sends (empty removes it); the node keeps only
+    /// its SHA-256.
+    AccessKey(Bytes),
+    /// Kind 8: this device's push token for wake-ups (empty removes it).
+    PushToken(Bytes),
 }
 
 /// Roles in `GROUP_INFO`.
@@ -157,6 +198,38 @@ pub enum Frame {
         /// Ciphertext shared by all recipients, stored once.
         payload: Bytes,
     },
+    /// `POLICY_SET` (0x0A): change the sending account's privacy settings; answered `OK`.
+    PolicySet {
+        /// Request id, echoed in the answer.
+        req_id: MessageId,
+        /// The change.
+        change: PolicyChange,
+    },
+    /// `REPORT` (0x0B): report an account as abusive (metadata only; answered `OK`).
+    Report {
+        /// Request id, echoed in the answer.
+        req_id: MessageId,
+        /// The reported account.
+        account: u64,
+    },
+    /// `SEND_SEALED` (0x0C): a `SEND` that does not reveal the sender, authorised by the
+    /// recipient's delivery access key.
+    SendSealed {
+        /// Sender-chosen id.
+        msg_id: MessageId,
+        /// Recipient account.
+        to_account: u64,
+        /// Recipient device, or 0 for every device of the account.
+        to_device: u32,
+        /// Time to live in seconds; 0 means the node's default.
+        ttl_secs: u32,
+        /// See [`flags`].
+        flags: u8,
+        /// The recipient's delivery access key (1 to 64 bytes).
+        access_key: Bytes,
+        /// Ciphertext.
+        payload: Bytes,
+    },
     /// `WELCOME` (0x81): the token was accepted.
     Welcome {
         /// Authenticated account.
@@ -213,6 +286,11 @@ pub enum Frame {
     Pong {
         /// The `PING`'s nonce.
         nonce: u64,
+    },
+    /// `OK` (0x89): a `POLICY_SET` or `REPORT` took effect.
+    Ok {
+        /// The request's id.
+        req_id: MessageId,
     },
     /// `GROUP_OK` (0x86): a group request succeeded.
     GroupOk {
@@ -280,6 +358,9 @@ impl Frame {
             Frame::GroupGet { .. } => 0x07,
             Frame::SendGroup { .. } => 0x08,
             Frame::SendMulti { .. } => 0x09,
+            Frame::PolicySet { .. } => 0x0A,
+            Frame::Report { .. } => 0x0B,
+            Frame::SendSealed { .. } => 0x0C,
             Frame::Welcome { .. } => 0x81,
             Frame::Accepted { .. } => 0x82,
             Frame::Deliver { .. } => 0x83,
@@ -288,6 +369,7 @@ impl Frame {
             Frame::GroupOk { .. } => 0x86,
             Frame::GroupInfo { .. } => 0x87,
             Frame::DeliverShared { .. } => 0x88,
+            Frame::Ok { .. } => 0x89,
         }
     }
 

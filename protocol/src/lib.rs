@@ -11,9 +11,9 @@ mod token;
 
 pub use codec::{encode, DecodeError, Decoded, Decoder};
 pub use error::ErrorCode;
-pub use frame::{flags, group_op, role, Frame, MessageId, MultiRecipient};
+pub use frame::{flags, group_op, reach, role, Frame, MessageId, MultiRecipient, PolicyChange};
 pub use slot::{slot_of, SLOT_COUNT};
-pub use token::{SigningKey, TokenClaims, TokenError, VerifyingKey};
+pub use token::{Scope, SigningKey, TokenClaims, TokenError, VerifyingKey, MAX_SCOPE_NAME};
 
 /// ALPN protocol name negotiated on every Hearth QUIC connection.
 pub const ALPN: &[u8] = b"hearth/1";

@@ -1,8 +1,12 @@
-//! Device tokens: Ed25519-signed claims (account, device, expiry).
+//! Device tokens: Ed25519-signed claims (account, device, expiry; v2 adds network and zone).
 //!
-//! Text form: `ht1.` followed by base64url (no padding) of
+//! v1 text form: `ht1.` followed by base64url (no padding) of
 //! `version:u8=1 | account:u64 | device:u32 | expires_at:u64 (Unix seconds) | signature:[u8;64]`,
 //! all big-endian. The signature covers `"hearth-token-v1\0"` followed by the first 21 bytes.
+//!
+//! v2 text form: `ht2.` + base64url of the v1 body with version 2, then
+//! `network_len:u8 | network | zone_len:u8 | zone` (UTF-8, at most 64 bytes each), then the
+//! signature over `"hearth-token-v2\0"` followed by everything before it.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -10,6 +14,10 @@ use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 
 const PREFIX: &str = "ht1.";
 const DOMAIN: &[u8] = b"hearth-token-v1\0";
+const PREFIX_V2: &str = "ht2.";
+const DOMAIN_V2: &[u8] = b"hearth-token-v2\0";
+/// Longest network or zone name in a token, in bytes.
+pub const MAX_SCOPE_NAME: usize = 64;
 const BODY_LEN: usize = 1 + 8 + 4 + 8;
 const SIG_LEN: usize = 64;
 
@@ -22,6 +30,16 @@ pub struct TokenClaims {
     pub device: u32,
     /// Expiry, seconds since the Unix epoch.
     pub expires_at: u64,
+}
+
+/// Where a device belongs: the app network it speaks for and the residency zone of its account.
+/// Empty strings mean the node's defaults (and are what v1 tokens carry).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// The network (app) name, e.g. `chat`.
+    pub network: String,
+    /// The residency zone, e.g. `eu`.
+    pub zone: String,
 }
 
 /// Why a token was refused.
@@ -90,6 +108,27 @@ impl SigningKey {
     }
 }
 
+impl SigningKey {
+    /// Sign `claims` with a network and zone into a v2 token string. Names longer than 64
+    /// bytes are refused as [`TokenError::Malformed`].
+    pub fn issue_scoped(&self, claims: &TokenClaims, scope: &Scope) -> Result<String, TokenError> {
+        if scope.network.len() > MAX_SCOPE_NAME || scope.zone.len() > MAX_SCOPE_NAME {
+            return Err(TokenError::Malformed);
+        }
+        let mut raw = body(claims).to_vec();
+        raw[0] = 2;
+        for name in [&scope.network, &scope.zone] {
+            raw.push(name.len() as u8);
+            raw.extend_from_slice(name.as_bytes());
+        }
+        let mut msg = DOMAIN_V2.to_vec();
+        msg.extend_from_slice(&raw);
+        let sig = self.pair.sign(&msg);
+        raw.extend_from_slice(sig.as_ref());
+        Ok(format!("{PREFIX_V2}{}", URL_SAFE_NO_PAD.encode(raw)))
+    }
+}
+
 /// The public key that checks tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VerifyingKey(pub [u8; 32]);
@@ -109,11 +148,7 @@ impl VerifyingKey {
         UnparsedPublicKey::new(&ED25519, &self.0)
             .verify(&signed_message(body), sig)
             .map_err(|_| TokenError::BadSignature)?;
-        let claims = TokenClaims {
-            account: u64::from_be_bytes(body[1..9].try_into().expect("8 bytes")),
-            device: u32::from_be_bytes(body[9..13].try_into().expect("4 bytes")),
-            expires_at: u64::from_be_bytes(body[13..21].try_into().expect("8 bytes")),
-        };
+        let claims = claims_of(body);
         if claims.device == 0 {
             return Err(TokenError::InvalidDevice);
         }
@@ -121,6 +156,62 @@ impl VerifyingKey {
             return Err(TokenError::Expired);
         }
         Ok(claims)
+    }
+}
+
+impl VerifyingKey {
+    /// Check a v1 or v2 token and return its claims and scope (empty for v1).
+    pub fn verify_scoped(&self, token: &str, now_secs: u64) -> Result<(TokenClaims, Scope), TokenError> {
+        let Some(b64) = token.strip_prefix(PREFIX_V2) else {
+            return self.verify(token, now_secs).map(|c| (c, Scope::default()));
+        };
+        let max = BODY_LEN + 2 + 2 * MAX_SCOPE_NAME + SIG_LEN;
+        if b64.len() > max.div_ceil(3) * 4 {
+            return Err(TokenError::Malformed);
+        }
+        let raw = URL_SAFE_NO_PAD.decode(b64).map_err(|_| TokenError::Malformed)?;
+        if raw.len() < BODY_LEN + 2 + SIG_LEN || raw[0] != 2 {
+            return Err(TokenError::Malformed);
+        }
+        let (signed, sig) = raw.split_at(raw.len() - SIG_LEN);
+        let mut msg = DOMAIN_V2.to_vec();
+        msg.extend_from_slice(signed);
+        UnparsedPublicKey::new(&ED25519, &self.0)
+            .verify(&msg, sig)
+            .map_err(|_| TokenError::BadSignature)?;
+        let mut rest = &signed[BODY_LEN..];
+        let mut names = Vec::with_capacity(2);
+        for _ in 0..2 {
+            let (&len, tail) = rest.split_first().ok_or(TokenError::Malformed)?;
+            let len = len as usize;
+            if tail.len() < len || len > MAX_SCOPE_NAME {
+                return Err(TokenError::Malformed);
+            }
+            let name = std::str::from_utf8(&tail[..len]).map_err(|_| TokenError::Malformed)?;
+            names.push(name.to_string());
+            rest = &tail[len..];
+        }
+        if !rest.is_empty() {
+            return Err(TokenError::Malformed);
+        }
+        let claims = claims_of(&signed[..BODY_LEN]);
+        if claims.device == 0 {
+            return Err(TokenError::InvalidDevice);
+        }
+        if claims.expires_at <= now_secs {
+            return Err(TokenError::Expired);
+        }
+        let zone = names.pop().expect("two names");
+        let network = names.pop().expect("two names");
+        Ok((claims, Scope { network, zone }))
+    }
+}
+
+fn claims_of(body: &[u8]) -> TokenClaims {
+    TokenClaims {
+        account: u64::from_be_bytes(body[1..9].try_into().expect("8 bytes")),
+        device: u32::from_be_bytes(body[9..13].try_into().expect("4 bytes")),
+        expires_at: u64::from_be_bytes(body[13..21].try_into().expect("8 bytes")),
     }
 }
 
@@ -156,6 +247,28 @@ mod tests {
         assert_eq!(k.verifying_key().verify(&t, 1_000).unwrap(), claims());
         let k2 = SigningKey::from_pkcs8(k.to_pkcs8()).unwrap();
         assert_eq!(k2.verifying_key(), k.verifying_key());
+    }
+
+    #[test]
+    fn scoped_tokens_carry_network_and_zone_and_v1_tokens_have_none() {
+        let k = SigningKey::generate();
+        let v = k.verifying_key();
+        let scope = Scope { network: "photos".into(), zone: "eu".into() };
+        let t2 = k.issue_scoped(&claims(), &scope).unwrap();
+        assert!(t2.starts_with("ht2."));
+        assert_eq!(v.verify_scoped(&t2, 0).unwrap(), (claims(), scope.clone()));
+        assert_eq!(v.verify(&t2, 0), Err(TokenError::Malformed), "v1 verify refuses v2");
+        let t1 = k.issue(&claims());
+        assert_eq!(v.verify_scoped(&t1, 0).unwrap(), (claims(), Scope::default()));
+        // Tampering with the zone breaks the signature.
+        let mut raw = URL_SAFE_NO_PAD.decode(&t2[4..]).unwrap();
+        let zone_at = BODY_LEN + 1 + "photos".len() + 1;
+        raw[zone_at] = b'u';
+        let forged = format!("ht2.{}", URL_SAFE_NO_PAD.encode(&raw));
+        assert_eq!(v.verify_scoped(&forged, 0), Err(TokenError::BadSignature));
+        let long = Scope { network: "n".repeat(65), zone: String::new() };
+        assert_eq!(k.issue_scoped(&claims(), &long), Err(TokenError::Malformed));
+        assert_eq!(v.verify_scoped(&t2, 2_000_000_000), Err(TokenError::Expired));
     }
 
     #[test]

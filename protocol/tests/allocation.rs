@@ -63,7 +63,8 @@ fn decode_measured(bytes: &[u8]) -> (Result<Option<Decoded>, DecodeError>, usize
 }
 
 /// Bytes a decoder may allocate for a frame of `len` bytes: its parsed form is at most a few
-/// times its wire form (a `SEND_MULTI` recipient of 14 wire bytes is a 48-byte struct).
+/// times its wire form (a `SEND_MULTI` recipient of 14 wire bytes is a 48-byte struct). Network
+/// names are the exception (see `network_names_allocate_per_name_present`).
 fn budget(len: usize) -> usize {
     4 * len + 256
 }
@@ -74,6 +75,14 @@ fn the_allocator_sees_allocations() {
     let v = std::hint::black_box(vec![0u8; 12_345]);
     assert!(LARGEST.with(|l| l.get()) >= 12_345);
     drop(v);
+}
+
+/// The start of a `POLICY_SET` body: a zero req_id, `kind`, then `rest`.
+fn policy_head(kind: u8, rest: &[u8]) -> Vec<u8> {
+    let mut v = vec![0u8; 16];
+    v.push(kind);
+    v.extend_from_slice(rest);
+    v
 }
 
 #[test]
@@ -113,6 +122,39 @@ fn claimed_counts_do_not_drive_allocation() {
         (
             "DELIVER_SHARED header",
             big_count(0x88, 61, &[0xff, 0xff], 10),
+        ),
+        // POLICY_SET allow / block lists claiming 4 billion accounts, 40 bytes present.
+        (
+            "POLICY_SET allow",
+            big_count(0x0A, 0, &policy_head(2, &[0xff; 4]), 40),
+        ),
+        (
+            "POLICY_SET block",
+            big_count(0x0A, 0, &policy_head(5, &[0xff; 4]), 40),
+        ),
+        // 255 network names claimed, 3 present, the fourth missing.
+        (
+            "POLICY_SET networks",
+            big_count(0x0A, 0, &policy_head(6, &[0xff, 0, 0, 0]), 0),
+        ),
+        // A network name claiming 255 bytes with 10 behind it.
+        (
+            "POLICY_SET network name",
+            big_count(0x0A, 0, &policy_head(6, &[1, 0xff]), 10),
+        ),
+        // An access key claiming 255 bytes and a push token claiming 65535, 10 present.
+        (
+            "POLICY_SET access key",
+            big_count(0x0A, 0, &policy_head(7, &[0xff]), 10),
+        ),
+        (
+            "POLICY_SET push token",
+            big_count(0x0A, 0, &policy_head(8, &[0xff, 0xff]), 10),
+        ),
+        // A SEND_SEALED access key claiming 255 bytes with 10 behind it.
+        (
+            "SEND_SEALED access key",
+            big_count(0x0C, SEND_SEALED_FIXED_LEN - 1, &[0xff], 10),
         ),
     ];
     for (name, mut bytes) in cases {
@@ -162,5 +204,32 @@ fn claimed_frame_lengths_do_not_drive_allocation() {
                 "0x{ty:02x} length {len}: allocated {largest} bytes"
             );
         }
+    }
+}
+
+/// A `POLICY_SET` network list costs a `String` (24 bytes) per name, and a name can be a single
+/// wire byte: the list's allocation is bounded by the names present (never by the claimed
+/// count) and by the u8 count, at most 255 names.
+#[test]
+fn network_names_allocate_per_name_present() {
+    let list = |count: u8, present: usize| {
+        let mut body = vec![0u8; 16];
+        body.extend_from_slice(&[6, count]);
+        body.extend_from_slice(&vec![0u8; present]); // empty names
+        raw(0x0A, &body)
+    };
+    let per_name = std::mem::size_of::<String>();
+    for (count, present) in [(255u8, 0usize), (255, 3), (255, 254), (255, 255), (3, 3)] {
+        let bytes = list(count, present);
+        let (got, largest) = decode_measured(&bytes);
+        assert_eq!(
+            got.is_ok(),
+            present == count as usize,
+            "{count}/{present}: {got:?}"
+        );
+        assert!(
+            largest <= budget(bytes.len()).max(per_name * present + 256),
+            "{count} names claimed, {present} present: allocated {largest} bytes"
+        );
     }
 }

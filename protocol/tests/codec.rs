@@ -7,8 +7,8 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::*;
 use hearth_protocol::{
-    group_op, role, DecodeError, Decoded, Decoder, ErrorCode, Frame, MessageId,
-    DEFAULT_MAX_ENVELOPE, DELIVER_FIXED_LEN, FRAME_HEADER_LEN, SEND_FIXED_LEN,
+    flags, group_op, reach, role, DecodeError, Decoded, Decoder, ErrorCode, Frame, MessageId,
+    PolicyChange, DEFAULT_MAX_ENVELOPE, DELIVER_FIXED_LEN, FRAME_HEADER_LEN, SEND_FIXED_LEN,
 };
 use proptest::prelude::*;
 
@@ -63,6 +63,10 @@ fn samples_cover_every_variant() {
             Frame::GroupOk { .. } => 0x86,
             Frame::GroupInfo { .. } => 0x87,
             Frame::DeliverShared { .. } => 0x88,
+            Frame::PolicySet { .. } => 0x0A,
+            Frame::Report { .. } => 0x0B,
+            Frame::SendSealed { .. } => 0x0C,
+            Frame::Ok { .. } => 0x89,
         };
         assert_eq!(f.type_byte(), ty);
         seen.insert(ty);
@@ -168,6 +172,26 @@ fn encoded_sizes_follow_the_layout() {
             Frame::DeliverShared {
                 header, payload, ..
             } => DELIVER_SHARED_FIXED_LEN + header.len() + payload.len(),
+            Frame::PolicySet { change, .. } => {
+                POLICY_SET_FIXED_LEN
+                    + match change {
+                        PolicyChange::Reach(_) => 1,
+                        PolicyChange::Allow { accounts, .. }
+                        | PolicyChange::Block { accounts, .. } => 4 + 8 * accounts.len(),
+                        PolicyChange::Networks(names) => {
+                            1 + names.iter().map(|n| 1 + n.len()).sum::<usize>()
+                        }
+                        PolicyChange::AccessKey(k) => 1 + k.len(),
+                        PolicyChange::PushToken(t) => 2 + t.len(),
+                    }
+            }
+            Frame::Report { .. } => REPORT_LEN,
+            Frame::SendSealed {
+                access_key,
+                payload,
+                ..
+            } => SEND_SEALED_FIXED_LEN + access_key.len() + payload.len(),
+            Frame::Ok { .. } => OK_LEN,
         };
         assert_eq!(body_len(&f), expected, "{f:?}");
     }
@@ -184,6 +208,10 @@ fn encoded_sizes_follow_the_layout() {
     assert_eq!(GROUP_OK_LEN, 36);
     assert_eq!(GROUP_INFO_FIXED_LEN, 52);
     assert_eq!(DELIVER_SHARED_FIXED_LEN, 63);
+    assert_eq!(POLICY_SET_FIXED_LEN, 17);
+    assert_eq!(REPORT_LEN, 24);
+    assert_eq!(SEND_SEALED_FIXED_LEN, 34);
+    assert_eq!(OK_LEN, 16);
 }
 
 #[test]
@@ -199,6 +227,186 @@ fn group_constants_have_their_wire_values() {
         [1, 2, 3, 4, 5]
     );
     assert_eq!([role::MEMBER, role::ADMIN], [1, 2]);
+}
+
+#[test]
+fn privacy_constants_have_their_wire_values() {
+    assert_eq!([reach::EVERYONE, reach::CONTACTS, reach::NOBODY], [0, 1, 2]);
+    assert_eq!([flags::EPHEMERAL, flags::URGENT], [0x01, 0x02]);
+    assert_eq!(flags::KNOWN, 0x03);
+    // The kind byte of each change, at offset 16 of the body.
+    let kinds = [
+        (PolicyChange::Reach(reach::NOBODY), 1),
+        (
+            PolicyChange::Allow {
+                add: true,
+                accounts: vec![],
+            },
+            2,
+        ),
+        (
+            PolicyChange::Allow {
+                add: false,
+                accounts: vec![],
+            },
+            3,
+        ),
+        (
+            PolicyChange::Block {
+                add: true,
+                accounts: vec![],
+            },
+            4,
+        ),
+        (
+            PolicyChange::Block {
+                add: false,
+                accounts: vec![],
+            },
+            5,
+        ),
+        (PolicyChange::Networks(vec![]), 6),
+        (PolicyChange::AccessKey(Bytes::new()), 7),
+        (PolicyChange::PushToken(Bytes::new()), 8),
+    ];
+    for (change, kind) in kinds {
+        let bytes = enc(&policy(change.clone()));
+        assert_eq!(bytes[FRAME_HEADER_LEN + 16], kind, "{change:?}");
+    }
+    let codes = [
+        (ErrorCode::RecipientUnreachable, 29, false),
+        (ErrorCode::RateLimited, 30, false),
+        (ErrorCode::Residency, 31, true),
+        (ErrorCode::BadAccessKey, 37, false),
+    ];
+    for (code, value, fatal) in codes {
+        assert_eq!((code.as_u16(), code.is_fatal()), (value, fatal), "{code}");
+    }
+}
+
+/// Network names, access keys and push tokens have u8/u16 length fields (and networks a u8
+/// count): the encoder cuts them (names on a character boundary) and the decoder yields the
+/// cut frame.
+#[test]
+fn policy_values_and_sealed_keys_are_truncated_to_their_length_fields() {
+    let names: Vec<String> = (0..300).map(|i| format!("net-{i}")).collect();
+    let cases = [
+        policy(PolicyChange::Networks(names.clone())),
+        policy(PolicyChange::Networks(vec![
+            "a".repeat(254) + "é",
+            "b".repeat(300),
+        ])),
+        policy(PolicyChange::AccessKey(Bytes::from(vec![1; 256]))),
+        policy(PolicyChange::PushToken(Bytes::from(vec![2; 70_000]))),
+        Frame::SendSealed {
+            msg_id: id(),
+            to_account: 1,
+            to_device: 0,
+            ttl_secs: 0,
+            flags: 0,
+            access_key: Bytes::from(vec![3; 300]),
+            payload: Bytes::from_static(b"pay"),
+        },
+    ];
+    for f in cases {
+        let want = normalized(&f);
+        assert_ne!(want, f, "the case must exercise truncation");
+        let mut buf = enc(&f);
+        let got = Decoder::new(buf.len()).decode(&mut buf).unwrap();
+        assert_eq!(got, Some(Decoded::Frame(want.clone())));
+        assert!(buf.is_empty());
+        match want {
+            Frame::PolicySet {
+                change: PolicyChange::Networks(n),
+                ..
+            } if n.len() == 255 => assert_eq!(n[..], names[..255]),
+            Frame::PolicySet {
+                change: PolicyChange::Networks(n),
+                ..
+            } => {
+                // 'é' would end at byte 256: the name stops before it.
+                assert_eq!((n[0].len(), n[1].len()), (254, 255));
+            }
+            Frame::PolicySet {
+                change: PolicyChange::AccessKey(k),
+                ..
+            } => assert_eq!(k.len(), 255),
+            Frame::PolicySet {
+                change: PolicyChange::PushToken(t),
+                ..
+            } => assert_eq!(t.len(), 65_535),
+            Frame::SendSealed {
+                access_key,
+                payload,
+                ..
+            } => assert_eq!((access_key.len(), &payload[..]), (255, &b"pay"[..])),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// The largest `SEND_SEALED` the node accepts (64-byte key, 256 KiB payload: 262 243 bytes)
+/// fits the node limit; an oversized one is skipped like a `SEND`.
+#[test]
+fn largest_send_sealed_fits_the_node_limit() {
+    let sealed = |key: usize, payload: usize| Frame::SendSealed {
+        msg_id: id(),
+        to_account: 43,
+        to_device: 0,
+        ttl_secs: 0,
+        flags: 0,
+        access_key: Bytes::from(vec![9; key]),
+        payload: Bytes::from(vec![7; payload]),
+    };
+    let f = sealed(MAX_ACCESS_KEY, DEFAULT_MAX_ENVELOPE);
+    let mut buf = enc(&f);
+    assert_eq!(buf.len() - 4, LARGEST_SEND_SEALED);
+    assert_eq!(LARGEST_SEND_SEALED, 262_243);
+    assert_eq!(
+        Decoder::new(NODE_LIMIT).decode(&mut buf),
+        Ok(Some(Decoded::Frame(f)))
+    );
+    let mut over = enc(&sealed(255, NODE_LIMIT));
+    let len = over.len() - 4;
+    assert_eq!(
+        Decoder::new(NODE_LIMIT).decode(&mut over),
+        Ok(Some(Decoded::OversizedSend { msg_id: id(), len }))
+    );
+    assert!(over.is_empty());
+}
+
+/// The allow and block lists of one `POLICY_SET` are bounded by the node's frame limit:
+/// 66 523 accounts by default (PROTOCOL.md §4); one more is a fatal `TooLong`.
+#[test]
+fn policy_account_lists_are_bounded_by_the_frame_limit() {
+    let max = (NODE_LIMIT - 1 - POLICY_LIST_FIXED_LEN) / 8;
+    assert_eq!(max, 66_523);
+    for (add, block) in [(true, false), (false, true)] {
+        let list = |n: usize| {
+            let accounts: Vec<u64> = (1..=n as u64).collect();
+            policy(if block {
+                PolicyChange::Block { add, accounts }
+            } else {
+                PolicyChange::Allow { add, accounts }
+            })
+        };
+        let f = list(max);
+        let mut buf = enc(&f);
+        assert!(buf.len() - 4 <= NODE_LIMIT);
+        assert_eq!(
+            Decoder::new(NODE_LIMIT).decode(&mut buf),
+            Ok(Some(Decoded::Frame(f)))
+        );
+        let mut buf = enc(&list(max + 1));
+        let len = buf.len() - 4;
+        assert_eq!(
+            Decoder::new(NODE_LIMIT).decode(&mut buf),
+            Err(DecodeError::TooLong {
+                len,
+                max: NODE_LIMIT
+            })
+        );
+    }
 }
 
 #[test]
@@ -480,8 +688,8 @@ fn recipients_and_headers_are_truncated_to_65535() {
     }
 }
 
-/// Decoded payloads and headers are slices of the read buffer, not copies: a fan-out can pass
-/// them on without copying.
+/// Decoded payloads, headers, access keys and push tokens are slices of the read buffer, not
+/// copies: a fan-out can pass them on without copying.
 #[test]
 fn payloads_and_headers_are_not_copied() {
     let frames = [
@@ -504,6 +712,17 @@ fn payloads_and_headers_are_not_copied() {
             header: Bytes::from(vec![4; 40]),
             payload: Bytes::from(vec![5; 500]),
         },
+        Frame::SendSealed {
+            msg_id: id(),
+            to_account: 1,
+            to_device: 0,
+            ttl_secs: 1,
+            flags: 0,
+            access_key: Bytes::from(vec![6; 32]),
+            payload: Bytes::from(vec![7; 500]),
+        },
+        policy(PolicyChange::AccessKey(Bytes::from(vec![8; 32]))),
+        policy(PolicyChange::PushToken(Bytes::from(vec![9; 200]))),
     ];
     for f in frames {
         let mut buf = enc(&f);
@@ -529,6 +748,15 @@ fn payloads_and_headers_are_not_copied() {
             Frame::DeliverShared {
                 header, payload, ..
             } => assert!(inside(&header) && inside(&payload)),
+            Frame::SendSealed {
+                access_key,
+                payload,
+                ..
+            } => assert!(inside(&access_key) && inside(&payload)),
+            Frame::PolicySet {
+                change: PolicyChange::AccessKey(b) | PolicyChange::PushToken(b),
+                ..
+            } => assert!(inside(&b)),
             other => panic!("{other:?}"),
         }
     }

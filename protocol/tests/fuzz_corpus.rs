@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use common::*;
-use hearth_protocol::{DecodeError, Frame, MessageId, SEND_FIXED_LEN};
+use hearth_protocol::{DecodeError, Frame, MessageId, PolicyChange, SEND_FIXED_LEN};
 
 include!("../fuzz/common/check.rs");
 
@@ -47,6 +47,17 @@ fn name(f: &Frame) -> &'static str {
         Frame::GroupOk { .. } => "group-ok",
         Frame::GroupInfo { .. } => "group-info",
         Frame::DeliverShared { .. } => "deliver-shared",
+        Frame::PolicySet { change, .. } => match change {
+            PolicyChange::Reach(_) => "policy-reach",
+            PolicyChange::Allow { .. } => "policy-allow",
+            PolicyChange::Block { .. } => "policy-block",
+            PolicyChange::Networks(_) => "policy-networks",
+            PolicyChange::AccessKey(_) => "policy-access-key",
+            PolicyChange::PushToken(_) => "policy-push-token",
+        },
+        Frame::Report { .. } => "report",
+        Frame::SendSealed { .. } => "send-sealed",
+        Frame::Ok { .. } => "ok",
     }
 }
 
@@ -77,7 +88,11 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         ));
     }
 
-    for (name, ty) in [("huge-send", 0x02), ("huge-send-multi", 0x09)] {
+    for (name, ty) in [
+        ("huge-send", 0x02),
+        ("huge-send-multi", 0x09),
+        ("huge-send-sealed", 0x0C),
+    ] {
         let mut huge = vec![0xff, 0xff, 0xff, 0xff, ty];
         huge.extend_from_slice(&id().0);
         huge.extend_from_slice(&[0; 32]);
@@ -213,10 +228,59 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         "deliver-shared-header-past-end".into(),
         seed(DEFAULT_LIMIT, 70, &raw(0x88, &shared)),
     ));
+    out.extend(privacy_seeds());
     out
 }
 
-/// A `SEND`, `SEND_GROUP` and `SEND_MULTI` too big for the tiny fuzz limit.
+/// Malformed `POLICY_SET`, `REPORT` and `SEND_SEALED` streams (see `malformed_seeds`).
+fn privacy_seeds() -> Vec<(String, Vec<u8>)> {
+    let policy = |kind: u8, rest: &[u8]| {
+        let mut body = id().0.to_vec();
+        body.push(kind);
+        body.extend_from_slice(rest);
+        raw(0x0A, &body)
+    };
+    let mut out = vec![
+        ("policy-set-unknown-kind", policy(9, &[0, 0, 0, 0])),
+        ("policy-set-no-kind", raw(0x0A, &id().0)),
+        // Count 2, one account present.
+        (
+            "policy-set-count-mismatch",
+            policy(4, &[0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 2, 0x9a]),
+        ),
+        // Two names counted; the second claims 6 bytes and has 3.
+        (
+            "policy-set-network-truncated",
+            policy(6, &[2, 4, b'c', b'h', b'a', b't', 6, b'p', b'h', b'o']),
+        ),
+        (
+            "policy-set-network-not-utf8",
+            policy(6, &[1, 2, 0xc3, 0x28]),
+        ),
+        (
+            "policy-set-network-trailing",
+            policy(6, &[0, 4, b'c', b'h', b'a', b't']),
+        ),
+        ("policy-set-access-key-past-end", policy(7, &[9, 1, 2, 3])),
+        (
+            "policy-set-push-token-past-end",
+            policy(8, &[1, 0, 1, 2, 3]),
+        ),
+        ("report-trailing-byte", raw(0x0B, &[0; 25])),
+        ("ok-body-too-short", raw(0x89, &[0; 15])),
+    ];
+    // SEND_SEALED whose access key length exceeds what follows it.
+    let mut sealed = id().0.to_vec();
+    sealed.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 43, 0, 0, 0, 0, 0, 0, 0, 60, 0, 16]);
+    sealed.extend_from_slice(b"only 9 by");
+    out.push(("send-sealed-key-past-end", raw(0x0C, &sealed)));
+    out.into_iter()
+        .enumerate()
+        .map(|(i, (name, bytes))| (name.to_string(), seed(DEFAULT_LIMIT, 40 + i as u8, &bytes)))
+        .collect()
+}
+
+/// A `SEND`, `SEND_GROUP`, `SEND_MULTI` and `SEND_SEALED` too big for the tiny fuzz limit.
 fn big_sends() -> Vec<(&'static str, Frame)> {
     let payload = Bytes::from(vec![0xab; 40]);
     vec![
@@ -248,6 +312,18 @@ fn big_sends() -> Vec<(&'static str, Frame)> {
                 ttl_secs: 60,
                 flags: 0,
                 recipients: vec![rcpt(5, 0, b"k5"), rcpt(6, 1, b"k6")],
+                payload: payload.clone(),
+            },
+        ),
+        (
+            "send-sealed",
+            Frame::SendSealed {
+                msg_id: id(),
+                to_account: 5,
+                to_device: 0,
+                ttl_secs: 60,
+                flags: 0,
+                access_key: Bytes::from_static(b"access-key-of-5"),
                 payload,
             },
         ),
@@ -315,6 +391,41 @@ fn malformed_seeds() -> Vec<(&'static str, DecodeError)> {
         ("send-multi-truncated-header", short("SEND_MULTI")),
         ("send-multi-header-past-end", short("SEND_MULTI")),
         ("deliver-shared-header-past-end", short("DELIVER_SHARED")),
+        (
+            "policy-set-unknown-kind",
+            DecodeError::Malformed {
+                kind: "POLICY_SET",
+                why: "unknown policy kind",
+            },
+        ),
+        ("policy-set-no-kind", short("POLICY_SET")),
+        ("policy-set-count-mismatch", count("POLICY_SET")),
+        ("policy-set-network-truncated", short("POLICY_SET")),
+        (
+            "policy-set-network-not-utf8",
+            DecodeError::Malformed {
+                kind: "POLICY_SET",
+                why: "not UTF-8",
+            },
+        ),
+        (
+            "policy-set-network-trailing",
+            DecodeError::Malformed {
+                kind: "POLICY_SET",
+                why: "trailing bytes",
+            },
+        ),
+        ("policy-set-access-key-past-end", short("POLICY_SET")),
+        ("policy-set-push-token-past-end", short("POLICY_SET")),
+        (
+            "report-trailing-byte",
+            DecodeError::Malformed {
+                kind: "REPORT",
+                why: "trailing bytes",
+            },
+        ),
+        ("ok-body-too-short", short("OK")),
+        ("send-sealed-key-past-end", short("SEND_SEALED")),
     ]
 }
 

@@ -1,13 +1,14 @@
 //! Malformed input: every way a peer can get a frame wrong is an error (or, for an oversized
-//! `SEND`, `SEND_GROUP` or `SEND_MULTI`, a skip), never a panic, and nothing is allocated from a
-//! length the peer claims (`allocation.rs` measures that).
+//! `SEND`, `SEND_GROUP`, `SEND_MULTI` or `SEND_SEALED`, a skip), never a panic, and nothing is
+//! allocated from a length the peer claims (`allocation.rs` measures that).
 
 mod common;
 
 use bytes::{Bytes, BytesMut};
 use common::*;
 use hearth_protocol::{
-    DecodeError, Decoded, Decoder, ErrorCode, Frame, MessageId, DELIVER_FIXED_LEN, SEND_FIXED_LEN,
+    flags, DecodeError, Decoded, Decoder, ErrorCode, Frame, MessageId, PolicyChange,
+    DELIVER_FIXED_LEN, SEND_FIXED_LEN,
 };
 use proptest::prelude::*;
 
@@ -44,6 +45,7 @@ fn payload_offset(f: &Frame) -> Option<usize> {
                     .sum::<usize>(),
         ),
         Frame::DeliverShared { header, .. } => Some(DELIVER_SHARED_FIXED_LEN + header.len()),
+        Frame::SendSealed { access_key, .. } => Some(SEND_SEALED_FIXED_LEN + access_key.len()),
         _ => None,
     }
 }
@@ -54,19 +56,25 @@ fn payload_of(f: &Frame) -> &Bytes {
         | Frame::Deliver { payload, .. }
         | Frame::SendGroup { payload, .. }
         | Frame::SendMulti { payload, .. }
-        | Frame::DeliverShared { payload, .. } => payload,
+        | Frame::DeliverShared { payload, .. }
+        | Frame::SendSealed { payload, .. } => payload,
         other => panic!("{other:?} has no payload"),
     }
 }
 
-/// Fixed bytes before the counted list of the frames with a u32/u16 count that must match the
-/// length exactly (`ACK`, `GROUP_CREATE`, `GROUP_UPDATE`, `GROUP_INFO`).
-fn counted_list_offset(ty: u8) -> Option<usize> {
-    match ty {
-        0x03 => Some(2),
-        0x05 => Some(GROUP_CREATE_FIXED_LEN),
-        0x06 => Some(GROUP_UPDATE_FIXED_LEN),
-        0x87 => Some(GROUP_INFO_FIXED_LEN),
+/// Body bytes up to and including the count of the frames with a u32/u16 count that must match
+/// the length exactly (`ACK`, `GROUP_CREATE`, `GROUP_UPDATE`, `GROUP_INFO`, the account lists of
+/// `POLICY_SET`).
+fn counted_list_offset(f: &Frame) -> Option<usize> {
+    match f {
+        Frame::Ack { .. } => Some(2),
+        Frame::GroupCreate { .. } => Some(GROUP_CREATE_FIXED_LEN),
+        Frame::GroupUpdate { .. } => Some(GROUP_UPDATE_FIXED_LEN),
+        Frame::GroupInfo { .. } => Some(GROUP_INFO_FIXED_LEN),
+        Frame::PolicySet {
+            change: PolicyChange::Allow { .. } | PolicyChange::Block { .. },
+            ..
+        } => Some(POLICY_LIST_FIXED_LEN),
         _ => None,
     }
 }
@@ -122,7 +130,7 @@ fn truncated_bodies_are_errors() {
                         other => panic!("cut {cut}: {other:?}"),
                     }
                 }
-            } else if counted_list_offset(ty).is_some_and(|n| cut >= n) {
+            } else if counted_list_offset(&f).is_some_and(|n| cut >= n) {
                 assert_eq!(
                     got,
                     malformed(kind(ty), "count does not match length"),
@@ -173,7 +181,7 @@ fn trailing_bytes_are_errors() {
                 }
                 other => panic!("{other:?}"),
             }
-        } else if counted_list_offset(ty).is_some() {
+        } else if counted_list_offset(&f).is_some() {
             assert_eq!(got, malformed(kind(ty), "count does not match length"));
         } else {
             assert_eq!(got, malformed(kind(ty), "trailing bytes"), "{f:?}");
@@ -448,8 +456,13 @@ fn deliver_shared_header_must_fit_the_body() {
 }
 
 #[test]
-fn fixed_size_group_frames_must_be_exact() {
-    for (ty, len) in [(0x07, GROUP_GET_LEN), (0x86, GROUP_OK_LEN)] {
+fn fixed_size_group_and_privacy_frames_must_be_exact() {
+    for (ty, len) in [
+        (0x07, GROUP_GET_LEN),
+        (0x86, GROUP_OK_LEN),
+        (0x0B, REPORT_LEN),
+        (0x89, OK_LEN),
+    ] {
         assert!(matches!(
             decode(&raw(ty, &vec![0; len])),
             Ok(Some(Decoded::Frame(_)))
@@ -534,11 +547,20 @@ fn send_of_type(ty: u8, payload_len: usize) -> Frame {
             recipients: vec![rcpt(1, 0, b"k1"), rcpt(2, 3, b"k2")],
             payload,
         },
+        0x0C => Frame::SendSealed {
+            msg_id: id(),
+            to_account: 1,
+            to_device: 0,
+            ttl_secs: 0,
+            flags: 0,
+            access_key: Bytes::from_static(b"access-key"),
+            payload,
+        },
         _ => unreachable!(),
     }
 }
 
-/// A SEND, SEND_GROUP or SEND_MULTI claiming 4 GiB is reported once and exactly its bytes are
+/// A SEND, SEND_GROUP, SEND_MULTI or SEND_SEALED claiming 4 GiB is reported once and exactly its bytes are
 /// skipped, in bounded memory; the frame after it decodes.
 #[test]
 fn huge_sends_are_skipped_exactly_then_the_next_frame_decodes() {
@@ -678,8 +700,8 @@ fn oversized_sends_too_short_to_hold_an_id_are_too_long() {
     }
 }
 
-/// Frames a node never accepts from a client are still fatal when too long, whatever their
-/// type: only the three send types are skipped.
+/// Frames other than sends are fatal when too long, whatever their type: only the four send
+/// types are skipped.
 #[test]
 fn oversized_frames_other_than_sends_are_fatal() {
     for f in samples() {
@@ -700,6 +722,296 @@ fn oversized_frames_other_than_sends_are_fatal() {
             );
         }
     }
+}
+
+/// A `POLICY_SET` body: req_id, `kind`, then `rest` raw bytes.
+fn policy_set(kind: u8, rest: &[u8]) -> Vec<u8> {
+    let mut body = id().0.to_vec();
+    body.push(kind);
+    body.extend_from_slice(rest);
+    raw(0x0A, &body)
+}
+
+fn decoded_policy(change: PolicyChange) -> Result<Option<Decoded>, DecodeError> {
+    Ok(Some(Decoded::Frame(policy(change))))
+}
+
+#[test]
+fn unknown_policy_kinds_are_malformed() {
+    for kind in (0..=255u8).filter(|k| !(1..=8).contains(k)) {
+        for rest in [&[][..], &[0][..], &[0; 40][..]] {
+            assert_eq!(
+                decode(&policy_set(kind, rest)),
+                malformed("POLICY_SET", "unknown policy kind"),
+                "kind {kind}"
+            );
+        }
+    }
+    // No kind byte at all.
+    assert_eq!(
+        decode(&raw(0x0A, &id().0)),
+        malformed("POLICY_SET", "body too short")
+    );
+}
+
+/// Any reach mode decodes (the node, not the codec, refuses unknown modes with
+/// `INVALID_REQUEST`); the mode is exactly one byte.
+#[test]
+fn reach_changes_carry_exactly_one_mode_byte() {
+    for mode in 0..=255u8 {
+        assert_eq!(
+            decode(&policy_set(1, &[mode])),
+            decoded_policy(PolicyChange::Reach(mode))
+        );
+    }
+    assert_eq!(
+        decode(&policy_set(1, &[])),
+        malformed("POLICY_SET", "body too short")
+    );
+    assert_eq!(
+        decode(&policy_set(1, &[0, 0])),
+        malformed("POLICY_SET", "trailing bytes")
+    );
+}
+
+#[test]
+fn policy_account_counts_must_match_length() {
+    let bad = malformed("POLICY_SET", "count does not match length");
+    for kind in 2..=5u8 {
+        let go = |count: u32, accounts: &[u64], extra: &[u8]| {
+            let mut rest = count.to_be_bytes().to_vec();
+            for a in accounts {
+                rest.extend_from_slice(&a.to_be_bytes());
+            }
+            rest.extend_from_slice(extra);
+            decode(&policy_set(kind, &rest))
+        };
+        let want = |accounts: Vec<u64>| {
+            decoded_policy(match kind {
+                2 | 3 => PolicyChange::Allow {
+                    add: kind == 2,
+                    accounts,
+                },
+                _ => PolicyChange::Block {
+                    add: kind == 4,
+                    accounts,
+                },
+            })
+        };
+        assert_eq!(go(2, &[1], &[]), bad, "kind {kind}");
+        assert_eq!(go(1, &[1, 2], &[]), bad);
+        assert_eq!(go(0, &[1], &[]), bad);
+        assert_eq!(go(1, &[1], &[0, 0, 0]), bad);
+        assert_eq!(go(0, &[], &[0]), bad);
+        // A count of 4 billion with nothing (or little) behind it: refused, nothing reserved.
+        assert_eq!(go(u32::MAX, &[], &[]), bad);
+        assert_eq!(go(u32::MAX, &[1, 2], &[]), bad);
+        // The count is of accounts, not bytes.
+        assert_eq!(go(16, &[1, 2], &[]), bad);
+        assert_eq!(go(0, &[], &[]), want(vec![]));
+        assert_eq!(go(2, &[5, u64::MAX], &[]), want(vec![5, u64::MAX]));
+        // The count itself cut short.
+        for cut in 0..4 {
+            assert_eq!(
+                decode(&policy_set(kind, &[0; 4][..cut])),
+                malformed("POLICY_SET", "body too short"),
+                "kind {kind}, count cut at {cut}"
+            );
+        }
+    }
+}
+
+/// One network name entry: a length byte (which may lie) and the name's bytes.
+fn name_entry(len: u8, name: &[u8]) -> Vec<u8> {
+    [&[len][..], name].concat()
+}
+
+/// A kind-6 change: `count`, then the entries back to back.
+fn network_list(count: u8, entries: &[Vec<u8>]) -> Vec<u8> {
+    policy_set(6, &[vec![count], entries.concat()].concat())
+}
+
+#[test]
+fn network_names_must_be_complete_utf8_and_fill_the_body() {
+    let short = malformed("POLICY_SET", "body too short");
+    let not_utf8 = malformed("POLICY_SET", "not UTF-8");
+    let chat = name_entry(4, b"chat");
+    let photos = name_entry(6, b"photos");
+    // No count; fewer names than counted; a count with nothing behind it.
+    assert_eq!(decode(&policy_set(6, &[])), short);
+    assert_eq!(
+        decode(&network_list(3, &[chat.clone(), photos.clone()])),
+        short
+    );
+    assert_eq!(decode(&network_list(1, &[])), short);
+    assert_eq!(
+        decode(&network_list(255, std::slice::from_ref(&chat))),
+        short
+    );
+    // The second name cut anywhere, including before its length byte.
+    for cut in 0..photos.len() {
+        let cut_photos = photos[..cut].to_vec();
+        assert_eq!(
+            decode(&network_list(2, &[chat.clone(), cut_photos])),
+            short,
+            "second name cut at {cut}"
+        );
+    }
+    // A name length past the end of the frame.
+    assert_eq!(decode(&network_list(1, &[name_entry(5, b"chat")])), short);
+    assert_eq!(decode(&network_list(1, &[name_entry(255, b"chat")])), short);
+    // Invalid UTF-8, in the first or a later name; each name is checked on its own, so a
+    // character split across two names is invalid too.
+    for bad in [
+        &[0xff, 0xfe][..],
+        &[0xc3, 0x28],
+        &[0xed, 0xa0, 0x80],
+        &[b'a', 0x80],
+    ] {
+        let e = name_entry(bad.len() as u8, bad);
+        assert_eq!(
+            decode(&network_list(1, std::slice::from_ref(&e))),
+            not_utf8,
+            "{bad:?}"
+        );
+        assert_eq!(decode(&network_list(2, &[chat.clone(), e])), not_utf8);
+    }
+    let split = [name_entry(1, &[0xc3]), name_entry(1, &[0xa9])];
+    assert_eq!(decode(&network_list(2, &split)), not_utf8);
+    assert_eq!(
+        decode(&network_list(1, &[name_entry(2, &[0xc3, 0xa9])])),
+        decoded_policy(PolicyChange::Networks(vec!["é".into()]))
+    );
+    // Bytes after the last counted name.
+    assert_eq!(
+        decode(&network_list(1, &[chat.clone(), photos.clone()])),
+        malformed("POLICY_SET", "trailing bytes")
+    );
+    assert_eq!(
+        decode(&network_list(0, std::slice::from_ref(&chat))),
+        malformed("POLICY_SET", "trailing bytes")
+    );
+    // Complete lists.
+    assert_eq!(
+        decode(&network_list(2, &[chat, photos])),
+        decoded_policy(PolicyChange::Networks(vec!["chat".into(), "photos".into()]))
+    );
+    assert_eq!(
+        decode(&network_list(0, &[])),
+        decoded_policy(PolicyChange::Networks(vec![]))
+    );
+    assert_eq!(
+        decode(&network_list(2, &[name_entry(0, b""), name_entry(0, b"")])),
+        decoded_policy(PolicyChange::Networks(vec![String::new(), String::new()]))
+    );
+}
+
+#[test]
+fn access_keys_and_push_tokens_must_fit_the_body() {
+    let short = malformed("POLICY_SET", "body too short");
+    let trailing = malformed("POLICY_SET", "trailing bytes");
+    let b = Bytes::copy_from_slice;
+    // Kind 7: u8 length.
+    assert_eq!(decode(&policy_set(7, &[])), short);
+    assert_eq!(decode(&policy_set(7, &[5, 1, 2, 3, 4])), short);
+    assert_eq!(decode(&policy_set(7, &[255, 1, 2, 3, 4])), short);
+    assert_eq!(decode(&policy_set(7, &[4, 1, 2, 3, 4, 0])), trailing);
+    assert_eq!(
+        decode(&policy_set(7, &[0])),
+        decoded_policy(PolicyChange::AccessKey(Bytes::new()))
+    );
+    assert_eq!(
+        decode(&policy_set(7, &[4, 1, 2, 3, 4])),
+        decoded_policy(PolicyChange::AccessKey(b(&[1, 2, 3, 4])))
+    );
+    // Kind 8: u16 length, big-endian.
+    assert_eq!(decode(&policy_set(8, &[])), short);
+    assert_eq!(decode(&policy_set(8, &[0])), short);
+    assert_eq!(decode(&policy_set(8, &[0, 5, 1, 2, 3, 4])), short);
+    assert_eq!(decode(&policy_set(8, &[0xff, 0xff, 1, 2])), short);
+    assert_eq!(decode(&policy_set(8, &[0, 1, 9, 9])), trailing);
+    assert_eq!(
+        decode(&policy_set(8, &[0, 0])),
+        decoded_policy(PolicyChange::PushToken(Bytes::new()))
+    );
+    let token = [[1u8, 0].as_slice(), &[7; 256]].concat();
+    assert_eq!(
+        decode(&policy_set(8, &token)),
+        decoded_policy(PolicyChange::PushToken(b(&[7; 256])))
+    );
+}
+
+/// A `SEND_SEALED` body: msg_id, account 43, device 2, ttl 60, flags `URGENT`, the key length
+/// byte `key_len`, then `rest` (key and payload).
+fn send_sealed(key_len: u8, rest: &[u8]) -> Vec<u8> {
+    let mut body = id().0.to_vec();
+    body.extend_from_slice(&43u64.to_be_bytes());
+    body.extend_from_slice(&2u32.to_be_bytes());
+    body.extend_from_slice(&60u32.to_be_bytes());
+    body.push(flags::URGENT);
+    body.push(key_len);
+    body.extend_from_slice(rest);
+    raw(0x0C, &body)
+}
+
+#[test]
+fn sealed_access_key_must_fit_the_body() {
+    let short = malformed("SEND_SEALED", "body too short");
+    // An access key longer than the rest of the body.
+    assert_eq!(decode(&send_sealed(5, b"abcd")), short);
+    assert_eq!(decode(&send_sealed(255, b"abcd")), short);
+    assert_eq!(decode(&send_sealed(1, b"")), short);
+    // The fixed part cut anywhere, including before the key length.
+    let whole = send_sealed(0, &[]);
+    for cut in 0..SEND_SEALED_FIXED_LEN {
+        assert_eq!(decode(&raw(0x0C, &whole[5..5 + cut])), short, "cut {cut}");
+    }
+    let parts = |bytes: &[u8]| match frame_of(bytes) {
+        Frame::SendSealed {
+            msg_id,
+            to_account,
+            to_device,
+            ttl_secs,
+            flags,
+            access_key,
+            payload,
+        } => {
+            assert_eq!(
+                (msg_id, to_account, to_device, ttl_secs, flags),
+                (id(), 43, 2, 60, flags::URGENT)
+            );
+            (access_key, payload)
+        }
+        other => panic!("{other:?}"),
+    };
+    let b = Bytes::from_static;
+    // The key is exactly `key_len` bytes; the payload is the rest of the frame.
+    assert_eq!(parts(&send_sealed(4, b"abcd")), (b(b"abcd"), b(b"")));
+    assert_eq!(parts(&send_sealed(2, b"abcd")), (b(b"ab"), b(b"cd")));
+    assert_eq!(parts(&send_sealed(0, b"abcd")), (b(b""), b(b"abcd")));
+    assert_eq!(parts(&send_sealed(0, b"")), (b(b""), b(b"")));
+}
+
+/// An oversized `SEND_SEALED` is skipped whatever its key length claims: the decoder reads only
+/// its message id.
+#[test]
+fn oversized_send_sealed_is_skipped_without_reading_the_key() {
+    let mut bytes = send_sealed(255, &[0xff; 10]);
+    bytes.extend_from_slice(&enc(&Frame::Ping { nonce: 5 }));
+    let mut dec = Decoder::new(30);
+    let mut buf = BytesMut::from(&bytes[..]);
+    assert_eq!(
+        dec.decode(&mut buf),
+        Ok(Some(Decoded::OversizedSend {
+            msg_id: id(),
+            len: 1 + SEND_SEALED_FIXED_LEN + 10
+        }))
+    );
+    assert_eq!(
+        dec.decode(&mut buf),
+        Ok(Some(Decoded::Frame(Frame::Ping { nonce: 5 })))
+    );
+    assert!(buf.is_empty());
 }
 
 #[test]
@@ -825,8 +1137,9 @@ fn fudged(actual: usize) -> impl Strategy<Value = usize> {
 }
 
 /// Structured but possibly inconsistent bodies of the frames with inner lengths and counts:
-/// `SEND_MULTI` recipient lists, `DELIVER_SHARED` headers and the account lists of
-/// `GROUP_CREATE`, `GROUP_UPDATE` and `GROUP_INFO`. Uniformly random bytes almost never get
+/// `SEND_MULTI` recipient lists, `DELIVER_SHARED` headers, the account lists of
+/// `GROUP_CREATE`, `GROUP_UPDATE` and `GROUP_INFO`, and the privacy frames
+/// ([`privacy_framish`]). Uniformly random bytes almost never get
 /// past their fixed parts.
 fn inner_lengths_framish() -> impl Strategy<Value = Vec<u8>> {
     let header =
@@ -882,7 +1195,66 @@ fn inner_lengths_framish() -> impl Strategy<Value = Vec<u8>> {
             body.splice(fixed..fixed, (count as u32).to_be_bytes());
             raw(ty, &body)
         });
-    prop::collection::vec(prop_oneof![send_multi, shared, list], 1..5).prop_map(|v| v.concat())
+    prop::collection::vec(
+        prop_oneof![send_multi, shared, list, privacy_framish()],
+        1..5,
+    )
+    .prop_map(|v| v.concat())
+}
+
+/// Structured but possibly inconsistent `POLICY_SET` and `SEND_SEALED` bodies: account counts,
+/// network name counts and lengths (names mostly ASCII, sometimes not UTF-8), access key and
+/// push token lengths, sealed key lengths, each right or a little off.
+fn privacy_framish() -> impl Strategy<Value = Vec<u8>> {
+    let lists = (any::<[u8; 16]>(), 2..=5u8, 0..8usize)
+        .prop_flat_map(|(req, kind, n)| {
+            (
+                Just((req, kind)),
+                fudged(n),
+                prop::collection::vec(any::<u8>(), 8 * n..=8 * n + 2),
+            )
+        })
+        .prop_map(|((req, kind), count, accounts)| {
+            let body = [&req[..], &[kind], &(count as u32).to_be_bytes(), &accounts].concat();
+            raw(0x0A, &body)
+        });
+    let name = prop_oneof![
+        4 => "[a-z]{0,12}".prop_map(String::into_bytes),
+        1 => prop::collection::vec(any::<u8>(), 0..12),
+    ]
+    .prop_flat_map(|n| (fudged(n.len()), Just(n)))
+    .prop_map(|(len, n)| name_entry(len as u8, &n));
+    let networks = (
+        any::<[u8; 16]>(),
+        prop::collection::vec(name, 0..5).prop_flat_map(|e| (fudged(e.len()), Just(e))),
+        prop::collection::vec(any::<u8>(), 0..2),
+    )
+        .prop_map(|(req, (count, entries), extra)| {
+            let body = [&req[..], &[6, count as u8], &entries.concat(), &extra].concat();
+            raw(0x0A, &body)
+        });
+    let value = (
+        any::<[u8; 16]>(),
+        7..=8u8,
+        prop::collection::vec(any::<u8>(), 0..40).prop_flat_map(|v| (fudged(v.len()), Just(v))),
+    )
+        .prop_map(|(req, kind, (len, v))| {
+            let len = if kind == 7 {
+                vec![len as u8]
+            } else {
+                (len as u16).to_be_bytes().to_vec()
+            };
+            raw(0x0A, &[&req[..], &[kind], &len, &v].concat())
+        });
+    let sealed = (
+        any::<[u8; 33]>(),
+        prop::collection::vec(any::<u8>(), 0..40).prop_flat_map(|k| (fudged(k.len()), Just(k))),
+        prop::collection::vec(any::<u8>(), 0..24),
+    )
+        .prop_map(|(fixed, (kl, key), payload)| {
+            raw(0x0C, &[&fixed[..], &[kl as u8], &key, &payload].concat())
+        });
+    prop_oneof![lists, networks, value, sealed]
 }
 
 proptest! {

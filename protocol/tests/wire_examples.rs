@@ -6,9 +6,14 @@
 
 mod common;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use bytes::Bytes;
 use common::*;
-use hearth_protocol::{group_op, role, slot_of, ErrorCode, Frame, SigningKey, TokenClaims};
+use hearth_protocol::{
+    flags, group_op, reach, role, slot_of, ErrorCode, Frame, PolicyChange, Scope, SigningKey,
+    TokenClaims, TokenError,
+};
 
 fn protocol_md() -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../PROTOCOL.md");
@@ -238,6 +243,7 @@ fn examples() -> Vec<(&'static str, String)> {
         v
     });
     group_examples(&mut add);
+    privacy_examples(&mut add);
     out
 }
 
@@ -474,6 +480,360 @@ fn group_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     );
 }
 
+/// The delivery access key of the examples of PROTOCOL.md §8 (16 bytes; real keys should be
+/// 32 random bytes).
+const ACCESS_KEY: [u8; 16] = [
+    0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xab, 0xac, 0xad, 0xae, 0xaf,
+];
+
+/// Examples of the privacy extension: account 43 (the recipient of §10's SEND) limits who may
+/// reach it, opts in to two networks, sets an access key and a push token; account 42 reports
+/// account 666 and sends sealed; the refusals a sender may see.
+fn privacy_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
+    let policy_head = |b: &[u8], kind: &str| {
+        let mut v = header(b, "POLICY_SET (0x0A)");
+        v.push((16, "req_id".into()));
+        v.push((1, format!("kind = {kind}")));
+        v
+    };
+    add(
+        "POLICY_SET (reach)",
+        policy(PolicyChange::Reach(reach::CONTACTS)),
+        &|b| {
+            let mut v = policy_head(b, "1 (REACH)");
+            v.push((1, "mode = 1 (CONTACTS)".into()));
+            v
+        },
+    );
+    add(
+        "POLICY_SET (allow)",
+        policy(PolicyChange::Allow {
+            add: true,
+            accounts: vec![42, 44],
+        }),
+        &|b| {
+            let mut v = policy_head(b, "2 (ALLOW_ADD)");
+            v.push((4, "count = 2".into()));
+            v.push((8, "account = 42".into()));
+            v.push((8, "account = 44".into()));
+            v
+        },
+    );
+    add(
+        "POLICY_SET (block)",
+        policy(PolicyChange::Block {
+            add: true,
+            accounts: vec![666],
+        }),
+        &|b| {
+            let mut v = policy_head(b, "4 (BLOCK_ADD)");
+            v.push((4, "count = 1".into()));
+            v.push((8, "account = 666".into()));
+            v
+        },
+    );
+    add(
+        "POLICY_SET (networks)",
+        policy(PolicyChange::Networks(vec![
+            "photos".into(),
+            "social".into(),
+        ])),
+        &|b| {
+            let mut v = policy_head(b, "6 (NETWORKS)");
+            v.push((1, "count = 2".into()));
+            v.push((1, "name_len = 6".into()));
+            v.push((6, "name = \"photos\"".into()));
+            v.push((1, "name_len = 6".into()));
+            v.push((6, "name = \"social\"".into()));
+            v
+        },
+    );
+    add(
+        "POLICY_SET (access key)",
+        policy(PolicyChange::AccessKey(Bytes::from_static(&ACCESS_KEY))),
+        &|b| {
+            let mut v = policy_head(b, "7 (ACCESS_KEY)");
+            v.push((1, "key_len = 16".into()));
+            v.push((16, "key".into()));
+            v
+        },
+    );
+    add(
+        "POLICY_SET (push token)",
+        policy(PolicyChange::PushToken(Bytes::from_static(b"push:43/2"))),
+        &|b| {
+            let mut v = policy_head(b, "8 (PUSH_TOKEN)");
+            v.push((2, "token_len = 9".into()));
+            v.push((9, "token (opaque; here \"push:43/2\")".into()));
+            v
+        },
+    );
+    add("OK", Frame::Ok { req_id: id() }, &|b| {
+        let mut v = header(b, "OK (0x89)");
+        v.push((16, "req_id (of the POLICY_SET or REPORT)".into()));
+        v
+    });
+    add(
+        "REPORT",
+        Frame::Report {
+            req_id: id(),
+            account: 666,
+        },
+        &|b| {
+            let mut v = header(b, "REPORT (0x0B)");
+            v.push((16, "req_id".into()));
+            v.push((8, "account = 666 (the reported account)".into()));
+            v
+        },
+    );
+    add(
+        "SEND_SEALED",
+        Frame::SendSealed {
+            msg_id: id(),
+            to_account: 43,
+            to_device: 0,
+            ttl_secs: 3600,
+            flags: flags::URGENT,
+            access_key: Bytes::from_static(&ACCESS_KEY),
+            payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
+        },
+        &|b| {
+            let mut v = header(b, "SEND_SEALED (0x0C)");
+            v.push((16, "msg_id (random)".into()));
+            v.push((8, "to_account = 43".into()));
+            v.push((4, "to_device = 0 (every device of the account)".into()));
+            v.push((4, "ttl_secs = 3600".into()));
+            v.push((1, "flags = 0x02 (URGENT)".into()));
+            v.push((1, "key_len = 16".into()));
+            v.push((16, "access_key (account 43's)".into()));
+            v.push((4, "payload (4 bytes: the rest of the frame)".into()));
+            v
+        },
+    );
+    add(
+        "DELIVER (sealed)",
+        Frame::Deliver {
+            seq: 3,
+            msg_id: id(),
+            from_account: 0,
+            from_device: 0,
+            accepted_at_ms: 1_700_000_000_123,
+            expires_at_ms: 1_700_003_600_123,
+            flags: flags::URGENT,
+            payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
+        },
+        &|b| {
+            let mut v = header(b, "DELIVER (0x83)");
+            v.push((8, "seq = 3".into()));
+            v.push((16, "msg_id".into()));
+            v.push((8, "from_account = 0 (sealed)".into()));
+            v.push((4, "from_device = 0 (sealed)".into()));
+            v.push((8, "accepted_at_ms = 1700000000123".into()));
+            v.push((8, "expires_at_ms = 1700003600123".into()));
+            v.push((1, "flags = 0x02 (URGENT)".into()));
+            v.push((4, "payload (4 bytes: the rest of the frame)".into()));
+            v
+        },
+    );
+    add(
+        "ERROR (unreachable)",
+        Frame::Error {
+            msg_id: id(),
+            code: ErrorCode::RecipientUnreachable,
+            retry_after_ms: 0,
+            message: "unreachable".into(),
+        },
+        &|b| {
+            let mut v = header(b, "ERROR (0x84)");
+            v.push((16, "msg_id (of the refused SEND)".into()));
+            v.push((2, "code = 29 (RECIPIENT_UNREACHABLE)".into()));
+            v.push((4, "retry_after_ms = 0".into()));
+            v.push((2, "message_len = 11".into()));
+            v.push((11, "message = \"unreachable\"".into()));
+            v
+        },
+    );
+    add(
+        "ERROR (rate limited)",
+        Frame::Error {
+            msg_id: id(),
+            code: ErrorCode::RateLimited,
+            retry_after_ms: 250,
+            message: "rate limited".into(),
+        },
+        &|b| {
+            let mut v = header(b, "ERROR (0x84)");
+            v.push((16, "msg_id (of the refused SEND)".into()));
+            v.push((2, "code = 30 (RATE_LIMITED)".into()));
+            v.push((4, "retry_after_ms = 250".into()));
+            v.push((2, "message_len = 12".into()));
+            v.push((12, "message = \"rate limited\"".into()));
+            v
+        },
+    );
+    add(
+        "ERROR (residency)",
+        Frame::error(ErrorCode::Residency, "residency"),
+        &|b| {
+            let mut v = header(b, "ERROR (0x84)");
+            v.push((16, "msg_id = none (all zero)".into()));
+            v.push((2, "code = 31 (RESIDENCY)".into()));
+            v.push((4, "retry_after_ms = 0".into()));
+            v.push((2, "message_len = 9".into()));
+            v.push((9, "message = \"residency\"".into()));
+            v
+        },
+    );
+}
+
+/// The scope of the v2 token test vector.
+fn vector_scope() -> Scope {
+    Scope {
+        network: "chat".into(),
+        zone: "eu".into(),
+    }
+}
+
+/// The v2 token test vector of PROTOCOL.md §5: the v1 key and claims, network `chat`, zone
+/// `eu`. The token verifies with the published key, its raw bytes have the documented layout
+/// (shown as an annotated dump), and its signed message is the documented one.
+#[test]
+fn protocol_md_token_v2_vector_verifies() {
+    let key = test_key();
+    let token = key.issue_scoped(&CLAIMS, &vector_scope()).unwrap();
+    assert_eq!(token, key.issue_scoped(&CLAIMS, &vector_scope()).unwrap());
+    let verifier = key.verifying_key();
+    assert_eq!(
+        verifier.verify_scoped(&token, 1_700_000_000),
+        Ok((CLAIMS, vector_scope()))
+    );
+    assert_eq!(
+        verifier.verify_scoped(&token, CLAIMS.expires_at),
+        Err(TokenError::Expired)
+    );
+    // The v1 vector still verifies, with an empty scope; v1-only verification refuses v2.
+    assert_eq!(
+        verifier.verify_scoped(&key.issue(&CLAIMS), 0),
+        Ok((CLAIMS, Scope::default()))
+    );
+    assert_eq!(verifier.verify(&token, 0), Err(TokenError::Malformed));
+
+    let b64 = token.strip_prefix("ht2.").expect("ht2. prefix");
+    let raw = URL_SAFE_NO_PAD.decode(b64).unwrap();
+    assert_eq!(raw.len(), 87 + 4 + 2);
+    assert_eq!(token.len(), 4 + (raw.len() * 4).div_ceil(3));
+    let mut body = vec![2u8];
+    body.extend_from_slice(&CLAIMS.account.to_be_bytes());
+    body.extend_from_slice(&CLAIMS.device.to_be_bytes());
+    body.extend_from_slice(&CLAIMS.expires_at.to_be_bytes());
+    body.extend_from_slice(b"\x04chat\x02eu");
+    assert_eq!(raw[..raw.len() - 64], body[..]);
+    let signed = [&b"hearth-token-v2\0"[..], &body].concat();
+    // The signature is plain Ed25519 over the signed message: check it with ring directly.
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, unhex(PUBLIC))
+        .verify(&signed, &raw[raw.len() - 64..])
+        .expect("signature over the documented message");
+    // Any changed byte (here the zone) breaks it.
+    let mut forged = raw.clone();
+    forged[raw.len() - 65] = b'v';
+    let forged = format!("ht2.{}", URL_SAFE_NO_PAD.encode(&forged));
+    assert_eq!(
+        verifier.verify_scoped(&forged, 0),
+        Err(TokenError::BadSignature)
+    );
+
+    let dump_text = dump(
+        &raw,
+        &[
+            (1, "version = 2".into()),
+            (8, "account = 42".into()),
+            (4, "device = 7".into()),
+            (8, "expires_at = 2000000000".into()),
+            (1, "network_len = 4".into()),
+            (4, "network = \"chat\"".into()),
+            (1, "zone_len = 2".into()),
+            (2, "zone = \"eu\"".into()),
+            (64, "signature".into()),
+        ],
+    );
+    let lines = [
+        format!("signed message  {}", hex(&signed).replace(' ', "")),
+        format!("token           {token}"),
+    ];
+    println!("{dump_text}\n{}", lines.join("\n"));
+    let doc = protocol_md();
+    let mut missing: Vec<String> = lines
+        .iter()
+        .filter(|l| !doc.contains(l.as_str()))
+        .cloned()
+        .collect();
+    if !doc.contains(&dump_text) {
+        missing.push(dump_text);
+    }
+    assert!(missing.is_empty(), "PROTOCOL.md lacks: {missing:?}");
+}
+
+/// The flag bits, the reach modes and the `POLICY_SET` kinds appear in PROTOCOL.md's tables
+/// with their values and names.
+#[test]
+fn protocol_md_lists_flags_reach_modes_and_policy_kinds() {
+    let doc = protocol_md();
+    let mut rows = vec![
+        format!("| 0x{:02X} | `EPHEMERAL` |", flags::EPHEMERAL),
+        format!("| 0x{:02X} | `URGENT` |", flags::URGENT),
+        format!("| {} | `EVERYONE` |", reach::EVERYONE),
+        format!("| {} | `CONTACTS` |", reach::CONTACTS),
+        format!("| {} | `NOBODY` |", reach::NOBODY),
+    ];
+    let kinds = [
+        (PolicyChange::Reach(0), "REACH"),
+        (
+            PolicyChange::Allow {
+                add: true,
+                accounts: vec![],
+            },
+            "ALLOW_ADD",
+        ),
+        (
+            PolicyChange::Allow {
+                add: false,
+                accounts: vec![],
+            },
+            "ALLOW_REMOVE",
+        ),
+        (
+            PolicyChange::Block {
+                add: true,
+                accounts: vec![],
+            },
+            "BLOCK_ADD",
+        ),
+        (
+            PolicyChange::Block {
+                add: false,
+                accounts: vec![],
+            },
+            "BLOCK_REMOVE",
+        ),
+        (PolicyChange::Networks(vec![]), "NETWORKS"),
+        (PolicyChange::AccessKey(Bytes::new()), "ACCESS_KEY"),
+        (PolicyChange::PushToken(Bytes::new()), "PUSH_TOKEN"),
+    ];
+    for (change, name) in kinds {
+        // The kind byte as the encoder writes it.
+        let kind = enc(&policy(change))[5 + 16];
+        rows.push(format!("| {kind} | `{name}` |"));
+    }
+    // Every known flag bit is documented; the reserved ones are said to be reserved.
+    assert_eq!(flags::KNOWN, flags::EPHEMERAL | flags::URGENT);
+    rows.push("| 0x04–0x80 | reserved |".into());
+    for r in &rows {
+        println!("{r}");
+    }
+    let missing: Vec<_> = rows.iter().filter(|r| !doc.contains(r.as_str())).collect();
+    assert!(missing.is_empty(), "PROTOCOL.md lacks {missing:?}");
+}
+
 #[test]
 fn protocol_md_shows_the_encoders_bytes() {
     let doc = protocol_md();
@@ -552,12 +912,12 @@ fn protocol_md_lists_every_frame_type() {
         } else {
             "node → client"
         };
-        let row = format!("| 0x{ty:02x} | `{}` | {dir} |", kind(ty));
+        let row = format!("| 0x{ty:02X} | `{}` | {dir} |", kind(ty));
         println!("{row}");
         if !doc.contains(&row) {
             missing.push(row);
         }
-        let heading = format!("### {} (0x{ty:02x}), {dir}", kind(ty));
+        let heading = format!("### {} (0x{ty:02X}), {dir}", kind(ty));
         if !doc.contains(&heading) {
             missing.push(heading);
         }
@@ -598,8 +958,11 @@ fn protocol_md_states_the_default_limits() {
         out
     };
     let max_accounts = (NODE_LIMIT - 1 - GROUP_UPDATE_FIXED_LEN) / 8;
+    let max_policy_accounts = (NODE_LIMIT - 1 - POLICY_LIST_FIXED_LEN) / 8;
     let figures = [
         ("node frame limit", NODE_LIMIT),
+        ("largest SEND_SEALED", LARGEST_SEND_SEALED),
+        ("accounts per POLICY_SET", max_policy_accounts),
         ("largest SEND", SEND_LIMIT),
         ("client frame limit", CLIENT_LIMIT),
         ("largest DELIVER", DELIVER_LIMIT),

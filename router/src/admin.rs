@@ -29,6 +29,8 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         .route("/v1/queues/{account}", get(account_queues))
         .route("/v1/queues/{account}/{device}", get(device_queue))
         .route("/v1/devices/{account}/{device}", delete(remove_device))
+        .route("/v1/accounts/{account}", delete(purge_account))
+        .route("/v1/abuse", get(abuse))
         .with_state(shared);
     let stop = async move {
         let _ = shutdown.changed().await;
@@ -53,6 +55,7 @@ async fn readyz(State(s): S) -> Response {
 async fn status(State(s): S) -> Json<Value> {
     let m = &s.router.metrics;
     let st = s.router.store.stats();
+    let p = s.router.pusher.stats();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": s.started.elapsed().as_secs(),
@@ -77,6 +80,16 @@ async fn status(State(s): S) -> Json<Value> {
             "max_us": st.fsync_max_us,
         },
         "rss_bytes": rss_bytes(),
+        "rate_limited": s.router.safety.refusals().into_iter()
+            .map(|(l, n)| (l.as_str().to_string(), json!(n)))
+            .collect::<serde_json::Map<_, _>>(),
+        "push": {
+            "wakeups": p.wakeups,
+            "suppressed": p.suppressed,
+            "dropped": p.dropped,
+            "requests": p.requests,
+            "failures": p.failures,
+        },
     }))
 }
 
@@ -109,6 +122,20 @@ async fn metrics(State(s): S) -> Response {
     put("hearth_pending_bytes", "gauge", "Bytes awaiting fsync.", c(&m.pending_bytes));
     put("hearth_fsync_total", "counter", "Group commits written.", st.commits.to_string());
     put("hearth_resident_memory_bytes", "gauge", "Resident set size.", rss_bytes().to_string());
+    let p = s.router.pusher.stats();
+    put("hearth_push_wakeups_total", "counter", "Wake-ups queued.", p.wakeups.to_string());
+    put("hearth_push_suppressed_total", "counter", "Non-urgent wake-ups skipped within the interval.", p.suppressed.to_string());
+    put("hearth_push_dropped_total", "counter", "Wake-ups dropped (queue full).", p.dropped.to_string());
+    put("hearth_push_requests_total", "counter", "Webhook requests answered 2xx.", p.requests.to_string());
+    put("hearth_push_failures_total", "counter", "Webhook requests that failed.", p.failures.to_string());
+    let _ = writeln!(
+        out,
+        "# HELP hearth_rate_limited_total Requests refused by a rate limit.\n\
+         # TYPE hearth_rate_limited_total counter"
+    );
+    for (limit, n) in s.router.safety.refusals() {
+        let _ = writeln!(out, "hearth_rate_limited_total{{limit=\"{}\"}} {n}", limit.as_str());
+    }
     let _ = writeln!(
         out,
         "# HELP hearth_fsync_seconds Group-commit write+fsync latency.\n\
@@ -149,6 +176,44 @@ async fn device_queue(State(s): S, Path((account, device)): Path<(u64, u32)>) ->
     match s.router.store.device_stats(DeviceKey { account, device }) {
         Ok(Some(d)) => Json(device_json(&s, &d)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such device"),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn abuse(State(s): S) -> Json<Value> {
+    let flagged = s.router.safety.flagged(crate::now_ms());
+    Json(json!({
+        "flagged": flagged.iter().map(|f| json!({
+            "account": f.account,
+            "reasons": f.reasons,
+            "new_recipients": f.new_recipients,
+            "blocks": f.blocks,
+            "reports": f.reports,
+            "fanout": f.fanout,
+            "since_ms": f.since_ms,
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+async fn purge_account(State(s): S, Path(account): Path<u64>) -> Response {
+    for device in s.router.store.devices(account).unwrap_or_default() {
+        let key = DeviceKey { account, device };
+        s.router.close_device(key, ErrorCode::DeviceRemoved, "the account was erased");
+    }
+    s.router.forget_account(account);
+    match s.router.store.purge_account(account).await {
+        Ok(r) => Json(json!({
+            "account": account,
+            "devices": r.devices,
+            "envelopes": r.envelopes,
+            "groups_left": r.groups_left,
+            "groups_deleted": r.groups_deleted,
+            "list_entries": r.list_entries,
+            "dedup_records": r.dedup_records,
+            "push_tokens": r.push_tokens,
+            "account_record": r.account_record,
+        }))
+        .into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -29,8 +29,61 @@ pub struct Config {
     pub quic_endpoints: usize,
     /// How often expired envelopes are swept from disk, in milliseconds.
     pub sweep_interval_ms: u64,
+    /// This node's region, matched against `residency.zones`.
+    pub region: String,
     /// Limits.
     pub limits: Limits,
+    /// Networks (apps) sharing the backbone.
+    pub privacy: Privacy,
+    /// Which regions may hold each zone's data.
+    pub residency: Residency,
+    /// Rate limits and abuse thresholds.
+    pub safety: crate::safety::SafetyConfig,
+    /// Push wake-ups through the operator's webhook.
+    pub push: crate::push::PushConfig,
+}
+
+/// Networks (apps) that share this backbone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Privacy {
+    /// Known network names; tokens naming another network are refused.
+    pub networks: Vec<String>,
+    /// The network of v1 tokens and of v2 tokens that name none.
+    pub default_network: String,
+}
+
+impl Default for Privacy {
+    fn default() -> Privacy {
+        Privacy { networks: vec!["chat".into()], default_network: "chat".into() }
+    }
+}
+
+/// Data residency: zones of accounts and the regions allowed to hold their data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Residency {
+    /// The zone of accounts whose token names none.
+    pub default_zone: String,
+    /// Zone name → regions allowed to store its accounts' data (`*` allows every region).
+    pub zones: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Default for Residency {
+    fn default() -> Residency {
+        Residency {
+            default_zone: "global".into(),
+            zones: [("global".to_string(), vec!["*".to_string()])].into(),
+        }
+    }
+}
+
+impl Residency {
+    /// Whether `region` may hold data of accounts in `zone` (unknown zones allow nothing).
+    pub fn allows(&self, zone: &str, region: &str) -> bool {
+        let zone = if zone.is_empty() { self.default_zone.as_str() } else { zone };
+        self.zones.get(zone).is_some_and(|r| r.iter().any(|r| r == "*" || r == region))
+    }
 }
 
 /// Durability of accepted envelopes.
@@ -88,7 +141,12 @@ impl Default for Config {
             durability: DurabilityMode::Sync,
             quic_endpoints: 1,
             sweep_interval_ms: 1000,
+            region: "local".into(),
             limits: Limits::default(),
+            privacy: Privacy::default(),
+            residency: Residency::default(),
+            safety: Default::default(),
+            push: Default::default(),
         }
     }
 }
@@ -109,6 +167,33 @@ impl Default for Limits {
             max_group_size: 100_000,
             max_multi_recipients: 1000,
             max_header_bytes: 256,
+        }
+    }
+}
+
+impl crate::safety::SafetyConfig {
+    /// Limits and thresholds so high they never bind: for benchmarks and tests that measure
+    /// something other than the limiter. Never for production.
+    pub fn permissive() -> crate::safety::SafetyConfig {
+        let big = u32::MAX / 4;
+        crate::safety::SafetyConfig {
+            per_device_per_sec: big,
+            per_device_burst: big,
+            per_pair_per_sec: big,
+            per_pair_burst: big,
+            recipient_bytes_per_sec: big,
+            recipient_bytes_burst: big,
+            new_connections_per_ip_per_sec: big,
+            new_connections_per_ip_burst: big,
+            group_fanout_per_sender_per_sec: big,
+            group_fanout_burst: big,
+            sealed_per_recipient_per_sec: big,
+            sealed_per_recipient_burst: big,
+            new_recipients_per_hour: big,
+            blocks_received_per_window: big,
+            reports_received_per_window: big,
+            fanout_per_hour: u64::MAX / 4,
+            ..Default::default()
         }
     }
 }
@@ -152,6 +237,16 @@ impl Config {
         anyhow::ensure!(l.max_header_bytes <= 960, "limits.max_header_bytes must be at most 960");
         anyhow::ensure!(self.tls_cert.is_some() == self.tls_key.is_some(), "tls_cert and tls_key go together");
         anyhow::ensure!((1..=64).contains(&self.quic_endpoints), "quic_endpoints must be in 1..=64");
+        anyhow::ensure!(
+            self.privacy.networks.contains(&self.privacy.default_network),
+            "privacy.default_network must be one of privacy.networks"
+        );
+        anyhow::ensure!(
+            self.residency.zones.contains_key(&self.residency.default_zone),
+            "residency.default_zone must be a key of residency.zones"
+        );
+        anyhow::ensure!(self.safety.retention_secs > 0, "safety.retention_secs must be > 0");
+        self.push.validate()?;
         Ok(())
     }
 
@@ -177,5 +272,15 @@ mod tests {
         assert_eq!(c.limits.max_queue_len, Limits::default().max_queue_len);
         assert!(Config::from_toml("bogus = 1").is_err());
         assert!(Config::from_toml("[limits]\nmax_inflight = 0").is_err());
+        let r = Config::from_toml(
+            "region = \"eu-west\"\n[residency]\ndefault_zone = \"eu\"\n\
+             [residency.zones]\neu = [\"eu-west\"]\nus = [\"us-east\"]\nany = [\"*\"]\n",
+        )
+        .unwrap();
+        assert!(r.residency.allows("", "eu-west"));
+        assert!(r.residency.allows("eu", "eu-west"));
+        assert!(!r.residency.allows("us", "eu-west"));
+        assert!(r.residency.allows("any", "eu-west"));
+        assert!(!r.residency.allows("mars", "eu-west"));
     }
 }

@@ -15,8 +15,11 @@ use hearth_storage::{
 };
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::config::Limits;
+use crate::config::{Config, Limits, Privacy};
 use crate::metrics::Metrics;
+use crate::policy::{self, Admit, Origin};
+use crate::push::Pusher;
+use crate::safety::{Refusal, Safety};
 
 /// Capacity of a session's live-push channel; overflow falls back to reading the queue.
 pub(crate) const LIVE_CHANNEL: usize = 512;
@@ -36,7 +39,9 @@ pub(crate) struct Live {
 /// shared copy (groups and multi-recipient sends).
 pub(crate) enum Recipients {
     Inline(Vec<DeviceKey>),
-    Shared { group: u64, list: Vec<SharedRecipient> },
+    /// `hidden` devices were skipped because their account blocked the sender; they are
+    /// counted in `ACCEPTED` as if stored, so the sender cannot tell.
+    Shared { group: u64, list: Vec<SharedRecipient>, hidden: u32 },
 }
 
 impl Recipients {
@@ -58,6 +63,14 @@ impl Recipients {
         match self {
             Recipients::Inline(_) => Bytes::new(),
             Recipients::Shared { list, .. } => list[i].header.clone(),
+        }
+    }
+
+    /// Devices skipped for a block but reported as reached.
+    fn hidden(&self) -> u32 {
+        match self {
+            Recipients::Inline(_) => 0,
+            Recipients::Shared { hidden, .. } => *hidden,
         }
     }
 
@@ -116,22 +129,73 @@ pub(crate) struct Router {
     pub limits: Limits,
     pub verifying_key: VerifyingKey,
     pub metrics: Metrics,
+    pub safety: Safety,
+    safety_retention_secs: u64,
+    pub pusher: Pusher,
+    /// Known networks (apps) and the default one.
+    pub privacy: Privacy,
     sessions: Mutex<BTreeMap<DeviceKey, Arc<SessionHandle>>>,
     sends_in_flight: Mutex<HashMap<SendId, Vec<oneshot::Sender<Frame>>>>,
     next_session: AtomicU64,
+    /// (reporter, reported) → when, so one reporter counts once per retention window.
+    reports: Mutex<HashMap<(u64, u64), u64>>,
 }
 
+/// Most (reporter, reported) pairs remembered; past it the oldest half is forgotten.
+const MAX_REPORT_PAIRS: usize = 100_000;
+
 impl Router {
-    pub fn new(store: Store, limits: Limits, verifying_key: VerifyingKey) -> Router {
+    pub fn new(store: Store, cfg: &Config, verifying_key: VerifyingKey, pusher: Pusher) -> Router {
         Router {
             store,
-            limits,
+            limits: cfg.limits.clone(),
             verifying_key,
             metrics: Metrics::default(),
+            safety: Safety::new(cfg.safety.clone()),
+            safety_retention_secs: cfg.safety.retention_secs,
+            pusher,
+            privacy: cfg.privacy.clone(),
             sessions: Mutex::new(BTreeMap::new()),
             sends_in_flight: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(1),
+            reports: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `reporter` reports `reported` for the first time within the retention window.
+    pub(crate) fn first_report(&self, reporter: u64, reported: u64, now_ms: u64) -> bool {
+        let window = self.safety_retention_ms();
+        let mut seen = self.reports.lock().expect("not poisoned");
+        if seen.len() >= MAX_REPORT_PAIRS {
+            let mut ages: Vec<u64> = seen.values().copied().collect();
+            let (_, median, _) = ages.select_nth_unstable(seen.len() / 2);
+            let cut = *median;
+            seen.retain(|_, at| *at > cut);
+        }
+        match seen.get(&(reporter, reported)) {
+            Some(at) if now_ms.saturating_sub(*at) < window => false,
+            _ => {
+                seen.insert((reporter, reported), now_ms);
+                true
+            }
+        }
+    }
+
+    /// Drop what is older than the metadata retention window (reports, limiter state, counters).
+    pub(crate) fn expire_metadata(&self, now_ms: u64) {
+        self.safety.expire(now_ms);
+        let window = self.safety_retention_ms();
+        self.reports.lock().expect("not poisoned").retain(|_, at| now_ms.saturating_sub(*at) < window);
+    }
+
+    /// Forget everything held in memory about `account` (erasure).
+    pub(crate) fn forget_account(&self, account: u64) {
+        self.safety.forget(account);
+        self.reports.lock().expect("not poisoned").retain(|(a, b), _| *a != account && *b != account);
+    }
+
+    fn safety_retention_ms(&self) -> u64 {
+        self.safety_retention_secs * 1000
     }
 
     /// Register a connected device, closing the connection it replaces.
@@ -185,13 +249,35 @@ impl Router {
     }
 
     /// Refuse a send with `code`.
-    fn refuse(&self, msg_id: MessageId, code: ErrorCode, retry_after_ms: u32, message: String) -> SendReply {
+    pub(crate) fn refuse(
+        &self,
+        msg_id: MessageId,
+        code: ErrorCode,
+        retry_after_ms: u32,
+        message: String,
+    ) -> SendReply {
         Metrics::inc(&self.metrics.refused);
         SendReply::Now(Frame::Error { msg_id, code, retry_after_ms, message })
     }
 
+    /// Refuse a request that a rate limit stopped.
+    pub(crate) fn limited(&self, msg_id: MessageId, r: Refusal) -> SendReply {
+        let message = format!("rate limited ({:?})", r.limit).to_lowercase();
+        self.refuse(msg_id, ErrorCode::RateLimited, r.retry_after_ms.max(1), message)
+    }
+
+    /// How many devices a blocked sender is told it reached: the queues the envelope would
+    /// have been stored in or, if ephemeral, the connected devices it would have been pushed to.
+    fn hidden_count(&self, env: &StoredEnvelope, devices: &[DeviceKey]) -> u32 {
+        if env.flags & flags::EPHEMERAL == 0 {
+            return devices.len() as u32;
+        }
+        let sessions = self.sessions();
+        devices.iter().filter(|k| sessions.contains_key(k)).count() as u32
+    }
+
     /// Check the parts every kind of send shares and build the envelope to store.
-    fn envelope(
+    pub(crate) fn envelope(
         &self,
         from: DeviceKey,
         msg_id: MessageId,
@@ -199,18 +285,17 @@ impl Router {
         flags: u8,
         payload: Bytes,
         now_ms: u64,
-    ) -> Result<StoredEnvelope, SendReply> {
+    ) -> Result<StoredEnvelope, (ErrorCode, String)> {
         if payload.len() > self.limits.max_envelope_bytes {
             let msg = format!(
                 "envelope of {} bytes exceeds the {}-byte limit",
                 payload.len(),
                 self.limits.max_envelope_bytes
             );
-            return Err(self.refuse(msg_id, ErrorCode::EnvelopeTooLarge, 0, msg));
+            return Err((ErrorCode::EnvelopeTooLarge, msg));
         }
         if flags & !flags::KNOWN != 0 {
-            let msg = format!("unknown flag bits 0x{flags:02x}");
-            return Err(self.refuse(msg_id, ErrorCode::InvalidSend, 0, msg));
+            return Err((ErrorCode::InvalidSend, format!("unknown flag bits 0x{flags:02x}")));
         }
         let ttl = match ttl_secs {
             0 => self.limits.default_ttl_secs,
@@ -227,11 +312,11 @@ impl Router {
         })
     }
 
-    /// Handle a `SEND` from the authenticated device `from` at time `now_ms`.
+    /// Handle a `SEND` from the authenticated device `origin` at time `now_ms`.
     #[allow(clippy::too_many_arguments)]
     pub fn send(
         self: &Arc<Self>,
-        from: DeviceKey,
+        origin: &Origin,
         msg_id: MessageId,
         to_account: u64,
         to_device: u32,
@@ -240,9 +325,10 @@ impl Router {
         payload: Bytes,
         now_ms: u64,
     ) -> SendReply {
+        let from = origin.key;
         let env = match self.envelope(from, msg_id, ttl_secs, flags, payload, now_ms) {
             Ok(env) => env,
-            Err(reply) => return reply,
+            Err((code, msg)) => return self.refuse(msg_id, code, 0, msg),
         };
         let registered = match self.store.devices(to_account) {
             Ok(d) => d,
@@ -262,14 +348,33 @@ impl Router {
             };
             return self.refuse(msg_id, ErrorCode::NoSuchRecipient, 0, msg.into());
         }
+        let sender = (from.account, from.device);
+        let bytes = env.payload.len() as u64;
+        if let Err(r) = self.safety.check_send(sender, &[to_account], bytes, now_ms) {
+            return self.limited(msg_id, r);
+        }
+        match policy::admits(&self.store, origin, to_account) {
+            Admit::Yes => {}
+            Admit::Blocked => {
+                let hidden = self.hidden_count(&env, &devices);
+                let to = Recipients::Shared { group: 0, list: Vec::new(), hidden };
+                return self.deliver(from, env, to);
+            }
+            Admit::Unreachable => {
+                let msg = "the recipient does not accept envelopes from this sender".to_string();
+                return self.refuse(msg_id, ErrorCode::RecipientUnreachable, 0, msg);
+            }
+        }
+        self.safety.note_sent(from.account, &[to_account], now_ms);
         self.deliver(from, env, Recipients::Inline(devices))
     }
 
-    /// Handle a `SEND_GROUP`: every device of every member but the sending device.
+    /// Handle a `SEND_GROUP`: every device of every member but the sending device, except
+    /// members whose settings refuse the sender.
     #[allow(clippy::too_many_arguments)]
     pub fn send_group(
         self: &Arc<Self>,
-        from: DeviceKey,
+        origin: &Origin,
         msg_id: MessageId,
         group: u64,
         ttl_secs: u32,
@@ -277,9 +382,10 @@ impl Router {
         payload: Bytes,
         now_ms: u64,
     ) -> SendReply {
+        let from = origin.key;
         let env = match self.envelope(from, msg_id, ttl_secs, flags, payload, now_ms) {
             Ok(env) => env,
-            Err(reply) => return reply,
+            Err((code, msg)) => return self.refuse(msg_id, code, 0, msg),
         };
         let members = match self.store.group_members(group) {
             Ok(Some(m)) => m,
@@ -290,23 +396,46 @@ impl Router {
             let msg = "only members may send to a group".to_string();
             return self.refuse(msg_id, ErrorCode::NotAMember, 0, msg);
         }
-        let devices = match self.store.devices_of_many(&members) {
-            Ok(d) => d,
-            Err(e) => return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}")),
+        let sender = (from.account, from.device);
+        if let Err(r) = self.safety.check_send(sender, &[], env.payload.len() as u64, now_ms) {
+            return self.limited(msg_id, r);
+        }
+        // Members who blocked the sender, or do not accept its network, are skipped.
+        let mut reachable = Vec::with_capacity(members.len());
+        let mut blocked = Vec::new();
+        for &m in members.iter() {
+            match policy::admits(&self.store, origin, m) {
+                Admit::Yes => reachable.push(m),
+                Admit::Blocked => blocked.push(m),
+                Admit::Unreachable => {}
+            }
+        }
+        let (devices, hidden) = match (
+            self.store.devices_of_many(&reachable),
+            self.store.devices_of_many(&blocked),
+        ) {
+            (Ok(d), Ok(b)) => (d, b.len() as u32),
+            (Err(e), _) | (_, Err(e)) => {
+                return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}"))
+            }
         };
         let list: Vec<SharedRecipient> = devices
             .into_iter()
             .filter(|k| *k != from)
             .map(|device| SharedRecipient { device, header: Bytes::new() })
             .collect();
-        self.deliver(from, env, Recipients::Shared { group, list })
+        if let Err(r) = self.safety.check_group_fanout(from.account, list.len() as u64) {
+            return self.limited(msg_id, r);
+        }
+        self.safety.note_fanout(from.account, list.len() as u64, now_ms);
+        self.deliver(from, env, Recipients::Shared { group, list, hidden })
     }
 
     /// Handle a `SEND_MULTI`: the listed recipients, each with its opaque header.
     #[allow(clippy::too_many_arguments)]
     pub fn send_multi(
         self: &Arc<Self>,
-        from: DeviceKey,
+        origin: &Origin,
         msg_id: MessageId,
         ttl_secs: u32,
         flags: u8,
@@ -314,6 +443,7 @@ impl Router {
         payload: Bytes,
         now_ms: u64,
     ) -> SendReply {
+        let from = origin.key;
         let l = &self.limits;
         if recipients.len() > l.max_multi_recipients {
             let msg = format!("{} recipients exceed the limit of {}", recipients.len(), l.max_multi_recipients);
@@ -325,39 +455,59 @@ impl Router {
         }
         let env = match self.envelope(from, msg_id, ttl_secs, flags, payload, now_ms) {
             Ok(env) => env,
-            Err(reply) => return reply,
+            Err((code, msg)) => return self.refuse(msg_id, code, 0, msg),
         };
+        let accounts: Vec<u64> = recipients.iter().map(|r| r.account).collect();
+        let sender = (from.account, from.device);
+        if let Err(r) = self.safety.check_send(sender, &accounts, env.payload.len() as u64, now_ms) {
+            return self.limited(msg_id, r);
+        }
         let mut list = Vec::with_capacity(recipients.len());
         let mut seen = std::collections::HashSet::with_capacity(recipients.len());
+        let mut hidden = 0u32;
         for r in recipients {
+            let admit = policy::admits(&self.store, origin, r.account);
+            if admit == Admit::Unreachable {
+                let msg = "a recipient does not accept envelopes from this sender".to_string();
+                return self.refuse(msg_id, ErrorCode::RecipientUnreachable, 0, msg);
+            }
             let registered = match self.store.devices(r.account) {
                 Ok(d) => d,
                 Err(e) => return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}")),
             };
-            let before = list.len();
-            for &device in registered.iter().filter(|d| r.device == 0 || **d == r.device) {
-                let key = DeviceKey { account: r.account, device };
-                if key != from && seen.insert(key) {
-                    list.push(SharedRecipient { device: key, header: r.header.clone() });
-                }
-            }
-            if list.len() == before && r.device != 0 && !registered.contains(&r.device) {
+            if r.device != 0 && !registered.contains(&r.device) {
                 let msg = format!("account {} has no device {}", r.account, r.device);
                 return self.refuse(msg_id, ErrorCode::NoSuchRecipient, 0, msg);
             }
+            for &device in registered.iter().filter(|d| r.device == 0 || **d == r.device) {
+                let key = DeviceKey { account: r.account, device };
+                if key != from && seen.insert(key) {
+                    if admit == Admit::Blocked {
+                        hidden += 1;
+                    } else {
+                        list.push(SharedRecipient { device: key, header: r.header.clone() });
+                    }
+                }
+            }
         }
-        if list.is_empty() {
+        if list.is_empty() && hidden == 0 {
             return self.refuse(msg_id, ErrorCode::NoSuchRecipient, 0, "no recipient device".into());
         }
-        self.deliver(from, env, Recipients::Shared { group: 0, list })
+        self.safety.note_sent(from.account, &accounts, now_ms);
+        self.deliver(from, env, Recipients::Shared { group: 0, list, hidden })
     }
 
     /// Store (or, if ephemeral, push) an envelope for its recipients.
-    fn deliver(self: &Arc<Self>, from: DeviceKey, env: StoredEnvelope, to: Recipients) -> SendReply {
+    pub(crate) fn deliver(
+        self: &Arc<Self>,
+        from: DeviceKey,
+        env: StoredEnvelope,
+        to: Recipients,
+    ) -> SendReply {
         if env.flags & flags::EPHEMERAL != 0 {
             return SendReply::Now(self.push_ephemeral(&to, env));
         }
-        if to.len() == 0 {
+        if to.len() == 0 && to.hidden() == 0 {
             // A group whose only member is the sender: nothing to store.
             Metrics::inc(&self.metrics.accepted);
             let (msg_id, accepted_at_ms) = (env.msg_id, env.accepted_at_ms);
@@ -381,7 +531,8 @@ impl Router {
             }
         }
         Metrics::inc(&self.metrics.accepted);
-        Frame::Accepted { msg_id: env.msg_id, accepted_at_ms: env.accepted_at_ms, recipients: pushed }
+        let recipients = pushed + to.hidden();
+        Frame::Accepted { msg_id: env.msg_id, accepted_at_ms: env.accepted_at_ms, recipients }
     }
 
     fn send_durable(self: &Arc<Self>, from: DeviceKey, to: Recipients, env: StoredEnvelope) -> SendReply {
@@ -431,11 +582,14 @@ impl Router {
             }
             inflight.insert(dkey, Vec::new());
         }
-        let n = to.len() as u32;
+        let hidden = to.hidden();
+        let n = to.len() as u32 + hidden;
         let dedup = Some((from, u64::from(n)));
         let result = match &to {
             Recipients::Inline(devices) => self.store.enqueue(devices, &env, dedup),
-            Recipients::Shared { group, list } => self.store.enqueue_shared(list, &env, *group, dedup),
+            Recipients::Shared { group, list, .. } => {
+                self.store.enqueue_shared(list, &env, *group, dedup)
+            }
         };
         let enqueued = match result {
             Ok(e) => e,
@@ -473,14 +627,15 @@ impl Router {
         }
         let (tx, rx) = oneshot::channel();
         let router = self.clone();
-        let accepted_at_ms = env.accepted_at_ms;
+        let (accepted_at_ms, flags) = (env.accepted_at_ms, env.flags);
         tokio::spawn(async move {
             let result = enqueued.commit.await;
+            let durable = result.is_ok();
             router.metrics.pending_bytes.fetch_sub(cost, Ordering::Relaxed);
             let frame = match result {
                 Ok(()) => {
                     Metrics::inc(&router.metrics.accepted);
-                    Metrics::add(&router.metrics.stored, u64::from(n));
+                    Metrics::add(&router.metrics.stored, u64::from(n - hidden));
                     Frame::Accepted { msg_id, accepted_at_ms, recipients: n }
                 }
                 Err(e) => {
@@ -494,11 +649,18 @@ impl Router {
                     }
                 }
             };
+            let urgent = flags & flags::URGENT != 0;
             {
                 let sessions = router.sessions();
                 for (key, _) in &enqueued.seqs {
-                    if let Some(h) = sessions.get(key) {
-                        h.wake.notify_one();
+                    match sessions.get(key) {
+                        Some(h) => h.wake.notify_one(),
+                        None if durable => {
+                            if let Some(token) = router.store.push_token(*key) {
+                                router.pusher.wake(token, urgent);
+                            }
+                        }
+                        None => {}
                     }
                 }
             }

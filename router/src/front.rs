@@ -62,6 +62,11 @@ pub(crate) async fn accept_loop(ep: quinn::Endpoint, shared: Arc<Shared>, sessio
                 return;
             };
             let m = &shared.router.metrics;
+            if let Err(r) = shared.router.safety.check_connection(conn.remote_address().ip()) {
+                let reason = format!("too many new connections; retry in {} ms", r.retry_after_ms);
+                conn.close(ErrorCode::RateLimited.as_u16().into(), reason.as_bytes());
+                return;
+            }
             if Metrics::get(&m.connections) >= shared.router.limits.max_connections as u64 {
                 let code = ErrorCode::TooManyConnections;
                 conn.close(code.as_u16().into(), b"the node is at its connection limit");

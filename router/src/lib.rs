@@ -8,6 +8,10 @@ mod core;
 mod delivery;
 mod front;
 mod metrics;
+mod policy;
+mod privacy;
+mod push;
+mod safety;
 mod session;
 mod tls;
 
@@ -22,7 +26,9 @@ use hearth_storage::{Durability, Store, StoreOptions};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Config, DurabilityMode, Limits};
+pub use config::{Config, DurabilityMode, Limits, Privacy, Residency};
+pub use push::PushConfig;
+pub use safety::SafetyConfig;
 
 use crate::core::Router;
 
@@ -39,6 +45,9 @@ pub(crate) struct Shared {
     pub started: Instant,
     pub quic_addr: SocketAddr,
     pub durability: DurabilityMode,
+    /// This node's region and the residency rules it enforces.
+    pub region: String,
+    pub residency: Residency,
 }
 
 /// A running node.
@@ -77,7 +86,8 @@ impl Node {
             },
         )
         .context("opening the store")?;
-        let router = Arc::new(Router::new(store, cfg.limits.clone(), signing_key.verifying_key()));
+        let pusher = push::Pusher::spawn(cfg.push.clone())?;
+        let router = Arc::new(Router::new(store, &cfg, signing_key.verifying_key(), pusher));
         let server_config = tls::server_config(&tls)?;
         let endpoints = front::bind(cfg.listen, cfg.quic_endpoints, server_config)?;
         let quic_addr = endpoints[0].local_addr()?;
@@ -89,6 +99,8 @@ impl Node {
             started: Instant::now(),
             quic_addr,
             durability: cfg.durability,
+            region: cfg.region.clone(),
+            residency: cfg.residency.clone(),
         });
         let sessions = TaskTracker::new();
         let background = TaskTracker::new();
@@ -159,6 +171,8 @@ impl Node {
         }
         self.background.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.background.wait()).await;
+        let pusher = self.shared.router.pusher.clone();
+        let _ = tokio::time::timeout(Duration::from_secs(5), pusher.shutdown()).await;
         tracing::info!("node stopped");
     }
 }
@@ -173,6 +187,7 @@ async fn sweep_loop(shared: Arc<Shared>, every: Duration) {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        shared.router.expire_metadata(now_ms());
         loop {
             match shared.router.store.sweep_expired(now_ms(), 10_000).await {
                 Ok(s) => {

@@ -11,6 +11,7 @@ use hearth_storage::{DeviceKey, QueueEntry};
 use tokio::sync::{mpsc, watch};
 
 use crate::core::{Live, Router, SendReply, SessionHandle};
+use crate::policy::Origin;
 use crate::delivery::DeliveryState;
 use crate::metrics::Metrics;
 use crate::{now_ms, Shared};
@@ -45,10 +46,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         out: BytesMut::new(),
         out_tx,
     };
-    let end = match session.authenticate().await {
-        Ok(key) => {
-            let (handle, live_rx) = router.attach(key);
-            let end = session.run(&handle, live_rx, shared.shutdown.subscribe()).await;
+    let end = match session.authenticate(&shared).await {
+        Ok(origin) => {
+            let (handle, live_rx) = router.attach(origin.key);
+            let end = session.run(&origin, &handle, live_rx, shared.shutdown.subscribe()).await;
             router.detach(&handle);
             end
         }
@@ -92,7 +93,7 @@ impl Session {
         }
     }
 
-    async fn authenticate(&mut self) -> Result<DeviceKey, End> {
+    async fn authenticate(&mut self, shared: &Shared) -> Result<Origin, End> {
         let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.read_item())
             .await
             .map_err(|_| End::Close(ErrorCode::ProtocolViolation, "no HELLO in time".into()))??;
@@ -104,18 +105,35 @@ impl Session {
             return Err(End::Close(ErrorCode::UnsupportedVersion, why));
         }
         let now = now_ms();
-        let claims = self.router.verifying_key.verify(&token, now / 1000).map_err(|e| {
-            let code = match e {
-                hearth_protocol::TokenError::Expired => ErrorCode::TokenExpired,
-                _ => ErrorCode::BadToken,
-            };
-            End::Close(code, e.to_string())
-        })?;
+        let (claims, scope) =
+            self.router.verifying_key.verify_scoped(&token, now / 1000).map_err(|e| {
+                let code = match e {
+                    hearth_protocol::TokenError::Expired => ErrorCode::TokenExpired,
+                    _ => ErrorCode::BadToken,
+                };
+                End::Close(code, e.to_string())
+            })?;
+        let privacy = &self.router.privacy;
+        let network = match scope.network.as_str() {
+            "" => privacy.default_network.clone(),
+            n if privacy.networks.iter().any(|k| k == n) => n.to_string(),
+            _ => return Err(End::Close(ErrorCode::BadToken, "unknown network".into())),
+        };
+        let zone = match scope.zone.as_str() {
+            "" => shared.residency.default_zone.clone(),
+            z => z.to_string(),
+        };
+        if !shared.residency.allows(&zone, &shared.region) {
+            let why = format!("zone {zone:?} may not be stored in region {:?}", shared.region);
+            return Err(End::Close(ErrorCode::Residency, why));
+        }
         let key = DeviceKey { account: claims.account, device: claims.device };
-        self.router.store.register_device(key, now).await.map_err(|e| {
+        let storage_failure = |e: hearth_storage::StorageError| {
             tracing::error!(error = %e, "device registration failed");
             End::Close(ErrorCode::Internal, "storage failure".into())
-        })?;
+        };
+        self.router.store.ensure_account(key.account, &network, &zone, now).await.map_err(storage_failure)?;
+        self.router.store.register_device(key, now).await.map_err(storage_failure)?;
         let l = &self.router.limits;
         let welcome = Frame::Welcome {
             account: key.account,
@@ -126,11 +144,12 @@ impl Session {
         };
         encode(&welcome, &mut self.out);
         self.flush().await?;
-        Ok(key)
+        Ok(Origin { key, network: network.into() })
     }
 
     async fn run(
         &mut self,
+        origin: &Origin,
         handle: &SessionHandle,
         mut live_rx: mpsc::Receiver<Live>,
         mut shutdown: watch::Receiver<bool>,
@@ -174,7 +193,7 @@ impl Session {
                         Ok(None) => break End::Close(ErrorCode::Normal, "stream finished".into()),
                         Err(_) => break End::Lost,
                     }
-                    if let Err(end) = self.on_input(key, &mut state, &mut pending) {
+                    if let Err(end) = self.on_input(origin, &mut state, &mut pending) {
                         break end;
                     }
                 }
@@ -199,10 +218,11 @@ impl Session {
     /// Decode and handle every complete frame in the buffer.
     fn on_input(
         &mut self,
-        key: DeviceKey,
+        origin: &Origin,
         state: &mut DeliveryState,
         pending: &mut FuturesUnordered<tokio::sync::oneshot::Receiver<Frame>>,
     ) -> Result<(), End> {
+        let key = origin.key;
         loop {
             let item = match self.decoder.decode(&mut self.buf) {
                 Ok(Some(item)) => item,
@@ -225,19 +245,19 @@ impl Session {
             match frame {
                 Frame::Send { msg_id, to_account, to_device, ttl_secs, flags, payload } => {
                     let reply = self.router.send(
-                        key, msg_id, to_account, to_device, ttl_secs, flags, payload, now_ms(),
+                        origin, msg_id, to_account, to_device, ttl_secs, flags, payload, now_ms(),
                     );
                     Self::answer(reply, &mut self.out, pending);
                 }
                 Frame::SendGroup { msg_id, group, ttl_secs, flags, payload } => {
                     let reply = self.router.send_group(
-                        key, msg_id, group, ttl_secs, flags, payload, now_ms(),
+                        origin, msg_id, group, ttl_secs, flags, payload, now_ms(),
                     );
                     Self::answer(reply, &mut self.out, pending);
                 }
                 Frame::SendMulti { msg_id, ttl_secs, flags, recipients, payload } => {
                     let reply = self.router.send_multi(
-                        key, msg_id, ttl_secs, flags, recipients, payload, now_ms(),
+                        origin, msg_id, ttl_secs, flags, recipients, payload, now_ms(),
                     );
                     Self::answer(reply, &mut self.out, pending);
                 }
@@ -245,6 +265,29 @@ impl Session {
                 | Frame::GroupUpdate { .. }
                 | Frame::GroupGet { .. }) => {
                     let reply = self.router.group_request(key, f, now_ms());
+                    Self::answer(reply, &mut self.out, pending);
+                }
+                Frame::SendSealed {
+                    msg_id,
+                    to_account,
+                    to_device,
+                    ttl_secs,
+                    flags,
+                    access_key,
+                    payload,
+                } => {
+                    let reply = self.router.send_sealed(
+                        origin, msg_id, to_account, to_device, ttl_secs, flags, access_key, payload,
+                        now_ms(),
+                    );
+                    Self::answer(reply, &mut self.out, pending);
+                }
+                Frame::PolicySet { req_id, change } => {
+                    let reply = self.router.policy_set(origin, req_id, change, now_ms());
+                    Self::answer(reply, &mut self.out, pending);
+                }
+                Frame::Report { req_id, account } => {
+                    let reply = self.router.report(origin, req_id, account, now_ms());
                     Self::answer(reply, &mut self.out, pending);
                 }
                 Frame::Ack { seqs } => {

@@ -14,6 +14,12 @@ pub enum StorageError {
     /// The writer thread has stopped (the store is closing or a write panicked).
     #[error("the store is closed")]
     Closed,
+    /// The account has no record (see [`crate::Store::ensure_account`]).
+    #[error("no such account")]
+    NoSuchAccount,
+    /// The request is outside what the store accepts (a name or push token too long).
+    #[error("invalid request: {0}")]
+    Invalid(String),
 }
 
 impl From<rocksdb::Error> for StorageError {

@@ -39,7 +39,7 @@ impl GroupEntry {
         }
     }
 
-    fn is_member(&self, account: u64) -> bool {
+    pub(crate) fn is_member(&self, account: u64) -> bool {
         self.members.binary_search(&account).is_ok()
     }
 

@@ -10,6 +10,7 @@
 //!   member_count u32
 //! - `members`: slot(group) u16 | group u64 | account u64 -> role u8 (1 member, 2 admin)
 //! - `payloads`: payload_id u64 -> refs u32 (pointers written) | encoded envelope
+//! - `accounts`, `lists`, `push`, `memberships`: see the `account` module
 //!
 //! Queue values start with a tag byte. Inline envelopes always started with their format
 //! version, 1, so that byte is their tag and data written before pointers existed reads as is;

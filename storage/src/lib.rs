@@ -7,7 +7,10 @@
 //! sender account | sender device | msg_id -> accepted_at_ms | recipients | expires_at_ms),
 //! `expiry` (expires_at_ms | kind | queue or dedup key -> empty), `groups` (slot(group) | group
 //! -> creator | version | created_at_ms | member_count), `members` (slot(group) | group |
-//! account -> role), `payloads` (payload_id -> refs | envelope).
+//! account -> role), `payloads` (payload_id -> refs | envelope), `accounts` (slot | account ->
+//! account record), `lists` (slot | account | kind | other account -> empty), `push` (slot |
+//! account | device -> push token), `memberships` (slot(account) | account | group -> empty:
+//! the reverse of `members`, written in the same batches, verified at open).
 //!
 //! One writer thread applies every mutation with group commit: it drains all waiting jobs into
 //! one `WriteBatch` and writes it with one fsync ([`Durability::Sync`]). Queue entries are
@@ -17,7 +20,12 @@
 //!
 //! In memory: every device's counters and each account's devices (loaded at open), groups in
 //! use (a cache of committed groups), the reference count of each shared payload (recounted
-//! from the pointers at open) and recent shared payloads.
+//! from the pointers at open), recent shared payloads, and every account record, list entry
+//! and push token (loaded at open; see [`Store::purge_account`] and the bound documented on
+//! the account methods).
+
+mod account;
+mod account_api;
 
 mod batch;
 mod commit;
@@ -26,11 +34,15 @@ mod group_api;
 mod groups;
 mod keys;
 mod load;
+mod memberships;
 mod shared;
 mod store;
 mod types;
 mod writer;
 
+pub use account::{
+    AccountRecord, ListKind, PurgeReport, Reach, MAX_NAME_LEN, MAX_NETWORKS, MAX_PUSH_TOKEN,
+};
 pub use commit::Commit;
 pub use error::{EnqueueError, GroupError, StorageError};
 pub use store::Store;

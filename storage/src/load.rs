@@ -1,17 +1,24 @@
 //! Opening the database and loading the in-memory state: every device's counters, the
-//! devices of each account, the reference counts of shared payloads.
+//! devices of each account, the reference counts of shared payloads, account records, lists
+//! and push tokens; the memberships index is verified (and rebuilt if needed).
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use rocksdb::{
     ColumnFamilyDescriptor, DBCompressionType, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 
+use crate::account;
 use crate::error::StorageError;
 use crate::keys::{self, DeviceRecord};
+use crate::memberships;
 use crate::shared::{
-    Accounts, DeviceState, Devices, Totals, COLUMN_FAMILIES, DEVICES, PAYLOADS, QUEUES,
+    Accounts, DeviceState, Devices, Lists, PushTokens, Records, Totals, ACCOUNTS, COLUMN_FAMILIES,
+    DEVICES, LISTS, PAYLOADS, PUSH, QUEUES,
 };
 use crate::types::StoreOptions;
 use crate::writer::CLEAN_SHUTDOWN_KEY;
@@ -24,6 +31,9 @@ pub(crate) struct Loaded {
     /// Pointer entries per shared payload id.
     pub refs: HashMap<u64, u32>,
     pub next_payload_id: u64,
+    pub records: Records,
+    pub lists: Lists,
+    pub push: PushTokens,
 }
 
 /// Opens (creating if needed) the database with every column family.
@@ -140,11 +150,42 @@ pub(crate) fn load(db: &DB, opts: &StoreOptions) -> Result<Loaded, StorageError>
     if !fixes.is_empty() {
         db.write_opt(fixes, &wo)?;
     }
+    memberships::check(db)?;
+    let (records, lists, push) = load_accounts(db)?;
     Ok(Loaded {
         devices,
         accounts,
         totals,
         refs,
         next_payload_id,
+        records,
+        lists,
+        push,
     })
+}
+
+/// Reads every account record, list entry and push token.
+fn load_accounts(db: &DB) -> Result<(Records, Lists, PushTokens), StorageError> {
+    let mut records = Records::new();
+    for item in db.iterator_cf(db.cf_handle(ACCOUNTS).expect("opened"), IteratorMode::Start) {
+        let (k, v) = item?;
+        let id = account::decode_account(&k)
+            .ok_or_else(|| StorageError::Corrupt("account key".into()))?;
+        records.insert(id, Arc::new(account::decode_record(&v)?));
+    }
+    let mut lists = Lists::new();
+    for item in db.iterator_cf(db.cf_handle(LISTS).expect("opened"), IteratorMode::Start) {
+        let (k, _) = item?;
+        let (owner, kind, other) =
+            account::decode_list_key(&k).ok_or_else(|| StorageError::Corrupt("list key".into()))?;
+        lists.entry(owner).or_default().get_mut(kind).insert(other);
+    }
+    let mut push = PushTokens::new();
+    for item in db.iterator_cf(db.cf_handle(PUSH).expect("opened"), IteratorMode::Start) {
+        let (k, v) = item?;
+        let device =
+            keys::decode_device(&k).ok_or_else(|| StorageError::Corrupt("push key".into()))?;
+        push.insert(device, Bytes::from(v.into_vec()));
+    }
+    Ok((records, lists, push))
 }

@@ -2,11 +2,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use bytes::Bytes;
 use rocksdb::{ColumnFamily, Direction, IteratorMode, ReadOptions, DB};
 use tokio::sync::Notify;
 
+use crate::account::{AccountLists, AccountRecord};
 use crate::error::StorageError;
 use crate::groups::GroupEntry;
 use crate::keys;
@@ -19,9 +22,24 @@ pub(crate) const EXPIRY: &str = "expiry";
 pub(crate) const GROUPS: &str = "groups";
 pub(crate) const MEMBERS: &str = "members";
 pub(crate) const PAYLOADS: &str = "payloads";
+pub(crate) const ACCOUNTS: &str = "accounts";
+pub(crate) const LISTS: &str = "lists";
+pub(crate) const PUSH: &str = "push";
+pub(crate) const MEMBERSHIPS: &str = "memberships";
 /// Every column family of ours, in the order `count_keys` reports them.
-pub(crate) const COLUMN_FAMILIES: [&str; 7] =
-    [QUEUES, DEVICES, DEDUP, EXPIRY, GROUPS, MEMBERS, PAYLOADS];
+pub(crate) const COLUMN_FAMILIES: [&str; 11] = [
+    QUEUES,
+    DEVICES,
+    DEDUP,
+    EXPIRY,
+    GROUPS,
+    MEMBERS,
+    PAYLOADS,
+    ACCOUNTS,
+    LISTS,
+    PUSH,
+    MEMBERSHIPS,
+];
 
 /// In-memory state of a registered device. Counters include submitted, not yet committed
 /// entries.
@@ -135,6 +153,13 @@ pub(crate) fn cache_group(cache: &mut HashMap<u64, GroupEntry>, group: u64, entr
 /// Registered devices of each account, sorted (devices being removed are left out).
 pub(crate) type Accounts = HashMap<u64, Vec<u32>>;
 
+/// Account records by account.
+pub(crate) type Records = HashMap<u64, Arc<AccountRecord>>;
+/// Non-empty lists by owning account.
+pub(crate) type Lists = HashMap<u64, AccountLists>;
+/// Push tokens by device.
+pub(crate) type PushTokens = HashMap<DeviceKey, Bytes>;
+
 /// Shared payloads recently stored or read, by id, so that readers share their `Bytes`
 /// instead of decoding a copy per queue entry. Bounded by payload bytes, oldest out first.
 pub(crate) struct PayloadCache {
@@ -210,6 +235,12 @@ pub(crate) struct Shared {
     /// changes, for reading while a group is loaded into the cache: a load sees a batch and
     /// its cache updates entirely or not at all.
     pub gate: RwLock<()>,
+    /// Every account record, as committed (loaded at open, changed by the writer only).
+    pub records: RwLock<Records>,
+    /// The non-empty lists of each account, as committed.
+    pub lists: RwLock<Lists>,
+    /// Every push token, as committed.
+    pub push: RwLock<PushTokens>,
     /// Woken when the writer has finished removing devices.
     pub removal_done: Notify,
     pub totals: Totals,
@@ -259,6 +290,18 @@ impl Shared {
 
     pub(crate) fn write_groups(&self) -> RwLockWriteGuard<'_, HashMap<u64, GroupEntry>> {
         self.groups.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn read_records(&self) -> RwLockReadGuard<'_, Records> {
+        self.records.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn read_lists(&self) -> RwLockReadGuard<'_, Lists> {
+        self.lists.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn read_push(&self) -> RwLockReadGuard<'_, PushTokens> {
+        self.push.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn lock_payloads(&self) -> MutexGuard<'_, PayloadCache> {

@@ -59,7 +59,9 @@ impl Drop for Inner {
 impl Store {
     /// Opens (creating if needed) the store in directory `path`. Loads every device's counters
     /// and the devices of each account into memory (one scan of the `devices` and `queues`
-    /// column families).
+    /// column families), and every account record, list entry and push token; verifies the
+    /// `memberships` index against the group members (one scan of each) and rebuilds it if
+    /// they differ (data written before the index existed).
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StorageError> {
         let db = load::open_db(path)?;
         let loaded = load::load(&db, &opts)?;
@@ -76,6 +78,9 @@ impl Store {
             payload_cache: Mutex::new(PayloadCache::new(PAYLOAD_CACHE_BYTES)),
             next_payload_id: AtomicU64::new(loaded.next_payload_id),
             gate: RwLock::new(()),
+            records: RwLock::new(loaded.records),
+            lists: RwLock::new(loaded.lists),
+            push: RwLock::new(loaded.push),
             removal_done: Notify::new(),
             totals: loaded.totals,
             latency: Mutex::new(Latency::new()),
@@ -100,6 +105,11 @@ impl Store {
 
     pub(crate) fn sh(&self) -> &Shared {
         &self.inner.shared
+    }
+
+    /// The shared state, for work done on another thread.
+    pub(crate) fn shared_arc(&self) -> Arc<Shared> {
+        self.inner.shared.clone()
     }
 
     pub(crate) fn submit(&self, job: Job) -> Result<(), StorageError> {
@@ -557,7 +567,8 @@ impl Store {
     }
 
     /// Raw count of keys in each column family: `queues`, `devices`, `dedup`, `expiry`,
-    /// `groups`, `members`, `payloads` (for tests that prove data is gone).
+    /// `groups`, `members`, `payloads`, `accounts`, `lists`, `push`, `memberships` (for tests
+    /// that prove data is gone).
     pub fn count_keys(&self) -> Result<Vec<(String, u64)>, StorageError> {
         let sh = self.sh();
         let mut out = Vec::with_capacity(COLUMN_FAMILIES.len());

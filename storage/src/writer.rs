@@ -9,25 +9,36 @@
 //! The writer owns the reference counts of shared payloads (pointer entries per payload,
 //! recounted at open): deleting a pointer for any reason (ack, expiry, device removal)
 //! decrements it, and the last one deletes the payload in the same batch. Group operations
-//! are decided here too, one at a time, against the group as of the earlier jobs.
+//! are decided here too, one at a time, against the group as of the earlier jobs, and every
+//! change of a group's membership writes the `memberships` reverse index in the same batch.
+//! Account records, lists and push tokens are changed here too (see `account_ops`), and their
+//! in-memory caches are updated once the batch is written.
+
+mod account_ops;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use crossbeam_channel::Receiver;
 use rocksdb::{ColumnFamily, IteratorMode, ReadOptions, WriteOptions};
 use tokio::sync::oneshot;
 
+use crate::account::{self, AccountRecord, ListKind, PurgeReport};
 use crate::batch::Batch;
 use crate::error::{GroupError, StorageError};
 use crate::groups::{self, Decision, GroupEntry};
 use crate::keys::{self, DeviceRecord, EntryMeta, QueueKey, DEDUP_KEY_LEN, KIND_DEDUP, KIND_QUEUE};
 use crate::shared::{
-    cache_group, Shared, Totals, DEDUP, DEVICES, EXPIRY, GROUPS, MEMBERS, PAYLOADS, QUEUES,
+    cache_group, Shared, Totals, ACCOUNTS, DEDUP, DEVICES, EXPIRY, GROUPS, LISTS, MEMBERS,
+    MEMBERSHIPS, PAYLOADS, PUSH, QUEUES,
 };
 use crate::types::{DeviceKey, DeviceStats, Durability, GroupOp, GroupState, SweepStats};
+
+pub(crate) use account_ops::AccountChange;
 
 /// Key of the marker written by a clean shutdown (default column family).
 pub(crate) const CLEAN_SHUTDOWN_KEY: &[u8] = b"hearth-clean-shutdown";
@@ -69,6 +80,40 @@ pub(crate) enum Job {
         group: u64,
         req: GroupReq,
         reply: oneshot::Sender<Result<GroupState, GroupError>>,
+    },
+    /// Creates the record if absent; answers the record in force.
+    EnsureAccount {
+        account: u64,
+        record: AccountRecord,
+        reply: Reply<AccountRecord>,
+    },
+    SetAccount {
+        account: u64,
+        change: AccountChange,
+        reply: Reply<()>,
+    },
+    List {
+        account: u64,
+        kind: ListKind,
+        add: bool,
+        others: Vec<u64>,
+        reply: Reply<u64>,
+    },
+    Push {
+        device: DeviceKey,
+        token: Option<Bytes>,
+        reply: Reply<()>,
+    },
+    /// Erases an account; `devices`: its registered devices, already marked as removing.
+    Purge {
+        account: u64,
+        devices: Vec<(DeviceKey, DeviceRecord)>,
+        reply: Reply<PurgeReport>,
+    },
+    /// Deletes the expiry index keys (found by a scan) whose entry or record is gone.
+    CleanIndex {
+        keys: Vec<Box<[u8]>>,
+        reply: Reply<u64>,
     },
 }
 
@@ -161,6 +206,10 @@ struct Cfs<'a> {
     groups: &'a ColumnFamily,
     members: &'a ColumnFamily,
     payloads: &'a ColumnFamily,
+    accounts: &'a ColumnFamily,
+    lists: &'a ColumnFamily,
+    push: &'a ColumnFamily,
+    memberships: &'a ColumnFamily,
 }
 
 /// A job's answer, sent once the group is written: its own outcome, unless the write failed.
@@ -176,14 +225,25 @@ enum Done {
         oneshot::Sender<Result<GroupState, GroupError>>,
         Result<GroupState, GroupError>,
     ),
+    /// The answer of a less frequent job, boxed.
+    Other(Answer),
+}
+
+/// Sends a job's answer once the write's outcome is known.
+type Answer = Box<dyn FnOnce(&Result<(), StorageError>) + Send>;
+
+/// Answers `own` unless the write failed.
+fn answer<T>(reply: Reply<T>, own: Result<T, StorageError>, written: &Result<(), StorageError>) {
+    // A dropped receiver only means the caller stopped waiting.
+    let _ = reply.send(own.and_then(|v| written.clone().map(|()| v)));
 }
 
 impl Done {
+    fn other<T: Send + 'static>(reply: Reply<T>, own: Result<T, StorageError>) -> Done {
+        Done::Other(Box::new(move |written| answer(reply, own, written)))
+    }
+
     fn resolve(self, written: &Result<(), StorageError>) {
-        fn answer<T>(reply: Reply<T>, own: Result<T, StorageError>, w: &Result<(), StorageError>) {
-            // A dropped receiver only means the caller stopped waiting.
-            let _ = reply.send(own.and_then(|v| w.clone().map(|()| v)));
-        }
         match self {
             Done::Unit(r) => answer(r, Ok(()), written),
             Done::Count(r, own) => answer(r, own, written),
@@ -194,6 +254,7 @@ impl Done {
                     own.and_then(|s| written.clone().map(|()| s).map_err(GroupError::Storage)),
                 );
             }
+            Done::Other(f) => f(written),
         }
     }
 }
@@ -218,6 +279,12 @@ struct Group<'a> {
     payloads_deleted: Vec<u64>,
     /// Groups as of the end of this group so far (None: no such group).
     groups_overlay: HashMap<u64, Option<GroupEntry>>,
+    /// Account records written (Some) or deleted (None) by earlier jobs of this group.
+    account_overlay: HashMap<u64, Option<Arc<AccountRecord>>>,
+    /// List entries added (true) or deleted (false) by earlier jobs of this group.
+    list_overlay: HashMap<(u64, ListKind, u64), bool>,
+    /// Push tokens set (Some) or deleted (None) by earlier jobs of this group.
+    push_overlay: HashMap<DeviceKey, Option<Bytes>>,
     batch: Batch,
     /// Queue entries put (Some) or deleted (None) by earlier jobs of this group.
     queue_overlay: BTreeMap<QueueKey, Option<EntryMeta>>,
@@ -248,12 +315,19 @@ impl<'a> Group<'a> {
                 groups: sh.cf(GROUPS),
                 members: sh.cf(MEMBERS),
                 payloads: sh.cf(PAYLOADS),
+                accounts: sh.cf(ACCOUNTS),
+                lists: sh.cf(LISTS),
+                push: sh.cf(PUSH),
+                memberships: sh.cf(MEMBERSHIPS),
             },
             refs,
             refs_overlay: HashMap::new(),
             payloads_created: 0,
             payloads_deleted: Vec::new(),
             groups_overlay: HashMap::new(),
+            account_overlay: HashMap::new(),
+            list_overlay: HashMap::new(),
+            push_overlay: HashMap::new(),
             batch: Batch::default(),
             queue_overlay: BTreeMap::new(),
             dedup_overlay: HashMap::new(),
@@ -309,7 +383,11 @@ impl<'a> Group<'a> {
                 reply,
             } => {
                 let own = match self.find_queue(device) {
-                    Ok(found) => Ok(self.remove(device, record, found)),
+                    Ok(found) => {
+                        // A removed device gets no more wake-ups.
+                        self.set_push(device, None);
+                        Ok(self.remove(device, record, found))
+                    }
                     Err(e) => {
                         self.unremoved.push(device);
                         Err(e)
@@ -320,6 +398,52 @@ impl<'a> Group<'a> {
             Job::Group { group, req, reply } => {
                 let own = self.group_op(group, req);
                 self.done.push(Done::Group(reply, own));
+            }
+            Job::EnsureAccount {
+                account,
+                record,
+                reply,
+            } => {
+                let own = self.ensure_account(account, record);
+                self.done.push(Done::other(reply, Ok(own)));
+            }
+            Job::SetAccount {
+                account,
+                change,
+                reply,
+            } => {
+                let own = self.set_account(account, change);
+                self.done.push(Done::other(reply, own));
+            }
+            Job::List {
+                account,
+                kind,
+                add,
+                others,
+                reply,
+            } => {
+                let own = self.update_list(account, kind, add, others);
+                self.done.push(Done::Count(reply, own));
+            }
+            Job::Push {
+                device,
+                token,
+                reply,
+            } => {
+                self.set_push(device, token);
+                self.done.push(Done::Unit(reply));
+            }
+            Job::Purge {
+                account,
+                devices,
+                reply,
+            } => {
+                let own = self.purge(account, devices);
+                self.done.push(Done::other(reply, own));
+            }
+            Job::CleanIndex { keys, reply } => {
+                let own = self.clean_index(keys);
+                self.done.push(Done::Count(reply, own));
             }
         }
     }
@@ -425,8 +549,19 @@ impl<'a> Group<'a> {
                 max_size,
             } => groups::update(current.as_ref(), group, *actor, op, *max_size),
         }?;
+        Ok(self.apply_group(group, current.as_ref(), decision))
+    }
+
+    /// Writes a decision about `group` (which was `before`): the group record, its member
+    /// keys and the memberships index.
+    fn apply_group(
+        &mut self,
+        group: u64,
+        before: Option<&GroupEntry>,
+        decision: Decision,
+    ) -> GroupState {
         let (state, after, put, delete) = match decision {
-            Decision::Unchanged(state) => return Ok(state),
+            Decision::Unchanged(state) => return state,
             Decision::Changed {
                 state,
                 after,
@@ -440,11 +575,23 @@ impl<'a> Group<'a> {
                 keys::member_key(group, account),
                 [role.to_u8()],
             );
+            // Role changes put present members again: their membership is already there.
+            if !before.is_some_and(|e| e.is_member(account)) {
+                self.batch.wb.put_cf(
+                    self.cfs.memberships,
+                    account::membership_key(account, group),
+                    [],
+                );
+            }
         }
         for account in delete {
             self.batch
                 .wb
                 .delete_cf(self.cfs.members, keys::member_key(group, account));
+            self.batch.wb.delete_cf(
+                self.cfs.memberships,
+                account::membership_key(account, group),
+            );
         }
         let key = keys::group_key(group);
         match &after {
@@ -456,7 +603,7 @@ impl<'a> Group<'a> {
         }
         self.groups_overlay.insert(group, after);
         self.durable();
-        Ok(state)
+        state
     }
 
     /// The entry under `key` as of the end of this group so far.
@@ -765,5 +912,6 @@ impl<'a> Group<'a> {
                 }
             }
         }
+        self.apply_accounts();
     }
 }

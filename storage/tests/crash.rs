@@ -1,6 +1,7 @@
 //! Crash recovery: a child process enqueues with `Durability::Sync` and prints every seq once
 //! its commit resolves; the parent kills it with SIGKILL, reopens the store and checks that
-//! every printed seq is there (the pattern of sled's test_crash_recovery.rs).
+//! every printed seq is there, shared payloads included (the pattern of sled's
+//! test_crash_recovery.rs).
 
 mod common;
 

@@ -1,7 +1,8 @@
 //! Random operation sequences applied to the store and to an in-memory model, compared after
 //! every step, with close-and-reopen steps in between (the habit of sled's tests/tree).
-//! Covers inline and shared (pointer) entries, shared payload lifetimes, and groups with their
-//! permission rules.
+//! Covers inline and shared (pointer) entries, shared payload lifetimes, groups with their
+//! permission rules and the memberships index, account records, lists, push tokens, and
+//! account purges.
 
 mod common;
 
@@ -10,8 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
 use hearth_protocol::{slot_of, MessageId};
 use hearth_storage::{
-    DedupRecord, DeviceKey, DeviceStats, Durability, EnqueueError, GroupError, GroupOp, GroupState,
-    QueueEntry, Role, SharedRecipient, Store, StoreOptions, StoredEnvelope, SweepStats,
+    AccountRecord, DedupRecord, DeviceKey, DeviceStats, Durability, EnqueueError, GroupError,
+    GroupOp, GroupState, ListKind, PurgeReport, QueueEntry, Reach, Role, SharedRecipient,
+    StorageError, Store, StoreOptions, StoredEnvelope, SweepStats,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -26,6 +28,9 @@ const GROUP_ACCOUNTS: [u64; 4] = [ACCOUNTS[0], ACCOUNTS[1], 3, 9];
 /// Group ids used (0 is invalid).
 const GROUP_IDS: [u64; 3] = [5, 1 << 33, 0];
 const MAX_GROUP: u32 = 3;
+const NETWORKS: [&str; 3] = ["social", "photos", "chat"];
+const ZONES: [&str; 2] = ["eu", "us"];
+const KINDS: [ListKind; 2] = [ListKind::Allow, ListKind::Block];
 
 fn gacc(i: u8) -> u64 {
     GROUP_ACCOUNTS[i as usize % GROUP_ACCOUNTS.len()]
@@ -93,6 +98,29 @@ enum Op {
         op: u8,
         list: Vec<u8>,
     },
+    EnsureAccount {
+        account: u8,
+        network: u8,
+        zone: u8,
+    },
+    /// `what`: 0 reach, 1 networks, 2 access key hash; `v` picks the value.
+    SetAccount {
+        account: u8,
+        what: u8,
+        v: u8,
+    },
+    UpdateList {
+        account: u8,
+        block: bool,
+        add: bool,
+        others: Vec<u8>,
+    },
+    /// Token 0: none; otherwise `token % 4` bytes (0 bytes also clears).
+    SetPush {
+        dev: u8,
+        token: u8,
+    },
+    Purge(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -114,6 +142,14 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(group, creator, members)| Op::CreateGroup { group, creator, members }),
         4 => (any::<u8>(), any::<u8>(), 0u8..5, vec(any::<u8>(), 0..3))
             .prop_map(|(group, actor, op, list)| Op::UpdateGroup { group, actor, op, list }),
+        2 => (any::<u8>(), any::<u8>(), any::<u8>())
+            .prop_map(|(account, network, zone)| Op::EnsureAccount { account, network, zone }),
+        2 => (any::<u8>(), 0u8..3, any::<u8>())
+            .prop_map(|(account, what, v)| Op::SetAccount { account, what, v }),
+        3 => (any::<u8>(), any::<bool>(), any::<bool>(), vec(any::<u8>(), 0..4))
+            .prop_map(|(account, block, add, others)| Op::UpdateList { account, block, add, others }),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(dev, token)| Op::SetPush { dev, token }),
+        1 => any::<u8>().prop_map(Op::Purge),
     ]
 }
 
@@ -213,9 +249,107 @@ struct Model {
     next_msg: u128,
     groups: BTreeMap<u64, MGroup>,
     next_payload: u64,
+    accounts: BTreeMap<u64, AccountRecord>,
+    /// (owner, kind, other).
+    lists: BTreeSet<(u64, ListKind, u64)>,
+    push: BTreeMap<DeviceKey, Bytes>,
+}
+
+/// The networks picked by the bits of `v` (in an unsorted order, bit 3 repeating one).
+fn networks(v: u8) -> Vec<String> {
+    let mut out: Vec<String> = (0..3)
+        .filter(|i| v & (1 << i) != 0)
+        .map(|i| NETWORKS[i].to_string())
+        .collect();
+    if v & 8 != 0 {
+        if let Some(first) = out.first().cloned() {
+            out.push(first);
+        }
+    }
+    out
 }
 
 impl Model {
+    fn ensure_account(&mut self, account: u64, network: &str, zone: &str) -> AccountRecord {
+        let now = self.now;
+        self.accounts
+            .entry(account)
+            .or_insert_with(|| AccountRecord {
+                network: network.into(),
+                zone: zone.into(),
+                created_at_ms: now,
+                reach: Reach::Everyone,
+                networks: vec![],
+                access_key_hash: None,
+            })
+            .clone()
+    }
+
+    fn update_list(
+        &mut self,
+        account: u64,
+        kind: ListKind,
+        add: bool,
+        others: &[u64],
+    ) -> Result<u64, StorageError> {
+        if !self.accounts.contains_key(&account) {
+            return Err(StorageError::NoSuchAccount);
+        }
+        let mut changed = 0;
+        for &o in others {
+            let done = match add {
+                true => self.lists.insert((account, kind, o)),
+                false => self.lists.remove(&(account, kind, o)),
+            };
+            changed += u64::from(done);
+        }
+        Ok(changed)
+    }
+
+    fn purge(&mut self, account: u64) -> PurgeReport {
+        let mut r = PurgeReport::default();
+        let devices: Vec<DeviceKey> = self
+            .devices
+            .keys()
+            .filter(|d| d.account == account)
+            .copied()
+            .collect();
+        for d in devices {
+            let md = self.devices.remove(&d).unwrap();
+            r.devices += 1;
+            r.envelopes += md.queue.len() as u64;
+        }
+        // Index entries of its entries and dedup records, stale ones included.
+        self.index.retain(|e| e.3 != account);
+        let before = self.dedup.len();
+        self.dedup
+            .retain(|(sender, _), _| sender.account != account);
+        r.dedup_records = (before - self.dedup.len()) as u64;
+        let groups: Vec<u64> = self.groups.keys().copied().collect();
+        for g in groups {
+            let mg = self.groups.get_mut(&g).unwrap();
+            if !mg.members.contains_key(&account) {
+                continue;
+            }
+            if mg.creator == account {
+                self.groups.remove(&g);
+                r.groups_deleted += 1;
+            } else {
+                mg.members.remove(&account);
+                mg.version += 1;
+                r.groups_left += 1;
+            }
+        }
+        let before = self.lists.len();
+        self.lists.retain(|e| e.0 != account);
+        r.list_entries = (before - self.lists.len()) as u64;
+        let before = self.push.len();
+        self.push.retain(|d, _| d.account != account);
+        r.push_tokens = (before - self.push.len()) as u64;
+        r.account_record = self.accounts.remove(&account).is_some();
+        r
+    }
+
     /// Entries of `to` (device, header); `shared`: the group of shared entries.
     fn enqueue(
         &mut self,
@@ -494,6 +628,55 @@ fn check(store: &Store, m: &Model) {
     assert_eq!(counts["groups"], m.groups.len() as u64, "group keys");
     let members: usize = m.groups.values().map(|g| g.members.len()).sum();
     assert_eq!(counts["members"], members as u64, "member keys");
+    assert_eq!(counts["accounts"], m.accounts.len() as u64, "account keys");
+    assert_eq!(counts["lists"], m.lists.len() as u64, "list keys");
+    assert_eq!(counts["push"], m.push.len() as u64, "push keys");
+    assert_eq!(counts["memberships"], members as u64, "membership keys");
+    // The reverse index holds exactly the (account, group) pairs of the groups.
+    let index: BTreeSet<(u64, u64)> = store
+        .scan_all()
+        .unwrap()
+        .into_iter()
+        .filter(|(cf, _, _)| cf == "memberships")
+        .map(|(_, k, _)| {
+            let account = u64::from_be_bytes(k[2..10].try_into().unwrap());
+            let group = u64::from_be_bytes(k[10..18].try_into().unwrap());
+            assert_eq!(&k[..2], slot_of(account).to_be_bytes());
+            (account, group)
+        })
+        .collect();
+    let want: BTreeSet<(u64, u64)> = m
+        .groups
+        .iter()
+        .flat_map(|(g, mg)| mg.members.keys().map(move |a| (*a, *g)))
+        .collect();
+    assert_eq!(index, want, "memberships index");
+    for a in GROUP_ACCOUNTS {
+        assert_eq!(store.account(a).unwrap(), m.accounts.get(&a).cloned());
+        for kind in KINDS {
+            for o in GROUP_ACCOUNTS {
+                assert_eq!(
+                    store.list_contains(a, kind, o),
+                    m.lists.contains(&(a, kind, o)),
+                    "list {kind:?} of {a} has {o}"
+                );
+            }
+            let want: Vec<u64> = m
+                .lists
+                .iter()
+                .filter(|e| e.0 == a && e.1 == kind)
+                .map(|e| e.2)
+                .collect();
+            assert_eq!(store.list(a, kind), want);
+        }
+    }
+    for d in all_devices() {
+        assert_eq!(
+            store.push_token(d),
+            m.push.get(&d).cloned(),
+            "push of {d:?}"
+        );
+    }
     for ((sender, msg), (rec, _)) in &m.dedup {
         assert_eq!(
             store
@@ -522,6 +705,9 @@ fn run(ops: Vec<Op>) {
         next_msg: 1 << 64,
         groups: BTreeMap::new(),
         next_payload: 0,
+        accounts: BTreeMap::new(),
+        lists: BTreeSet::new(),
+        push: BTreeMap::new(),
     };
     for op in ops {
         match op {
@@ -650,6 +836,7 @@ fn run(ops: Vec<Op>) {
             }
             Op::Remove(i) => {
                 let d = dev(i);
+                m.push.remove(&d);
                 let want = m.devices.remove(&d).map(|md| {
                     for (seq, e) in &md.queue {
                         m.index
@@ -680,6 +867,82 @@ fn run(ops: Vec<Op>) {
             Op::Reopen => {
                 store.close();
                 store = open(dir.path());
+            }
+            Op::EnsureAccount {
+                account,
+                network,
+                zone,
+            } => {
+                let a = gacc(account);
+                let (net, zone) = (
+                    NETWORKS[network as usize % NETWORKS.len()],
+                    ZONES[zone as usize % ZONES.len()],
+                );
+                let want = m.ensure_account(a, net, zone);
+                let got = rt.block_on(store.ensure_account(a, net, zone, m.now));
+                assert_eq!(got.unwrap(), want);
+            }
+            Op::SetAccount { account, what, v } => {
+                let a = gacc(account);
+                let got = match what {
+                    0 => {
+                        let reach = Reach::from_u8(v % 3).unwrap();
+                        if let Some(r) = m.accounts.get_mut(&a) {
+                            r.reach = reach;
+                        }
+                        rt.block_on(store.set_reach(a, reach))
+                    }
+                    1 => {
+                        if let Some(r) = m.accounts.get_mut(&a) {
+                            let mut want = networks(v);
+                            want.sort();
+                            want.dedup();
+                            r.networks = want;
+                        }
+                        rt.block_on(store.set_networks(a, networks(v)))
+                    }
+                    _ => {
+                        let hash = (v % 3 != 0).then_some([v; 32]);
+                        if let Some(r) = m.accounts.get_mut(&a) {
+                            r.access_key_hash = hash;
+                        }
+                        rt.block_on(store.set_access_key_hash(a, hash))
+                    }
+                };
+                let want = match m.accounts.contains_key(&a) {
+                    true => Ok(()),
+                    false => Err(StorageError::NoSuchAccount),
+                };
+                assert_eq!(got, want);
+            }
+            Op::UpdateList {
+                account,
+                block,
+                add,
+                others,
+            } => {
+                let a = gacc(account);
+                let kind = KINDS[usize::from(block)];
+                let others: Vec<u64> = others.into_iter().map(gacc).collect();
+                let want = m.update_list(a, kind, add, &others);
+                let got = rt.block_on(store.update_list(a, kind, add, &others));
+                assert_eq!(got, want, "{kind:?} add {add} {others:?} of {a}");
+            }
+            Op::SetPush { dev: i, token } => {
+                let d = dev(i);
+                let token = (token != 0).then(|| Bytes::from(vec![token; token as usize % 4]));
+                if m.devices.contains_key(&d) {
+                    match token.clone().filter(|t| !t.is_empty()) {
+                        Some(t) => m.push.insert(d, t),
+                        None => m.push.remove(&d),
+                    };
+                }
+                rt.block_on(store.set_push_token(d, token)).unwrap();
+            }
+            Op::Purge(i) => {
+                let a = gacc(i);
+                let want = m.purge(a);
+                assert_eq!(rt.block_on(store.purge_account(a)).unwrap(), want);
             }
         }
         check(&store, &m);
@@ -886,6 +1149,128 @@ fn model_fixed_sequence() {
             group: 0,
             len: 1,
             ttl: 5,
+        },
+        // Accounts, lists, push tokens, then purges with a reopen after them.
+        Op::SetAccount {
+            account: 0,
+            what: 0,
+            v: 1,
+        },
+        Op::UpdateList {
+            account: 0,
+            block: true,
+            add: true,
+            others: vec![1],
+        },
+        Op::EnsureAccount {
+            account: 0,
+            network: 0,
+            zone: 1,
+        },
+        Op::EnsureAccount {
+            account: 0,
+            network: 1,
+            zone: 0,
+        },
+        Op::EnsureAccount {
+            account: 1,
+            network: 2,
+            zone: 0,
+        },
+        Op::SetAccount {
+            account: 0,
+            what: 0,
+            v: 1,
+        },
+        Op::SetAccount {
+            account: 0,
+            what: 1,
+            v: 15,
+        },
+        Op::SetAccount {
+            account: 0,
+            what: 2,
+            v: 7,
+        },
+        Op::UpdateList {
+            account: 0,
+            block: true,
+            add: true,
+            others: vec![1, 2, 1, 0],
+        },
+        Op::UpdateList {
+            account: 0,
+            block: false,
+            add: true,
+            others: vec![3],
+        },
+        Op::UpdateList {
+            account: 1,
+            block: true,
+            add: true,
+            others: vec![0],
+        },
+        Op::UpdateList {
+            account: 0,
+            block: true,
+            add: false,
+            others: vec![2, 2],
+        },
+        Op::Register(0),
+        Op::Register(1),
+        Op::Register(4),
+        Op::SetPush { dev: 0, token: 3 },
+        Op::SetPush { dev: 1, token: 2 },
+        Op::SetPush { dev: 4, token: 1 },
+        Op::SetPush { dev: 2, token: 3 },
+        Op::SetPush { dev: 1, token: 4 },
+        Op::CreateGroup {
+            group: 0,
+            creator: 0,
+            members: vec![1, 2],
+        },
+        Op::CreateGroup {
+            group: 1,
+            creator: 1,
+            members: vec![0],
+        },
+        Op::Enqueue {
+            to: vec![0, 4],
+            len: 3,
+            ttl: 3000,
+            dedup: Some((0, 9)),
+        },
+        Op::Enqueue {
+            to: vec![4],
+            len: 3,
+            ttl: 3000,
+            dedup: Some((4, 8)),
+        },
+        Op::SendGroup {
+            group: 1,
+            len: 4,
+            ttl: 3000,
+        },
+        Op::Ack {
+            dev: 0,
+            picks: vec![1, 2, 3, 5],
+        },
+        Op::Reopen,
+        Op::Purge(0),
+        Op::Reopen,
+        Op::Purge(0),
+        Op::Remove(4),
+        Op::Purge(1),
+        Op::Reopen,
+        Op::SetAccount {
+            account: 1,
+            what: 0,
+            v: 2,
+        },
+        Op::EnsureAccount {
+            account: 1,
+            network: 0,
+            zone: 0,
         },
     ]);
 }

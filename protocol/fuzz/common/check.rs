@@ -19,7 +19,7 @@ pub const FUZZ_LIMITS: [usize; 3] = [
 pub enum Step {
     /// A frame and the offset just past its last byte.
     Frame(hearth_protocol::Frame, usize),
-    /// An oversized `SEND`, `SEND_GROUP` or `SEND_MULTI` being skipped.
+    /// An oversized `SEND`, `SEND_GROUP`, `SEND_MULTI` or `SEND_SEALED` being skipped.
     Oversized(hearth_protocol::MessageId, usize),
     /// A fatal error; decoding stops.
     Error(hearth_protocol::DecodeError),
@@ -63,9 +63,9 @@ pub fn decode_chunked(max_frame: usize, stream: &[u8], cuts: &[usize]) -> Vec<St
 /// - Every decoded frame re-encodes to exactly the bytes it was decoded from (the encoding is
 ///   canonical), starting where the previous frame (or skipped `SEND`) ended.
 /// - Re-encoded frames decode to the same frame: `decode(encode(f)) == f`.
-/// - An oversized send is reported only for a type byte 0x02 (`SEND`), 0x08 (`SEND_GROUP`) or
-///   0x09 (`SEND_MULTI`) whose length exceeds the limit, with the message id from its first 16
-///   body bytes, and exactly its bytes are skipped.
+/// - An oversized send is reported only for a type byte 0x02 (`SEND`), 0x08 (`SEND_GROUP`),
+///   0x09 (`SEND_MULTI`) or 0x0C (`SEND_SEALED`) whose length exceeds the limit, with the
+///   message id from its first 16 body bytes, and exactly its bytes are skipped.
 pub fn check(data: &[u8]) {
     use hearth_protocol::{encode, Decoded, Decoder};
     if data.len() < 2 {
@@ -105,7 +105,7 @@ pub fn check(data: &[u8]) {
                 assert_eq!(*len, claimed);
                 assert!(*len > max_frame);
                 assert!(
-                    matches!(head[4], 0x02 | 0x08 | 0x09),
+                    matches!(head[4], 0x02 | 0x08 | 0x09 | 0x0C),
                     "type 0x{:02x}",
                     head[4]
                 );

@@ -4,8 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use hearth_protocol::{
-    encode, flags, group_op, role, ErrorCode, Frame, MessageId, MultiRecipient,
-    DEFAULT_MAX_ENVELOPE, DELIVER_FIXED_LEN, SEND_FIXED_LEN,
+    encode, flags, group_op, reach, role, ErrorCode, Frame, MessageId, MultiRecipient,
+    PolicyChange, DEFAULT_MAX_ENVELOPE, DELIVER_FIXED_LEN, SEND_FIXED_LEN,
 };
 use proptest::prelude::*;
 
@@ -33,6 +33,25 @@ pub const GROUP_INFO_ENTRY_LEN: usize = 8 + 1;
 /// Fixed bytes of a `DELIVER_SHARED` body before its header (the `DELIVER` fields, group,
 /// header_len).
 pub const DELIVER_SHARED_FIXED_LEN: usize = DELIVER_FIXED_LEN + 8 + 2;
+
+/// Fixed bytes of a `POLICY_SET` body before its change (req_id, kind).
+pub const POLICY_SET_FIXED_LEN: usize = 16 + 1;
+/// Fixed bytes of a `POLICY_SET` body with an account list (kinds 2..=5) before the accounts.
+pub const POLICY_LIST_FIXED_LEN: usize = POLICY_SET_FIXED_LEN + 4;
+/// Bytes of a `REPORT` body (req_id, account).
+pub const REPORT_LEN: usize = 16 + 8;
+/// Fixed bytes of a `SEND_SEALED` body before its access key (msg_id, account, device, ttl,
+/// flags, key_len).
+pub const SEND_SEALED_FIXED_LEN: usize = 16 + 8 + 4 + 4 + 1 + 1;
+/// Bytes of an `OK` body (req_id).
+pub const OK_LEN: usize = 16;
+
+/// The node's longest delivery access key (PROTOCOL.md §8).
+pub const MAX_ACCESS_KEY: usize = 64;
+/// The node's longest push token.
+pub const MAX_PUSH_TOKEN: usize = 512;
+/// Most networks one `POLICY_SET` kind 6 may name.
+pub const MAX_NETWORKS: usize = 16;
 
 /// The node's default `max_multi_recipients`.
 pub const DEFAULT_MAX_MULTI_RECIPIENTS: usize = 1_000;
@@ -66,14 +85,18 @@ pub const CLIENT_LIMIT: usize =
 /// Most members in a `GROUP_INFO` page whose frame is no longer than the largest `DELIVER`.
 pub const MAX_PAGE: usize = (DELIVER_LIMIT - 1 - GROUP_INFO_FIXED_LEN) / GROUP_INFO_ENTRY_LEN;
 
-/// Every type byte of protocol version 1.
-pub const TYPES: [u8; 17] = [
-    0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87,
-    0x88,
+/// The largest `SEND_SEALED` the node accepts: the longest valid access key, the largest payload.
+pub const LARGEST_SEND_SEALED: usize =
+    1 + SEND_SEALED_FIXED_LEN + MAX_ACCESS_KEY + DEFAULT_MAX_ENVELOPE;
+
+/// Every type byte of protocol version 1, in increasing order.
+pub const TYPES: [u8; 21] = [
+    0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x81, 0x82, 0x83, 0x84,
+    0x85, 0x86, 0x87, 0x88, 0x89,
 ];
 
 /// Type bytes whose oversized frames are skipped (answered `ENVELOPE_TOO_LARGE`), not fatal.
-pub const SEND_TYPES: [u8; 3] = [0x02, 0x08, 0x09];
+pub const SEND_TYPES: [u8; 4] = [0x02, 0x08, 0x09, 0x0C];
 
 /// The frame name PROTOCOL.md and `DecodeError::Malformed` use for a type byte.
 pub fn kind(ty: u8) -> &'static str {
@@ -87,6 +110,9 @@ pub fn kind(ty: u8) -> &'static str {
         0x07 => "GROUP_GET",
         0x08 => "SEND_GROUP",
         0x09 => "SEND_MULTI",
+        0x0A => "POLICY_SET",
+        0x0B => "REPORT",
+        0x0C => "SEND_SEALED",
         0x81 => "WELCOME",
         0x82 => "ACCEPTED",
         0x83 => "DELIVER",
@@ -95,6 +121,7 @@ pub fn kind(ty: u8) -> &'static str {
         0x86 => "GROUP_OK",
         0x87 => "GROUP_INFO",
         0x88 => "DELIVER_SHARED",
+        0x89 => "OK",
         _ => unreachable!("type 0x{ty:02x}"),
     }
 }
@@ -130,6 +157,12 @@ pub fn id() -> MessageId {
 
 /// At least one frame of every variant, with edge values (empty and full-width fields).
 pub fn samples() -> Vec<Frame> {
+    let mut v = issue2_and_group_samples();
+    v.extend(privacy_samples());
+    v
+}
+
+fn issue2_and_group_samples() -> Vec<Frame> {
     vec![
         Frame::Hello {
             version: 1,
@@ -347,22 +380,127 @@ pub fn samples() -> Vec<Frame> {
     ]
 }
 
-/// `b` cut to at most 65535 bytes, as the encoder does with headers (u16 length).
-pub fn truncated_header(b: &Bytes) -> Bytes {
-    b.slice(..b.len().min(u16::MAX as usize))
+/// A `POLICY_SET` with the sample request id.
+pub fn policy(change: PolicyChange) -> Frame {
+    Frame::PolicySet {
+        req_id: id(),
+        change,
+    }
 }
 
-/// `s` cut to at most 1024 bytes on a character boundary, as the encoder does.
-pub fn truncated(s: &str) -> String {
-    let mut n = s.len().min(MAX_TEXT);
+/// Frames of the privacy extension: every `POLICY_SET` kind (empty and full-width values, a
+/// reach mode the node refuses but the codec passes through), `REPORT`, `SEND_SEALED`, `OK`.
+pub fn privacy_samples() -> Vec<Frame> {
+    vec![
+        policy(PolicyChange::Reach(reach::CONTACTS)),
+        Frame::PolicySet {
+            req_id: MessageId([0xff; 16]),
+            change: PolicyChange::Reach(0xff),
+        },
+        policy(PolicyChange::Allow {
+            add: true,
+            accounts: vec![43, 44, u64::MAX],
+        }),
+        policy(PolicyChange::Allow {
+            add: false,
+            accounts: vec![],
+        }),
+        policy(PolicyChange::Block {
+            add: true,
+            accounts: vec![666],
+        }),
+        policy(PolicyChange::Block {
+            add: false,
+            accounts: vec![0, 666, u64::MAX],
+        }),
+        policy(PolicyChange::Networks(vec![
+            "photos".into(),
+            String::new(),
+            "ünïcödé ✓".into(),
+        ])),
+        policy(PolicyChange::Networks(vec![])),
+        policy(PolicyChange::Networks(vec!["n".repeat(255); 3])),
+        policy(PolicyChange::AccessKey(Bytes::from(vec![
+            0x11;
+            MAX_ACCESS_KEY
+        ]))),
+        policy(PolicyChange::AccessKey(Bytes::new())),
+        policy(PolicyChange::AccessKey(Bytes::from(vec![0x22; 255]))),
+        policy(PolicyChange::PushToken(Bytes::from(vec![
+            0x33;
+            MAX_PUSH_TOKEN
+        ]))),
+        policy(PolicyChange::PushToken(Bytes::new())),
+        Frame::Report {
+            req_id: id(),
+            account: 666,
+        },
+        Frame::Report {
+            req_id: MessageId::NONE,
+            account: u64::MAX,
+        },
+        Frame::SendSealed {
+            msg_id: id(),
+            to_account: 43,
+            to_device: 0,
+            ttl_secs: 3600,
+            flags: flags::URGENT,
+            access_key: Bytes::from(vec![0x44; 32]),
+            payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
+        },
+        Frame::SendSealed {
+            msg_id: MessageId([0xff; 16]),
+            to_account: u64::MAX,
+            to_device: u32::MAX,
+            ttl_secs: u32::MAX,
+            flags: 0xff,
+            access_key: Bytes::from(vec![0x55; 255]),
+            payload: Bytes::new(),
+        },
+        Frame::SendSealed {
+            // An empty key decodes; the node refuses it (BAD_ACCESS_KEY).
+            msg_id: MessageId::NONE,
+            to_account: 0,
+            to_device: 0,
+            ttl_secs: 0,
+            flags: flags::EPHEMERAL,
+            access_key: Bytes::new(),
+            payload: Bytes::from(vec![0x5a; 300]),
+        },
+        Frame::Ok { req_id: id() },
+        Frame::Ok {
+            req_id: MessageId([0xff; 16]),
+        },
+    ]
+}
+
+/// `b` cut to at most `max` bytes, as the encoder does with u8/u16 length fields.
+pub fn cut_bytes(b: &Bytes, max: usize) -> Bytes {
+    b.slice(..b.len().min(max))
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+pub fn cut_text(s: &str, max: usize) -> String {
+    let mut n = s.len().min(max);
     while !s.is_char_boundary(n) {
         n -= 1;
     }
     s[..n].to_string()
 }
 
+/// `b` cut to at most 65535 bytes, as the encoder does with headers (u16 length).
+pub fn truncated_header(b: &Bytes) -> Bytes {
+    cut_bytes(b, u16::MAX as usize)
+}
+
+/// `s` cut to at most 1024 bytes on a character boundary, as the encoder does.
+pub fn truncated(s: &str) -> String {
+    cut_text(s, MAX_TEXT)
+}
+
 /// The frame a decoder yields after `f` is encoded: text truncated, at most 65535 seqs,
-/// recipients, and header bytes.
+/// recipients, and header bytes; at most 255 network names of at most 255 bytes, 255-byte
+/// access keys and 65535-byte push tokens.
 pub fn normalized(f: &Frame) -> Frame {
     match f.clone() {
         Frame::Hello { version, token } => Frame::Hello {
@@ -426,6 +564,44 @@ pub fn normalized(f: &Frame) -> Frame {
             header: truncated_header(&header),
             payload,
         },
+        Frame::PolicySet { req_id, change } => Frame::PolicySet {
+            req_id,
+            change: match change {
+                PolicyChange::Networks(mut names) => {
+                    names.truncate(u8::MAX as usize);
+                    PolicyChange::Networks(
+                        names
+                            .iter()
+                            .map(|n| cut_text(n, u8::MAX as usize))
+                            .collect(),
+                    )
+                }
+                PolicyChange::AccessKey(k) => {
+                    PolicyChange::AccessKey(cut_bytes(&k, u8::MAX as usize))
+                }
+                PolicyChange::PushToken(t) => {
+                    PolicyChange::PushToken(cut_bytes(&t, u16::MAX as usize))
+                }
+                other => other,
+            },
+        },
+        Frame::SendSealed {
+            msg_id,
+            to_account,
+            to_device,
+            ttl_secs,
+            flags,
+            access_key,
+            payload,
+        } => Frame::SendSealed {
+            msg_id,
+            to_account,
+            to_device,
+            ttl_secs,
+            flags,
+            access_key: cut_bytes(&access_key, u8::MAX as usize),
+            payload,
+        },
         other => other,
     }
 }
@@ -443,9 +619,10 @@ fn arb_text() -> impl Strategy<Value = String> {
     prop_oneof![".{0,40}", ".{0,400}"]
 }
 
-/// Any frame, with fields over their whole range; every variant about equally likely.
+/// Any frame, with fields over their whole range; every variant about equally likely (every
+/// `POLICY_SET` kind counting as one).
 pub fn arb_frame() -> impl Strategy<Value = Frame> {
-    prop_oneof![9 => arb_v1_frame(), 8 => arb_group_frame()]
+    prop_oneof![9 => arb_v1_frame(), 8 => arb_group_frame(), 6 => arb_privacy_frame()]
 }
 
 /// Any frame of the issue-2 set (types 0x01..=0x04, 0x81..=0x85).
@@ -671,5 +848,55 @@ pub fn arb_group_frame() -> impl Strategy<Value = Frame> {
                     payload
                 }
             ),
+    ]
+}
+
+fn arb_bytes(max: usize) -> impl Strategy<Value = Bytes> {
+    prop::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+}
+
+/// Any `POLICY_SET` change, every kind; lengths sometimes over the u8 fields' maximum so the
+/// encoder's truncation is exercised.
+pub fn arb_policy_change() -> impl Strategy<Value = PolicyChange> {
+    prop_oneof![
+        any::<u8>().prop_map(PolicyChange::Reach),
+        (any::<bool>(), arb_accounts())
+            .prop_map(|(add, accounts)| PolicyChange::Allow { add, accounts }),
+        (any::<bool>(), arb_accounts())
+            .prop_map(|(add, accounts)| PolicyChange::Block { add, accounts }),
+        prop_oneof![
+            4 => prop::collection::vec(".{0,20}", 0..20),
+            1 => prop::collection::vec(".{0,100}", 250..260),
+        ]
+        .prop_map(PolicyChange::Networks),
+        prop_oneof![arb_bytes(80), arb_bytes(300)].prop_map(PolicyChange::AccessKey),
+        arb_bytes(600).prop_map(PolicyChange::PushToken),
+    ]
+}
+
+/// Any frame of the privacy extension (types 0x0A..=0x0C, 0x89).
+pub fn arb_privacy_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        3 => (arb_id(), arb_policy_change())
+            .prop_map(|(req_id, change)| Frame::PolicySet { req_id, change }),
+        1 => (arb_id(), any::<u64>()).prop_map(|(req_id, account)| Frame::Report { req_id, account }),
+        1 => (
+            (arb_id(), any::<u64>(), any::<u32>(), any::<u32>()),
+            (any::<u8>(), prop_oneof![arb_bytes(70), arb_bytes(300)], arb_payload())
+        )
+            .prop_map(
+                |((msg_id, to_account, to_device, ttl_secs), (flags, access_key, payload))| {
+                    Frame::SendSealed {
+                        msg_id,
+                        to_account,
+                        to_device,
+                        ttl_secs,
+                        flags,
+                        access_key,
+                        payload,
+                    }
+                }
+            ),
+        1 => arb_id().prop_map(|req_id| Frame::Ok { req_id }),
     ]
 }

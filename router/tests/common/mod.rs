@@ -24,6 +24,8 @@ pub fn config(data_dir: &Path) -> Config {
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.to_path_buf(),
         sweep_interval_ms: 100,
+        // Tests of other behaviour must not trip the production rate limits.
+        safety: hearth_router::SafetyConfig::permissive(),
         ..Config::default()
     }
 }
