@@ -35,7 +35,10 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
     let stop = async move {
         let _ = shutdown.changed().await;
     };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
         tracing::error!(error = %e, "admin server failed");
     }
 }
@@ -98,43 +101,150 @@ async fn metrics(State(s): S) -> Response {
     let st = s.router.store.stats();
     let mut out = String::with_capacity(2048);
     let mut put = |name: &str, kind: &str, help: &str, value: String| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     };
     let c = |a: &std::sync::atomic::AtomicU64| Metrics::get(a).to_string();
-    put("hearth_connections", "gauge", "Open device connections.", c(&m.connections));
-    put("hearth_connections_total", "counter", "Connections accepted.", c(&m.connections_total));
-    put("hearth_devices_registered", "gauge", "Registered devices.", st.devices.to_string());
-    put("hearth_envelopes_accepted_total", "counter", "SENDs answered ACCEPTED.", c(&m.accepted));
-    put("hearth_envelopes_stored_total", "counter", "Envelopes written to device queues.", c(&m.stored));
-    put("hearth_envelopes_delivered_total", "counter", "Stored envelopes pushed to devices.", c(&m.delivered));
+    put(
+        "hearth_connections",
+        "gauge",
+        "Open device connections.",
+        c(&m.connections),
+    );
+    put(
+        "hearth_connections_total",
+        "counter",
+        "Connections accepted.",
+        c(&m.connections_total),
+    );
+    put(
+        "hearth_devices_registered",
+        "gauge",
+        "Registered devices.",
+        st.devices.to_string(),
+    );
+    put(
+        "hearth_envelopes_accepted_total",
+        "counter",
+        "SENDs answered ACCEPTED.",
+        c(&m.accepted),
+    );
+    put(
+        "hearth_envelopes_stored_total",
+        "counter",
+        "Envelopes written to device queues.",
+        c(&m.stored),
+    );
+    put(
+        "hearth_envelopes_delivered_total",
+        "counter",
+        "Stored envelopes pushed to devices.",
+        c(&m.delivered),
+    );
     put(
         "hearth_envelopes_ephemeral_delivered_total",
         "counter",
         "Ephemeral envelopes pushed to devices.",
         c(&m.ephemeral_delivered),
     );
-    put("hearth_envelopes_acked_total", "counter", "Queue entries acknowledged.", c(&m.acked));
-    put("hearth_envelopes_expired_total", "counter", "Queue entries removed at expiry.", c(&m.expired));
-    put("hearth_sends_refused_total", "counter", "SENDs answered with an ERROR.", c(&m.refused));
-    put("hearth_sends_duplicate_total", "counter", "Retried SENDs answered from dedup.", c(&m.duplicates));
-    put("hearth_queue_envelopes", "gauge", "Envelopes in device queues.", st.queued.to_string());
-    put("hearth_queue_bytes", "gauge", "Bytes in device queues.", st.queued_bytes.to_string());
-    put("hearth_pending_bytes", "gauge", "Bytes awaiting fsync.", c(&m.pending_bytes));
-    put("hearth_fsync_total", "counter", "Group commits written.", st.commits.to_string());
-    put("hearth_resident_memory_bytes", "gauge", "Resident set size.", rss_bytes().to_string());
+    put(
+        "hearth_envelopes_acked_total",
+        "counter",
+        "Queue entries acknowledged.",
+        c(&m.acked),
+    );
+    put(
+        "hearth_envelopes_expired_total",
+        "counter",
+        "Queue entries removed at expiry.",
+        c(&m.expired),
+    );
+    put(
+        "hearth_sends_refused_total",
+        "counter",
+        "SENDs answered with an ERROR.",
+        c(&m.refused),
+    );
+    put(
+        "hearth_sends_duplicate_total",
+        "counter",
+        "Retried SENDs answered from dedup.",
+        c(&m.duplicates),
+    );
+    put(
+        "hearth_queue_envelopes",
+        "gauge",
+        "Envelopes in device queues.",
+        st.queued.to_string(),
+    );
+    put(
+        "hearth_queue_bytes",
+        "gauge",
+        "Bytes in device queues.",
+        st.queued_bytes.to_string(),
+    );
+    put(
+        "hearth_pending_bytes",
+        "gauge",
+        "Bytes awaiting fsync.",
+        c(&m.pending_bytes),
+    );
+    put(
+        "hearth_fsync_total",
+        "counter",
+        "Group commits written.",
+        st.commits.to_string(),
+    );
+    put(
+        "hearth_resident_memory_bytes",
+        "gauge",
+        "Resident set size.",
+        rss_bytes().to_string(),
+    );
     let p = s.router.pusher.stats();
-    put("hearth_push_wakeups_total", "counter", "Wake-ups queued.", p.wakeups.to_string());
-    put("hearth_push_suppressed_total", "counter", "Non-urgent wake-ups skipped within the interval.", p.suppressed.to_string());
-    put("hearth_push_dropped_total", "counter", "Wake-ups dropped (queue full).", p.dropped.to_string());
-    put("hearth_push_requests_total", "counter", "Webhook requests answered 2xx.", p.requests.to_string());
-    put("hearth_push_failures_total", "counter", "Webhook requests that failed.", p.failures.to_string());
+    put(
+        "hearth_push_wakeups_total",
+        "counter",
+        "Wake-ups queued.",
+        p.wakeups.to_string(),
+    );
+    put(
+        "hearth_push_suppressed_total",
+        "counter",
+        "Non-urgent wake-ups skipped within the interval.",
+        p.suppressed.to_string(),
+    );
+    put(
+        "hearth_push_dropped_total",
+        "counter",
+        "Wake-ups dropped (queue full).",
+        p.dropped.to_string(),
+    );
+    put(
+        "hearth_push_requests_total",
+        "counter",
+        "Webhook requests answered 2xx.",
+        p.requests.to_string(),
+    );
+    put(
+        "hearth_push_failures_total",
+        "counter",
+        "Webhook requests that failed.",
+        p.failures.to_string(),
+    );
     let _ = writeln!(
         out,
         "# HELP hearth_rate_limited_total Requests refused by a rate limit.\n\
          # TYPE hearth_rate_limited_total counter"
     );
     for (limit, n) in s.router.safety.refusals() {
-        let _ = writeln!(out, "hearth_rate_limited_total{{limit=\"{}\"}} {n}", limit.as_str());
+        let _ = writeln!(
+            out,
+            "hearth_rate_limited_total{{limit=\"{}\"}} {n}",
+            limit.as_str()
+        );
     }
     let _ = writeln!(
         out,
@@ -167,7 +277,9 @@ fn device_json(s: &Shared, d: &DeviceStats) -> Value {
 
 async fn account_queues(State(s): S, Path(account): Path<u64>) -> Response {
     match s.router.store.account_stats(account) {
-        Ok(list) => Json(list.iter().map(|d| device_json(&s, d)).collect::<Vec<_>>()).into_response(),
+        Ok(list) => {
+            Json(list.iter().map(|d| device_json(&s, d)).collect::<Vec<_>>()).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -198,7 +310,8 @@ async fn abuse(State(s): S) -> Json<Value> {
 async fn purge_account(State(s): S, Path(account): Path<u64>) -> Response {
     for device in s.router.store.devices(account).unwrap_or_default() {
         let key = DeviceKey { account, device };
-        s.router.close_device(key, ErrorCode::DeviceRemoved, "the account was erased");
+        s.router
+            .close_device(key, ErrorCode::DeviceRemoved, "the account was erased");
     }
     s.router.forget_account(account);
     match s.router.store.purge_account(account).await {
@@ -222,7 +335,8 @@ async fn remove_device(State(s): S, Path((account, device)): Path<(u64, u32)>) -
     let key = DeviceKey { account, device };
     match s.router.store.remove_device(key).await {
         Ok(Some(d)) => {
-            s.router.close_device(key, ErrorCode::DeviceRemoved, "the device was unregistered");
+            s.router
+                .close_device(key, ErrorCode::DeviceRemoved, "the device was unregistered");
             Json(json!({
                 "account": account,
                 "device": device,

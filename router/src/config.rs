@@ -55,7 +55,10 @@ pub struct Privacy {
 
 impl Default for Privacy {
     fn default() -> Privacy {
-        Privacy { networks: vec!["chat".into()], default_network: "chat".into() }
+        Privacy {
+            networks: vec!["chat".into()],
+            default_network: "chat".into(),
+        }
     }
 }
 
@@ -81,8 +84,14 @@ impl Default for Residency {
 impl Residency {
     /// Whether `region` may hold data of accounts in `zone` (unknown zones allow nothing).
     pub fn allows(&self, zone: &str, region: &str) -> bool {
-        let zone = if zone.is_empty() { self.default_zone.as_str() } else { zone };
-        self.zones.get(zone).is_some_and(|r| r.iter().any(|r| r == "*" || r == region))
+        let zone = if zone.is_empty() {
+            self.default_zone.as_str()
+        } else {
+            zone
+        };
+        self.zones
+            .get(zone)
+            .is_some_and(|r| r.iter().any(|r| r == "*" || r == region))
     }
 }
 
@@ -216,7 +225,10 @@ impl Config {
     /// Reject settings that cannot work.
     pub fn validate(&self) -> anyhow::Result<()> {
         let l = &self.limits;
-        anyhow::ensure!(l.max_envelope_bytes > 0, "limits.max_envelope_bytes must be > 0");
+        anyhow::ensure!(
+            l.max_envelope_bytes > 0,
+            "limits.max_envelope_bytes must be > 0"
+        );
         anyhow::ensure!(
             l.max_envelope_bytes <= 16 * 1024 * 1024,
             "limits.max_envelope_bytes must be at most 16 MiB"
@@ -227,32 +239,53 @@ impl Config {
             l.default_ttl_secs > 0 && l.default_ttl_secs <= l.max_ttl_secs,
             "limits.default_ttl_secs must be in 1..=max_ttl_secs"
         );
-        anyhow::ensure!(l.max_pending_sends > 0, "limits.max_pending_sends must be > 0");
+        anyhow::ensure!(
+            l.max_pending_sends > 0,
+            "limits.max_pending_sends must be > 0"
+        );
         anyhow::ensure!(l.max_group_size >= 1, "limits.max_group_size must be >= 1");
         anyhow::ensure!(
             l.max_multi_recipients <= u16::MAX as usize,
             "limits.max_multi_recipients must be at most 65535"
         );
         // A DELIVER_SHARED must fit the client's frame limit (max envelope + 1 KiB).
-        anyhow::ensure!(l.max_header_bytes <= 960, "limits.max_header_bytes must be at most 960");
-        anyhow::ensure!(self.tls_cert.is_some() == self.tls_key.is_some(), "tls_cert and tls_key go together");
-        anyhow::ensure!((1..=64).contains(&self.quic_endpoints), "quic_endpoints must be in 1..=64");
         anyhow::ensure!(
-            self.privacy.networks.contains(&self.privacy.default_network),
+            l.max_header_bytes <= 960,
+            "limits.max_header_bytes must be at most 960"
+        );
+        anyhow::ensure!(
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "tls_cert and tls_key go together"
+        );
+        anyhow::ensure!(
+            (1..=64).contains(&self.quic_endpoints),
+            "quic_endpoints must be in 1..=64"
+        );
+        anyhow::ensure!(
+            self.privacy
+                .networks
+                .contains(&self.privacy.default_network),
             "privacy.default_network must be one of privacy.networks"
         );
         anyhow::ensure!(
-            self.residency.zones.contains_key(&self.residency.default_zone),
+            self.residency
+                .zones
+                .contains_key(&self.residency.default_zone),
             "residency.default_zone must be a key of residency.zones"
         );
-        anyhow::ensure!(self.safety.retention_secs > 0, "safety.retention_secs must be > 0");
+        anyhow::ensure!(
+            self.safety.retention_secs > 0,
+            "safety.retention_secs must be > 0"
+        );
         self.push.validate()?;
         Ok(())
     }
 
     /// The token key path in effect.
     pub fn token_key_path(&self) -> PathBuf {
-        self.token_key.clone().unwrap_or_else(|| self.data_dir.join("token.key"))
+        self.token_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("token.key"))
     }
 }
 

@@ -41,7 +41,11 @@ pub(crate) enum Recipients {
     Inline(Vec<DeviceKey>),
     /// `hidden` devices were skipped because their account blocked the sender; they are
     /// counted in `ACCEPTED` as if stored, so the sender cannot tell.
-    Shared { group: u64, list: Vec<SharedRecipient>, hidden: u32 },
+    Shared {
+        group: u64,
+        list: Vec<SharedRecipient>,
+        hidden: u32,
+    },
 }
 
 impl Recipients {
@@ -185,13 +189,19 @@ impl Router {
     pub(crate) fn expire_metadata(&self, now_ms: u64) {
         self.safety.expire(now_ms);
         let window = self.safety_retention_ms();
-        self.reports.lock().expect("not poisoned").retain(|_, at| now_ms.saturating_sub(*at) < window);
+        self.reports
+            .lock()
+            .expect("not poisoned")
+            .retain(|_, at| now_ms.saturating_sub(*at) < window);
     }
 
     /// Forget everything held in memory about `account` (erasure).
     pub(crate) fn forget_account(&self, account: u64) {
         self.safety.forget(account);
-        self.reports.lock().expect("not poisoned").retain(|(a, b), _| *a != account && *b != account);
+        self.reports
+            .lock()
+            .expect("not poisoned")
+            .retain(|(a, b), _| *a != account && *b != account);
     }
 
     fn safety_retention_ms(&self) -> u64 {
@@ -212,7 +222,10 @@ impl Router {
         });
         let old = self.sessions().insert(key, handle.clone());
         if let Some(old) = old {
-            old.close(ErrorCode::Replaced, "replaced by a newer connection of the same device");
+            old.close(
+                ErrorCode::Replaced,
+                "replaced by a newer connection of the same device",
+            );
         }
         (handle, live_rx)
     }
@@ -257,13 +270,23 @@ impl Router {
         message: String,
     ) -> SendReply {
         Metrics::inc(&self.metrics.refused);
-        SendReply::Now(Frame::Error { msg_id, code, retry_after_ms, message })
+        SendReply::Now(Frame::Error {
+            msg_id,
+            code,
+            retry_after_ms,
+            message,
+        })
     }
 
     /// Refuse a request that a rate limit stopped.
     pub(crate) fn limited(&self, msg_id: MessageId, r: Refusal) -> SendReply {
         let message = format!("rate limited ({:?})", r.limit).to_lowercase();
-        self.refuse(msg_id, ErrorCode::RateLimited, r.retry_after_ms.max(1), message)
+        self.refuse(
+            msg_id,
+            ErrorCode::RateLimited,
+            r.retry_after_ms.max(1),
+            message,
+        )
     }
 
     /// How many devices a blocked sender is told it reached: the queues the envelope would
@@ -295,7 +318,10 @@ impl Router {
             return Err((ErrorCode::EnvelopeTooLarge, msg));
         }
         if flags & !flags::KNOWN != 0 {
-            return Err((ErrorCode::InvalidSend, format!("unknown flag bits 0x{flags:02x}")));
+            return Err((
+                ErrorCode::InvalidSend,
+                format!("unknown flag bits 0x{flags:02x}"),
+            ));
         }
         let ttl = match ttl_secs {
             0 => self.limits.default_ttl_secs,
@@ -310,6 +336,38 @@ impl Router {
             flags,
             payload,
         })
+    }
+
+    /// The devices a `SEND` or `SEND_SEALED` addresses: `to_device`, or every device of
+    /// `to_account` when it is 0, never the sending device `from`.
+    pub(crate) fn addressed(
+        &self,
+        to_account: u64,
+        to_device: u32,
+        from: DeviceKey,
+    ) -> Result<Vec<DeviceKey>, (ErrorCode, u32, String)> {
+        let registered = self
+            .store
+            .devices(to_account)
+            .map_err(|e| (ErrorCode::Internal, 100, format!("storage: {e}")))?;
+        let devices: Vec<DeviceKey> = registered
+            .iter()
+            .filter(|d| to_device == 0 || **d == to_device)
+            .map(|&device| DeviceKey {
+                account: to_account,
+                device,
+            })
+            .filter(|k| *k != from)
+            .collect();
+        if devices.is_empty() {
+            let msg = if to_device == 0 {
+                "the account has no other registered device"
+            } else {
+                "no such device"
+            };
+            return Err((ErrorCode::NoSuchRecipient, 0, msg.into()));
+        }
+        Ok(devices)
     }
 
     /// Handle a `SEND` from the authenticated device `origin` at time `now_ms`.
@@ -330,24 +388,10 @@ impl Router {
             Ok(env) => env,
             Err((code, msg)) => return self.refuse(msg_id, code, 0, msg),
         };
-        let registered = match self.store.devices(to_account) {
+        let devices = match self.addressed(to_account, to_device, from) {
             Ok(d) => d,
-            Err(e) => return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}")),
+            Err((code, retry, msg)) => return self.refuse(msg_id, code, retry, msg),
         };
-        let devices: Vec<DeviceKey> = registered
-            .iter()
-            .filter(|d| to_device == 0 || **d == to_device)
-            .map(|&device| DeviceKey { account: to_account, device })
-            .filter(|k| *k != from)
-            .collect();
-        if devices.is_empty() {
-            let msg = if to_device == 0 {
-                "the account has no other registered device"
-            } else {
-                "no such device"
-            };
-            return self.refuse(msg_id, ErrorCode::NoSuchRecipient, 0, msg.into());
-        }
         let sender = (from.account, from.device);
         let bytes = env.payload.len() as u64;
         if let Err(r) = self.safety.check_send(sender, &[to_account], bytes, now_ms) {
@@ -357,7 +401,11 @@ impl Router {
             Admit::Yes => {}
             Admit::Blocked => {
                 let hidden = self.hidden_count(&env, &devices);
-                let to = Recipients::Shared { group: 0, list: Vec::new(), hidden };
+                let to = Recipients::Shared {
+                    group: 0,
+                    list: Vec::new(),
+                    hidden,
+                };
                 return self.deliver(from, env, to);
             }
             Admit::Unreachable => {
@@ -389,15 +437,22 @@ impl Router {
         };
         let members = match self.store.group_members(group) {
             Ok(Some(m)) => m,
-            Ok(None) => return self.refuse(msg_id, ErrorCode::NoSuchGroup, 0, "no such group".into()),
-            Err(e) => return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}")),
+            Ok(None) => {
+                return self.refuse(msg_id, ErrorCode::NoSuchGroup, 0, "no such group".into())
+            }
+            Err(e) => {
+                return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}"))
+            }
         };
         if members.binary_search(&from.account).is_err() {
             let msg = "only members may send to a group".to_string();
             return self.refuse(msg_id, ErrorCode::NotAMember, 0, msg);
         }
         let sender = (from.account, from.device);
-        if let Err(r) = self.safety.check_send(sender, &[], env.payload.len() as u64, now_ms) {
+        if let Err(r) = self
+            .safety
+            .check_send(sender, &[], env.payload.len() as u64, now_ms)
+        {
             return self.limited(msg_id, r);
         }
         // Members who blocked the sender, or do not accept its network, are skipped.
@@ -422,13 +477,28 @@ impl Router {
         let list: Vec<SharedRecipient> = devices
             .into_iter()
             .filter(|k| *k != from)
-            .map(|device| SharedRecipient { device, header: Bytes::new() })
+            .map(|device| SharedRecipient {
+                device,
+                header: Bytes::new(),
+            })
             .collect();
-        if let Err(r) = self.safety.check_group_fanout(from.account, list.len() as u64) {
+        if let Err(r) = self
+            .safety
+            .check_group_fanout(from.account, list.len() as u64)
+        {
             return self.limited(msg_id, r);
         }
-        self.safety.note_fanout(from.account, list.len() as u64, now_ms);
-        self.deliver(from, env, Recipients::Shared { group, list, hidden })
+        self.safety
+            .note_fanout(from.account, list.len() as u64, now_ms);
+        self.deliver(
+            from,
+            env,
+            Recipients::Shared {
+                group,
+                list,
+                hidden,
+            },
+        )
     }
 
     /// Handle a `SEND_MULTI`: the listed recipients, each with its opaque header.
@@ -446,10 +516,17 @@ impl Router {
         let from = origin.key;
         let l = &self.limits;
         if recipients.len() > l.max_multi_recipients {
-            let msg = format!("{} recipients exceed the limit of {}", recipients.len(), l.max_multi_recipients);
+            let msg = format!(
+                "{} recipients exceed the limit of {}",
+                recipients.len(),
+                l.max_multi_recipients
+            );
             return self.refuse(msg_id, ErrorCode::TooManyRecipients, 0, msg);
         }
-        if recipients.iter().any(|r| r.header.len() > l.max_header_bytes) {
+        if recipients
+            .iter()
+            .any(|r| r.header.len() > l.max_header_bytes)
+        {
             let msg = format!("a recipient header exceeds {} bytes", l.max_header_bytes);
             return self.refuse(msg_id, ErrorCode::TooManyRecipients, 0, msg);
         }
@@ -459,7 +536,10 @@ impl Router {
         };
         let accounts: Vec<u64> = recipients.iter().map(|r| r.account).collect();
         let sender = (from.account, from.device);
-        if let Err(r) = self.safety.check_send(sender, &accounts, env.payload.len() as u64, now_ms) {
+        if let Err(r) = self
+            .safety
+            .check_send(sender, &accounts, env.payload.len() as u64, now_ms)
+        {
             return self.limited(msg_id, r);
         }
         let mut list = Vec::with_capacity(recipients.len());
@@ -473,28 +553,52 @@ impl Router {
             }
             let registered = match self.store.devices(r.account) {
                 Ok(d) => d,
-                Err(e) => return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}")),
+                Err(e) => {
+                    return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}"))
+                }
             };
             if r.device != 0 && !registered.contains(&r.device) {
                 let msg = format!("account {} has no device {}", r.account, r.device);
                 return self.refuse(msg_id, ErrorCode::NoSuchRecipient, 0, msg);
             }
-            for &device in registered.iter().filter(|d| r.device == 0 || **d == r.device) {
-                let key = DeviceKey { account: r.account, device };
+            for &device in registered
+                .iter()
+                .filter(|d| r.device == 0 || **d == r.device)
+            {
+                let key = DeviceKey {
+                    account: r.account,
+                    device,
+                };
                 if key != from && seen.insert(key) {
                     if admit == Admit::Blocked {
                         hidden += 1;
                     } else {
-                        list.push(SharedRecipient { device: key, header: r.header.clone() });
+                        list.push(SharedRecipient {
+                            device: key,
+                            header: r.header.clone(),
+                        });
                     }
                 }
             }
         }
         if list.is_empty() && hidden == 0 {
-            return self.refuse(msg_id, ErrorCode::NoSuchRecipient, 0, "no recipient device".into());
+            return self.refuse(
+                msg_id,
+                ErrorCode::NoSuchRecipient,
+                0,
+                "no recipient device".into(),
+            );
         }
         self.safety.note_sent(from.account, &accounts, now_ms);
-        self.deliver(from, env, Recipients::Shared { group: 0, list, hidden })
+        self.deliver(
+            from,
+            env,
+            Recipients::Shared {
+                group: 0,
+                list,
+                hidden,
+            },
+        )
     }
 
     /// Store (or, if ephemeral, push) an envelope for its recipients.
@@ -511,7 +615,11 @@ impl Router {
             // A group whose only member is the sender: nothing to store.
             Metrics::inc(&self.metrics.accepted);
             let (msg_id, accepted_at_ms) = (env.msg_id, env.accepted_at_ms);
-            return SendReply::Now(Frame::Accepted { msg_id, accepted_at_ms, recipients: 0 });
+            return SendReply::Now(Frame::Accepted {
+                msg_id,
+                accepted_at_ms,
+                recipients: 0,
+            });
         }
         self.send_durable(from, to, env)
     }
@@ -522,8 +630,12 @@ impl Router {
             let sessions = self.sessions();
             for i in 0..to.len() {
                 if let Some(h) = sessions.get(&to.device(i)) {
-                    let live =
-                        Live { seq: 0, env: env.clone(), group: to.group(), header: to.header_of(i) };
+                    let live = Live {
+                        seq: 0,
+                        env: env.clone(),
+                        group: to.group(),
+                        header: to.header_of(i),
+                    };
                     if h.live_tx.try_send(live).is_ok() {
                         pushed += 1;
                     }
@@ -532,10 +644,19 @@ impl Router {
         }
         Metrics::inc(&self.metrics.accepted);
         let recipients = pushed + to.hidden();
-        Frame::Accepted { msg_id: env.msg_id, accepted_at_ms: env.accepted_at_ms, recipients }
+        Frame::Accepted {
+            msg_id: env.msg_id,
+            accepted_at_ms: env.accepted_at_ms,
+            recipients,
+        }
     }
 
-    fn send_durable(self: &Arc<Self>, from: DeviceKey, to: Recipients, env: StoredEnvelope) -> SendReply {
+    fn send_durable(
+        self: &Arc<Self>,
+        from: DeviceKey,
+        to: Recipients,
+        env: StoredEnvelope,
+    ) -> SendReply {
         let msg_id = env.msg_id;
         let dkey = (from, msg_id);
         let cost = match &to {
@@ -599,12 +720,18 @@ impl Router {
                         ErrorCode::QueueFull,
                         format!("the queue of device {} is full", device.device),
                     ),
-                    EnqueueError::UnknownDevice { .. } => {
-                        (ErrorCode::NoSuchRecipient, "the device was removed".to_string())
-                    }
+                    EnqueueError::UnknownDevice { .. } => (
+                        ErrorCode::NoSuchRecipient,
+                        "the device was removed".to_string(),
+                    ),
                     EnqueueError::Storage(e) => (ErrorCode::Internal, format!("storage: {e}")),
                 };
-                let frame = Frame::Error { msg_id, code, retry_after_ms: 0, message };
+                let frame = Frame::Error {
+                    msg_id,
+                    code,
+                    retry_after_ms: 0,
+                    message,
+                };
                 Metrics::inc(&self.metrics.refused);
                 self.finish_send(dkey, &frame);
                 return SendReply::Now(frame);
@@ -619,7 +746,12 @@ impl Router {
                     h.max_seen.fetch_max(*seq, Ordering::AcqRel);
                     // Seqs come in recipient order; the header travels with its device.
                     debug_assert_eq!(to.device(i), *key);
-                    let live = Live { seq: *seq, env: env.clone(), group, header: to.header_of(i) };
+                    let live = Live {
+                        seq: *seq,
+                        env: env.clone(),
+                        group,
+                        header: to.header_of(i),
+                    };
                     // A full channel is fine: the session reads the queue once this is durable.
                     let _ = h.live_tx.try_send(live);
                 }
@@ -631,12 +763,19 @@ impl Router {
         tokio::spawn(async move {
             let result = enqueued.commit.await;
             let durable = result.is_ok();
-            router.metrics.pending_bytes.fetch_sub(cost, Ordering::Relaxed);
+            router
+                .metrics
+                .pending_bytes
+                .fetch_sub(cost, Ordering::Relaxed);
             let frame = match result {
                 Ok(()) => {
                     Metrics::inc(&router.metrics.accepted);
                     Metrics::add(&router.metrics.stored, u64::from(n - hidden));
-                    Frame::Accepted { msg_id, accepted_at_ms, recipients: n }
+                    Frame::Accepted {
+                        msg_id,
+                        accepted_at_ms,
+                        recipients: n,
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "commit failed");
@@ -672,14 +811,23 @@ impl Router {
 
     /// Answer the retries that waited on a send, and forget it.
     fn finish_send(&self, dkey: SendId, frame: &Frame) {
-        let waiters = self.sends_in_flight.lock().expect("not poisoned").remove(&dkey);
+        let waiters = self
+            .sends_in_flight
+            .lock()
+            .expect("not poisoned")
+            .remove(&dkey);
         for w in waiters.into_iter().flatten() {
             let _ = w.send(frame.clone());
         }
     }
 
     /// Handle `GROUP_CREATE`, `GROUP_UPDATE` and `GROUP_GET` from the account of `from`.
-    pub fn group_request(self: &Arc<Self>, from: DeviceKey, frame: Frame, now_ms: u64) -> SendReply {
+    pub fn group_request(
+        self: &Arc<Self>,
+        from: DeviceKey,
+        frame: Frame,
+        now_ms: u64,
+    ) -> SendReply {
         let actor = from.account;
         let max = self.limits.max_group_size;
         let (req_id, group) = match &frame {
@@ -689,7 +837,12 @@ impl Router {
             _ => unreachable!("only group requests are routed here"),
         };
         if group == 0 {
-            return self.refuse(req_id, ErrorCode::InvalidRequest, 0, "group 0 is reserved".into());
+            return self.refuse(
+                req_id,
+                ErrorCode::InvalidRequest,
+                0,
+                "group 0 is reserved".into(),
+            );
         }
         let (tx, rx) = oneshot::channel();
         let store = self.store.clone();
@@ -698,10 +851,24 @@ impl Router {
                 let cap = (self.limits.max_envelope_bytes / 16).clamp(1, 16384) as u32;
                 let members = match self.store.group_members(group) {
                     Ok(m) => m,
-                    Err(e) => return self.refuse(req_id, ErrorCode::Internal, 100, format!("storage: {e}")),
+                    Err(e) => {
+                        return self.refuse(
+                            req_id,
+                            ErrorCode::Internal,
+                            100,
+                            format!("storage: {e}"),
+                        )
+                    }
                 };
                 match members {
-                    None => return self.refuse(req_id, ErrorCode::NoSuchGroup, 0, "no such group".into()),
+                    None => {
+                        return self.refuse(
+                            req_id,
+                            ErrorCode::NoSuchGroup,
+                            0,
+                            "no such group".into(),
+                        )
+                    }
                     Some(m) if m.binary_search(&actor).is_err() => {
                         let msg = "only members may read a group".to_string();
                         return self.refuse(req_id, ErrorCode::NotAMember, 0, msg);
@@ -727,13 +894,19 @@ impl Router {
                             })
                             .collect(),
                     }),
-                    Ok(None) => self.refuse(req_id, ErrorCode::NoSuchGroup, 0, "no such group".into()),
-                    Err(e) => self.refuse(req_id, ErrorCode::Internal, 100, format!("storage: {e}")),
+                    Ok(None) => {
+                        self.refuse(req_id, ErrorCode::NoSuchGroup, 0, "no such group".into())
+                    }
+                    Err(e) => {
+                        self.refuse(req_id, ErrorCode::Internal, 100, format!("storage: {e}"))
+                    }
                 };
             }
             Frame::GroupCreate { members, .. } => {
                 tokio::spawn(async move {
-                    let r = store.create_group(group, actor, &members, max, now_ms).await;
+                    let r = store
+                        .create_group(group, actor, &members, max, now_ms)
+                        .await;
                     let _ = tx.send(group_answer(req_id, r));
                 });
             }
@@ -780,18 +953,37 @@ impl Router {
 fn group_answer(req_id: MessageId, r: Result<GroupState, GroupError>) -> Frame {
     let (code, message) = match r {
         Ok(st) => {
-            return Frame::GroupOk { req_id, group: st.group, version: st.version, members: st.members }
+            return Frame::GroupOk {
+                req_id,
+                group: st.group,
+                version: st.version,
+                members: st.members,
+            }
         }
         Err(GroupError::NoSuchGroup) => (ErrorCode::NoSuchGroup, "no such group".to_string()),
-        Err(GroupError::Exists) => (ErrorCode::GroupExists, "the group already exists".to_string()),
-        Err(GroupError::NotMember) => (ErrorCode::NotAMember, "not a member of the group".to_string()),
+        Err(GroupError::Exists) => (
+            ErrorCode::GroupExists,
+            "the group already exists".to_string(),
+        ),
+        Err(GroupError::NotMember) => (
+            ErrorCode::NotAMember,
+            "not a member of the group".to_string(),
+        ),
         Err(GroupError::NotAdmin) => (ErrorCode::NotAdmin, "only admins may do that".to_string()),
-        Err(GroupError::TooLarge) => (ErrorCode::GroupTooLarge, "the group would be too large".to_string()),
+        Err(GroupError::TooLarge) => (
+            ErrorCode::GroupTooLarge,
+            "the group would be too large".to_string(),
+        ),
         Err(GroupError::Invalid(why)) => (ErrorCode::InvalidRequest, why),
         Err(GroupError::Storage(e)) => {
             tracing::error!(error = %e, "group update failed");
             (ErrorCode::Internal, "storage failure".to_string())
         }
     };
-    Frame::Error { msg_id: req_id, code, retry_after_ms: 0, message }
+    Frame::Error {
+        msg_id: req_id,
+        code,
+        retry_after_ms: 0,
+        message,
+    }
 }

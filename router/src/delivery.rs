@@ -64,7 +64,10 @@ impl DeliveryState {
         if room == 0 || (self.caught_up && self.cursor >= self.max_seen) {
             return None;
         }
-        Some(Read { from_seq: self.cursor + 1, max: room })
+        Some(Read {
+            from_seq: self.cursor + 1,
+            max: room,
+        })
     }
 
     /// Record a queue read that asked for `asked` entries and returned these seqs (ascending),
@@ -110,7 +113,13 @@ mod tests {
         let mut d = DeliveryState::new(4);
         // Live push before the initial drain: not sent directly.
         assert!(!d.on_live(3));
-        assert_eq!(d.want_read(), Some(Read { from_seq: 1, max: 4 }));
+        assert_eq!(
+            d.want_read(),
+            Some(Read {
+                from_seq: 1,
+                max: 4
+            })
+        );
         let sent = d.on_read(4, &[(1, true), (2, false), (3, true)]);
         assert_eq!(sent, vec![1, 3]);
         // Caught up: the next live seq goes straight out.
@@ -127,7 +136,13 @@ mod tests {
         assert!(!d.on_live(3), "window full");
         assert_eq!(d.want_read(), None);
         assert_eq!(d.on_ack(&[1, 99]), 1);
-        assert_eq!(d.want_read(), Some(Read { from_seq: 3, max: 1 }));
+        assert_eq!(
+            d.want_read(),
+            Some(Read {
+                from_seq: 3,
+                max: 1
+            })
+        );
         assert_eq!(d.on_read(1, &[(3, true)]), vec![3]);
         assert_eq!(d.want_read(), None);
     }
@@ -137,7 +152,13 @@ mod tests {
         let mut d = DeliveryState::new(8);
         d.on_read(8, &[]);
         assert!(!d.on_live(2), "seq 1 was not seen: must not skip it");
-        assert_eq!(d.want_read(), Some(Read { from_seq: 1, max: 8 }));
+        assert_eq!(
+            d.want_read(),
+            Some(Read {
+                from_seq: 1,
+                max: 8
+            })
+        );
         // Nothing durable yet: read returns nothing, state waits.
         assert!(d.on_read(8, &[]).is_empty());
         assert!(d.want_read().is_some(), "still waiting for seq 1");
@@ -151,6 +172,12 @@ mod tests {
         let mut d = DeliveryState::new(8);
         d.on_read(8, &[]);
         d.saw(5);
-        assert_eq!(d.want_read(), Some(Read { from_seq: 1, max: 8 }));
+        assert_eq!(
+            d.want_read(),
+            Some(Read {
+                from_seq: 1,
+                max: 8
+            })
+        );
     }
 }

@@ -57,12 +57,15 @@ pub(crate) async fn accept_loop(ep: quinn::Endpoint, shared: Arc<Shared>, sessio
         };
         let shared = shared.clone();
         sessions.spawn(async move {
-            let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(10), incoming).await
-            else {
+            let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(10), incoming).await else {
                 return;
             };
             let m = &shared.router.metrics;
-            if let Err(r) = shared.router.safety.check_connection(conn.remote_address().ip()) {
+            if let Err(r) = shared
+                .router
+                .safety
+                .check_connection(conn.remote_address().ip())
+            {
                 let reason = format!("too many new connections; retry in {} ms", r.retry_after_ms);
                 conn.close(ErrorCode::RateLimited.as_u16().into(), reason.as_bytes());
                 return;
@@ -75,7 +78,8 @@ pub(crate) async fn accept_loop(ep: quinn::Endpoint, shared: Arc<Shared>, sessio
             Metrics::inc(&m.connections);
             Metrics::inc(&m.connections_total);
             crate::session::serve(shared.clone(), conn).await;
-            m.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            m.connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
     }
 }

@@ -34,7 +34,10 @@ use crate::core::Router;
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// State shared by the node's tasks.
@@ -71,7 +74,9 @@ impl Node {
         let tls = tls::load(&cfg)?;
         let signing_key = tls::load_or_create_token_key(&cfg.token_key_path())?;
         if cfg.durability == DurabilityMode::None {
-            tracing::warn!("durability = none: accepted envelopes are NOT fsync'd (benchmarks only)");
+            tracing::warn!(
+                "durability = none: accepted envelopes are NOT fsync'd (benchmarks only)"
+            );
         }
         let store = Store::open(
             &cfg.data_dir.join("db"),
@@ -87,7 +92,12 @@ impl Node {
         )
         .context("opening the store")?;
         let pusher = push::Pusher::spawn(cfg.push.clone())?;
-        let router = Arc::new(Router::new(store, &cfg, signing_key.verifying_key(), pusher));
+        let router = Arc::new(Router::new(
+            store,
+            &cfg,
+            signing_key.verifying_key(),
+            pusher,
+        ));
         let server_config = tls::server_config(&tls)?;
         let endpoints = front::bind(cfg.listen, cfg.quic_endpoints, server_config)?;
         let quic_addr = endpoints[0].local_addr()?;
@@ -105,9 +115,16 @@ impl Node {
         let sessions = TaskTracker::new();
         let background = TaskTracker::new();
         for ep in &endpoints {
-            background.spawn(front::accept_loop(ep.clone(), shared.clone(), sessions.clone()));
+            background.spawn(front::accept_loop(
+                ep.clone(),
+                shared.clone(),
+                sessions.clone(),
+            ));
         }
-        background.spawn(sweep_loop(shared.clone(), Duration::from_millis(cfg.sweep_interval_ms)));
+        background.spawn(sweep_loop(
+            shared.clone(),
+            Duration::from_millis(cfg.sweep_interval_ms),
+        ));
         let listener = tokio::net::TcpListener::bind(cfg.admin_listen)
             .await
             .with_context(|| format!("binding admin HTTP on {}", cfg.admin_listen))?;
@@ -158,9 +175,14 @@ impl Node {
         use std::sync::atomic::Ordering;
         self.shared.ready.store(false, Ordering::SeqCst);
         let _ = self.shared.shutdown.send(true);
-        self.shared.router.close_all(ErrorCode::GoingAway, "node shutting down");
+        self.shared
+            .router
+            .close_all(ErrorCode::GoingAway, "node shutting down");
         self.sessions.close();
-        if tokio::time::timeout(Duration::from_secs(10), self.sessions.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), self.sessions.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("sessions did not finish within 10 s");
         }
         for ep in &self.endpoints {

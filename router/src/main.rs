@@ -90,7 +90,11 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let node = Node::start(cfg).await?;
-        println!("hearthd listening: quic={} admin=http://{}", node.quic_addr(), node.admin_addr());
+        println!(
+            "hearthd listening: quic={} admin=http://{}",
+            node.quic_addr(),
+            node.admin_addr()
+        );
         wait_for_signal().await?;
         tracing::info!("shutting down");
         node.shutdown().await;

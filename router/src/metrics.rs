@@ -34,8 +34,14 @@ impl Metrics {
 
 /// Resident set size of this process in bytes (Linux), 0 when unknown.
 pub(crate) fn rss_bytes() -> u64 {
-    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
-    let pages: u64 = s.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     // Linux on x86_64 and aarch64 as deployed here uses 4 KiB pages.
     pages * 4096
 }

@@ -19,12 +19,22 @@ const MAX_PUSH_TOKEN: usize = 512;
 const MAX_ACCESS_KEY: usize = 64;
 
 /// The dedup identity of sealed sends: no sender is recorded with them.
-const SEALED: DeviceKey = DeviceKey { account: 0, device: 0 };
+const SEALED: DeviceKey = DeviceKey {
+    account: 0,
+    device: 0,
+};
 
 impl Router {
     /// Handle `POLICY_SET` from `origin`'s account (and, for push tokens, its device).
-    pub fn policy_set(self: &Arc<Self>, origin: &Origin, req_id: MessageId, change: PolicyChange, now_ms: u64) -> SendReply {
-        let invalid = |msg: &str| self.refuse(req_id, ErrorCode::InvalidRequest, 0, msg.to_string());
+    pub fn policy_set(
+        self: &Arc<Self>,
+        origin: &Origin,
+        req_id: MessageId,
+        change: PolicyChange,
+        now_ms: u64,
+    ) -> SendReply {
+        let invalid =
+            |msg: &str| self.refuse(req_id, ErrorCode::InvalidRequest, 0, msg.to_string());
         let account = origin.key.account;
         let device = origin.key;
         let store = self.store.clone();
@@ -60,16 +70,22 @@ impl Router {
             }
             PolicyChange::Allow { add, accounts } => {
                 tokio::spawn(async move {
-                    let r = store.update_list(account, ListKind::Allow, add, &accounts).await;
+                    let r = store
+                        .update_list(account, ListKind::Allow, add, &accounts)
+                        .await;
                     let _ = tx.send(answer(r.map(|_| ())));
                 });
             }
             PolicyChange::Block { add, accounts } => {
                 let router = self.clone();
                 tokio::spawn(async move {
-                    let before: Vec<bool> =
-                        accounts.iter().map(|a| store.list_contains(account, ListKind::Block, *a)).collect();
-                    let r = store.update_list(account, ListKind::Block, add, &accounts).await;
+                    let before: Vec<bool> = accounts
+                        .iter()
+                        .map(|a| store.list_contains(account, ListKind::Block, *a))
+                        .collect();
+                    let r = store
+                        .update_list(account, ListKind::Block, add, &accounts)
+                        .await;
                     if add && r.is_ok() {
                         for (a, was) in accounts.iter().zip(before) {
                             if !was {
@@ -116,7 +132,13 @@ impl Router {
 
     /// Handle `REPORT`: count it against the reported account (an abuse signal), once per
     /// reporter and reported account within the retention window.
-    pub fn report(&self, origin: &Origin, req_id: MessageId, account: u64, now_ms: u64) -> SendReply {
+    pub fn report(
+        &self,
+        origin: &Origin,
+        req_id: MessageId,
+        account: u64,
+        now_ms: u64,
+    ) -> SendReply {
         if account != origin.key.account && self.first_report(origin.key.account, account, now_ms) {
             self.safety.note_report(account, now_ms);
         }
@@ -143,22 +165,15 @@ impl Router {
             Err((code, msg)) => return self.refuse(msg_id, code, 0, msg),
         };
         (env.from_account, env.from_device) = (0, 0);
-        let registered = match self.store.devices(to_account) {
+        let devices = match self.addressed(to_account, to_device, origin.key) {
             Ok(d) => d,
-            Err(e) => return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}")),
+            Err((code, retry, msg)) => return self.refuse(msg_id, code, retry, msg),
         };
-        let devices: Vec<DeviceKey> = registered
-            .iter()
-            .filter(|d| to_device == 0 || **d == to_device)
-            .map(|&device| DeviceKey { account: to_account, device })
-            .filter(|k| *k != origin.key)
-            .collect();
-        if devices.is_empty() {
-            return self.refuse(msg_id, ErrorCode::NoSuchRecipient, 0, "no such device".into());
-        }
         let record = match self.store.account(to_account) {
             Ok(r) => r,
-            Err(e) => return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}")),
+            Err(e) => {
+                return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}"))
+            }
         };
         if record.as_ref().is_some_and(|r| r.reach == Reach::Nobody) {
             let msg = "the recipient accepts no envelopes".to_string();
@@ -174,7 +189,10 @@ impl Router {
             return self.refuse(msg_id, ErrorCode::BadAccessKey, 0, msg);
         }
         let sender = (origin.key.account, origin.key.device);
-        if let Err(r) = self.safety.check_send(sender, &[], env.payload.len() as u64, now_ms) {
+        if let Err(r) = self
+            .safety
+            .check_send(sender, &[], env.payload.len() as u64, now_ms)
+        {
             return self.limited(msg_id, r);
         }
         self.deliver(SEALED, env, Recipients::Inline(devices))

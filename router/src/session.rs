@@ -11,9 +11,9 @@ use hearth_storage::{DeviceKey, QueueEntry};
 use tokio::sync::{mpsc, watch};
 
 use crate::core::{Live, Router, SendReply, SessionHandle};
-use crate::policy::Origin;
 use crate::delivery::DeliveryState;
 use crate::metrics::Metrics;
+use crate::policy::Origin;
 use crate::{now_ms, Shared};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,7 +33,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     let router = shared.router.clone();
     let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await;
     let Ok(Ok((send, recv))) = accepted else {
-        conn.close(ErrorCode::ProtocolViolation.as_u16().into(), b"no stream opened");
+        conn.close(
+            ErrorCode::ProtocolViolation.as_u16().into(),
+            b"no stream opened",
+        );
         return;
     };
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(WRITER_QUEUE);
@@ -49,7 +52,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     let end = match session.authenticate(&shared).await {
         Ok(origin) => {
             let (handle, live_rx) = router.attach(origin.key);
-            let end = session.run(&origin, &handle, live_rx, shared.shutdown.subscribe()).await;
+            let end = session
+                .run(&origin, &handle, live_rx, shared.shutdown.subscribe())
+                .await;
             router.detach(&handle);
             end
         }
@@ -98,15 +103,21 @@ impl Session {
             .await
             .map_err(|_| End::Close(ErrorCode::ProtocolViolation, "no HELLO in time".into()))??;
         let Decoded::Frame(Frame::Hello { version, token }) = first else {
-            return Err(End::Close(ErrorCode::ProtocolViolation, "first frame must be HELLO".into()));
+            return Err(End::Close(
+                ErrorCode::ProtocolViolation,
+                "first frame must be HELLO".into(),
+            ));
         };
         if version != PROTOCOL_VERSION {
             let why = format!("protocol version {version} is not supported (1 is)");
             return Err(End::Close(ErrorCode::UnsupportedVersion, why));
         }
         let now = now_ms();
-        let (claims, scope) =
-            self.router.verifying_key.verify_scoped(&token, now / 1000).map_err(|e| {
+        let (claims, scope) = self
+            .router
+            .verifying_key
+            .verify_scoped(&token, now / 1000)
+            .map_err(|e| {
                 let code = match e {
                     hearth_protocol::TokenError::Expired => ErrorCode::TokenExpired,
                     _ => ErrorCode::BadToken,
@@ -124,16 +135,30 @@ impl Session {
             z => z.to_string(),
         };
         if !shared.residency.allows(&zone, &shared.region) {
-            let why = format!("zone {zone:?} may not be stored in region {:?}", shared.region);
+            let why = format!(
+                "zone {zone:?} may not be stored in region {:?}",
+                shared.region
+            );
             return Err(End::Close(ErrorCode::Residency, why));
         }
-        let key = DeviceKey { account: claims.account, device: claims.device };
+        let key = DeviceKey {
+            account: claims.account,
+            device: claims.device,
+        };
         let storage_failure = |e: hearth_storage::StorageError| {
             tracing::error!(error = %e, "device registration failed");
             End::Close(ErrorCode::Internal, "storage failure".into())
         };
-        self.router.store.ensure_account(key.account, &network, &zone, now).await.map_err(storage_failure)?;
-        self.router.store.register_device(key, now).await.map_err(storage_failure)?;
+        self.router
+            .store
+            .ensure_account(key.account, &network, &zone, now)
+            .await
+            .map_err(storage_failure)?;
+        self.router
+            .store
+            .register_device(key, now)
+            .await
+            .map_err(storage_failure)?;
         let l = &self.router.limits;
         let welcome = Frame::Welcome {
             account: key.account,
@@ -144,7 +169,10 @@ impl Session {
         };
         encode(&welcome, &mut self.out);
         self.flush().await?;
-        Ok(Origin { key, network: network.into() })
+        Ok(Origin {
+            key,
+            network: network.into(),
+        })
     }
 
     async fn run(
@@ -238,26 +266,72 @@ impl Session {
                         self.router.limits.max_envelope_bytes
                     );
                     let code = ErrorCode::EnvelopeTooLarge;
-                    encode(&Frame::Error { msg_id, code, retry_after_ms: 0, message }, &mut self.out);
+                    encode(
+                        &Frame::Error {
+                            msg_id,
+                            code,
+                            retry_after_ms: 0,
+                            message,
+                        },
+                        &mut self.out,
+                    );
                     continue;
                 }
             };
             match frame {
-                Frame::Send { msg_id, to_account, to_device, ttl_secs, flags, payload } => {
+                Frame::Send {
+                    msg_id,
+                    to_account,
+                    to_device,
+                    ttl_secs,
+                    flags,
+                    payload,
+                } => {
                     let reply = self.router.send(
-                        origin, msg_id, to_account, to_device, ttl_secs, flags, payload, now_ms(),
+                        origin,
+                        msg_id,
+                        to_account,
+                        to_device,
+                        ttl_secs,
+                        flags,
+                        payload,
+                        now_ms(),
                     );
                     Self::answer(reply, &mut self.out, pending);
                 }
-                Frame::SendGroup { msg_id, group, ttl_secs, flags, payload } => {
+                Frame::SendGroup {
+                    msg_id,
+                    group,
+                    ttl_secs,
+                    flags,
+                    payload,
+                } => {
                     let reply = self.router.send_group(
-                        origin, msg_id, group, ttl_secs, flags, payload, now_ms(),
+                        origin,
+                        msg_id,
+                        group,
+                        ttl_secs,
+                        flags,
+                        payload,
+                        now_ms(),
                     );
                     Self::answer(reply, &mut self.out, pending);
                 }
-                Frame::SendMulti { msg_id, ttl_secs, flags, recipients, payload } => {
+                Frame::SendMulti {
+                    msg_id,
+                    ttl_secs,
+                    flags,
+                    recipients,
+                    payload,
+                } => {
                     let reply = self.router.send_multi(
-                        origin, msg_id, ttl_secs, flags, recipients, payload, now_ms(),
+                        origin,
+                        msg_id,
+                        ttl_secs,
+                        flags,
+                        recipients,
+                        payload,
+                        now_ms(),
                     );
                     Self::answer(reply, &mut self.out, pending);
                 }
@@ -277,7 +351,14 @@ impl Session {
                     payload,
                 } => {
                     let reply = self.router.send_sealed(
-                        origin, msg_id, to_account, to_device, ttl_secs, flags, access_key, payload,
+                        origin,
+                        msg_id,
+                        to_account,
+                        to_device,
+                        ttl_secs,
+                        flags,
+                        access_key,
+                        payload,
                         now_ms(),
                     );
                     Self::answer(reply, &mut self.out, pending);
@@ -320,26 +401,44 @@ impl Session {
     fn on_live(&mut self, state: &mut DeliveryState, live: Live) {
         if live.seq == 0 {
             Metrics::inc(&self.router.metrics.ephemeral_delivered);
-            encode(&deliver(0, &live.env, live.group, &live.header), &mut self.out);
+            encode(
+                &deliver(0, &live.env, live.group, &live.header),
+                &mut self.out,
+            );
         } else if state.on_live(live.seq) {
             Metrics::inc(&self.router.metrics.delivered);
-            encode(&deliver(live.seq, &live.env, live.group, &live.header), &mut self.out);
+            encode(
+                &deliver(live.seq, &live.env, live.group, &live.header),
+                &mut self.out,
+            );
         }
     }
 
     /// Read the queue while the window has room and the queue may hold undelivered entries.
     fn pump(&mut self, key: DeviceKey, state: &mut DeliveryState) -> Result<(), End> {
         while let Some(read) = state.want_read() {
-            let entries = self.router.store.read_queue(key, read.from_seq, read.max).map_err(|e| {
-                tracing::error!(error = %e, "queue read failed");
-                End::Close(ErrorCode::Internal, "storage failure".into())
-            })?;
+            let entries = self
+                .router
+                .store
+                .read_queue(key, read.from_seq, read.max)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "queue read failed");
+                    End::Close(ErrorCode::Internal, "storage failure".into())
+                })?;
             let now = now_ms();
-            let seqs: Vec<(u64, bool)> =
-                entries.iter().map(|e| (e.seq, e.envelope.expires_at_ms > now)).collect();
+            let seqs: Vec<(u64, bool)> = entries
+                .iter()
+                .map(|e| (e.seq, e.envelope.expires_at_ms > now))
+                .collect();
             let send = state.on_read(read.max, &seqs);
             let mut i = 0;
-            for QueueEntry { seq, envelope, group, header } in &entries {
+            for QueueEntry {
+                seq,
+                envelope,
+                group,
+                header,
+            } in &entries
+            {
                 if send.get(i) == Some(seq) {
                     i += 1;
                     Metrics::inc(&self.router.metrics.delivered);

@@ -47,7 +47,11 @@ pub(crate) fn load(cfg: &Config) -> anyhow::Result<TlsMaterial> {
     let certs = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing {}", cert_path.display()))?;
-    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert_path.display());
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "no certificate in {}",
+        cert_path.display()
+    );
     let key = rustls_pemfile::private_key(&mut &key_pem[..])
         .with_context(|| format!("parsing {}", key_path.display()))?
         .with_context(|| format!("no private key in {}", key_path.display()))?;

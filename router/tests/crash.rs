@@ -30,7 +30,9 @@ fn spawn_node(dir: &Path) -> (Child, SocketAddr) {
         .spawn()
         .expect("hearthd starts");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     // "hearthd listening: quic=127.0.0.1:PORT admin=http://127.0.0.1:PORT"
     let quic = line
         .split_whitespace()
@@ -54,9 +56,13 @@ fn client_config(dir: &Path, addr: SocketAddr, account: u64, device: u32) -> Cli
 async fn every_accepted_envelope_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, addr) = spawn_node(dir.path());
-    let (c, _) = Connection::connect(&client_config(dir.path(), addr, 1, 1)).await.unwrap();
+    let (c, _) = Connection::connect(&client_config(dir.path(), addr, 1, 1))
+        .await
+        .unwrap();
     c.close();
-    let (sender, _) = Connection::connect(&client_config(dir.path(), addr, 2, 1)).await.unwrap();
+    let (sender, _) = Connection::connect(&client_config(dir.path(), addr, 2, 1))
+        .await
+        .unwrap();
     let accepted = Arc::new(Mutex::new(HashSet::new()));
     let mut tasks = Vec::new();
     // 32 pipelined senders keep the node busy committing when the kill lands.
@@ -73,7 +79,10 @@ async fn every_accepted_envelope_survives_sigkill() {
             }
         }));
     }
-    eventually("enough envelopes accepted", || accepted.lock().unwrap().len() >= 2000).await;
+    eventually("enough envelopes accepted", || {
+        accepted.lock().unwrap().len() >= 2000
+    })
+    .await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // The dead node cannot say goodbye: fail the sends still waiting instead of idling out.
@@ -84,7 +93,9 @@ async fn every_accepted_envelope_survives_sigkill() {
     let accepted = accepted.lock().unwrap().clone();
 
     let (mut child, addr) = spawn_node(dir.path());
-    let (rc, mut rd) = Connection::connect(&client_config(dir.path(), addr, 1, 1)).await.unwrap();
+    let (rc, mut rd) = Connection::connect(&client_config(dir.path(), addr, 1, 1))
+        .await
+        .unwrap();
     let mut missing = accepted.clone();
     let mut last_seq = 0;
     while !missing.is_empty() {
@@ -94,7 +105,10 @@ async fn every_accepted_envelope_survives_sigkill() {
             .expect("connection open");
         assert!(got.seq > last_seq, "redelivery out of order");
         last_seq = got.seq;
-        assert_eq!(got.msg_id, MessageId::from_u128(u128::from_be_bytes(got.payload[..].try_into().unwrap())));
+        assert_eq!(
+            got.msg_id,
+            MessageId::from_u128(u128::from_be_bytes(got.payload[..].try_into().unwrap()))
+        );
         missing.remove(&got.msg_id.as_u128());
         rc.ack(&[got.seq]).unwrap();
     }
@@ -109,10 +123,14 @@ async fn every_accepted_group_message_survives_sigkill_mid_fan_out() {
     let (mut child, addr) = spawn_node(dir.path());
     let members: Vec<u64> = (10..30).collect();
     for &m in &members {
-        let (c, _) = Connection::connect(&client_config(dir.path(), addr, m, 1)).await.unwrap();
+        let (c, _) = Connection::connect(&client_config(dir.path(), addr, m, 1))
+            .await
+            .unwrap();
         c.close();
     }
-    let (sender, _) = Connection::connect(&client_config(dir.path(), addr, 1, 1)).await.unwrap();
+    let (sender, _) = Connection::connect(&client_config(dir.path(), addr, 1, 1))
+        .await
+        .unwrap();
     sender.create_group(5, &members).await.unwrap();
     let accepted = Arc::new(Mutex::new(HashSet::new()));
     let mut tasks = Vec::new();
@@ -135,7 +153,10 @@ async fn every_accepted_group_message_survives_sigkill_mid_fan_out() {
             }
         }));
     }
-    eventually("enough group messages accepted", || accepted.lock().unwrap().len() >= 300).await;
+    eventually("enough group messages accepted", || {
+        accepted.lock().unwrap().len() >= 300
+    })
+    .await;
     child.kill().unwrap();
     child.wait().unwrap();
     sender.close();
@@ -145,12 +166,16 @@ async fn every_accepted_group_message_survives_sigkill_mid_fan_out() {
     let accepted = accepted.lock().unwrap().clone();
     let (mut child, addr) = spawn_node(dir.path());
     for &m in &members {
-        let (c, mut d) = Connection::connect(&client_config(dir.path(), addr, m, 1)).await.unwrap();
+        let (c, mut d) = Connection::connect(&client_config(dir.path(), addr, m, 1))
+            .await
+            .unwrap();
         let mut missing = accepted.clone();
         while !missing.is_empty() {
             let got = tokio::time::timeout(DEADLINE, d.next())
                 .await
-                .unwrap_or_else(|_| panic!("member {m}: {} accepted never delivered", missing.len()))
+                .unwrap_or_else(|_| {
+                    panic!("member {m}: {} accepted never delivered", missing.len())
+                })
                 .expect("connection open");
             assert_eq!(got.group, 5);
             missing.remove(&got.msg_id.as_u128());

@@ -31,7 +31,10 @@ async fn live_delivery_reaches_every_device_of_the_account() {
     assert_eq!(&next(&mut d2).await.payload[..], b"only two");
     // The sending device is excluded from its own account's fan-out.
     let (own, mut own_d) = n.connect(2, 2).await;
-    let acc = own.send(envelope(2, 0, 9, b"to my other devices")).await.unwrap();
+    let acc = own
+        .send(envelope(2, 0, 9, b"to my other devices"))
+        .await
+        .unwrap();
     assert_eq!(acc.recipients, 1);
     assert!(nothing_within(&mut own_d, Duration::from_millis(300)).await);
     n.node.shutdown().await;
@@ -47,7 +50,10 @@ async fn offline_device_drains_its_queue_in_order_after_reconnecting() {
     // Acceptance order is known for sequential sends...
     let ordered = 50u32;
     for i in 0..ordered {
-        sender.send(envelope(10, 0, i as u128 + 1, &i.to_be_bytes())).await.unwrap();
+        sender
+            .send(envelope(10, 0, i as u128 + 1, &i.to_be_bytes()))
+            .await
+            .unwrap();
     }
     // ...and pipelined ones push the queue past the in-flight window.
     let total = 600u32;
@@ -85,9 +91,15 @@ async fn acked_envelopes_stay_gone_and_unacked_ones_return_after_restart() {
     sender.send(envelope(1, 0, 2, b"second")).await.unwrap();
     let a = next(&mut rd).await;
     let b = next(&mut rd).await;
-    assert_eq!((&a.payload[..], &b.payload[..]), (&b"first"[..], &b"second"[..]));
+    assert_eq!(
+        (&a.payload[..], &b.payload[..]),
+        (&b"first"[..], &b"second"[..])
+    );
     rc.ack(&[a.seq]).unwrap();
-    eventually("the ack is applied", || n.status()["envelopes"]["acked"] == 1).await;
+    eventually("the ack is applied", || {
+        n.status()["envelopes"]["acked"] == 1
+    })
+    .await;
     n.node.shutdown().await;
 
     let n = TestNode::start(dir.path()).await;
@@ -95,7 +107,10 @@ async fn acked_envelopes_stay_gone_and_unacked_ones_return_after_restart() {
     let again = next(&mut rd).await;
     assert_eq!(&again.payload[..], b"second");
     assert_eq!(again.seq, b.seq);
-    assert!(nothing_within(&mut rd, Duration::from_millis(300)).await, "acked one came back");
+    assert!(
+        nothing_within(&mut rd, Duration::from_millis(300)).await,
+        "acked one came back"
+    );
     n.node.shutdown().await;
 }
 
@@ -116,9 +131,16 @@ async fn expired_envelopes_are_not_delivered_and_are_removed_from_disk() {
     sender.send(envelope(1, 0, 2, b"marker")).await.unwrap();
     let (rc, mut rd) = n.connect(1, 1).await;
     let got = next(&mut rd).await;
-    assert_eq!(&got.payload[..], b"marker", "an expired envelope was delivered");
+    assert_eq!(
+        &got.payload[..],
+        b"marker",
+        "an expired envelope was delivered"
+    );
     rc.ack(&[got.seq]).unwrap();
-    eventually("the ack is applied", || n.status()["envelopes"]["acked"] == 1).await;
+    eventually("the ack is applied", || {
+        n.status()["envelopes"]["acked"] == 1
+    })
+    .await;
     n.node.shutdown().await;
     let store = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
     let counts = store.count_keys().unwrap();
@@ -141,12 +163,21 @@ async fn ephemeral_envelopes_reach_online_devices_only_and_never_touch_disk() {
     assert_eq!(acc.recipients, 1);
     let got = next(&mut on_d).await;
     assert_eq!((got.seq, &got.payload[..]), (0, &marker[..]));
-    sender.send(envelope(1, 2, 2, b"stored marker")).await.unwrap();
+    sender
+        .send(envelope(1, 2, 2, b"stored marker"))
+        .await
+        .unwrap();
     let (_off, mut off_d) = n.connect(1, 2).await;
     assert_eq!(&next(&mut off_d).await.payload[..], b"stored marker");
     n.node.shutdown().await;
-    assert!(!files_containing(dir.path(), b"stored marker").is_empty(), "the check sees payloads");
-    assert_eq!(files_containing(dir.path(), marker), Vec::<std::path::PathBuf>::new());
+    assert!(
+        !files_containing(dir.path(), b"stored marker").is_empty(),
+        "the check sees payloads"
+    );
+    assert_eq!(
+        files_containing(dir.path(), marker),
+        Vec::<std::path::PathBuf>::new()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,8 +194,14 @@ async fn a_retried_send_id_is_stored_once_and_answered_alike() {
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     let c2 = sender.send(envelope(1, 0, 42, b"once")).await.unwrap();
-    assert_eq!((a.accepted_at_ms, a.recipients), (b.accepted_at_ms, b.recipients));
-    assert_eq!((a.accepted_at_ms, a.recipients), (c2.accepted_at_ms, c2.recipients));
+    assert_eq!(
+        (a.accepted_at_ms, a.recipients),
+        (b.accepted_at_ms, b.recipients)
+    );
+    assert_eq!(
+        (a.accepted_at_ms, a.recipients),
+        (c2.accepted_at_ms, c2.recipients)
+    );
     // A retry after a restart is still recognised.
     n.node.shutdown().await;
     let n = TestNode::start(dir.path()).await;
@@ -185,12 +222,18 @@ async fn a_second_connection_of_a_device_replaces_the_first() {
     let n = TestNode::start(dir.path()).await;
     let (first, _) = n.connect(1, 1).await;
     let (_second, mut d2) = n.connect(1, 1).await;
-    match tokio::time::timeout(DEADLINE, first.closed()).await.unwrap() {
+    match tokio::time::timeout(DEADLINE, first.closed())
+        .await
+        .unwrap()
+    {
         ClientError::Closed { code, .. } => assert_eq!(code, Some(ErrorCode::Replaced)),
         other => panic!("unexpected: {other:?}"),
     }
     let (sender, _) = n.connect(2, 1).await;
-    sender.send(envelope(1, 1, 1, b"to the new one")).await.unwrap();
+    sender
+        .send(envelope(1, 1, 1, b"to the new one"))
+        .await
+        .unwrap();
     assert_eq!(&next(&mut d2).await.payload[..], b"to the new one");
     n.node.shutdown().await;
 }
@@ -203,12 +246,21 @@ async fn removing_a_device_closes_it_and_deletes_its_queue() {
     let (off, _) = n.connect(1, 2).await;
     off.close();
     let (sender, _) = n.connect(2, 1).await;
-    sender.send(envelope(1, 2, 1, b"for the removed device")).await.unwrap();
+    sender
+        .send(envelope(1, 2, 1, b"for the removed device"))
+        .await
+        .unwrap();
     let url = format!("http://{}/v1/devices/1/2", n.node.admin_addr());
     let removed: serde_json::Value = ureq::delete(&url).call().unwrap().into_json().unwrap();
     assert_eq!(removed["envelopes"], 1);
     let err = sender.send(envelope(1, 2, 2, b"again")).await.unwrap_err();
-    assert!(matches!(err, ClientError::Refused { code: ErrorCode::NoSuchRecipient, .. }));
+    assert!(matches!(
+        err,
+        ClientError::Refused {
+            code: ErrorCode::NoSuchRecipient,
+            ..
+        }
+    ));
     let url = format!("http://{}/v1/devices/1/1", n.node.admin_addr());
     ureq::delete(&url).call().unwrap();
     match tokio::time::timeout(DEADLINE, dev.closed()).await.unwrap() {

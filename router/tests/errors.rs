@@ -19,13 +19,21 @@ impl Bystander {
     async fn new(n: &TestNode) -> Bystander {
         let (conn, deliveries) = n.connect(500, 1).await;
         let (sender, _) = n.connect(501, 1).await;
-        Bystander { sender, deliveries, conn, next_id: 1_000_000 }
+        Bystander {
+            sender,
+            deliveries,
+            conn,
+            next_id: 1_000_000,
+        }
     }
 
     async fn still_served(&mut self) {
         self.next_id += 1;
         let body = format!("ping {}", self.next_id);
-        self.sender.send(envelope(500, 1, self.next_id, body.as_bytes())).await.unwrap();
+        self.sender
+            .send(envelope(500, 1, self.next_id, body.as_bytes()))
+            .await
+            .unwrap();
         let got = next(&mut self.deliveries).await;
         assert_eq!(&got.payload[..], body.as_bytes());
         self.conn.ack(&[got.seq]).unwrap();
@@ -63,15 +71,32 @@ async fn bad_input_is_refused_with_its_code_while_others_keep_receiving() {
     let big = vec![7u8; 5000];
     let err = bad.send(envelope(500, 1, 1, &big)).await.unwrap_err();
     assert!(
-        matches!(err, ClientError::Refused { code: ErrorCode::EnvelopeTooLarge, .. }),
+        matches!(
+            err,
+            ClientError::Refused {
+                code: ErrorCode::EnvelopeTooLarge,
+                ..
+            }
+        ),
         "{err:?}"
     );
     // Far over the frame limit too (the node skips the bytes without buffering them).
     let huge = vec![7u8; 300_000];
     let err = bad.send(envelope(500, 1, 2, &huge)).await.unwrap_err();
-    assert!(matches!(err, ClientError::Refused { code: ErrorCode::EnvelopeTooLarge, .. }));
-    bad.send(envelope(500, 1, 3, b"fine after all")).await.unwrap();
-    assert_eq!(&next(&mut by.deliveries).await.payload[..], b"fine after all");
+    assert!(matches!(
+        err,
+        ClientError::Refused {
+            code: ErrorCode::EnvelopeTooLarge,
+            ..
+        }
+    ));
+    bad.send(envelope(500, 1, 3, b"fine after all"))
+        .await
+        .unwrap();
+    assert_eq!(
+        &next(&mut by.deliveries).await.payload[..],
+        b"fine after all"
+    );
     by.still_served().await;
 
     // Forged and expired tokens.
@@ -79,7 +104,11 @@ async fn bad_input_is_refused_with_its_code_while_others_keep_receiving() {
     cc.token = token(&SigningKey::generate(), 2, 1);
     let err = refusal(Connection::connect(&cc).await);
     assert_eq!(closed_code(&err), Some(ErrorCode::BadToken), "{err:?}");
-    cc.token = n.node.signing_key().issue(&TokenClaims { account: 2, device: 1, expires_at: 1 });
+    cc.token = n.node.signing_key().issue(&TokenClaims {
+        account: 2,
+        device: 1,
+        expires_at: 1,
+    });
     let err = refusal(Connection::connect(&cc).await);
     assert_eq!(closed_code(&err), Some(ErrorCode::TokenExpired), "{err:?}");
     cc.token = "not a token".into();
@@ -89,14 +118,26 @@ async fn bad_input_is_refused_with_its_code_while_others_keep_receiving() {
 
     // Malformed frame: unknown type byte. Fatal for that connection only.
     let (mal, _) = n.connect(3, 1).await;
-    mal.send_raw(Bytes::from_static(&[0, 0, 0, 1, 0x7f])).await.unwrap();
+    mal.send_raw(Bytes::from_static(&[0, 0, 0, 1, 0x7f]))
+        .await
+        .unwrap();
     let err = tokio::time::timeout(DEADLINE, mal.closed()).await.unwrap();
-    assert_eq!(closed_code(&err), Some(ErrorCode::MalformedFrame), "{err:?}");
+    assert_eq!(
+        closed_code(&err),
+        Some(ErrorCode::MalformedFrame),
+        "{err:?}"
+    );
     // A truncated SEND body.
     let (mal, _) = n.connect(3, 2).await;
-    mal.send_raw(Bytes::from_static(&[0, 0, 0, 3, 0x02, 1, 2])).await.unwrap();
+    mal.send_raw(Bytes::from_static(&[0, 0, 0, 3, 0x02, 1, 2]))
+        .await
+        .unwrap();
     let err = tokio::time::timeout(DEADLINE, mal.closed()).await.unwrap();
-    assert_eq!(closed_code(&err), Some(ErrorCode::MalformedFrame), "{err:?}");
+    assert_eq!(
+        closed_code(&err),
+        Some(ErrorCode::MalformedFrame),
+        "{err:?}"
+    );
     by.still_served().await;
 
     // Queue overflow: the sixth envelope to an offline device is refused, nothing is dropped.
@@ -106,8 +147,20 @@ async fn bad_input_is_refused_with_its_code_while_others_keep_receiving() {
     for i in 0..5u8 {
         s.send(envelope(4, 1, 100 + i as u128, &[i])).await.unwrap();
     }
-    let err = s.send(envelope(4, 1, 200, b"one too many")).await.unwrap_err();
-    assert!(matches!(err, ClientError::Refused { code: ErrorCode::QueueFull, .. }), "{err:?}");
+    let err = s
+        .send(envelope(4, 1, 200, b"one too many"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Refused {
+                code: ErrorCode::QueueFull,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     by.still_served().await;
     let (oc, mut od) = n.connect(4, 1).await;
     for i in 0..5u8 {
@@ -117,7 +170,13 @@ async fn bad_input_is_refused_with_its_code_while_others_keep_receiving() {
     }
     // Unknown recipient.
     let err = s.send(envelope(999, 0, 300, b"nobody")).await.unwrap_err();
-    assert!(matches!(err, ClientError::Refused { code: ErrorCode::NoSuchRecipient, .. }));
+    assert!(matches!(
+        err,
+        ClientError::Refused {
+            code: ErrorCode::NoSuchRecipient,
+            ..
+        }
+    ));
     by.still_served().await;
     n.node.shutdown().await;
 }
@@ -131,7 +190,11 @@ async fn the_connection_limit_is_refused_with_its_code() {
     let (_a, _) = n.connect(1, 1).await;
     let (_b, _) = n.connect(1, 2).await;
     let err = refusal(Connection::connect(&n.client_config(1, 3)).await);
-    assert_eq!(closed_code(&err), Some(ErrorCode::TooManyConnections), "{err:?}");
+    assert_eq!(
+        closed_code(&err),
+        Some(ErrorCode::TooManyConnections),
+        "{err:?}"
+    );
     n.node.shutdown().await;
 }
 

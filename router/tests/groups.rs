@@ -22,12 +22,15 @@ fn code(e: &ClientError) -> Option<ErrorCode> {
     e.code()
 }
 
-
 /// Keys left in a column family of the node's store (the node must be shut down).
 fn keys_in(dir: &std::path::Path, cf: &str) -> u64 {
     let store = Store::open(&dir.join("db"), StoreOptions::default()).unwrap();
     let counts = store.count_keys().unwrap();
-    counts.iter().find(|(name, _)| name == cf).unwrap_or_else(|| panic!("no {cf} in {counts:?}")).1
+    counts
+        .iter()
+        .find(|(name, _)| name == cf)
+        .unwrap_or_else(|| panic!("no {cf} in {counts:?}"))
+        .1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,8 +47,14 @@ async fn group_messages_reach_online_and_offline_members_in_order() {
     assert_eq!((ok.group, ok.members), (77, 3));
     // A 1:1 envelope before and after the group message: one queue, one order.
     sender.send(envelope(1, 2, 1, b"before")).await.unwrap();
-    let acc = sender.send_group(group_msg(77, 2, b"to the group")).await.unwrap();
-    assert_eq!(acc.recipients, 4, "a1, a2, b1 and the sender's other device");
+    let acc = sender
+        .send_group(group_msg(77, 2, b"to the group"))
+        .await
+        .unwrap();
+    assert_eq!(
+        acc.recipients, 4,
+        "a1, a2, b1 and the sender's other device"
+    );
     sender.send(envelope(1, 2, 3, b"after")).await.unwrap();
     for d in [&mut a1d, &mut bd, &mut sd_other] {
         let got = next(d).await;
@@ -73,35 +82,67 @@ async fn membership_rules_are_enforced_and_removed_members_stop_receiving() {
     let (outsider, _) = n.connect(3, 1).await;
     admin.create_group(5, &[2]).await.unwrap();
     // Idempotent: adding a present member changes nothing.
-    let v = admin.update_group(5, group_op::ADD_MEMBERS, &[2]).await.unwrap().version;
-    let again = admin.update_group(5, group_op::ADD_MEMBERS, &[2]).await.unwrap();
+    let v = admin
+        .update_group(5, group_op::ADD_MEMBERS, &[2])
+        .await
+        .unwrap()
+        .version;
+    let again = admin
+        .update_group(5, group_op::ADD_MEMBERS, &[2])
+        .await
+        .unwrap();
     assert_eq!(again.version, v);
     // A non-admin may not add; an outsider may not send or read.
-    let e = member.update_group(5, group_op::ADD_MEMBERS, &[3]).await.unwrap_err();
+    let e = member
+        .update_group(5, group_op::ADD_MEMBERS, &[3])
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::NotAdmin));
-    let e = outsider.send_group(group_msg(5, 1, b"spam")).await.unwrap_err();
+    let e = outsider
+        .send_group(group_msg(5, 1, b"spam"))
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::NotAMember));
     let e = outsider.group_info(5, 0, 10).await.unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::NotAMember));
-    let e = admin.send_group(group_msg(6, 2, b"nowhere")).await.unwrap_err();
+    let e = admin
+        .send_group(group_msg(6, 2, b"nowhere"))
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::NoSuchGroup));
     let e = outsider.create_group(5, &[]).await.unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::GroupExists));
     let info = member.group_info(5, 0, 10).await.unwrap();
     assert_eq!((info.creator, info.total), (1, 2));
     // Members receive; once the removal is answered, the removed member does not.
-    admin.send_group(group_msg(5, 3, b"hello members")).await.unwrap();
+    admin
+        .send_group(group_msg(5, 3, b"hello members"))
+        .await
+        .unwrap();
     let got = next(&mut md).await;
     assert_eq!(&got.payload[..], b"hello members");
     member.ack(&[got.seq]).unwrap();
-    let removed = admin.update_group(5, group_op::REMOVE_MEMBERS, &[2]).await.unwrap();
+    let removed = admin
+        .update_group(5, group_op::REMOVE_MEMBERS, &[2])
+        .await
+        .unwrap();
     assert!(removed.version > v);
     assert_eq!(removed.members, 1);
-    let acc = admin.send_group(group_msg(5, 4, b"after removal")).await.unwrap();
+    let acc = admin
+        .send_group(group_msg(5, 4, b"after removal"))
+        .await
+        .unwrap();
     assert_eq!(acc.recipients, 0);
     admin.send(envelope(2, 1, 5, b"marker")).await.unwrap();
-    assert_eq!(&next(&mut md).await.payload[..], b"marker", "a removed member still received");
-    let e = member.send_group(group_msg(5, 6, b"let me in")).await.unwrap_err();
+    assert_eq!(
+        &next(&mut md).await.payload[..],
+        b"marker",
+        "a removed member still received"
+    );
+    let e = member
+        .send_group(group_msg(5, 6, b"let me in"))
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::NotAMember));
     n.node.shutdown().await;
 }
@@ -120,21 +161,44 @@ async fn multi_recipient_sends_reach_exactly_the_listed_recipients() {
         ttl_secs: 0,
         ephemeral: false,
         recipients: vec![
-            MultiRecipient { account: 10, device: 0, header: Bytes::from_static(b"key-for-10") },
-            MultiRecipient { account: 11, device: 1, header: Bytes::from_static(b"key-for-11/1") },
+            MultiRecipient {
+                account: 10,
+                device: 0,
+                header: Bytes::from_static(b"key-for-10"),
+            },
+            MultiRecipient {
+                account: 11,
+                device: 1,
+                header: Bytes::from_static(b"key-for-11/1"),
+            },
         ],
         payload: Bytes::from_static(b"shared ciphertext"),
     };
     let acc = sender.send_multi(out).await.unwrap();
     assert_eq!(acc.recipients, 3);
-    for (d, header) in [(&mut x1, &b"key-for-10"[..]), (&mut x2, b"key-for-10"), (&mut y1, b"key-for-11/1")] {
+    for (d, header) in [
+        (&mut x1, &b"key-for-10"[..]),
+        (&mut x2, b"key-for-10"),
+        (&mut y1, b"key-for-11/1"),
+    ] {
         let got = next(d).await;
-        assert_eq!((&got.payload[..], &got.header[..], got.group), (&b"shared ciphertext"[..], header, 0));
+        assert_eq!(
+            (&got.payload[..], &got.header[..], got.group),
+            (&b"shared ciphertext"[..], header, 0)
+        );
     }
     sender.send(envelope(11, 2, 10, b"marker")).await.unwrap();
-    assert_eq!(&next(&mut y2).await.payload[..], b"marker", "an unlisted device received");
+    assert_eq!(
+        &next(&mut y2).await.payload[..],
+        b"marker",
+        "an unlisted device received"
+    );
     // Over the recipient limit, or naming an unknown device: refused, nothing stored.
-    let many = (0..1001).map(|i| MultiRecipient { account: i, device: 0, header: Bytes::new() });
+    let many = (0..1001).map(|i| MultiRecipient {
+        account: i,
+        device: 0,
+        header: Bytes::new(),
+    });
     let out = OutgoingMulti {
         msg_id: MessageId::from_u128(11),
         ttl_secs: 0,
@@ -158,7 +222,10 @@ async fn shared_payloads_are_deleted_after_the_last_ack_and_at_expiry() {
     let (sender, _) = n.connect(3, 1).await;
     sender.create_group(1, &[1, 2]).await.unwrap();
     sender.create_group(2, &[4]).await.unwrap();
-    sender.send_group(group_msg(1, 1, b"acked by all")).await.unwrap();
+    sender
+        .send_group(group_msg(1, 1, b"acked by all"))
+        .await
+        .unwrap();
     let mut short = group_msg(2, 2, b"expires unread");
     short.ttl_secs = 1;
     sender.send_group(short).await.unwrap();
@@ -172,7 +239,11 @@ async fn shared_payloads_are_deleted_after_the_last_ack_and_at_expiry() {
     })
     .await;
     n.node.shutdown().await;
-    assert_eq!(keys_in(dir.path(), "payloads"), 0, "a shared payload leaked");
+    assert_eq!(
+        keys_in(dir.path(), "payloads"),
+        0,
+        "a shared payload leaked"
+    );
     assert_eq!(keys_in(dir.path(), "queues"), 0);
 }
 
@@ -185,7 +256,10 @@ async fn a_partly_acknowledged_shared_payload_is_kept_for_the_rest() {
     c2.close();
     let (sender, _) = n.connect(3, 1).await;
     sender.create_group(1, &[1, 2]).await.unwrap();
-    sender.send_group(group_msg(1, 1, b"for both")).await.unwrap();
+    sender
+        .send_group(group_msg(1, 1, b"for both"))
+        .await
+        .unwrap();
     let g = next(&mut d1).await;
     c1.ack(&[g.seq]).unwrap();
     eventually("ack applied", || n.status()["envelopes"]["acked"] == 1).await;
@@ -205,7 +279,15 @@ async fn a_hundred_thousand_member_group_fans_out_with_bounded_memory() {
         // Register the members' devices through the real store, as earlier logins would have.
         let store = Store::open(&dir.path().join("db"), StoreOptions::default()).unwrap();
         let regs: Vec<_> = (1..=members)
-            .map(|a| store.register_device(DeviceKey { account: a, device: 1 }, 1))
+            .map(|a| {
+                store.register_device(
+                    DeviceKey {
+                        account: a,
+                        device: 1,
+                    },
+                    1,
+                )
+            })
             .collect();
         for r in futures_util::future::join_all(regs).await {
             r.unwrap();
@@ -216,11 +298,17 @@ async fn a_hundred_thousand_member_group_fans_out_with_bounded_memory() {
     admin.create_group(42, &[]).await.unwrap();
     let all: Vec<u64> = (2..=members).collect();
     for chunk in all.chunks(20_000) {
-        admin.update_group(42, group_op::ADD_MEMBERS, chunk).await.unwrap();
+        admin
+            .update_group(42, group_op::ADD_MEMBERS, chunk)
+            .await
+            .unwrap();
     }
     let info = admin.group_info(42, 0, 10).await.unwrap();
     assert_eq!(info.total as u64, members);
-    let e = admin.update_group(42, group_op::ADD_MEMBERS, &[members + 1]).await.unwrap_err();
+    let e = admin
+        .update_group(42, group_op::ADD_MEMBERS, &[members + 1])
+        .await
+        .unwrap_err();
     assert_eq!(code(&e), Some(ErrorCode::GroupTooLarge));
     let payload = vec![0x5a; 512];
     let acc = admin.send_group(group_msg(42, 1, &payload)).await.unwrap();
@@ -231,7 +319,10 @@ async fn a_hundred_thousand_member_group_fans_out_with_bounded_memory() {
         assert_eq!((got.group, got.payload.len()), (42, 512));
     }
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let hwm = status.lines().find(|l| l.starts_with("VmHWM")).unwrap_or("VmHWM: ?");
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("VmHWM: ?");
     eprintln!("100k-member fan-out: peak RSS of the test process (node + clients): {hwm}");
     n.node.shutdown().await;
 }

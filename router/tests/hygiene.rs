@@ -17,7 +17,14 @@ async fn trace_logs_hold_no_account_pairs_and_no_payloads() {
     let log = std::fs::File::create(&log_path).unwrap();
     let data = dir.path().join("data");
     let mut child = Command::new(env!("CARGO_BIN_EXE_hearthd"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log", "trace"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log",
+            "trace",
+        ])
         .arg("--data-dir")
         .arg(&data)
         .stdout(Stdio::piped())
@@ -30,7 +37,12 @@ async fn trace_logs_hold_no_account_pairs_and_no_payloads() {
         &mut line,
     )
     .unwrap();
-    let addr = line.split_whitespace().find_map(|w| w.strip_prefix("quic=")).unwrap().parse().unwrap();
+    let addr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("quic="))
+        .unwrap()
+        .parse()
+        .unwrap();
     let key = SigningKey::from_pkcs8(&std::fs::read(data.join("token.key")).unwrap()).unwrap();
     let cfg = |account: u64| ClientConfig {
         addr,
@@ -63,10 +75,24 @@ async fn trace_logs_hold_no_account_pairs_and_no_payloads() {
     child.kill().unwrap();
     child.wait().unwrap();
     let logs = std::fs::read(&log_path).unwrap();
-    assert!(logs.len() > 10_000, "trace logging produced almost nothing: the check would be empty");
+    assert!(
+        logs.len() > 10_000,
+        "trace logging produced almost nothing: the check would be empty"
+    );
     let text = String::from_utf8_lossy(&logs);
-    for needle in [alice.to_string(), bob.to_string(), format!("{alice:x}"), format!("{bob:x}")] {
-        assert!(!text.contains(&needle), "an account id ({needle}) appears in the logs");
+    for needle in [
+        alice.to_string(),
+        bob.to_string(),
+        format!("{alice:x}"),
+        format!("{bob:x}"),
+    ] {
+        assert!(
+            !text.contains(&needle),
+            "an account id ({needle}) appears in the logs"
+        );
     }
-    assert!(!logs.windows(marker.len()).any(|w| w == marker), "a payload appears in the logs");
+    assert!(
+        !logs.windows(marker.len()).any(|w| w == marker),
+        "a payload appears in the logs"
+    );
 }

@@ -18,13 +18,28 @@ fn code(r: &Result<hearth_client::Accepted, ClientError>) -> Option<ErrorCode> {
 }
 
 fn scoped_token(n: &TestNode, account: u64, device: u32, network: &str, zone: &str) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    let claims = TokenClaims { account, device, expires_at: now.as_secs() + 3600 };
-    let scope = Scope { network: network.into(), zone: zone.into() };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let claims = TokenClaims {
+        account,
+        device,
+        expires_at: now.as_secs() + 3600,
+    };
+    let scope = Scope {
+        network: network.into(),
+        zone: zone.into(),
+    };
     n.node.signing_key().issue_scoped(&claims, &scope).unwrap()
 }
 
-async fn connect_scoped(n: &TestNode, account: u64, device: u32, network: &str, zone: &str) -> Result<(Connection, hearth_client::Deliveries), ClientError> {
+async fn connect_scoped(
+    n: &TestNode,
+    account: u64,
+    device: u32,
+    network: &str,
+    zone: &str,
+) -> Result<(Connection, hearth_client::Deliveries), ClientError> {
     let mut cc = n.client_config(account, device);
     cc.token = scoped_token(n, account, device, network, zone);
     Connection::connect(&cc).await
@@ -50,27 +65,58 @@ async fn blocks_and_reachability_decide_before_anything_is_stored() {
     let (alice, mut alice_in) = n.connect(1, 1).await;
     let (bob, _) = n.connect(2, 1).await;
     let (carol, _) = n.connect(3, 1).await;
-    alice.set_policy(PolicyChange::Block { add: true, accounts: vec![2] }).await.unwrap();
+    alice
+        .set_policy(PolicyChange::Block {
+            add: true,
+            accounts: vec![2],
+        })
+        .await
+        .unwrap();
     // Bob is blocked: he is told nothing, and nothing is stored or delivered.
-    let acc = bob.send(envelope(1, 0, 1, b"BLOCKED-PAYLOAD-1")).await.unwrap();
+    let acc = bob
+        .send(envelope(1, 0, 1, b"BLOCKED-PAYLOAD-1"))
+        .await
+        .unwrap();
     assert_eq!(acc.recipients, 1);
     carol.send(envelope(1, 0, 2, b"from carol")).await.unwrap();
     let got = next(&mut alice_in).await;
-    assert_eq!(&got.payload[..], b"from carol", "a blocked sender's envelope was delivered");
+    assert_eq!(
+        &got.payload[..],
+        b"from carol",
+        "a blocked sender's envelope was delivered"
+    );
     alice.ack(&[got.seq]).unwrap();
     // Contacts only: carol is not on the allow list any more than bob.
-    alice.set_policy(PolicyChange::Reach(reach::CONTACTS)).await.unwrap();
+    alice
+        .set_policy(PolicyChange::Reach(reach::CONTACTS))
+        .await
+        .unwrap();
     let r = carol.send(envelope(1, 0, 3, b"not a contact")).await;
     assert_eq!(code(&r), Some(ErrorCode::RecipientUnreachable));
-    alice.set_policy(PolicyChange::Allow { add: true, accounts: vec![3] }).await.unwrap();
-    carol.send(envelope(1, 0, 4, b"now a contact")).await.unwrap();
+    alice
+        .set_policy(PolicyChange::Allow {
+            add: true,
+            accounts: vec![3],
+        })
+        .await
+        .unwrap();
+    carol
+        .send(envelope(1, 0, 4, b"now a contact"))
+        .await
+        .unwrap();
     assert_eq!(&next(&mut alice_in).await.payload[..], b"now a contact");
     // Nobody: not even contacts.
-    alice.set_policy(PolicyChange::Reach(reach::NOBODY)).await.unwrap();
+    alice
+        .set_policy(PolicyChange::Reach(reach::NOBODY))
+        .await
+        .unwrap();
     let r = carol.send(envelope(1, 0, 5, b"closed")).await;
     assert_eq!(code(&r), Some(ErrorCode::RecipientUnreachable));
     // Group sends skip the member who blocked the sender.
-    alice.set_policy(PolicyChange::Reach(reach::EVERYONE)).await.unwrap();
+    alice
+        .set_policy(PolicyChange::Reach(reach::EVERYONE))
+        .await
+        .unwrap();
     bob.create_group(9, &[1, 3]).await.unwrap();
     let out = OutgoingGroup {
         msg_id: MessageId::from_u128(6),
@@ -84,7 +130,10 @@ async fn blocks_and_reachability_decide_before_anything_is_stored() {
     assert_eq!(&next(&mut alice_in).await.payload[..], b"marker");
     n.node.shutdown().await;
     let hits = files_containing(&dir.path().join("db"), b"BLOCKED-PAYLOAD-1");
-    assert!(hits.is_empty(), "a blocked envelope reached the disk: {hits:?}");
+    assert!(
+        hits.is_empty(),
+        "a blocked envelope reached the disk: {hits:?}"
+    );
 }
 
 fn two_network_config(dir: &std::path::Path) -> Config {
@@ -101,11 +150,20 @@ async fn other_networks_reach_an_account_only_after_it_opts_in() {
     let (photos_user, _) = connect_scoped(&n, 2, 1, "photos", "").await.unwrap();
     let r = photos_user.send(envelope(1, 0, 1, b"hi from photos")).await;
     assert_eq!(code(&r), Some(ErrorCode::RecipientUnreachable));
-    chat_user.set_policy(PolicyChange::Networks(vec!["photos".into()])).await.unwrap();
-    photos_user.send(envelope(1, 0, 2, b"hi again")).await.unwrap();
+    chat_user
+        .set_policy(PolicyChange::Networks(vec!["photos".into()]))
+        .await
+        .unwrap();
+    photos_user
+        .send(envelope(1, 0, 2, b"hi again"))
+        .await
+        .unwrap();
     assert_eq!(&next(&mut chat_in).await.payload[..], b"hi again");
     // A token naming an unknown network is refused.
-    let err = connect_scoped(&n, 3, 1, "social", "").await.err().map(|e| e.code());
+    let err = connect_scoped(&n, 3, 1, "social", "")
+        .await
+        .err()
+        .map(|e| e.code());
     assert_eq!(err, Some(Some(ErrorCode::BadToken)));
     n.node.shutdown().await;
 }
@@ -125,13 +183,27 @@ async fn sealed_sends_need_the_recipients_access_key_and_hide_the_sender() {
         payload: Bytes::from_static(b"sealed"),
     };
     let r = bob.send_sealed(sealed(b"guess", 1)).await;
-    assert_eq!(code(&r), Some(ErrorCode::BadAccessKey), "no key set: refused");
-    alice.set_policy(PolicyChange::AccessKey(Bytes::from_static(b"alice-secret-key"))).await.unwrap();
+    assert_eq!(
+        code(&r),
+        Some(ErrorCode::BadAccessKey),
+        "no key set: refused"
+    );
+    alice
+        .set_policy(PolicyChange::AccessKey(Bytes::from_static(
+            b"alice-secret-key",
+        )))
+        .await
+        .unwrap();
     let r = bob.send_sealed(sealed(b"wrong-key", 2)).await;
     assert_eq!(code(&r), Some(ErrorCode::BadAccessKey));
-    bob.send_sealed(sealed(b"alice-secret-key", 3)).await.unwrap();
+    bob.send_sealed(sealed(b"alice-secret-key", 3))
+        .await
+        .unwrap();
     let got = next(&mut alice_in).await;
-    assert_eq!((got.from_account, got.from_device, &got.payload[..]), (0, 0, &b"sealed"[..]));
+    assert_eq!(
+        (got.from_account, got.from_device, &got.payload[..]),
+        (0, 0, &b"sealed"[..])
+    );
     n.node.shutdown().await;
     assert!(
         files_containing(&dir.path().join("db"), b"alice-secret-key").is_empty(),
@@ -152,7 +224,11 @@ async fn rate_limits_refuse_with_retry_after_and_recover() {
     for i in 0..20u128 {
         match s.send(envelope(1, 0, i + 1, b"x")).await {
             Ok(_) => {}
-            Err(ClientError::Refused { code: ErrorCode::RateLimited, retry_after_ms, .. }) => {
+            Err(ClientError::Refused {
+                code: ErrorCode::RateLimited,
+                retry_after_ms,
+                ..
+            }) => {
                 refused = Some(retry_after_ms);
                 break;
             }
@@ -162,7 +238,9 @@ async fn rate_limits_refuse_with_retry_after_and_recover() {
     let retry_after_ms = refused.expect("the per-device limit refused a send");
     assert!(retry_after_ms > 0);
     tokio::time::sleep(Duration::from_millis(u64::from(retry_after_ms) + 50)).await;
-    s.send(envelope(1, 0, 100, b"after waiting")).await.expect("the limit recovers");
+    s.send(envelope(1, 0, 100, b"after waiting"))
+        .await
+        .expect("the limit recovers");
     n.node.shutdown().await;
 }
 
@@ -196,7 +274,9 @@ async fn pair_recipient_bytes_sealed_fanout_and_connection_limits_refuse() {
     let r = s.send(envelope(3, 0, 6, &[0u8; 600])).await;
     assert_eq!(code(&r), Some(ErrorCode::RateLimited));
     // Sealed per recipient.
-    a.set_policy(PolicyChange::AccessKey(Bytes::from_static(b"k"))).await.unwrap();
+    a.set_policy(PolicyChange::AccessKey(Bytes::from_static(b"k")))
+        .await
+        .unwrap();
     let sealed = |id: u128| OutgoingSealed {
         msg_id: MessageId::from_u128(id),
         to_account: 1,
@@ -207,7 +287,10 @@ async fn pair_recipient_bytes_sealed_fanout_and_connection_limits_refuse() {
     };
     let (s2, _) = n.connect(5, 1).await;
     s2.send_sealed(sealed(10)).await.unwrap();
-    assert_eq!(code(&s2.send_sealed(sealed(11)).await), Some(ErrorCode::RateLimited));
+    assert_eq!(
+        code(&s2.send_sealed(sealed(11)).await),
+        Some(ErrorCode::RateLimited)
+    );
     // Group fan-out: four deliveries per message against a bucket of 3 (a message larger than
     // the bucket passes only when it is full): the second message is refused.
     s2.create_group(77, &[1, 2, 3, 4]).await.unwrap();
@@ -219,7 +302,10 @@ async fn pair_recipient_bytes_sealed_fanout_and_connection_limits_refuse() {
         payload: Bytes::from_static(b"g"),
     };
     s2.send_group(out(12)).await.unwrap();
-    assert_eq!(code(&s2.send_group(out(13)).await), Some(ErrorCode::RateLimited));
+    assert_eq!(
+        code(&s2.send_group(out(13)).await),
+        Some(ErrorCode::RateLimited)
+    );
     // New connections from one address: the burst of 12 is used up by now.
     let mut refused = false;
     for d in 0..10 {
@@ -246,17 +332,24 @@ async fn a_sender_crossing_abuse_thresholds_is_throttled_and_listed() {
     }
     let (spammer, _) = n.connect(1, 1).await;
     for (i, a) in (10..15u64).enumerate() {
-        let _ = spammer.send(envelope(a, 0, i as u128 + 1, b"buy now")).await;
+        let _ = spammer
+            .send(envelope(a, 0, i as u128 + 1, b"buy now"))
+            .await;
     }
     let abuse = n.admin_get("/v1/abuse");
     let flagged = abuse["flagged"].as_array().unwrap();
-    let entry = flagged.iter().find(|f| f["account"] == 1).unwrap_or_else(|| panic!("{abuse}"));
+    let entry = flagged
+        .iter()
+        .find(|f| f["account"] == 1)
+        .unwrap_or_else(|| panic!("{abuse}"));
     assert!(!entry["reasons"].as_array().unwrap().is_empty());
     // Throttled: a quick burst is refused even to a known recipient.
     let mut limited = false;
     for i in 0..5u128 {
-        if let Err(ClientError::Refused { code: ErrorCode::RateLimited, .. }) =
-            spammer.send(envelope(10, 0, 100 + i, b"again")).await
+        if let Err(ClientError::Refused {
+            code: ErrorCode::RateLimited,
+            ..
+        }) = spammer.send(envelope(10, 0, 100 + i, b"again")).await
         {
             limited = true;
         }
@@ -280,7 +373,9 @@ async fn a_node_outside_a_zones_regions_refuses_and_stores_nothing() {
     ]
     .into();
     let n = TestNode::start_with(cfg).await;
-    connect_scoped(&n, 1, 1, "", "eu").await.expect("eu data may live in eu-west");
+    connect_scoped(&n, 1, 1, "", "eu")
+        .await
+        .expect("eu data may live in eu-west");
     let Err(err) = connect_scoped(&n, 7_777_777_777, 1, "", "us").await else {
         panic!("a zone outside the node's region was accepted");
     };
@@ -298,12 +393,22 @@ async fn purge_erases_everything_the_node_holds_about_an_account() {
     let (v2, _) = n.connect(victim, 2).await;
     v2.close();
     let (other, mut other_in) = n.connect(2, 1).await;
-    v.set_policy(PolicyChange::Block { add: true, accounts: vec![3] }).await.unwrap();
-    v.set_policy(PolicyChange::PushToken(Bytes::from_static(b"push-token"))).await.unwrap();
+    v.set_policy(PolicyChange::Block {
+        add: true,
+        accounts: vec![3],
+    })
+    .await
+    .unwrap();
+    v.set_policy(PolicyChange::PushToken(Bytes::from_static(b"push-token")))
+        .await
+        .unwrap();
     v.create_group(44, &[2]).await.unwrap();
     other.create_group(45, &[victim]).await.unwrap();
     v.send(envelope(2, 0, 1, b"from the victim")).await.unwrap();
-    other.send(envelope(victim, 2, 2, b"to the victim")).await.unwrap();
+    other
+        .send(envelope(victim, 2, 2, b"to the victim"))
+        .await
+        .unwrap();
     let got = next(&mut other_in).await;
     other.ack(&[got.seq]).unwrap();
     let url = format!("http://{}/v1/accounts/{victim}", n.node.admin_addr());
@@ -311,8 +416,15 @@ async fn purge_erases_everything_the_node_holds_about_an_account() {
     assert_eq!(report["devices"], 2, "{report}");
     assert!(report["envelopes"].as_u64().unwrap() >= 1, "{report}");
     n.node.shutdown().await;
-    assert_eq!(traces_of(dir.path(), victim), Vec::new(), "something about the account remains");
-    assert!(!traces_of(dir.path(), 2).is_empty(), "the other account's data must remain");
+    assert_eq!(
+        traces_of(dir.path(), victim),
+        Vec::new(),
+        "something about the account remains"
+    );
+    assert!(
+        !traces_of(dir.path(), 2).is_empty(),
+        "the other account's data must remain"
+    );
 }
 
 /// A one-request-at-a-time HTTP server that hands each request body to the test.
@@ -337,7 +449,10 @@ fn webhook() -> (String, std::sync::mpsc::Receiver<String>) {
             let mut body = vec![0; len];
             let _ = reader.read_exact(&mut body);
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-            if tx.send(String::from_utf8_lossy(&body).into_owned()).is_err() {
+            if tx
+                .send(String::from_utf8_lossy(&body).into_owned())
+                .is_err()
+            {
                 return;
             }
         }
@@ -355,7 +470,9 @@ async fn offline_devices_are_woken_through_the_webhook_without_content() {
     cfg.push.min_interval_secs = 3600;
     let n = TestNode::start_with(cfg).await;
     let (r, _) = n.connect(1, 1).await;
-    r.set_policy(PolicyChange::PushToken(Bytes::from_static(b"tok-1"))).await.unwrap();
+    r.set_policy(PolicyChange::PushToken(Bytes::from_static(b"tok-1")))
+        .await
+        .unwrap();
     r.close();
     let (s, _) = n.connect(2, 1).await;
     s.send(envelope(1, 0, 1, b"SECRET-CONTENT")).await.unwrap();
@@ -363,11 +480,22 @@ async fn offline_devices_are_woken_through_the_webhook_without_content() {
     let body = requests.recv_timeout(DEADLINE).expect("a wake-up request");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let wakeups = v["wakeups"].as_array().unwrap();
-    assert_eq!(wakeups.len(), 1, "one non-urgent wake-up per device per interval: {body}");
+    assert_eq!(
+        wakeups.len(),
+        1,
+        "one non-urgent wake-up per device per interval: {body}"
+    );
     assert_eq!(wakeups[0]["urgent"], false);
-    assert!(!body.contains("SECRET") && !body.contains("\"2\""), "content or sender leaked: {body}");
+    assert!(
+        !body.contains("SECRET") && !body.contains("\"2\""),
+        "content or sender leaked: {body}"
+    );
     assert_eq!(v.as_object().unwrap().len(), 1);
-    assert_eq!(wakeups[0].as_object().unwrap().len(), 2, "only token and urgency: {body}");
+    assert_eq!(
+        wakeups[0].as_object().unwrap().len(),
+        2,
+        "only token and urgency: {body}"
+    );
     // Urgent bypasses the interval.
     s.send_urgent(envelope(1, 0, 3, b"call")).await.unwrap();
     let body = requests.recv_timeout(DEADLINE).expect("an urgent wake-up");

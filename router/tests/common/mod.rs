@@ -56,12 +56,18 @@ impl TestNode {
     }
 
     pub async fn connect(&self, account: u64, device: u32) -> (Connection, Deliveries) {
-        Connection::connect(&self.client_config(account, device)).await.expect("connects")
+        Connection::connect(&self.client_config(account, device))
+            .await
+            .expect("connects")
     }
 
     pub fn admin_get(&self, path: &str) -> serde_json::Value {
         let url = format!("http://{}{}", self.node.admin_addr(), path);
-        ureq::get(&url).call().expect("admin GET").into_json().expect("JSON")
+        ureq::get(&url)
+            .call()
+            .expect("admin GET")
+            .into_json()
+            .expect("JSON")
     }
 
     pub fn status(&self) -> serde_json::Value {
@@ -70,8 +76,14 @@ impl TestNode {
 }
 
 pub fn token(key: &SigningKey, account: u64, device: u32) -> String {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    key.issue(&TokenClaims { account, device, expires_at: now.as_secs() + 3600 })
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    key.issue(&TokenClaims {
+        account,
+        device,
+        expires_at: now.as_secs() + 3600,
+    })
 }
 
 pub fn envelope(to_account: u64, to_device: u32, id: u128, payload: &[u8]) -> Outgoing {
