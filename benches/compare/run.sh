@@ -56,5 +56,6 @@ fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/root/.cache/hearth-target}"
 cargo build --release --quiet --manifest-path "$here/Cargo.toml"
 
+export HEARTH_COMPARE_COMMAND="benches/compare/run.sh${*:+ $*}"
 exec "$CARGO_TARGET_DIR/release/hearth-compare" \
     --nats-core "$core_bin" --nats-js "$js_bin" --out "$out" "$@"

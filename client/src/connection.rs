@@ -15,8 +15,8 @@ use crate::io::{read_more, reader, writer, Out};
 use crate::shared::Shared;
 use crate::types::GroupReply;
 use crate::{
-    random_message_id, Accepted, ClientConfig, ClientError, Deliveries, Delivery, GroupInfo, GroupOk,
-    Outgoing, OutgoingGroup, OutgoingMulti, OutgoingSealed, Welcome,
+    random_message_id, Accepted, ClientConfig, ClientError, Deliveries, Delivery, GroupInfo,
+    GroupOk, Outgoing, OutgoingGroup, OutgoingMulti, OutgoingSealed, Welcome,
 };
 
 /// Frames queued for the writer before `send` waits (backpressure from a slow node).
@@ -214,10 +214,16 @@ impl Connection {
     /// Creates a group with this account as creator and admin (`GROUP_CREATE`).
     pub async fn create_group(&self, group: u64, members: &[u64]) -> Result<GroupOk, ClientError> {
         let req_id = random_message_id();
-        let frame = Frame::GroupCreate { req_id, group, members: members.to_vec() };
+        let frame = Frame::GroupCreate {
+            req_id,
+            group,
+            members: members.to_vec(),
+        };
         match self.request(req_id, frame).await? {
             GroupReply::Ok(ok) => Ok(ok),
-            _ => Err(ClientError::Protocol("unexpected answer to GROUP_CREATE".into())),
+            _ => Err(ClientError::Protocol(
+                "unexpected answer to GROUP_CREATE".into(),
+            )),
         }
     }
 
@@ -229,10 +235,17 @@ impl Connection {
         accounts: &[u64],
     ) -> Result<GroupOk, ClientError> {
         let req_id = random_message_id();
-        let frame = Frame::GroupUpdate { req_id, group, op, accounts: accounts.to_vec() };
+        let frame = Frame::GroupUpdate {
+            req_id,
+            group,
+            op,
+            accounts: accounts.to_vec(),
+        };
         match self.request(req_id, frame).await? {
             GroupReply::Ok(ok) => Ok(ok),
-            _ => Err(ClientError::Protocol("unexpected answer to GROUP_UPDATE".into())),
+            _ => Err(ClientError::Protocol(
+                "unexpected answer to GROUP_UPDATE".into(),
+            )),
         }
     }
 
@@ -244,10 +257,17 @@ impl Connection {
         limit: u32,
     ) -> Result<GroupInfo, ClientError> {
         let req_id = random_message_id();
-        let frame = Frame::GroupGet { req_id, group, offset, limit };
+        let frame = Frame::GroupGet {
+            req_id,
+            group,
+            offset,
+            limit,
+        };
         match self.request(req_id, frame).await? {
             GroupReply::Info(info) => Ok(info),
-            _ => Err(ClientError::Protocol("unexpected answer to GROUP_GET".into())),
+            _ => Err(ClientError::Protocol(
+                "unexpected answer to GROUP_GET".into(),
+            )),
         }
     }
 
@@ -282,16 +302,24 @@ impl Connection {
     /// Changes this account's privacy settings (or this device's push token): `POLICY_SET`.
     pub async fn set_policy(&self, change: PolicyChange) -> Result<(), ClientError> {
         let req_id = random_message_id();
-        match self.request(req_id, Frame::PolicySet { req_id, change }).await? {
+        match self
+            .request(req_id, Frame::PolicySet { req_id, change })
+            .await?
+        {
             GroupReply::Done => Ok(()),
-            _ => Err(ClientError::Protocol("unexpected answer to POLICY_SET".into())),
+            _ => Err(ClientError::Protocol(
+                "unexpected answer to POLICY_SET".into(),
+            )),
         }
     }
 
     /// Reports an account as abusive (`REPORT`).
     pub async fn report(&self, account: u64) -> Result<(), ClientError> {
         let req_id = random_message_id();
-        match self.request(req_id, Frame::Report { req_id, account }).await? {
+        match self
+            .request(req_id, Frame::Report { req_id, account })
+            .await?
+        {
             GroupReply::Done => Ok(()),
             _ => Err(ClientError::Protocol("unexpected answer to REPORT".into())),
         }

@@ -228,14 +228,38 @@ fn on_frame(
                 tracing::debug!(?req_id, "OK for no outstanding request");
             }
         }
-        Frame::GroupOk { req_id, group, version, members } => {
-            let ok = GroupReply::Ok(GroupOk { group, version, members });
+        Frame::GroupOk {
+            req_id,
+            group,
+            version,
+            members,
+        } => {
+            let ok = GroupReply::Ok(GroupOk {
+                group,
+                version,
+                members,
+            });
             if !shared.resolve_request(req_id, Ok(ok)) {
                 tracing::debug!(?req_id, "GROUP_OK for no outstanding request");
             }
         }
-        Frame::GroupInfo { req_id, group, version, creator, total, offset, members } => {
-            let info = GroupInfo { group, version, creator, total, offset, members };
+        Frame::GroupInfo {
+            req_id,
+            group,
+            version,
+            creator,
+            total,
+            offset,
+            members,
+        } => {
+            let info = GroupInfo {
+                group,
+                version,
+                creator,
+                total,
+                offset,
+                members,
+            };
             if !shared.resolve_request(req_id, Ok(GroupReply::Info(info))) {
                 tracing::debug!(?req_id, "GROUP_INFO for no outstanding request");
             }

@@ -165,7 +165,11 @@ impl Shared {
     }
 
     /// Hands the node's answer to the waiter of group request `id`; false if none waited.
-    pub(crate) fn resolve_request(&self, id: MessageId, r: Result<GroupReply, ClientError>) -> bool {
+    pub(crate) fn resolve_request(
+        &self,
+        id: MessageId,
+        r: Result<GroupReply, ClientError>,
+    ) -> bool {
         let waiter = lock(&self.state).requests.remove(&id);
         waiter.is_some_and(|tx| tx.send(r).is_ok())
     }

@@ -94,11 +94,17 @@ impl Decoder {
                 return Ok(None);
             }
             if !matches!(buf[4], 0x02 | 0x08 | 0x09 | 0x0C) {
-                return Err(DecodeError::TooLong { len, max: self.max_frame });
+                return Err(DecodeError::TooLong {
+                    len,
+                    max: self.max_frame,
+                });
             }
             if len < 1 + 16 {
                 // Unreachable with any sane limit, but never trust the peer.
-                return Err(DecodeError::TooLong { len, max: self.max_frame });
+                return Err(DecodeError::TooLong {
+                    len,
+                    max: self.max_frame,
+                });
             }
             if buf.len() < 4 + 1 + 16 {
                 return Ok(None);
@@ -107,7 +113,10 @@ impl Decoder {
             id.copy_from_slice(&buf[5..21]);
             buf.advance(4);
             self.skip = len;
-            let out = Decoded::OversizedSend { msg_id: MessageId(id), len };
+            let out = Decoded::OversizedSend {
+                msg_id: MessageId(id),
+                len,
+            };
             // Consume what is already here of the oversized frame.
             let n = self.skip.min(buf.len());
             buf.advance(n);
@@ -128,14 +137,20 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
     let ty = b.get_u8();
     let need = |b: &Bytes, n: usize, kind: &'static str| {
         if b.remaining() < n {
-            Err(DecodeError::Malformed { kind, why: "body too short" })
+            Err(DecodeError::Malformed {
+                kind,
+                why: "body too short",
+            })
         } else {
             Ok(())
         }
     };
     let end = |b: &Bytes, kind: &'static str| {
         if b.has_remaining() {
-            Err(DecodeError::Malformed { kind, why: "trailing bytes" })
+            Err(DecodeError::Malformed {
+                kind,
+                why: "trailing bytes",
+            })
         } else {
             Ok(())
         }
@@ -147,7 +162,10 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             let version = b.get_u8();
             let n = b.get_u16() as usize;
             if n > MAX_TEXT {
-                return Err(DecodeError::Malformed { kind: k, why: "token too long" });
+                return Err(DecodeError::Malformed {
+                    kind: k,
+                    why: "token too long",
+                });
             }
             need(&b, n, k)?;
             let token = text(b.split_to(n), k)?;
@@ -162,14 +180,24 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             let to_device = b.get_u32();
             let ttl_secs = b.get_u32();
             let flags = b.get_u8();
-            Frame::Send { msg_id, to_account, to_device, ttl_secs, flags, payload: b }
+            Frame::Send {
+                msg_id,
+                to_account,
+                to_device,
+                ttl_secs,
+                flags,
+                payload: b,
+            }
         }
         0x03 => {
             let k = "ACK";
             need(&b, 2, k)?;
             let n = b.get_u16() as usize;
             if b.remaining() != n * 8 {
-                return Err(DecodeError::Malformed { kind: k, why: "count does not match length" });
+                return Err(DecodeError::Malformed {
+                    kind: k,
+                    why: "count does not match length",
+                });
             }
             let mut seqs = Vec::with_capacity(n);
             for _ in 0..n {
@@ -185,20 +213,36 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             Frame::Ping { nonce }
         }
         0x05 | 0x06 => {
-            let k = if ty == 0x05 { "GROUP_CREATE" } else { "GROUP_UPDATE" };
+            let k = if ty == 0x05 {
+                "GROUP_CREATE"
+            } else {
+                "GROUP_UPDATE"
+            };
             need(&b, 16 + 8 + if ty == 0x06 { 1 } else { 0 } + 4, k)?;
             let req_id = id(&mut b);
             let group = b.get_u64();
             let op = if ty == 0x06 { b.get_u8() } else { 0 };
             let n = b.get_u32() as usize;
             if b.remaining() / 8 != n || b.remaining() % 8 != 0 {
-                return Err(DecodeError::Malformed { kind: k, why: "count does not match length" });
+                return Err(DecodeError::Malformed {
+                    kind: k,
+                    why: "count does not match length",
+                });
             }
             let accounts: Vec<u64> = (0..n).map(|_| b.get_u64()).collect();
             if ty == 0x05 {
-                Frame::GroupCreate { req_id, group, members: accounts }
+                Frame::GroupCreate {
+                    req_id,
+                    group,
+                    members: accounts,
+                }
             } else {
-                Frame::GroupUpdate { req_id, group, op, accounts }
+                Frame::GroupUpdate {
+                    req_id,
+                    group,
+                    op,
+                    accounts,
+                }
             }
         }
         0x07 => {
@@ -220,7 +264,13 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             let group = b.get_u64();
             let ttl_secs = b.get_u32();
             let flags = b.get_u8();
-            Frame::SendGroup { msg_id, group, ttl_secs, flags, payload: b }
+            Frame::SendGroup {
+                msg_id,
+                group,
+                ttl_secs,
+                flags,
+                payload: b,
+            }
         }
         0x09 => {
             let k = "SEND_MULTI";
@@ -237,9 +287,19 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
                 let device = b.get_u32();
                 let h = b.get_u16() as usize;
                 need(&b, h, k)?;
-                recipients.push(MultiRecipient { account, device, header: b.split_to(h) });
+                recipients.push(MultiRecipient {
+                    account,
+                    device,
+                    header: b.split_to(h),
+                });
             }
-            Frame::SendMulti { msg_id, ttl_secs, flags, recipients, payload: b }
+            Frame::SendMulti {
+                msg_id,
+                ttl_secs,
+                flags,
+                recipients,
+                payload: b,
+            }
         }
         0x0A => {
             let k = "POLICY_SET";
@@ -250,7 +310,10 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
                 need(b, 4, k)?;
                 let n = b.get_u32() as usize;
                 if b.remaining() / 8 != n || b.remaining() % 8 != 0 {
-                    return Err(DecodeError::Malformed { kind: k, why: "count does not match length" });
+                    return Err(DecodeError::Malformed {
+                        kind: k,
+                        why: "count does not match length",
+                    });
                 }
                 Ok((0..n).map(|_| b.get_u64()).collect())
             };
@@ -259,8 +322,14 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
                     need(&b, 1, k)?;
                     PolicyChange::Reach(b.get_u8())
                 }
-                2 | 3 => PolicyChange::Allow { add: kind == 2, accounts: accounts(&mut b)? },
-                4 | 5 => PolicyChange::Block { add: kind == 4, accounts: accounts(&mut b)? },
+                2 | 3 => PolicyChange::Allow {
+                    add: kind == 2,
+                    accounts: accounts(&mut b)?,
+                },
+                4 | 5 => PolicyChange::Block {
+                    add: kind == 4,
+                    accounts: accounts(&mut b)?,
+                },
                 6 => {
                     need(&b, 1, k)?;
                     let n = b.get_u8() as usize;
@@ -285,7 +354,12 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
                     need(&b, len, k)?;
                     PolicyChange::PushToken(b.split_to(len))
                 }
-                _ => return Err(DecodeError::Malformed { kind: k, why: "unknown policy kind" }),
+                _ => {
+                    return Err(DecodeError::Malformed {
+                        kind: k,
+                        why: "unknown policy kind",
+                    })
+                }
             };
             end(&b, k)?;
             Frame::PolicySet { req_id, change }
@@ -293,7 +367,10 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
         0x0B => {
             let k = "REPORT";
             need(&b, 16 + 8, k)?;
-            let f = Frame::Report { req_id: id(&mut b), account: b.get_u64() };
+            let f = Frame::Report {
+                req_id: id(&mut b),
+                account: b.get_u64(),
+            };
             end(&b, k)?;
             f
         }
@@ -308,7 +385,15 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             let n = b.get_u8() as usize;
             need(&b, n, k)?;
             let access_key = b.split_to(n);
-            Frame::SendSealed { msg_id, to_account, to_device, ttl_secs, flags, access_key, payload: b }
+            Frame::SendSealed {
+                msg_id,
+                to_account,
+                to_device,
+                ttl_secs,
+                flags,
+                access_key,
+                payload: b,
+            }
         }
         0x81 => {
             let k = "WELCOME";
@@ -353,17 +438,27 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             need(&b, 16 + 2 + 4 + 2, k)?;
             let msg_id = id(&mut b);
             let raw = b.get_u16();
-            let code = ErrorCode::from_u16(raw)
-                .ok_or(DecodeError::Malformed { kind: k, why: "unknown error code" })?;
+            let code = ErrorCode::from_u16(raw).ok_or(DecodeError::Malformed {
+                kind: k,
+                why: "unknown error code",
+            })?;
             let retry_after_ms = b.get_u32();
             let n = b.get_u16() as usize;
             if n > MAX_TEXT {
-                return Err(DecodeError::Malformed { kind: k, why: "message too long" });
+                return Err(DecodeError::Malformed {
+                    kind: k,
+                    why: "message too long",
+                });
             }
             need(&b, n, k)?;
             let message = text(b.split_to(n), k)?;
             end(&b, k)?;
-            Frame::Error { msg_id, code, retry_after_ms, message }
+            Frame::Error {
+                msg_id,
+                code,
+                retry_after_ms,
+                message,
+            }
         }
         0x85 => {
             let k = "PONG";
@@ -402,10 +497,21 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             let offset = b.get_u32();
             let n = b.get_u32() as usize;
             if b.remaining() / 9 != n || b.remaining() % 9 != 0 {
-                return Err(DecodeError::Malformed { kind: k, why: "count does not match length" });
+                return Err(DecodeError::Malformed {
+                    kind: k,
+                    why: "count does not match length",
+                });
             }
             let members = (0..n).map(|_| (b.get_u64(), b.get_u8())).collect();
-            Frame::GroupInfo { req_id, group, version, creator, total, offset, members }
+            Frame::GroupInfo {
+                req_id,
+                group,
+                version,
+                creator,
+                total,
+                offset,
+                members,
+            }
         }
         0x88 => {
             let k = "DELIVER_SHARED";
@@ -446,7 +552,10 @@ fn id(b: &mut Bytes) -> MessageId {
 }
 
 fn text(b: Bytes, kind: &'static str) -> Result<String, DecodeError> {
-    String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Malformed { kind, why: "not UTF-8" })
+    String::from_utf8(b.to_vec()).map_err(|_| DecodeError::Malformed {
+        kind,
+        why: "not UTF-8",
+    })
 }
 
 /// Append the encoding of `frame` to `out`.
@@ -463,7 +572,14 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u8(*version);
             put_text(out, token);
         }
-        Frame::Send { msg_id, to_account, to_device, ttl_secs, flags, payload } => {
+        Frame::Send {
+            msg_id,
+            to_account,
+            to_device,
+            ttl_secs,
+            flags,
+            payload,
+        } => {
             out.reserve(SEND_FIXED_LEN + payload.len());
             out.put_slice(&msg_id.0);
             out.put_u64(*to_account);
@@ -480,8 +596,17 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             }
         }
         Frame::Ping { nonce } | Frame::Pong { nonce } => out.put_u64(*nonce),
-        Frame::GroupCreate { req_id, group, members: accounts }
-        | Frame::GroupUpdate { req_id, group, accounts, .. } => {
+        Frame::GroupCreate {
+            req_id,
+            group,
+            members: accounts,
+        }
+        | Frame::GroupUpdate {
+            req_id,
+            group,
+            accounts,
+            ..
+        } => {
             out.put_slice(&req_id.0);
             out.put_u64(*group);
             if let Frame::GroupUpdate { op, .. } = frame {
@@ -492,13 +617,24 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
                 out.put_u64(*a);
             }
         }
-        Frame::GroupGet { req_id, group, offset, limit } => {
+        Frame::GroupGet {
+            req_id,
+            group,
+            offset,
+            limit,
+        } => {
             out.put_slice(&req_id.0);
             out.put_u64(*group);
             out.put_u32(*offset);
             out.put_u32(*limit);
         }
-        Frame::SendGroup { msg_id, group, ttl_secs, flags, payload } => {
+        Frame::SendGroup {
+            msg_id,
+            group,
+            ttl_secs,
+            flags,
+            payload,
+        } => {
             out.reserve(16 + 8 + 4 + 1 + payload.len());
             out.put_slice(&msg_id.0);
             out.put_u64(*group);
@@ -506,7 +642,13 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u8(*flags);
             out.put_slice(payload);
         }
-        Frame::SendMulti { msg_id, ttl_secs, flags, recipients, payload } => {
+        Frame::SendMulti {
+            msg_id,
+            ttl_secs,
+            flags,
+            recipients,
+            payload,
+        } => {
             out.put_slice(&msg_id.0);
             out.put_u32(*ttl_secs);
             out.put_u8(*flags);
@@ -572,7 +714,15 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_slice(&req_id.0);
             out.put_u64(*account);
         }
-        Frame::SendSealed { msg_id, to_account, to_device, ttl_secs, flags, access_key, payload } => {
+        Frame::SendSealed {
+            msg_id,
+            to_account,
+            to_device,
+            ttl_secs,
+            flags,
+            access_key,
+            payload,
+        } => {
             out.reserve(16 + 8 + 4 + 4 + 2 + access_key.len() + payload.len());
             out.put_slice(&msg_id.0);
             out.put_u64(*to_account);
@@ -585,13 +735,26 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_slice(payload);
         }
         Frame::Ok { req_id } => out.put_slice(&req_id.0),
-        Frame::GroupOk { req_id, group, version, members } => {
+        Frame::GroupOk {
+            req_id,
+            group,
+            version,
+            members,
+        } => {
             out.put_slice(&req_id.0);
             out.put_u64(*group);
             out.put_u64(*version);
             out.put_u32(*members);
         }
-        Frame::GroupInfo { req_id, group, version, creator, total, offset, members } => {
+        Frame::GroupInfo {
+            req_id,
+            group,
+            version,
+            creator,
+            total,
+            offset,
+            members,
+        } => {
             out.put_slice(&req_id.0);
             out.put_u64(*group);
             out.put_u64(*version);
@@ -630,14 +793,24 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_slice(&header[..h]);
             out.put_slice(payload);
         }
-        Frame::Welcome { account, device, server_time_ms, max_envelope, max_inflight } => {
+        Frame::Welcome {
+            account,
+            device,
+            server_time_ms,
+            max_envelope,
+            max_inflight,
+        } => {
             out.put_u64(*account);
             out.put_u32(*device);
             out.put_u64(*server_time_ms);
             out.put_u32(*max_envelope);
             out.put_u32(*max_inflight);
         }
-        Frame::Accepted { msg_id, accepted_at_ms, recipients } => {
+        Frame::Accepted {
+            msg_id,
+            accepted_at_ms,
+            recipients,
+        } => {
             out.put_slice(&msg_id.0);
             out.put_u64(*accepted_at_ms);
             out.put_u32(*recipients);
@@ -662,7 +835,12 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u8(*flags);
             out.put_slice(payload);
         }
-        Frame::Error { msg_id, code, retry_after_ms, message } => {
+        Frame::Error {
+            msg_id,
+            code,
+            retry_after_ms,
+            message,
+        } => {
             out.put_slice(&msg_id.0);
             out.put_u16(code.as_u16());
             out.put_u32(*retry_after_ms);

@@ -375,6 +375,11 @@ impl Frame {
 
     /// An `ERROR` frame not tied to a `SEND`.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Frame {
-        Frame::Error { msg_id: MessageId::NONE, code, retry_after_ms: 0, message: message.into() }
+        Frame::Error {
+            msg_id: MessageId::NONE,
+            code,
+            retry_after_ms: 0,
+            message: message.into(),
+        }
     }
 }

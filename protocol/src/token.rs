@@ -82,7 +82,10 @@ impl SigningKey {
     /// A key from its PKCS#8 v2 DER bytes (as written by [`SigningKey::to_pkcs8`]).
     pub fn from_pkcs8(der: &[u8]) -> Result<SigningKey, TokenError> {
         let pair = Ed25519KeyPair::from_pkcs8(der).map_err(|_| TokenError::Malformed)?;
-        Ok(SigningKey { pair, pkcs8: der.to_vec() })
+        Ok(SigningKey {
+            pair,
+            pkcs8: der.to_vec(),
+        })
     }
 
     /// The PKCS#8 v2 DER encoding, for storing the key in a file.
@@ -140,7 +143,9 @@ impl VerifyingKey {
         if b64.len() > 4 * (BODY_LEN + SIG_LEN) {
             return Err(TokenError::Malformed);
         }
-        let raw = URL_SAFE_NO_PAD.decode(b64).map_err(|_| TokenError::Malformed)?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(b64)
+            .map_err(|_| TokenError::Malformed)?;
         if raw.len() != BODY_LEN + SIG_LEN || raw[0] != 1 {
             return Err(TokenError::Malformed);
         }
@@ -161,7 +166,11 @@ impl VerifyingKey {
 
 impl VerifyingKey {
     /// Check a v1 or v2 token and return its claims and scope (empty for v1).
-    pub fn verify_scoped(&self, token: &str, now_secs: u64) -> Result<(TokenClaims, Scope), TokenError> {
+    pub fn verify_scoped(
+        &self,
+        token: &str,
+        now_secs: u64,
+    ) -> Result<(TokenClaims, Scope), TokenError> {
         let Some(b64) = token.strip_prefix(PREFIX_V2) else {
             return self.verify(token, now_secs).map(|c| (c, Scope::default()));
         };
@@ -169,7 +178,9 @@ impl VerifyingKey {
         if b64.len() > max.div_ceil(3) * 4 {
             return Err(TokenError::Malformed);
         }
-        let raw = URL_SAFE_NO_PAD.decode(b64).map_err(|_| TokenError::Malformed)?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(b64)
+            .map_err(|_| TokenError::Malformed)?;
         if raw.len() < BODY_LEN + 2 + SIG_LEN || raw[0] != 2 {
             return Err(TokenError::Malformed);
         }
@@ -236,7 +247,11 @@ mod tests {
     use super::*;
 
     fn claims() -> TokenClaims {
-        TokenClaims { account: 42, device: 7, expires_at: 2_000_000_000 }
+        TokenClaims {
+            account: 42,
+            device: 7,
+            expires_at: 2_000_000_000,
+        }
     }
 
     #[test]
@@ -253,22 +268,38 @@ mod tests {
     fn scoped_tokens_carry_network_and_zone_and_v1_tokens_have_none() {
         let k = SigningKey::generate();
         let v = k.verifying_key();
-        let scope = Scope { network: "photos".into(), zone: "eu".into() };
+        let scope = Scope {
+            network: "photos".into(),
+            zone: "eu".into(),
+        };
         let t2 = k.issue_scoped(&claims(), &scope).unwrap();
         assert!(t2.starts_with("ht2."));
         assert_eq!(v.verify_scoped(&t2, 0).unwrap(), (claims(), scope.clone()));
-        assert_eq!(v.verify(&t2, 0), Err(TokenError::Malformed), "v1 verify refuses v2");
+        assert_eq!(
+            v.verify(&t2, 0),
+            Err(TokenError::Malformed),
+            "v1 verify refuses v2"
+        );
         let t1 = k.issue(&claims());
-        assert_eq!(v.verify_scoped(&t1, 0).unwrap(), (claims(), Scope::default()));
+        assert_eq!(
+            v.verify_scoped(&t1, 0).unwrap(),
+            (claims(), Scope::default())
+        );
         // Tampering with the zone breaks the signature.
         let mut raw = URL_SAFE_NO_PAD.decode(&t2[4..]).unwrap();
         let zone_at = BODY_LEN + 1 + "photos".len() + 1;
         raw[zone_at] = b'u';
         let forged = format!("ht2.{}", URL_SAFE_NO_PAD.encode(&raw));
         assert_eq!(v.verify_scoped(&forged, 0), Err(TokenError::BadSignature));
-        let long = Scope { network: "n".repeat(65), zone: String::new() };
+        let long = Scope {
+            network: "n".repeat(65),
+            zone: String::new(),
+        };
         assert_eq!(k.issue_scoped(&claims(), &long), Err(TokenError::Malformed));
-        assert_eq!(v.verify_scoped(&t2, 2_000_000_000), Err(TokenError::Expired));
+        assert_eq!(
+            v.verify_scoped(&t2, 2_000_000_000),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
@@ -277,7 +308,10 @@ mod tests {
         let other = SigningKey::generate();
         let t = k.issue(&claims());
         let v = k.verifying_key();
-        assert_eq!(other.verifying_key().verify(&t, 0), Err(TokenError::BadSignature));
+        assert_eq!(
+            other.verifying_key().verify(&t, 0),
+            Err(TokenError::BadSignature)
+        );
         assert_eq!(v.verify(&t, 2_000_000_000), Err(TokenError::Expired));
         assert_eq!(v.verify("nonsense", 0), Err(TokenError::Malformed));
         assert_eq!(v.verify("ht1.!!!", 0), Err(TokenError::Malformed));
@@ -286,7 +320,10 @@ mod tests {
         raw[8] ^= 1;
         let tampered = format!("ht1.{}", URL_SAFE_NO_PAD.encode(&raw));
         assert_eq!(v.verify(&tampered, 0), Err(TokenError::BadSignature));
-        let zero = k.issue(&TokenClaims { device: 0, ..claims() });
+        let zero = k.issue(&TokenClaims {
+            device: 0,
+            ..claims()
+        });
         assert_eq!(v.verify(&zero, 0), Err(TokenError::InvalidDevice));
     }
 }

@@ -211,9 +211,14 @@ fn main() -> anyhow::Result<()> {
         core.version,
         js_sync.version
     );
+    let header = match std::env::var("HEARTH_COMPARE_COMMAND") {
+        Ok(cmd) => format!("{header}\ncommand: {cmd}"),
+        Err(_) => header,
+    };
     print!("{}", report::table(&rows, &ratios, &header));
     let json = serde_json::json!({
-        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "command": std::env::var("HEARTH_COMPARE_COMMAND").ok(),
+        "tool_command": std::env::args().collect::<Vec<_>>().join(" "),
         "started_unix": started,
         "machine": machine,
         "versions": {
