@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::Json;
 use hearth_protocol::ErrorCode;
-use hearth_storage::{DeviceKey, DeviceStats};
+use hearth_storage::{DeviceKey, DeviceStats, Role};
 use serde_json::{json, Value};
 
 use crate::metrics::{rss_bytes, Metrics};
@@ -31,6 +31,8 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         .route("/v1/devices/{account}/{device}", delete(remove_device))
         .route("/v1/accounts/{account}", delete(purge_account))
         .route("/v1/abuse", get(abuse))
+        .route("/v1/groups/{group}", get(group_show))
+        .route("/v1/groups/{group}/members", get(group_members))
         .with_state(shared);
     let stop = async move {
         let _ = shutdown.changed().await;
@@ -288,6 +290,58 @@ async fn device_queue(State(s): S, Path((account, device)): Path<(u64, u32)>) ->
     match s.router.store.device_stats(DeviceKey { account, device }) {
         Ok(Some(d)) => Json(device_json(&s, &d)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such device"),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Paging of `GET /v1/groups/{group}/members`.
+#[derive(serde::Deserialize)]
+struct Page {
+    #[serde(default)]
+    offset: u32,
+    #[serde(default = "default_page")]
+    limit: u32,
+}
+
+fn default_page() -> u32 {
+    100
+}
+
+async fn group_show(State(s): S, Path(group): Path<u64>) -> Response {
+    match s.router.store.group_info(group, 0, 0) {
+        Ok(Some((st, _))) => Json(json!({
+            "group": st.group,
+            "creator": st.creator,
+            "version": st.version,
+            "members": st.members,
+        }))
+        .into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such group"),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn group_members(
+    State(s): S,
+    Path(group): Path<u64>,
+    axum::extract::Query(p): axum::extract::Query<Page>,
+) -> Response {
+    match s
+        .router
+        .store
+        .group_info(group, p.offset, p.limit.min(10_000))
+    {
+        Ok(Some((st, page))) => Json(json!({
+            "group": st.group,
+            "total": st.members,
+            "offset": p.offset,
+            "members": page.iter().map(|(account, role)| json!({
+                "account": account,
+                "role": match role { Role::Admin => "admin", Role::Member => "member" },
+            })).collect::<Vec<_>>(),
+        }))
+        .into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no such group"),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
