@@ -108,6 +108,29 @@ pub fn account_purge(
     emit(&v, json, out, render::render_account_purged)
 }
 
+/// `GET /v1/groups/{group}`: the group's creator, membership version and member count;
+/// rendered as labelled lines.
+pub fn group_show(admin: &str, group: u64, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+    let path = format!("/v1/groups/{group}");
+    let v = Admin::new(admin)?.call("GET", &path, &format!("group {group}"))?;
+    emit(&v, json, out, render::render_group_show)
+}
+
+/// `GET /v1/groups/{group}/members?offset=O&limit=L`: one page of the group's members (account
+/// order) with their roles; rendered as a table and a "showing a–b of total" line.
+pub fn group_members(
+    admin: &str,
+    group: u64,
+    offset: u32,
+    limit: u32,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let path = format!("/v1/groups/{group}/members?offset={offset}&limit={limit}");
+    let v = Admin::new(admin)?.call("GET", &path, &format!("group {group}"))?;
+    emit(&v, json, out, render::render_group_members)
+}
+
 fn emit(
     v: &Value,
     json: bool,

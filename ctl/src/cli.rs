@@ -52,6 +52,9 @@ pub enum Command {
     /// Accounts.
     #[command(subcommand)]
     Account(AccountCommand),
+    /// Groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
 }
 
 /// `hearthctl token ...`
@@ -156,6 +159,37 @@ pub struct AccountPurgeArgs {
     pub yes: bool,
 }
 
+/// `hearthctl group ...`
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Show a group: its creator, membership version and member count.
+    Show(GroupShowArgs),
+    /// List a group's members and their roles, one page at a time (in account order).
+    Members(GroupMembersArgs),
+}
+
+/// Arguments of `hearthctl group show`.
+#[derive(Debug, Clone, Args)]
+pub struct GroupShowArgs {
+    /// Group id.
+    #[arg(long)]
+    pub group: u64,
+}
+
+/// Arguments of `hearthctl group members`.
+#[derive(Debug, Clone, Args)]
+pub struct GroupMembersArgs {
+    /// Group id.
+    #[arg(long)]
+    pub group: u64,
+    /// Skip this many members (in account order).
+    #[arg(long, default_value_t = 0)]
+    pub offset: u32,
+    /// Show at most this many members (the node allows up to 10,000 per page).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
+}
+
 /// `hearthctl key ...`
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
@@ -188,6 +222,12 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Abuse(AbuseCommand::Top(a)) => crate::admin::abuse_top(admin, a.limit, json, out),
         Command::Account(AccountCommand::Purge(a)) => {
             crate::admin::account_purge(admin, a.account, a.yes, json, out)
+        }
+        Command::Group(GroupCommand::Show(a)) => {
+            crate::admin::group_show(admin, a.group, json, out)
+        }
+        Command::Group(GroupCommand::Members(a)) => {
+            crate::admin::group_members(admin, a.group, a.offset, a.limit, json, out)
         }
     }?;
     out.flush()?;

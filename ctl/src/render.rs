@@ -442,3 +442,74 @@ pub fn render_account_purged(v: &Value, out: &mut dyn Write) -> anyhow::Result<(
     t.write_to(out)?;
     Ok(())
 }
+
+#[derive(Deserialize)]
+struct GroupInfo {
+    group: u64,
+    creator: u64,
+    version: u64,
+    members: u64,
+}
+
+/// Render a `GET /v1/groups/{group}` answer as labelled lines.
+pub fn render_group_show(v: &Value, out: &mut dyn Write) -> anyhow::Result<()> {
+    let g: GroupInfo = parse(v, "group")?;
+    write_fields(
+        out,
+        &[
+            ("group", g.group.to_string()),
+            ("creator", format!("account {}", g.creator)),
+            ("version", g.version.to_string()),
+            ("members", format_count(g.members)),
+        ],
+    )?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct MembersPage {
+    group: u64,
+    total: u64,
+    offset: u64,
+    members: Vec<Member>,
+}
+
+#[derive(Deserialize)]
+struct Member {
+    account: u64,
+    role: String,
+}
+
+/// Render a `GET /v1/groups/{group}/members` answer: a table of the page in the node's order
+/// (ACCOUNT, ROLE), then `showing a–b of N members`, with the next `--offset` when more follow.
+pub fn render_group_members(v: &Value, out: &mut dyn Write) -> anyhow::Result<()> {
+    let p: MembersPage = parse(v, "group members page")?;
+    if p.members.is_empty() {
+        writeln!(
+            out,
+            "no members at offset {} (group {} has {})",
+            p.offset,
+            p.group,
+            plural(p.total, "member")
+        )?;
+        return Ok(());
+    }
+    let mut t = Table::new(&["ACCOUNT", "ROLE"]).align_right(0);
+    for m in &p.members {
+        t.push(vec![m.account.to_string(), m.role.clone()]);
+    }
+    t.write_to(out)?;
+    let end = p.offset + p.members.len() as u64;
+    write!(
+        out,
+        "showing {}–{} of {}",
+        format_count(p.offset + 1),
+        format_count(end),
+        plural(p.total, "member")
+    )?;
+    if end < p.total {
+        write!(out, " (next page: --offset {end})")?;
+    }
+    writeln!(out)?;
+    Ok(())
+}

@@ -278,3 +278,68 @@ fn account_purge_deletes_and_reports() {
         format!("node admin at {url} answered HTTP 500: disk full")
     );
 }
+
+#[test]
+fn group_show_and_members_requests() {
+    let body = r#"{"group": 7, "creator": 1, "version": 2, "members": 3}"#;
+    let (url, server) = respond_once("200 OK", body);
+    let out = ctl(&["group", "show", "--group", "7", "--admin", &url]).unwrap();
+    assert_eq!(server.join().unwrap(), "GET /v1/groups/7 HTTP/1.1");
+    assert_eq!(
+        out,
+        "group    7\ncreator  account 1\nversion  2\nmembers  3\n"
+    );
+
+    let (url, server) = respond_once("200 OK", body);
+    let out = ctl(&["group", "show", "--group", "7", "--json", "--admin", &url]).unwrap();
+    server.join().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v, serde_json::from_str::<serde_json::Value>(body).unwrap());
+
+    let (url, server) = respond_once("404 Not Found", r#"{"error": "no such group"}"#);
+    let err = ctl(&["group", "show", "--group", "99", "--admin", &url]).unwrap_err();
+    assert_eq!(server.join().unwrap(), "GET /v1/groups/99 HTTP/1.1");
+    assert_eq!(err.to_string(), "group 99: no such group");
+
+    // Defaults: the first page of 100.
+    let page = r#"{"group": 7, "total": 3, "offset": 0, "members": [
+        {"account": 1, "role": "admin"}, {"account": 2, "role": "member"}]}"#;
+    let (url, server) = respond_once("200 OK", page);
+    let out = ctl(&["group", "members", "--group", "7", "--admin", &url]).unwrap();
+    assert_eq!(
+        server.join().unwrap(),
+        "GET /v1/groups/7/members?offset=0&limit=100 HTTP/1.1"
+    );
+    assert_eq!(
+        out,
+        "ACCOUNT  ROLE\n      1  admin\n      2  member\n\
+         showing 1–2 of 3 members (next page: --offset 2)\n"
+    );
+
+    let (url, server) = respond_once("200 OK", page);
+    let args = [
+        "group", "members", "--group", "7", "--offset", "5", "--limit", "2", "--json", "--admin",
+        &url,
+    ];
+    let out = ctl(&args).unwrap();
+    assert_eq!(
+        server.join().unwrap(),
+        "GET /v1/groups/7/members?offset=5&limit=2 HTTP/1.1"
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v, serde_json::from_str::<serde_json::Value>(page).unwrap());
+
+    let (url, server) = respond_once("404 Not Found", r#"{"error": "no such group"}"#);
+    let err = ctl(&["group", "members", "--group", "8", "--admin", &url]).unwrap_err();
+    assert_eq!(
+        server.join().unwrap(),
+        "GET /v1/groups/8/members?offset=0&limit=100 HTTP/1.1"
+    );
+    assert_eq!(err.to_string(), "group 8: no such group");
+
+    // Limits outside what the node serves are refused before any request.
+    for limit in ["0", "10001"] {
+        let args = ["group", "members", "--group", "7", "--limit", limit];
+        assert!(ctl(&args).is_err(), "--limit {limit}");
+    }
+}

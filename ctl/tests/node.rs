@@ -404,3 +404,68 @@ async fn abuse_top_and_account_purge() {
     a9.close();
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_show_and_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path()).await;
+    let key = dir.path().join("token.key");
+    let admin = format!("http://{}", node.admin_addr());
+    let admin = admin.as_str();
+
+    let show = ["group", "show", "--group", "7", "--admin", admin];
+    let err = ctl(&show).await.unwrap_err().to_string();
+    assert_eq!(err, "group 7: no such group");
+
+    let (a1, _a1_deliveries) = connect(&node, token(&key, 1, 1).await).await.unwrap();
+    let created = a1.create_group(7, &[2, 3]).await.unwrap();
+    assert_eq!(created.members, 3);
+
+    let v = ctl_json(&show).await;
+    assert_eq!(
+        (v["group"].as_u64(), v["creator"].as_u64()),
+        (Some(7), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["members"], 3, "{v}");
+    assert_eq!(v["version"], created.version, "{v}");
+    let out = ctl(&show).await.unwrap();
+    assert!(out.contains("\ncreator  account 1\n"), "{out}");
+    assert!(out.ends_with("\nmembers  3\n"), "{out}");
+
+    let members = ["group", "members", "--group", "7", "--admin", admin];
+    let v = ctl_json(&members).await;
+    let expected = serde_json::json!({"group": 7, "total": 3, "offset": 0, "members": [
+        {"account": 1, "role": "admin"},
+        {"account": 2, "role": "member"},
+        {"account": 3, "role": "member"},
+    ]});
+    assert_eq!(v, expected);
+    let out = ctl(&members).await.unwrap();
+    assert_eq!(
+        out,
+        "ACCOUNT  ROLE\n      1  admin\n      2  member\n      3  member\n\
+         showing 1–3 of 3 members\n"
+    );
+    let page = [&members[..], &["--offset", "1", "--limit", "1"]].concat();
+    let v = ctl_json(&page).await;
+    assert_eq!(
+        v["members"],
+        serde_json::json!([{"account": 2, "role": "member"}]),
+        "{v}"
+    );
+    assert_eq!(
+        (v["total"].as_u64(), v["offset"].as_u64()),
+        (Some(3), Some(1)),
+        "{v}"
+    );
+
+    let err = ctl(&["group", "members", "--group", "8", "--admin", admin])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err, "group 8: no such group");
+
+    a1.close();
+    node.shutdown().await;
+}

@@ -2,8 +2,8 @@
 
 use hearth_ctl::{
     format_bytes, format_count, format_duration, format_micros, format_timestamp_ms,
-    render_abuse_top, render_account_purged, render_device_removed, render_queue_stats,
-    render_status, Table,
+    render_abuse_top, render_account_purged, render_device_removed, render_group_members,
+    render_group_show, render_queue_stats, render_status, Table,
 };
 use serde_json::json;
 
@@ -271,4 +271,64 @@ account record                      yes
     v.as_object_mut().unwrap().remove("push_tokens");
     let err = render_account_purged(&v, &mut Vec::new()).unwrap_err();
     assert!(format!("{err:#}").contains("push_tokens"), "{err:#}");
+}
+
+#[test]
+fn group_show_fields() {
+    let v = json!({"group": 7, "creator": 1, "version": 12, "members": 1500});
+    let s = text(|o| render_group_show(&v, o).unwrap());
+    let expected = "\
+group    7
+creator  account 1
+version  12
+members  1,500
+";
+    assert_eq!(s, expected);
+
+    let err = render_group_show(&json!({"group": 7, "creator": 1}), &mut Vec::new()).unwrap_err();
+    assert!(format!("{err:#}").contains("version"), "{err:#}");
+}
+
+fn members_page(total: u64, offset: u64, members: &[(u64, &str)]) -> serde_json::Value {
+    let members: Vec<_> = members
+        .iter()
+        .map(|&(account, role)| json!({"account": account, "role": role}))
+        .collect();
+    json!({"group": 7, "total": total, "offset": offset, "members": members})
+}
+
+#[test]
+fn group_members_table_and_paging_line() {
+    let v = members_page(3, 0, &[(1, "admin"), (2, "member"), (30000, "member")]);
+    let s = text(|o| render_group_members(&v, o).unwrap());
+    let expected = "\
+ACCOUNT  ROLE
+      1  admin
+      2  member
+  30000  member
+showing 1–3 of 3 members
+";
+    assert_eq!(s, expected);
+
+    // A middle page names the next offset.
+    let v = members_page(2500, 1000, &[(1001, "member"), (1002, "admin")]);
+    let s = text(|o| render_group_members(&v, o).unwrap());
+    let expected = "\
+ACCOUNT  ROLE
+   1001  member
+   1002  admin
+showing 1,001–1,002 of 2,500 members (next page: --offset 1002)
+";
+    assert_eq!(s, expected);
+
+    let s = text(|o| render_group_members(&members_page(1, 0, &[(5, "admin")]), o).unwrap());
+    assert!(s.ends_with("\nshowing 1–1 of 1 member\n"), "{s}");
+
+    // Past the end: no table.
+    let s = text(|o| render_group_members(&members_page(3, 10, &[]), o).unwrap());
+    assert_eq!(s, "no members at offset 10 (group 7 has 3 members)\n");
+
+    let bad = json!({"group": 7, "total": 1, "offset": 0, "members": [{"account": 1}]});
+    let err = render_group_members(&bad, &mut Vec::new()).unwrap_err();
+    assert!(format!("{err:#}").contains("role"), "{err:#}");
 }
