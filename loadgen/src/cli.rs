@@ -102,6 +102,16 @@ pub struct Args {
     /// Write an HdrHistogram interval log (tags delivery, accept, probe; µs) to FILE.
     #[arg(long, value_name = "FILE")]
     pub hdr_log: Option<PathBuf>,
+    /// Capacity search: the highest rate (starting from --rate) at which every --slo and
+    /// check holds, over short runs (--duration per step).
+    #[arg(long)]
+    pub find_max: bool,
+    /// Most runs of the capacity search.
+    #[arg(long, default_value_t = 10)]
+    pub max_steps: u32,
+    /// The capacity search stops when the passing and failing rates are this close (relative).
+    #[arg(long, default_value_t = 0.05)]
+    pub precision: f64,
     /// Never draw the live progress line (it is drawn when stderr is a terminal).
     #[arg(long)]
     pub no_progress: bool,
@@ -268,6 +278,40 @@ impl Args {
     }
 }
 
+/// `hearth-loadgen --find-max ...`: the search, its table or JSON, the report files of the run
+/// at the maximum.
+fn find_max_main(args: &Args) -> ExitCode {
+    let opts = crate::search::SearchOpts {
+        max_steps: args.max_steps,
+        precision: args.precision,
+    };
+    let result = args.to_config().and_then(|mut cfg| {
+        cfg.progress = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+        rt.block_on(crate::search::find_max(cfg, opts))
+    });
+    match result {
+        Ok(r) => {
+            if args.json {
+                println!("{}", r.to_json());
+            } else {
+                print!("{}", r.to_table());
+            }
+            if let Some(best) = &r.best {
+                if let Err(e) = write_outputs(best, &args.outputs()) {
+                    eprintln!("hearth-loadgen: {e:#}");
+                    return ExitCode::from(EXIT_SETUP);
+                }
+            }
+            ExitCode::from(r.exit_code())
+        }
+        Err(e) => {
+            eprintln!("hearth-loadgen: {e:#}");
+            ExitCode::from(EXIT_SETUP)
+        }
+    }
+}
+
 /// `hearth-loadgen connections ...`.
 fn connections_main(argv: &[std::ffi::OsString]) -> ExitCode {
     let args = match parse_or_exit::<crate::idle::IdleArgs>(argv.iter().cloned()) {
@@ -398,12 +442,17 @@ pub fn cli_main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     match argv.get(1).and_then(|a| a.to_str()) {
         Some("connections") => return connections_main(&argv[1..]),
+        Some("agent") => return crate::dist::agent_main(&argv[1..]),
+        Some("coordinate") => return crate::dist::coordinate_main(&argv[1..]),
         _ => {}
     }
     let args = match parse_or_exit::<Args>(argv) {
         Ok(a) => a,
         Err(code) => return code,
     };
+    if args.find_max {
+        return find_max_main(&args);
+    }
     let result = args.to_config().and_then(|cfg| {
         let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
         rt.block_on(crate::run(cfg))

@@ -110,10 +110,26 @@ impl Connector {
         }
     }
 
-    /// The endpoints, to wait for them to go idle at the end.
-    pub fn endpoints(&self) -> &[Endpoint] {
-        &self.endpoints
+    /// Waits (at most `limit`) until the endpoints have no connection left (the closes
+    /// reached the node).
+    pub async fn wait_idle(&self, limit: Duration) {
+        let mut set = tokio::task::JoinSet::new();
+        for e in &self.endpoints {
+            let e = e.clone();
+            set.spawn(async move { e.wait_idle().await });
+        }
+        let _ =
+            tokio::time::timeout(limit, async { while set.join_next().await.is_some() {} }).await;
     }
+}
+
+/// Flushes and closes every connection (see [`Connection::shutdown`]), concurrently.
+pub(crate) async fn shutdown_all(conns: impl IntoIterator<Item = Connection>) {
+    let mut set = tokio::task::JoinSet::new();
+    for c in conns {
+        set.spawn(async move { c.shutdown().await });
+    }
+    while set.join_next().await.is_some() {}
 }
 
 /// A client endpoint on `bind` with large socket buffers.

@@ -273,7 +273,13 @@ impl Device {
         self.handle_batch(st);
         conn.shutdown().await;
         st.conn = None;
-        st.deliveries = None;
+        // What arrived during the close still counts (stored ones come again, unacknowledged).
+        if let Some(mut d) = st.deliveries.take() {
+            while let Some(x) = d.try_next() {
+                st.batch.push(x);
+            }
+        }
+        self.handle_batch(st);
         Counters::inc(&self.sh.c.reconnects);
         self.connect(st).await;
     }
@@ -305,13 +311,17 @@ impl Device {
         };
         let first = match h.kind {
             Kind::Group => sh.fanout.delivered(h.seq, self.me) == crate::fanout::Outcome::First,
-            _ => sh.delivered.set(h.seq),
+            Kind::Ephemeral => sh.eph_delivered.set(h.seq),
+            Kind::OneToOne | Kind::Probe => sh.delivered.set(h.seq),
         };
         if !first {
             Counters::inc(&sh.c.duplicated);
             return;
         }
         Counters::inc(&sh.c.delivered);
+        if h.kind.stored() {
+            Counters::inc(&sh.c.owed_delivered);
+        }
         let in_window = sh.measured(now);
         if in_window {
             Counters::inc(&sh.c.delivered_in_window);

@@ -14,7 +14,7 @@ use crate::report::{Latency, Report, CLOSED_LOOP_LABEL};
 const W: f64 = 1100.0;
 const H: f64 = 300.0;
 const ML: f64 = 70.0;
-const MR: f64 = 20.0;
+const MR: f64 = 40.0;
 const MT: f64 = 36.0;
 const MB: f64 = 44.0;
 
@@ -206,7 +206,7 @@ impl Chart<'_> {
                 b.fill,
             );
             // Label the band only where it fits.
-            if x1 - x0 > 8.0 + 6.0 * b.label.len() as f64 {
+            if x1 - x0 > 12.0 + 6.5 * b.label.len() as f64 {
                 let _ = write!(
                     s,
                     r#"<text x="{:.1}" y="{:.1}" class="band">{}</text>"#,
@@ -404,7 +404,16 @@ fn spectrum(h: &Histogram<u64>) -> Vec<(f64, f64, u64)> {
 
 /// The whole HTML document.
 pub fn render(r: &Report) -> String {
-    let tl = &r.timeline;
+    // A last partial interval much shorter than the others makes a noisy rate: not plotted
+    // (its data stays in the JSON and the interval log).
+    let full = r.timeline.first().map_or(0.0, |i| i.len_s);
+    let tl: Vec<crate::timeline::Interval> = r
+        .timeline
+        .iter()
+        .filter(|i| i.len_s >= 0.25 * full)
+        .cloned()
+        .collect();
+    let tl = &tl;
     let end = tl.last().map_or(0.0, |i| i.start_s + i.len_s);
     let mid = |i: &crate::timeline::Interval| i.start_s + i.len_s / 2.0;
     let ms = |us: u64| us as f64 / 1e3;
@@ -673,7 +682,7 @@ pub fn render(r: &Report) -> String {
     if r.self_check.generator_saturated {
         let _ = write!(
             h,
-            "<p class=\"warn\">GENERATOR SATURATED: the figures understate the target. {}</p>",
+            "<p class=\"warn\">GENERATOR SATURATED: its own delays are part of the latency figures and the achieved rate may be below the offered one. {}</p>",
             esc(&r.self_check.reasons.join("; "))
         );
     }
@@ -868,12 +877,13 @@ fn details(r: &Report) -> String {
     rows.push((
         "self-check".into(),
         format!(
-            "{}: scheduler lag p99 {:.2} ms, runtime lag p99 {:.2} ms, generator {:.2} cores, node {:.2} cores of {}",
+            "{}: scheduler lag p99 {:.2} ms, runtime lag p99 {:.2} ms, generator {:.2} cores, node {:.2} cores, machine {:.2} of {} cores busy",
             if sc.generator_saturated { "SATURATED" } else { "ok" },
             sc.scheduler_lag_p99_us as f64 / 1e3,
             sc.runtime_lag_p99_us as f64 / 1e3,
             sc.generator_cpu_cores,
             sc.node_cpu_cores,
+            sc.machine_cpu_cores,
             sc.cores
         ),
     ));

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::stream::{self, StreamExt};
 use hearth_client::{Connection, Deliveries};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
+use tokio::task::JoinSet;
 
 use crate::config::Target;
 use crate::connect::Connector;
@@ -103,7 +103,8 @@ impl IdleReport {
 
     /// A short table.
     pub fn to_table(&self) -> String {
-        let kib = |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.1} KiB", b as f64 / 1024.0));
+        let kib =
+            |b: Option<u64>| b.map_or("n/a".into(), |b| format!("{:.1} KiB", b as f64 / 1024.0));
         let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1048576.0);
         let mut s = format!(
             "hearth-loadgen connections: {} idle connections to {} over {} source address(es)\n",
@@ -168,7 +169,10 @@ impl IdleReport {
                 ),
             );
         }
-        row("result", if self.passed { "PASS" } else { "FAIL (exit 2)" }.into());
+        row(
+            "result",
+            if self.passed { "PASS" } else { "FAIL (exit 2)" }.into(),
+        );
         s
     }
 }
@@ -190,7 +194,10 @@ type Held = Vec<Mutex<Option<(Connection, Deliveries)>>>;
 /// Opens, holds, churns and closes the connections.
 pub async fn run_connections(cfg: IdleConfig) -> anyhow::Result<IdleReport> {
     anyhow::ensure!(cfg.connections >= 1, "--connections must be at least 1");
-    anyhow::ensure!((0.0..=1.0).contains(&cfg.churn), "--churn must be in [0, 1]");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&cfg.churn),
+        "--churn must be in [0, 1]"
+    );
     let p = target::prepare(&cfg.target).await?;
     let result = run_on(&cfg, &p).await;
     p.shutdown().await;
@@ -206,37 +213,40 @@ async fn run_on(cfg: &IdleConfig, p: &Prepared) -> anyhow::Result<IdleReport> {
     let gen_before = own_rss();
     let n = cfg.connections as usize;
     let connector = Arc::new(Connector::new(p, n, cfg.source_ips, cfg.connect_rate)?);
-    let failures = AtomicU64::new(0);
-    let done = AtomicU64::new(0);
+    let failures = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let held: Held = (0..n).map(|_| Mutex::new(None)).collect();
-    let failed = AtomicU64::new(0);
-    stream::iter(0..n)
-        .for_each_concurrent(1024, |i| {
-            let (connector, held, failures, failed, done) =
-                (&connector, &held, &failures, &failed, &done);
-            async move {
-                match connector
-                    .connect_retry(i, cfg.account_base + i as u64, 5, failures)
-                    .await
-                {
-                    Ok(c) => *held[i].lock().await = Some(c),
-                    Err(e) => {
-                        if failed.fetch_add(1, Relaxed) < 5 {
-                            tracing::warn!("connection {i} failed: {e}");
-                        }
+    let held: Arc<Held> = Arc::new((0..n).map(|_| Mutex::new(None)).collect());
+    let mut set = JoinSet::new();
+    for i in 0..n {
+        let (connector, held, failures, failed, done) = (
+            connector.clone(),
+            held.clone(),
+            failures.clone(),
+            failed.clone(),
+            done.clone(),
+        );
+        let (account, progress) = (cfg.account_base + i as u64, cfg.progress);
+        set.spawn(async move {
+            match connector.connect_retry(i, account, 5, &failures).await {
+                Ok(c) => *held[i].lock().await = Some(c),
+                Err(e) => {
+                    if failed.fetch_add(1, Relaxed) < 5 {
+                        tracing::warn!("connection {i} failed: {e}");
                     }
                 }
-                let d = done.fetch_add(1, Relaxed) + 1;
-                if cfg.progress && (d % 1000 == 0 || d as usize == n) {
-                    eprint!(
-                        "\r\x1b[2Kconnected {d}/{n} in {:.1} s",
-                        start.elapsed().as_secs_f64()
-                    );
-                }
             }
-        })
-        .await;
+            let d = done.fetch_add(1, Relaxed) + 1;
+            if progress && (d % 1000 == 0 || d as usize == n) {
+                eprint!(
+                    "\r\x1b[2Kconnected {d}/{n} in {:.1} s",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
     if cfg.progress {
         eprintln!();
     }
@@ -245,7 +255,7 @@ async fn run_on(cfg: &IdleConfig, p: &Prepared) -> anyhow::Result<IdleReport> {
 
     // Hold (and churn); sample the node meanwhile, keeping the last status.
     let hold_start = Instant::now();
-    let reconnects = AtomicU64::new(0);
+    let reconnects = Arc::new(AtomicU64::new(0));
     let mut node_held = status(p).await;
     let mut rng = SmallRng::from_entropy();
     let mut carry = 0.0;
@@ -254,24 +264,28 @@ async fn run_on(cfg: &IdleConfig, p: &Prepared) -> anyhow::Result<IdleReport> {
         carry += cfg.churn * connected as f64;
         let k = carry.floor() as usize;
         carry -= k as f64;
-        let picks: Vec<usize> = (0..k).map(|_| rng.gen_range(0..n)).collect();
-        stream::iter(picks)
-            .for_each_concurrent(256, |i| {
-                let (connector, held, reconnects, failures) =
-                    (&connector, &held, &reconnects, &failures);
-                async move {
-                    let mut slot = held[i].lock().await;
-                    if let Some((c, _)) = slot.take() {
-                        c.close();
-                        let account = cfg.account_base + i as u64;
-                        if let Ok(c) = connector.connect_retry(i, account, 5, failures).await {
-                            *slot = Some(c);
-                            reconnects.fetch_add(1, Relaxed);
-                        }
+        let mut set = JoinSet::new();
+        for _ in 0..k {
+            let i = rng.gen_range(0..n);
+            let (connector, held, reconnects, failures) = (
+                connector.clone(),
+                held.clone(),
+                reconnects.clone(),
+                failures.clone(),
+            );
+            let account = cfg.account_base + i as u64;
+            set.spawn(async move {
+                let mut slot = held[i].lock().await;
+                if let Some((c, _)) = slot.take() {
+                    c.close();
+                    if let Ok(c) = connector.connect_retry(i, account, 5, &failures).await {
+                        *slot = Some(c);
+                        reconnects.fetch_add(1, Relaxed);
                     }
                 }
-            })
-            .await;
+            });
+        }
+        while set.join_next().await.is_some() {}
         if let Some(s) = status(p).await {
             node_held = Some(s);
         }
@@ -294,13 +308,12 @@ async fn run_on(cfg: &IdleConfig, p: &Prepared) -> anyhow::Result<IdleReport> {
     }
     let held_s = hold_start.elapsed().as_secs_f64();
     let gen_held = own_rss();
-    for slot in &held {
+    for slot in held.iter() {
         if let Some((c, _)) = slot.lock().await.take() {
             c.close();
         }
     }
-    let idle = futures_util::future::join_all(connector.endpoints().iter().map(|e| e.wait_idle()));
-    let _ = tokio::time::timeout(Duration::from_secs(5), idle).await;
+    connector.wait_idle(Duration::from_secs(5)).await;
 
     let per = |before: u64, after: u64, conns: u64| {
         (conns > 0).then(|| after.saturating_sub(before) / conns)
@@ -310,6 +323,8 @@ async fn run_on(cfg: &IdleConfig, p: &Prepared) -> anyhow::Result<IdleReport> {
         _ => None,
     };
     let failed_n = failed.load(Relaxed);
+    let reconnects = reconnects.load(Relaxed);
+    let failures = failures.load(Relaxed);
     let mut r = IdleReport {
         target: match &cfg.target {
             Target::Embedded { .. } => "embedded".into(),
@@ -318,11 +333,11 @@ async fn run_on(cfg: &IdleConfig, p: &Prepared) -> anyhow::Result<IdleReport> {
         requested: cfg.connections,
         connected,
         failed: failed_n,
-        failed_attempts: failures.load(Relaxed),
+        failed_attempts: failures,
         connect_s,
         handshakes_per_s: connected as f64 / connect_s.max(1e-3),
         held_s,
-        reconnects: reconnects.load(Relaxed),
+        reconnects,
         source_ips: cfg.source_ips,
         node_before,
         node_held,

@@ -21,6 +21,7 @@ mod cli;
 mod config;
 mod connect;
 mod device;
+mod dist;
 mod fanout;
 mod hdrlog;
 mod html;
@@ -30,6 +31,7 @@ mod plan;
 mod report;
 mod runner;
 mod scenario;
+mod search;
 mod selfcheck;
 mod shared;
 mod slo;
@@ -39,6 +41,7 @@ mod timeline;
 
 pub use cli::{cli_main, parse_duration, Args, DurabilityArg, TargetArgs, EXIT_BREACH, EXIT_SETUP};
 pub use config::{EmbeddedDurability, RunConfig, Target, MIN_SIZE};
+pub use dist::{agent, coordinate, AgentArgs, CoordinateArgs};
 pub use fanout::FanoutResult;
 pub use idle::{run_connections, IdleArgs, IdleConfig, IdleReport};
 pub use report::{
@@ -48,6 +51,7 @@ pub use runner::run;
 pub use scenario::{
     Arrivals, Connections, Dist, Envelope, Groups, Load, Mix, Offline, Phases, Scenario,
 };
+pub use search::{find_max, SearchOpts, SearchReport, Step};
 pub use selfcheck::SelfCheck;
 pub use slo::{Op, Slo, SloResult};
 pub use target::NodeStatus;

@@ -123,6 +123,9 @@ pub(crate) struct Extra {
     pub delivery: Histogram<u64>,
     pub accept: Histogram<u64>,
     pub probe: Histogram<u64>,
+    pub offline: Histogram<u64>,
+    /// Delivery latency by kind (`one_to_one`, `group`, `ephemeral`).
+    pub by_kind: BTreeMap<String, Histogram<u64>>,
     pub interval_hists: Vec<IntervalHists>,
 }
 
@@ -132,6 +135,8 @@ impl Default for Extra {
             delivery: latency_histogram(),
             accept: latency_histogram(),
             probe: latency_histogram(),
+            offline: latency_histogram(),
+            by_kind: BTreeMap::new(),
             interval_hists: Vec::new(),
         }
     }
@@ -181,8 +186,8 @@ pub struct Report {
     pub delivered: u64,
     /// All sends of the run, warm-up included.
     pub total_sent: u64,
-    /// Accepted 1:1 (and pushed ephemeral) sends never delivered, plus missing group
-    /// (message, device) pairs, at the end of the settle period.
+    /// Accepted 1:1 (and probe) sends never delivered, plus missing group (message, device)
+    /// pairs, at the end of the settle period.
     pub lost: u64,
     /// Deliveries of something already received (at-least-once redeliveries included).
     pub duplicated: u64,
@@ -196,6 +201,9 @@ pub struct Report {
     pub stale_deliveries: u64,
     /// Ephemeral sends the node pushed to nobody (recipient reconnecting).
     pub ephemeral_unpushed: u64,
+    /// Ephemeral sends the node pushed that never arrived. Ephemeral delivery is best effort
+    /// (a push racing a reconnect is dropped), so this is reported, not checked.
+    pub ephemeral_lost: u64,
     /// Fan-out completeness of group messages, when there were any.
     pub fanout: Option<FanoutResult>,
     /// Groups of the population, when there are any.
@@ -348,8 +356,14 @@ impl Report {
         row("reordered", self.reordered.to_string());
         row("late sends (>1 ms)", self.late_sends.to_string());
         row("unanswered", self.unanswered.to_string());
-        if self.ephemeral_unpushed > 0 {
-            row("ephemeral to nobody", self.ephemeral_unpushed.to_string());
+        if self.ephemeral_unpushed > 0 || self.ephemeral_lost > 0 {
+            row(
+                "ephemeral (best effort)",
+                format!(
+                    "{} pushed to nobody, {} pushed and lost",
+                    self.ephemeral_unpushed, self.ephemeral_lost
+                ),
+            );
         }
         if self.stale_deliveries > 0 {
             row("stale deliveries", self.stale_deliveries.to_string());
@@ -419,7 +433,7 @@ impl Report {
             "self-check",
             format!(
                 "{}; sched lag p99 {:.2} ms, runtime lag p99 {:.2} ms, generator CPU {:.2} \
-                 cores, node CPU {:.2} cores (of {})",
+                 cores, node CPU {:.2} cores, machine {:.2} of {} cores busy",
                 if sc.generator_saturated {
                     "GENERATOR SATURATED"
                 } else {
@@ -429,6 +443,7 @@ impl Report {
                 sc.runtime_lag_p99_us as f64 / 1e3,
                 sc.generator_cpu_cores,
                 sc.node_cpu_cores,
+                sc.machine_cpu_cores,
                 sc.cores
             ),
         );

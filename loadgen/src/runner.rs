@@ -12,15 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::stream::{self, StreamExt, TryStreamExt};
 use hearth_client::{group_op, Connection, Deliveries};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 
 use crate::arrivals::{ArrivalStream, Schedule};
 use crate::config::{RunConfig, Target};
-use crate::connect::Connector;
+use crate::connect::{shutdown_all, Connector};
 use crate::device::{Cmd, Device};
 use crate::payload::HEADER_LEN;
 use crate::plan::Plan;
@@ -59,8 +59,18 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Report> {
     result
 }
 
-/// Runs the load against a prepared target (the coordinator and the capacity search reuse it).
+/// Runs the load against a prepared target (the capacity search reuses it).
 pub(crate) async fn run_on(cfg: &RunConfig, p: &Prepared) -> anyhow::Result<Report> {
+    run_on_after(cfg, p, std::future::ready(Ok(()))).await
+}
+
+/// Like [`run_on`], starting the load only when `barrier` resolves (after the setup: devices
+/// connected, groups created), so that several processes start together.
+pub(crate) async fn run_on_after(
+    cfg: &RunConfig,
+    p: &Prepared,
+    barrier: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<Report> {
     cfg.validate()?;
     let s = &cfg.scenario;
     let setup_start = Instant::now();
@@ -78,7 +88,7 @@ pub(crate) async fn run_on(cfg: &RunConfig, p: &Prepared) -> anyhow::Result<Repo
         s.connections.source_ips,
         s.connections.connect_rate,
     )?);
-    let failures = AtomicU64::new(0);
+    let failures = Arc::new(AtomicU64::new(0));
     let mut conns = connect_all(&connector, &plan, total, cfg.progress, &failures).await?;
     create_groups(&plan, &conns).await?;
     // Devices offline at first were registered by connecting; now they go away.
@@ -86,9 +96,10 @@ pub(crate) async fn run_on(cfg: &RunConfig, p: &Prepared) -> anyhow::Result<Repo
         .filter(|&d| plan.is_offline_at_start(d))
         .filter_map(|d| conns[d as usize].take())
         .collect();
-    futures_util::future::join_all(away.iter().map(|(c, _)| c.shutdown())).await;
+    shutdown_all(away.iter().map(|(c, _)| c.clone())).await;
     drop(away);
     let setup_s = setup_start.elapsed().as_secs_f64();
+    barrier.await?;
 
     let ph = &s.phases;
     let ns = |d: Duration| d.as_nanos() as u64;
@@ -191,7 +202,7 @@ pub(crate) async fn run_on(cfg: &RunConfig, p: &Prepared) -> anyhow::Result<Repo
     loop {
         let allocated = sh.next_seq.load(Relaxed);
         let done = Counters::get(&sh.c.answered) == allocated
-            && Counters::get(&sh.c.delivered) >= Counters::get(&sh.c.expected);
+            && Counters::get(&sh.c.owed_delivered) >= Counters::get(&sh.c.expected);
         if done || settle_start.elapsed() >= ph.settle {
             break;
         }
@@ -206,8 +217,7 @@ pub(crate) async fn run_on(cfg: &RunConfig, p: &Prepared) -> anyhow::Result<Repo
     for b in background {
         b.abort();
     }
-    let idle = futures_util::future::join_all(connector.endpoints().iter().map(|e| e.wait_idle()));
-    let _ = tokio::time::timeout(CLOSE_WAIT, idle).await;
+    connector.wait_idle(CLOSE_WAIT).await;
     sampler.await.context("sampler task")?;
     let timeline = std::mem::take(&mut *timeline.lock().expect("timeline lock"));
 
@@ -234,35 +244,38 @@ pub(crate) async fn run_on(cfg: &RunConfig, p: &Prepared) -> anyhow::Result<Repo
 /// Connects every device (and the probe's two), failing the setup if one cannot connect.
 async fn connect_all(
     connector: &Arc<Connector>,
-    plan: &Plan,
+    plan: &Arc<Plan>,
     total: u32,
     progress: bool,
-    failures: &AtomicU64,
+    failures: &Arc<AtomicU64>,
 ) -> anyhow::Result<Vec<Option<(Connection, Deliveries)>>> {
-    let done = AtomicU64::new(0);
+    let done = Arc::new(AtomicU64::new(0));
     let show = progress && total >= 1000;
-    let conns: Vec<(Connection, Deliveries)> = stream::iter(0..total)
-        .map(|i| {
-            let (connector, done) = (connector.clone(), &done);
-            async move {
-                let c = connector
-                    .connect_retry(i as usize, plan.account(i), SETUP_ATTEMPTS, failures)
-                    .await
-                    .with_context(|| format!("connecting device {i}"))?;
-                let n = done.fetch_add(1, Relaxed) + 1;
-                if show && (n % 1000 == 0 || n == u64::from(total)) {
-                    eprint!("\r\x1b[2Kconnected {n}/{total}");
-                    if n == u64::from(total) {
-                        eprintln!();
-                    }
+    let mut set = JoinSet::new();
+    for i in 0..total {
+        let (connector, failures, done) = (connector.clone(), failures.clone(), done.clone());
+        let account = plan.account(i);
+        set.spawn(async move {
+            let c = connector
+                .connect_retry(i as usize, account, SETUP_ATTEMPTS, &failures)
+                .await
+                .with_context(|| format!("connecting device {i}"));
+            let n = done.fetch_add(1, Relaxed) + 1;
+            if show && (n % 1000 == 0 || n == u64::from(total)) {
+                eprint!("\r\x1b[2Kconnected {n}/{total}");
+                if n == u64::from(total) {
+                    eprintln!();
                 }
-                anyhow::Ok(c)
             }
-        })
-        .buffered(1024)
-        .try_collect()
-        .await?;
-    Ok(conns.into_iter().map(Some).collect())
+            (i, c)
+        });
+    }
+    let mut conns: Vec<Option<(Connection, Deliveries)>> = (0..total).map(|_| None).collect();
+    while let Some(joined) = set.join_next().await {
+        let (i, c) = joined.context("connect task")?;
+        conns[i as usize] = Some(c?);
+    }
+    Ok(conns)
 }
 
 /// Creates every group from its first member's connection, adding members in chunks.
@@ -270,37 +283,38 @@ async fn create_groups(
     plan: &Plan,
     conns: &[Option<(Connection, Deliveries)>],
 ) -> anyhow::Result<()> {
-    stream::iter(plan.groups.iter())
-        .map(|g| async move {
-            let creator = g.members[0];
-            let (conn, _) = conns[creator as usize]
-                .as_ref()
-                .context("group creator is not connected")?;
-            let accounts: Vec<u64> = g.members[1..].iter().map(|&d| plan.account(d)).collect();
+    let mut set = JoinSet::new();
+    for g in &plan.groups {
+        let (conn, _) = conns[g.members[0] as usize]
+            .as_ref()
+            .context("group creator is not connected")?;
+        let conn = conn.clone();
+        let accounts: Vec<u64> = g.members[1..].iter().map(|&d| plan.account(d)).collect();
+        let (id, want) = (g.id, g.members.len());
+        set.spawn(async move {
             let mut chunks = accounts.chunks(GROUP_CHUNK);
             let first = chunks.next().unwrap_or(&[]);
             let mut ok = conn
-                .create_group(g.id, first)
+                .create_group(id, first)
                 .await
-                .with_context(|| format!("creating group {}", g.id))?;
+                .with_context(|| format!("creating group {id}"))?;
             for chunk in chunks {
                 ok = conn
-                    .update_group(g.id, group_op::ADD_MEMBERS, chunk)
+                    .update_group(id, group_op::ADD_MEMBERS, chunk)
                     .await
-                    .with_context(|| format!("adding members to group {}", g.id))?;
+                    .with_context(|| format!("adding members to group {id}"))?;
             }
             anyhow::ensure!(
-                ok.members as usize == g.members.len(),
-                "group {} has {} members, expected {}",
-                g.id,
-                ok.members,
-                g.members.len()
+                ok.members as usize == want,
+                "group {id} has {} members, expected {want}",
+                ok.members
             );
             anyhow::Ok(())
-        })
-        .buffer_unordered(16)
-        .try_collect::<Vec<()>>()
-        .await?;
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        joined.context("group task")??;
+    }
     Ok(())
 }
 
@@ -419,12 +433,15 @@ fn build_report(
     let accept = sh.rec.accept.total();
     let probe = sh.rec.probe.total();
     let mut by_kind = BTreeMap::new();
+    let mut kind_hists = BTreeMap::new();
     for (k, name) in [(0, "one_to_one"), (1, "group"), (2, "ephemeral")] {
         let h = sh.rec.by_kind[k].total();
         if !h.is_empty() {
             by_kind.insert(name.to_string(), Latency::from_histogram(&h));
+            kind_hists.insert(name.to_string(), h);
         }
     }
+    let offline_hist = sh.rec.offline.total();
     let fanout = (!plan.groups.is_empty()).then(|| sh.fanout.result());
     let groups = (!plan.groups.is_empty()).then(|| {
         let sizes: Vec<usize> = plan.groups.iter().map(|g| g.members.len()).collect();
@@ -440,7 +457,7 @@ fn build_report(
     let offline = (n_off > 0).then(|| OfflineReport {
         devices: n_off,
         delivered: g(&sh.c.offline_delivered),
-        latency_us: Latency::from_histogram(&sh.rec.offline.total()),
+        latency_us: Latency::from_histogram(&offline_hist),
     });
     let node = p.admin.map(|_| {
         let peak = timeline
@@ -477,6 +494,7 @@ fn build_report(
         late_sends: g(&sh.c.late_sends),
         sends: g(&sh.c.issued_measured),
         cpu: cpu.0.cores_until(&cpu.1),
+        latency_p99_us: q(&delivery, 0.99),
     });
     if self_check.generator_saturated {
         for r in &self_check.reasons {
@@ -512,6 +530,7 @@ fn build_report(
         unanswered: allocated.saturating_sub(g(&sh.c.answered)),
         stale_deliveries: g(&sh.c.stale),
         ephemeral_unpushed: g(&sh.c.ephemeral_unpushed),
+        ephemeral_lost: sh.eph_pushed.count_and_not(&sh.eph_delivered, allocated),
         fanout,
         groups,
         errors: sh.errors.snapshot(),
@@ -536,6 +555,8 @@ fn build_report(
             delivery,
             accept,
             probe,
+            offline: offline_hist,
+            by_kind: kind_hists,
             interval_hists: timeline.hists,
         },
     }

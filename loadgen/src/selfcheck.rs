@@ -17,13 +17,16 @@ pub(crate) const SCHED_LAG_LIMIT_US: u64 = 5_000;
 pub(crate) const RUNTIME_LAG_LIMIT_US: u64 = 10_000;
 /// Share of the sends issued late above which the generator is saturated.
 pub(crate) const LATE_SHARE_LIMIT: f64 = 0.01;
+/// Lags count only when they exceed this share of the measured p99 latency.
+pub(crate) const LAG_SHARE_OF_P99: f64 = 0.1;
 /// Generator CPU, as a share of all cores, above which it is saturated.
 pub(crate) const CPU_SHARE_LIMIT: f64 = 0.9;
 
 /// The self-check's findings.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SelfCheck {
-    /// True when the generator could not keep up: the figures understate the target.
+    /// True when the generator could not keep up: its own delays are a noticeable part of the
+    /// latency figures, and the achieved rate may fall short of the offered one.
     pub generator_saturated: bool,
     /// Why, in words (empty when not saturated).
     pub reasons: Vec<String>,
@@ -37,6 +40,8 @@ pub struct SelfCheck {
     pub generator_cpu_cores: f64,
     /// Embedded node's CPU time over the measured window, in cores (0 for a remote node).
     pub node_cpu_cores: f64,
+    /// CPU time of the whole machine (every process) over the measured window, in cores.
+    pub machine_cpu_cores: f64,
     /// Cores available to the process.
     pub cores: usize,
 }
@@ -47,6 +52,8 @@ pub(crate) struct CpuSample {
     at: Instant,
     total_ticks: u64,
     node_ticks: u64,
+    /// Busy ticks of the whole machine (`/proc/stat`).
+    machine_ticks: u64,
 }
 
 impl CpuSample {
@@ -69,20 +76,42 @@ impl CpuSample {
                 }
             }
         }
+        let machine_ticks = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| machine_busy(&s))
+            .unwrap_or(0);
         CpuSample {
             at: Instant::now(),
             total_ticks,
             node_ticks,
+            machine_ticks,
         }
     }
 
-    /// (generator, node) cores used between `self` and `later`.
-    pub fn cores_until(&self, later: &CpuSample) -> (f64, f64) {
+    /// (generator, node, whole machine) cores used between `self` and `later`.
+    pub fn cores_until(&self, later: &CpuSample) -> (f64, f64, f64) {
         let wall = later.at.duration_since(self.at).as_secs_f64().max(1e-3);
         let node = later.node_ticks.saturating_sub(self.node_ticks) as f64 / CLK_TCK;
         let total = later.total_ticks.saturating_sub(self.total_ticks) as f64 / CLK_TCK;
-        (((total - node).max(0.0)) / wall, node / wall)
+        let machine = later.machine_ticks.saturating_sub(self.machine_ticks) as f64 / CLK_TCK;
+        (
+            ((total - node).max(0.0)) / wall,
+            node / wall,
+            machine / wall,
+        )
     }
+}
+
+/// Busy ticks (user + nice + system + irq + softirq + steal) of the `cpu` line of `/proc/stat`.
+fn machine_busy(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    Some(v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7).unwrap_or(&0))
 }
 
 fn is_node_thread(comm: &str) -> bool {
@@ -110,7 +139,10 @@ pub(crate) struct Inputs {
     pub runtime_lag_p99_us: u64,
     pub late_sends: u64,
     pub sends: u64,
-    pub cpu: (f64, f64),
+    pub cpu: (f64, f64, f64),
+    /// p99 of the measured delivery latency, µs: the generator's own delays matter when they
+    /// are a noticeable part of it.
+    pub latency_p99_us: u64,
 }
 
 /// Decides whether the generator was the bottleneck.
@@ -122,14 +154,18 @@ pub(crate) fn verdict(i: Inputs) -> SelfCheck {
     } else {
         0.0
     };
-    if i.sched_lag_p99_us > SCHED_LAG_LIMIT_US && late_share > LATE_SHARE_LIMIT {
+    let noticeable = |lag_us: u64| lag_us as f64 > LAG_SHARE_OF_P99 * i.latency_p99_us as f64;
+    if i.sched_lag_p99_us > SCHED_LAG_LIMIT_US
+        && late_share > LATE_SHARE_LIMIT
+        && noticeable(i.sched_lag_p99_us)
+    {
         reasons.push(format!(
             "schedulers issued {:.1}% of the sends more than 1 ms late (lag p99 {:.1} ms)",
             late_share * 100.0,
             i.sched_lag_p99_us as f64 / 1e3
         ));
     }
-    if i.runtime_lag_p99_us > RUNTIME_LAG_LIMIT_US {
+    if i.runtime_lag_p99_us > RUNTIME_LAG_LIMIT_US && noticeable(i.runtime_lag_p99_us) {
         reasons.push(format!(
             "the generator's runtime is overloaded (10 ms timer late by {:.1} ms at p99)",
             i.runtime_lag_p99_us as f64 / 1e3
@@ -141,6 +177,14 @@ pub(crate) fn verdict(i: Inputs) -> SelfCheck {
             i.cpu.0
         ));
     }
+    let others = (i.cpu.2 - i.cpu.0 - i.cpu.1).max(0.0);
+    if !reasons.is_empty() && i.cpu.2 > CPU_SHARE_LIMIT * cores as f64 {
+        reasons.push(format!(
+            "the machine's CPUs were {:.0}% busy ({:.2} cores used by other processes)",
+            100.0 * i.cpu.2 / cores as f64,
+            others
+        ));
+    }
     SelfCheck {
         generator_saturated: !reasons.is_empty(),
         reasons,
@@ -149,6 +193,7 @@ pub(crate) fn verdict(i: Inputs) -> SelfCheck {
         runtime_lag_p99_us: i.runtime_lag_p99_us,
         generator_cpu_cores: i.cpu.0,
         node_cpu_cores: i.cpu.1,
+        machine_cpu_cores: i.cpu.2,
         cores,
     }
 }
@@ -186,6 +231,9 @@ mod tests {
         assert!(!is_node_thread("tokio-runtime-w"));
         let s = CpuSample::now();
         assert!(s.total_ticks >= s.node_ticks);
+        assert!(s.machine_ticks > 0);
+        let stat = "cpu  10 20 30 1000 40 50 60 70 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(machine_busy(stat), Some(10 + 20 + 30 + 50 + 60 + 70));
     }
 
     #[test]
@@ -196,7 +244,8 @@ mod tests {
             runtime_lag_p99_us: 300,
             late_sends: 0,
             sends: 1000,
-            cpu: (0.3, 0.5),
+            cpu: (0.3, 0.5, 0.9),
+            latency_p99_us: 5_000,
         });
         assert!(!calm.generator_saturated, "{calm:?}");
         let busy = verdict(Inputs {
@@ -205,9 +254,21 @@ mod tests {
             runtime_lag_p99_us: 30_000,
             late_sends: 100,
             sends: 1000,
-            cpu: (0.3, 0.5),
+            cpu: (0.3, 0.5, 0.9),
+            latency_p99_us: 50_000,
         });
         assert!(busy.generator_saturated);
         assert_eq!(busy.reasons.len(), 2, "{:?}", busy.reasons);
+        // The same lags beside a 1 s p99 are noise: the node is the bottleneck.
+        let slow_node = verdict(Inputs {
+            sched_lag_p99_us: 20_000,
+            sched_lag_max_us: 90_000,
+            runtime_lag_p99_us: 30_000,
+            late_sends: 100,
+            sends: 1000,
+            cpu: (0.3, 1.5, 1.9),
+            latency_p99_us: 1_000_000,
+        });
+        assert!(!slow_node.generator_saturated, "{slow_node:?}");
     }
 }

@@ -90,10 +90,15 @@ pub(crate) struct Shared {
     /// Index of the probe's sending and receiving devices, when there is a probe.
     pub probe: Option<(u32, u32)>,
     pub next_seq: AtomicU64,
-    /// 1:1, probe and pushed ephemeral sends that were accepted (a delivery is owed).
+    /// 1:1 and probe sends that were accepted (a delivery is owed).
     pub accepted: AtomicBitmap,
-    /// 1:1, probe and ephemeral sends delivered.
+    /// 1:1 and probe sends delivered.
     pub delivered: AtomicBitmap,
+    /// Ephemeral sends the node pushed to the recipient (best effort: a push to a connection
+    /// that is closing may be lost).
+    pub eph_pushed: AtomicBitmap,
+    /// Ephemeral sends delivered.
+    pub eph_delivered: AtomicBitmap,
     pub fanout: FanoutChecker,
     pub c: Counters,
     pub errors: ErrorCounts,
@@ -133,6 +138,8 @@ impl Shared {
             next_seq: AtomicU64::new(0),
             accepted: AtomicBitmap::new(),
             delivered: AtomicBitmap::new(),
+            eph_pushed: AtomicBitmap::new(),
+            eph_delivered: AtomicBitmap::new(),
             fanout: FanoutChecker::new(groups),
             c: Counters::default(),
             errors: ErrorCounts::default(),
@@ -201,8 +208,7 @@ impl Shared {
             }
             Kind::Ephemeral => {
                 if acc.recipients > 0 {
-                    self.accepted.set(req.seq);
-                    Counters::inc(&self.c.expected);
+                    self.eph_pushed.set(req.seq);
                 } else {
                     Counters::inc(&self.c.ephemeral_unpushed);
                 }

@@ -10,7 +10,7 @@
 //! delivered_per_s group_deliveries_per_s` (`/s`, `k/s`, `M/s`); counts `lost duplicated
 //! reordered late_sends unanswered errors fanout_missing fanout_incomplete connect_failures`
 //! (`k`, `M`); ratios `error_rate loss_rate late_rate` (`%` or a fraction); and
-//! `rss_per_connection` (`B`, `KB`, `KiB`, `MB`, `MiB`).
+//! `rss_per_connection` (`B`, `KB`, `KiB`, `MB`, `MiB`, `GB`, `GiB`).
 
 use serde::{Deserialize, Serialize};
 
@@ -182,6 +182,8 @@ fn parse_value(text: &str, kind: Kind) -> Result<f64, String> {
         (Kind::Bytes, "KiB") => 1024.0,
         (Kind::Bytes, "MB") => 1e6,
         (Kind::Bytes, "MiB") => 1024.0 * 1024.0,
+        (Kind::Bytes, "GB") => 1e9,
+        (Kind::Bytes, "GiB") => 1024.0 * 1024.0 * 1024.0,
         (k, u) => return Err(format!("unit {u:?} does not fit a {} metric", unit_name(k))),
     };
     Ok(v * factor)

@@ -78,9 +78,11 @@ pub(crate) struct Counters {
     pub accepted: AtomicU64,
     pub accepted_measured: AtomicU64,
     pub accepted_in_window: AtomicU64,
-    /// First copies the accepted sends should produce (1:1, pushed ephemeral, group queues).
+    /// First copies the accepted stored sends should produce (1:1, probe, group queues).
     pub expected: AtomicU64,
-    /// First copies received (every kind).
+    /// Of those, received.
+    pub owed_delivered: AtomicU64,
+    /// First copies received (every kind, ephemeral included).
     pub delivered: AtomicU64,
     pub delivered_measured: AtomicU64,
     pub delivered_in_window: AtomicU64,

@@ -40,6 +40,17 @@ impl Prepared {
         self.embedded.is_some()
     }
 
+    /// The target as a remote one (for agents of a coordinator that started an embedded node).
+    pub fn as_remote(&self) -> Target {
+        Target::Remote {
+            addr: self.addr,
+            ca_pem: self.ca_pem.clone(),
+            server_name: self.server_name.clone(),
+            key_pkcs8: self.key.to_pkcs8().to_vec(),
+            admin: self.admin,
+        }
+    }
+
     /// Shuts the embedded node down (if any) and removes its data dir.
     pub async fn shutdown(self) {
         if let Some(e) = self.embedded {

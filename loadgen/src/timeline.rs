@@ -259,9 +259,10 @@ fn progress_line(
             cfg.settle.as_secs_f64()
         )
     };
-    let offered = row
-        .offered_per_s
-        .map_or(String::new(), |r| format!("offered {r:.0}/s "));
+    let offered = match (&cfg.schedule, row.offered_per_s) {
+        (Some(_), Some(r)) => format!("offered {r:.0}/s "),
+        _ => "CLOSED LOOP ".to_string(),
+    };
     let line = format!(
         "[{} {when}] {offered}sent {:.0}/s deliv {:.0}/s p99 {:.2}ms (run {:.2}ms) errors {} late {}",
         row.phase,
@@ -278,7 +279,7 @@ fn progress_line(
 }
 
 /// Base64 for histogram bytes in JSON.
-mod b64 {
+pub(crate) mod b64 {
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
     use serde::{Deserialize, Deserializer, Serializer};

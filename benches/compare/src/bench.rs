@@ -77,7 +77,7 @@ pub(crate) struct Settings {
     pub fanout_window: usize,
     pub durable_conns: usize,
     pub durable_window: usize,
-    pub rate: Option<f64>,
+    pub rates: Vec<f64>,
     pub warmup_secs: f64,
     pub measure_secs: f64,
     pub settle_secs: f64,
@@ -96,6 +96,8 @@ pub(crate) struct Row {
     pub hearth: bool,
     /// The NATS row the Hearth rows are compared with.
     pub baseline: bool,
+    /// Open loop: the offered rate (rows are compared at the same rate).
+    pub rate: Option<f64>,
     pub outcome: Option<Outcome>,
     pub error: Option<String>,
 }
@@ -129,26 +131,29 @@ pub(crate) async fn run_all(s: &Settings, sys: &Systems<'_>) -> Vec<Row> {
         if !want(w) {
             continue;
         }
-        let pace = match w {
-            Workload::Saturation => Pace::Closed { window: s.window },
-            Workload::FanOut => Pace::Closed {
+        let paces = match w {
+            Workload::Saturation => vec![Pace::Closed { window: s.window }],
+            Workload::FanOut => vec![Pace::Closed {
                 window: s.fanout_window,
-            },
-            _ => Pace::Open {
-                rate: common_rate(s, &rows),
-            },
+            }],
+            _ => common_rates(s, &rows)
+                .into_iter()
+                .map(|rate| Pace::Open { rate })
+                .collect(),
         };
-        let p = plan(pace);
-        let name = "Hearth stored (QUIC+TLS, fsync, at-least-once)";
-        let r = measure(&mut Hearth::new(sys.hearth.clone(), false), w, s, &p).await;
-        rows.push(row(w, "hearth-stored", name, true, false, r));
-        if s.hearth_ephemeral {
-            let name = "Hearth ephemeral (QUIC+TLS, at-most-once)";
-            let r = measure(&mut Hearth::new(sys.hearth.clone(), true), w, s, &p).await;
-            rows.push(row(w, "hearth-ephemeral", name, true, false, r));
+        for pace in paces {
+            let p = plan(pace);
+            let name = "Hearth stored (QUIC+TLS, fsync, at-least-once)";
+            let r = measure(&mut Hearth::new(sys.hearth.clone(), false), w, s, &p).await;
+            rows.push(row(w, "hearth-stored", name, true, false, r));
+            if s.hearth_ephemeral {
+                let name = "Hearth ephemeral (QUIC+TLS, at-most-once)";
+                let r = measure(&mut Hearth::new(sys.hearth.clone(), true), w, s, &p).await;
+                rows.push(row(w, "hearth-ephemeral", name, true, false, r));
+            }
+            let r = measure(&mut nats(sys.core, 1), w, s, &p).await;
+            rows.push(row(w, "nats-core", &core_name, false, true, r));
         }
-        let r = measure(&mut nats(sys.core, 1), w, s, &p).await;
-        rows.push(row(w, "nats-core", &core_name, false, true, r));
     }
 
     let w = Workload::Durable;
@@ -179,11 +184,12 @@ pub(crate) async fn run_all(s: &Settings, sys: &Systems<'_>) -> Vec<Row> {
     rows
 }
 
-/// The open-loop rate: `--rate`, or half the lowest 1:1 saturation figure measured in (a)
-/// (so that every system can sustain it), rounded down to two significant digits.
-pub(crate) fn common_rate(s: &Settings, rows: &[Row]) -> f64 {
-    if let Some(r) = s.rate {
-        return r;
+/// The open-loop rates: `--rate` (repeatable), or a quarter and a half of the lowest 1:1
+/// saturation figure measured in (a) (so that every system can sustain them), rounded down to
+/// two significant digits.
+pub(crate) fn common_rates(s: &Settings, rows: &[Row]) -> Vec<f64> {
+    if !s.rates.is_empty() {
+        return s.rates.clone();
     }
     let lowest = rows
         .iter()
@@ -192,11 +198,16 @@ pub(crate) fn common_rate(s: &Settings, rows: &[Row]) -> f64 {
         .map(|o| o.deliveries_per_sec)
         .fold(f64::INFINITY, f64::min);
     if !lowest.is_finite() || lowest < 100.0 {
-        return 10_000.0;
+        return vec![10_000.0];
     }
-    let half = lowest / 2.0;
-    let unit = 10f64.powi(half.log10().floor() as i32 - 1);
-    (half / unit).floor() * unit
+    [4.0, 2.0]
+        .iter()
+        .map(|d| {
+            let r = lowest / d;
+            let unit = 10f64.powi(r.log10().floor() as i32 - 1);
+            (r / unit).floor() * unit
+        })
+        .collect()
 }
 
 async fn measure<T: Transport>(
@@ -217,7 +228,11 @@ async fn measure<T: Transport>(
             return Err(e);
         }
     };
+    let before = t.server_status().await;
     let mut out = driver::run(topo, plan, t.server_cpu()).await;
+    if let (Some(a), Some(b)) = (before, t.server_status().await) {
+        out.server = Some(fsync_summary(&a, &b, &out));
+    }
     if w == Workload::Durable {
         match t.stored().await {
             Ok(n) => out.stored = Some(n),
@@ -231,6 +246,24 @@ async fn measure<T: Transport>(
     // Let the last acknowledgements and closes settle before the next system runs.
     tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(out)
+}
+
+/// Hearth's group commits during a run, from `/v1/status` before and after it.
+fn fsync_summary(
+    before: &serde_json::Value,
+    after: &serde_json::Value,
+    o: &Outcome,
+) -> serde_json::Value {
+    let commits = |v: &serde_json::Value| v["fsync"]["commits"].as_u64().unwrap_or(0);
+    let n = commits(after).saturating_sub(commits(before));
+    serde_json::json!({
+        "fsync_commits": n,
+        "messages_per_commit": if n > 0 { (o.sent as f64 / n as f64 * 10.0).round() / 10.0 } else { 0.0 },
+        "fsync_p50_us": after["fsync"]["p50_us"],
+        "fsync_p99_us": after["fsync"]["p99_us"],
+        "fsync_max_us": after["fsync"]["max_us"],
+        "rss_bytes": after["rss_bytes"],
+    })
 }
 
 fn row(
@@ -247,6 +280,7 @@ fn row(
         system: system.to_string(),
         hearth,
         baseline,
+        rate: r.as_ref().ok().and_then(|o| o.offered_per_sec),
         error: r.as_ref().err().map(|e| format!("{e:#}")),
         outcome: r.ok(),
     };
@@ -258,7 +292,7 @@ fn row(
 mod tests {
     use super::*;
 
-    fn settings(rate: Option<f64>) -> Settings {
+    fn settings(rates: Vec<f64>) -> Settings {
         Settings {
             payload: 512,
             pairs: 1,
@@ -268,7 +302,7 @@ mod tests {
             fanout_window: 1,
             durable_conns: 1,
             durable_window: 1,
-            rate,
+            rates,
             warmup_secs: 0.0,
             measure_secs: 1.0,
             settle_secs: 1.0,
@@ -284,6 +318,7 @@ mod tests {
             system: "x".into(),
             hearth: false,
             baseline: false,
+            rate: None,
             outcome: Some(Outcome {
                 deliveries_per_sec: per_sec,
                 ..Outcome::default()
@@ -293,13 +328,20 @@ mod tests {
     }
 
     #[test]
-    fn common_rate_is_half_the_slowest_rounded_down() {
-        assert_eq!(common_rate(&settings(Some(1234.0)), &[sat(10.0)]), 1234.0);
+    fn common_rates_are_a_quarter_and_half_of_the_slowest_rounded_down() {
         assert_eq!(
-            common_rate(&settings(None), &[sat(46_789.0), sat(300_000.0)]),
-            23_000.0
+            common_rates(&settings(vec![1234.0]), &[sat(10.0)]),
+            vec![1234.0]
         );
-        assert_eq!(common_rate(&settings(None), &[sat(3_900.0)]), 1_900.0);
-        assert_eq!(common_rate(&settings(None), &[]), 10_000.0);
+        let rows = [sat(46_789.0), sat(300_000.0)];
+        assert_eq!(
+            common_rates(&settings(vec![]), &rows),
+            vec![11_000.0, 23_000.0]
+        );
+        assert_eq!(
+            common_rates(&settings(vec![]), &[sat(3_900.0)]),
+            vec![970.0, 1_900.0]
+        );
+        assert_eq!(common_rates(&settings(vec![]), &[]), vec![10_000.0]);
     }
 }

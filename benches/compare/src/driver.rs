@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -78,6 +78,10 @@ pub(crate) trait Transport {
     async fn teardown(&mut self);
     /// Where the server runs, for CPU accounting.
     fn server_cpu(&self) -> ServerCpu;
+    /// The server's own counters, where it exposes them (read before and after a run).
+    async fn server_status(&mut self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// How sends are scheduled.
@@ -145,6 +149,8 @@ pub(crate) struct Outcome {
     pub cpu: CpuUse,
     /// Durable runs: messages the server holds afterwards (must equal `acked`).
     pub stored: Option<u64>,
+    /// What the server's own counters say about the run (Hearth: fsync group commits).
+    pub server: Option<serde_json::Value>,
 }
 
 /// Timing and completion state shared by a run's tasks.
@@ -460,6 +466,7 @@ pub(crate) async fn run<T: Tx, R: Rx>(
         ack_latency: acknowledged.then(|| Latency::of(&ack_hist)),
         cpu,
         stored: None,
+        server: None,
     }
 }
 
@@ -516,11 +523,10 @@ async fn send_open<T: Tx>(
     let (mut open, mut seq) = (true, 0u64);
     let mut due = Vec::with_capacity(256);
     loop {
+        // The schedule comes first, so that completions arriving in bursts cannot hold back
+        // sends that are due.
         tokio::select! {
             biased;
-            Some(done) = pending.next(), if !pending.is_empty() => {
-                st.on_done(done, &run, me, need, acknowledged);
-            }
             got = sched.recv_many(&mut due, 256), if open => {
                 if got == 0 {
                     open = false;
@@ -533,6 +539,13 @@ async fn send_open<T: Tx>(
                     }
                     pending.push(st.send(&tx, &run, me, seq, intended, size));
                 }
+                // A send goes out at its first poll: poll the new ones now.
+                while let Some(Some(done)) = pending.next().now_or_never() {
+                    st.on_done(done, &run, me, need, acknowledged);
+                }
+            }
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                st.on_done(done, &run, me, need, acknowledged);
             }
             _ = &mut deadline => {
                 st.unanswered = pending.len() as u64;

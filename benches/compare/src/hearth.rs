@@ -197,6 +197,14 @@ impl Transport for Hearth {
     fn server_cpu(&self) -> ServerCpu {
         ServerCpu::Embedded
     }
+
+    async fn server_status(&mut self) -> Option<serde_json::Value> {
+        let url = format!("http://{}/v1/status", self.target.admin);
+        let get = move || -> anyhow::Result<serde_json::Value> {
+            Ok(ureq::get(&url).call()?.into_json()?)
+        };
+        tokio::task::spawn_blocking(get).await.ok()?.ok()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

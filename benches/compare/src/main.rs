@@ -75,9 +75,10 @@ struct Args {
     /// Closed loop, durable: unacknowledged messages per sender.
     #[arg(long, default_value_t = 64)]
     durable_window: usize,
-    /// Open-loop rate (msgs/s) of workload b; default: half the lowest 1:1 saturation figure.
+    /// Open-loop rate (msgs/s) of workload b, repeatable; default: a quarter and a half of the
+    /// lowest 1:1 saturation figure of workload a.
     #[arg(long)]
-    rate: Option<f64>,
+    rate: Vec<f64>,
     /// Warm-up seconds per run (sent and checked, not measured).
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
@@ -173,7 +174,7 @@ fn main() -> anyhow::Result<()> {
         fanout_window: args.fanout_window,
         durable_conns: args.durable_conns,
         durable_window: args.durable_window,
-        rate: args.rate,
+        rates: args.rate.clone(),
         warmup_secs: args.warmup,
         measure_secs: args.secs,
         settle_secs: args.settle,

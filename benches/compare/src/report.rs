@@ -24,6 +24,8 @@ pub(crate) struct Ratio {
     pub ratio: f64,
     /// Against the workload's baseline NATS row (the one in the table's ratio column).
     pub baseline: bool,
+    /// Open loop: the common offered rate.
+    pub rate: Option<f64>,
 }
 
 /// Hearth/NATS for every Hearth row against every NATS row of the same workload (the
@@ -34,7 +36,7 @@ pub(crate) fn ratios(rows: &[Row]) -> Vec<Ratio> {
         let Some(ho) = &h.outcome else { continue };
         let mut nats: Vec<&Row> = rows
             .iter()
-            .filter(|r| !r.hearth && r.workload == h.workload)
+            .filter(|r| !r.hearth && r.workload == h.workload && r.rate == h.rate)
             .collect();
         nats.sort_by_key(|r| !r.baseline);
         for n in nats {
@@ -55,6 +57,7 @@ pub(crate) fn ratios(rows: &[Row]) -> Vec<Ratio> {
                     f64::NAN
                 },
                 baseline: n.baseline,
+                rate: h.rate,
             });
         }
     }
@@ -132,12 +135,14 @@ pub(crate) fn table(rows: &[Row], ratios: &[Ratio], header: &str) -> String {
     let _ = writeln!(t, "{header}");
     let mut current = None;
     for row in rows {
-        if current != Some(row.workload) {
-            current = Some(row.workload);
+        if current != Some((row.workload, row.rate.map(f64::to_bits))) {
+            current = Some((row.workload, row.rate.map(f64::to_bits)));
             let (metric, higher) = row.workload.metric();
-            let first = rows
-                .iter()
-                .find_map(|r| r.outcome.as_ref().filter(|_| r.workload == row.workload));
+            let first = rows.iter().find_map(|r| {
+                r.outcome
+                    .as_ref()
+                    .filter(|_| r.workload == row.workload && r.rate == row.rate)
+            });
             let pace = first.map(|o| o.pace.clone()).unwrap_or_default();
             let _ = writeln!(
                 t,
@@ -176,7 +181,13 @@ pub(crate) fn table(rows: &[Row], ratios: &[Ratio], header: &str) -> String {
         let lat = latency_of(row.workload, o);
         let ratio = ratios
             .iter()
-            .find(|r| r.workload == row.workload && r.hearth == row.key && row.hearth && r.baseline)
+            .find(|r| {
+                r.workload == row.workload
+                    && r.rate == row.rate
+                    && r.hearth == row.key
+                    && row.hearth
+                    && r.baseline
+            })
             .map(|r| format!("{:.2}x", r.ratio))
             .unwrap_or_else(|| {
                 if row.baseline {
@@ -207,6 +218,17 @@ pub(crate) fn table(rows: &[Row], ratios: &[Ratio], header: &str) -> String {
         if let Some(e) = &o.first_error {
             let _ = writeln!(t, "      first error: {e}");
         }
+        if let Some(v) = o
+            .server
+            .as_ref()
+            .filter(|v| v["fsync_commits"].as_u64() > Some(0))
+        {
+            let _ = writeln!(
+                t,
+                "      node: {} fsync commits, {} messages per commit, fsync p50/p99 {}/{} µs",
+                v["fsync_commits"], v["messages_per_commit"], v["fsync_p50_us"], v["fsync_p99_us"]
+            );
+        }
         if o.late_sends > 0 {
             let _ = writeln!(
                 t,
@@ -225,21 +247,25 @@ pub(crate) fn table(rows: &[Row], ratios: &[Ratio], header: &str) -> String {
     }
     let _ = writeln!(t, "\nRatios (Hearth / NATS):");
     for r in ratios {
+        let metric = match r.rate {
+            Some(rate) => format!("{} @ {}/s", r.metric, big(rate)),
+            None => r.metric.to_string(),
+        };
+        let better = if r.higher_is_better {
+            "higher"
+        } else {
+            "lower"
+        };
         let _ = writeln!(
             t,
-            "  ({}) {:<17} vs {:<22} {:<20} {:>12} / {:>12} = {:.2}x ({} is better)",
+            "  ({}) {:<17} vs {:<22} {:<22} {:>12} / {:>12} = {:.2}x ({better} is better)",
             r.workload.letter(),
             r.hearth,
             r.nats,
-            r.metric,
+            metric,
             big(r.hearth_value),
             big(r.nats_value),
             r.ratio,
-            if r.higher_is_better {
-                "higher"
-            } else {
-                "lower"
-            }
         );
     }
     t
@@ -265,6 +291,7 @@ mod tests {
             system: key.to_string(),
             hearth,
             baseline,
+            rate: None,
             outcome: Some(Outcome {
                 deliveries_per_sec: v,
                 ..Outcome::default()
