@@ -116,7 +116,10 @@ async fn membership_rules_are_enforced_and_removed_members_stop_receiving() {
     assert_eq!((info.creator, info.total), (1, 2));
     // Operators see the same through the admin API.
     let shown = n.admin_get("/v1/groups/5");
-    assert_eq!((shown["creator"].as_u64(), shown["members"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(
+        (shown["creator"].as_u64(), shown["members"].as_u64()),
+        (Some(1), Some(2))
+    );
     let page = n.admin_get("/v1/groups/5/members?offset=1&limit=5");
     assert_eq!(page["members"][0]["account"], 2, "{page}");
     assert_eq!(page["members"][0]["role"], "member", "{page}");
