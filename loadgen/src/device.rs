@@ -194,7 +194,8 @@ impl Device {
         let conn = conn.clone();
         let send: SendFuture = match req.kind {
             Kind::Group => {
-                sh.fanout.sent(req.seq, req.target, self.me);
+                sh.fanout
+                    .sent(req.seq, req.target, self.me, req.intended_ns);
                 let out = OutgoingGroup {
                     msg_id,
                     group: sh.plan.groups[req.target as usize].id,
@@ -310,7 +311,9 @@ impl Device {
             return;
         };
         let first = match h.kind {
-            Kind::Group => sh.fanout.delivered(h.seq, self.me) == crate::fanout::Outcome::First,
+            Kind::Group => {
+                sh.fanout.delivered(h.seq, self.me, now) == crate::fanout::Outcome::First
+            }
             Kind::Ephemeral => sh.eph_delivered.set(h.seq),
             Kind::OneToOne | Kind::Probe => sh.delivered.set(h.seq),
         };

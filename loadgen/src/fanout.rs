@@ -9,6 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::report::Latency;
+use crate::stats::latency_histogram;
+
 const SHARDS: usize = 64;
 const PENDING: u32 = u32::MAX;
 
@@ -20,6 +23,9 @@ struct Track {
     bits: Box<[AtomicU64]>,
     /// Device queues the node reported in `ACCEPTED`; `PENDING` before the answer.
     accepted: AtomicU32,
+    /// Intended send time, and the time of the latest first copy (ns since the run's start).
+    intended_ns: u64,
+    last_ns: AtomicU64,
 }
 
 /// What a delivery was.
@@ -54,6 +60,9 @@ pub struct FanoutResult {
     pub unexpected: u64,
     /// Accepted messages whose `ACCEPTED.recipients` differs from the member devices expected.
     pub recipient_mismatch: u64,
+    /// Fan-out completion of the complete messages: intended send time to the last member
+    /// device's first copy, µs. (Merged across agents by taking the larger of each figure.)
+    pub completion_us: Latency,
 }
 
 impl FanoutResult {
@@ -68,6 +77,13 @@ impl FanoutResult {
         self.duplicates += o.duplicates;
         self.unexpected += o.unexpected;
         self.recipient_mismatch += o.recipient_mismatch;
+        let (a, b) = (&mut self.completion_us, &o.completion_us);
+        a.count += b.count;
+        a.p50 = a.p50.max(b.p50);
+        a.p90 = a.p90.max(b.p90);
+        a.p99 = a.p99.max(b.p99);
+        a.p999 = a.p999.max(b.p999);
+        a.max = a.max.max(b.max);
     }
 }
 
@@ -100,9 +116,9 @@ impl FanoutChecker {
         self.shard(seq).get(&seq).cloned()
     }
 
-    /// Group message `seq` to `group` from device `sender` is about to be sent (call before the
-    /// send, so that deliveries racing the `ACCEPTED` find it).
-    pub fn sent(&self, seq: u64, group: u32, sender: u32) {
+    /// Group message `seq` to `group` from device `sender`, intended at `intended_ns`, is about
+    /// to be sent (call before the send, so that deliveries racing the `ACCEPTED` find it).
+    pub fn sent(&self, seq: u64, group: u32, sender: u32, intended_ns: u64) {
         let members = &self.groups[group as usize];
         let track = Track {
             group,
@@ -111,6 +127,8 @@ impl FanoutChecker {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             accepted: AtomicU32::new(PENDING),
+            intended_ns,
+            last_ns: AtomicU64::new(0),
         };
         self.shard(seq).insert(seq, Arc::new(track));
     }
@@ -127,8 +145,8 @@ impl FanoutChecker {
         self.shard(seq).remove(&seq);
     }
 
-    /// Device `device` received a copy of `seq`.
-    pub fn delivered(&self, seq: u64, device: u32) -> Outcome {
+    /// Device `device` received a copy of `seq` at `now_ns`.
+    pub fn delivered(&self, seq: u64, device: u32, now_ns: u64) -> Outcome {
         let Some(t) = self.get(seq) else {
             self.unexpected.fetch_add(1, Relaxed);
             return Outcome::Unexpected;
@@ -142,6 +160,7 @@ impl FanoutChecker {
         };
         let mask = 1u64 << (pos % 64);
         if t.bits[pos / 64].fetch_or(mask, Relaxed) & mask == 0 {
+            t.last_ns.fetch_max(now_ns, Relaxed);
             Outcome::First
         } else {
             self.duplicates.fetch_add(1, Relaxed);
@@ -156,6 +175,7 @@ impl FanoutChecker {
             unexpected: self.unexpected.load(Relaxed),
             ..FanoutResult::default()
         };
+        let mut completion = latency_histogram();
         for shard in &self.shards {
             let shard = shard.lock().expect("fanout shard lock");
             for t in shard.values() {
@@ -176,6 +196,11 @@ impl FanoutChecker {
                 r.missing += expected - received;
                 if received == expected {
                     r.complete += 1;
+                    let last = t.last_ns.load(Relaxed);
+                    if expected > 0 {
+                        let us = last.saturating_sub(t.intended_ns) / 1000;
+                        completion.saturating_record(us.max(1));
+                    }
                 } else {
                     r.incomplete += 1;
                 }
@@ -184,6 +209,7 @@ impl FanoutChecker {
                 }
             }
         }
+        r.completion_us = Latency::from_histogram(&completion);
         r
     }
 }
@@ -201,10 +227,10 @@ mod tests {
     #[test]
     fn complete_fan_out_passes() {
         let c = checker();
-        c.sent(10, 0, 4);
-        assert_eq!(c.delivered(10, 1), Outcome::First); // may arrive before ACCEPTED
+        c.sent(10, 0, 4, 1_000_000);
+        assert_eq!(c.delivered(10, 1, 2_000_000), Outcome::First); // may precede ACCEPTED
         c.accepted(10, 2);
-        assert_eq!(c.delivered(10, 7), Outcome::First);
+        assert_eq!(c.delivered(10, 7, 5_000_000), Outcome::First);
         let r = c.result();
         assert_eq!(
             (r.messages, r.complete, r.expected, r.received),
@@ -214,36 +240,43 @@ mod tests {
             (r.missing, r.duplicates, r.unexpected, r.recipient_mismatch),
             (0, 0, 0, 0)
         );
+        // Complete 4 ms after the intended time (the last member's copy).
+        assert_eq!(r.completion_us.count, 1);
+        assert!(
+            (4000..=4004).contains(&r.completion_us.max),
+            "{:?}",
+            r.completion_us
+        );
     }
 
     #[test]
     fn a_missing_delivery_is_caught() {
         let c = checker();
-        c.sent(1, 1, 0);
+        c.sent(1, 1, 0, 0);
         c.accepted(1, 99);
         for d in 1..100 {
             if d != 63 {
-                assert_eq!(c.delivered(1, d), Outcome::First);
+                assert_eq!(c.delivered(1, d, 10), Outcome::First);
             }
         }
         let r = c.result();
         assert_eq!((r.messages, r.incomplete, r.missing), (1, 1, 1));
         assert_eq!(r.received, 98);
         assert_eq!(c.result().missing, 1);
-        assert_eq!(c.delivered(1, 63), Outcome::First);
+        assert_eq!(c.delivered(1, 63, 10), Outcome::First);
         assert_eq!(c.result().missing, 0);
     }
 
     #[test]
     fn duplicates_strangers_and_mismatches_are_counted() {
         let c = checker();
-        c.sent(5, 0, 1);
+        c.sent(5, 0, 1, 0);
         c.accepted(5, 3); // the node claims 3 queues; 2 are expected
-        assert_eq!(c.delivered(5, 4), Outcome::First);
-        assert_eq!(c.delivered(5, 4), Outcome::Duplicate);
-        assert_eq!(c.delivered(5, 1), Outcome::Unexpected); // the sender itself
-        assert_eq!(c.delivered(5, 2), Outcome::Unexpected); // not a member
-        assert_eq!(c.delivered(6, 4), Outcome::Unexpected); // unknown message
+        assert_eq!(c.delivered(5, 4, 1), Outcome::First);
+        assert_eq!(c.delivered(5, 4, 1), Outcome::Duplicate);
+        assert_eq!(c.delivered(5, 1, 1), Outcome::Unexpected); // the sender itself
+        assert_eq!(c.delivered(5, 2, 1), Outcome::Unexpected); // not a member
+        assert_eq!(c.delivered(6, 4, 1), Outcome::Unexpected); // unknown message
         let r = c.result();
         assert_eq!(
             (r.duplicates, r.unexpected, r.recipient_mismatch),
@@ -255,10 +288,10 @@ mod tests {
     #[test]
     fn unanswered_and_refused_messages_expect_nothing() {
         let c = checker();
-        c.sent(1, 0, 1);
-        c.sent(2, 0, 1);
+        c.sent(1, 0, 1, 0);
+        c.sent(2, 0, 1, 0);
         c.refused(2);
         assert_eq!(c.result(), FanoutResult::default());
-        assert_eq!(c.delivered(2, 4), Outcome::Unexpected);
+        assert_eq!(c.delivered(2, 4, 1), Outcome::Unexpected);
     }
 }

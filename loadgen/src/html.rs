@@ -406,7 +406,9 @@ fn spectrum(h: &Histogram<u64>) -> Vec<(f64, f64, u64)> {
 pub fn render(r: &Report) -> String {
     // A last partial interval much shorter than the others makes a noisy rate: not plotted
     // (its data stays in the JSON and the interval log).
-    let full = r.timeline.first().map_or(0.0, |i| i.len_s);
+    let mut lens: Vec<f64> = r.timeline.iter().map(|i| i.len_s).collect();
+    lens.sort_by(f64::total_cmp);
+    let full = lens.get(lens.len() / 2).copied().unwrap_or(0.0);
     let tl: Vec<crate::timeline::Interval> = r
         .timeline
         .iter()
@@ -836,6 +838,17 @@ fn details(r: &Report) -> String {
             format!(
                 "{} messages, {} complete, {} incomplete; {} of {} pairs, {} missing, {} duplicates, {} unexpected",
                 f.messages, f.complete, f.incomplete, f.received, f.expected, f.missing, f.duplicates, f.unexpected
+            ),
+        ));
+        let c = &f.completion_us;
+        rows.push((
+            "fan-out completion (intended send to last member)".into(),
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} messages",
+                c.p50 as f64 / 1e3,
+                c.p99 as f64 / 1e3,
+                c.max as f64 / 1e3,
+                c.count
             ),
         ));
     }

@@ -391,6 +391,7 @@ impl Report {
                     f.unexpected
                 ),
             );
+            row("  completion ms", f.completion_us.line());
         }
         let errors = if self.errors.is_empty() {
             "none".to_string()

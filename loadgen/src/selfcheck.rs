@@ -15,6 +15,8 @@ const CLK_TCK: f64 = 100.0;
 pub(crate) const SCHED_LAG_LIMIT_US: u64 = 5_000;
 /// Runtime lag p99 above this marks the generator saturated.
 pub(crate) const RUNTIME_LAG_LIMIT_US: u64 = 10_000;
+/// Runtime lag p99 above this marks the generator saturated whatever the latency.
+pub(crate) const RUNTIME_LAG_ALWAYS_US: u64 = 100_000;
 /// Share of the sends issued late above which the generator is saturated.
 pub(crate) const LATE_SHARE_LIMIT: f64 = 0.01;
 /// Lags count only when they exceed this share of the measured p99 latency.
@@ -165,7 +167,9 @@ pub(crate) fn verdict(i: Inputs) -> SelfCheck {
             i.sched_lag_p99_us as f64 / 1e3
         ));
     }
-    if i.runtime_lag_p99_us > RUNTIME_LAG_LIMIT_US && noticeable(i.runtime_lag_p99_us) {
+    if i.runtime_lag_p99_us > RUNTIME_LAG_ALWAYS_US
+        || (i.runtime_lag_p99_us > RUNTIME_LAG_LIMIT_US && noticeable(i.runtime_lag_p99_us))
+    {
         reasons.push(format!(
             "the generator's runtime is overloaded (10 ms timer late by {:.1} ms at p99)",
             i.runtime_lag_p99_us as f64 / 1e3
@@ -270,5 +274,20 @@ mod tests {
             latency_p99_us: 1_000_000,
         });
         assert!(!slow_node.generator_saturated, "{slow_node:?}");
+        // But a runtime seconds behind cannot timestamp deliveries: always flagged.
+        let drowned = verdict(Inputs {
+            runtime_lag_p99_us: 2_000_000,
+            latency_p99_us: 60_000_000,
+            ..Inputs {
+                sched_lag_p99_us: 0,
+                sched_lag_max_us: 0,
+                runtime_lag_p99_us: 0,
+                late_sends: 0,
+                sends: 5,
+                cpu: (0.5, 0.0, 2.0),
+                latency_p99_us: 0,
+            }
+        });
+        assert!(drowned.generator_saturated);
     }
 }

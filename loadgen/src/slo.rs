@@ -5,8 +5,8 @@
 //! disabled.
 //!
 //! Metrics: latencies `p50 p90 p99 p999 max` (delivery to online devices), the same with a
-//! prefix `accept_`, `probe_`, `group_`, `one_to_one_`, `ephemeral_`, `offline_` (e.g.
-//! `accept_p99`), in `us`, `ms` (the default) or `s`; rates `sent_per_s accepted_per_s
+//! prefix `accept_`, `probe_`, `group_`, `one_to_one_`, `ephemeral_`, `offline_`, `completion_`
+//! (group fan-out completion; e.g. `accept_p99`), in `us`, `ms` (the default) or `s`; rates `sent_per_s accepted_per_s
 //! delivered_per_s group_deliveries_per_s` (`/s`, `k/s`, `M/s`); counts `lost duplicated
 //! reordered late_sends unanswered errors fanout_missing fanout_incomplete connect_failures`
 //! (`k`, `M`); ratios `error_rate loss_rate late_rate` (`%` or a fraction); and
@@ -116,8 +116,9 @@ const OPS: [(&str, Op); 7] = [
     ("=", Op::Eq),
 ];
 
-const LATENCY_PREFIXES: [&str; 7] = [
+const LATENCY_PREFIXES: [&str; 8] = [
     "",
+    "completion_",
     "accept_",
     "probe_",
     "group_",
@@ -311,6 +312,7 @@ fn metric_value(r: &Report, metric: &str) -> Option<f64> {
                 "accept" => Some(r.accept_latency_us),
                 "probe" => r.probe_latency_us,
                 "offline" => r.offline.as_ref().map(|o| o.latency_us),
+                "completion" => r.fanout.map(|f| f.completion_us),
                 "group" | "one_to_one" | "ephemeral" => r.latency_by_kind.get(prefix).copied(),
                 _ => None,
             }?;
@@ -343,6 +345,7 @@ mod tests {
             20_480.0
         );
         assert_eq!(Slo::parse("group_p99 != 3ms").unwrap().op, Op::Ne);
+        assert_eq!(Slo::parse("completion_max<2s").unwrap().value, 2e6);
         for bad in [
             "p99",
             "p98<5ms",
