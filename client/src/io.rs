@@ -18,6 +18,8 @@ pub(crate) const MAX_ACK_SEQS: usize = 1024;
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// Largest chunk taken from the receive stream at once.
 const READ_CHUNK: usize = 64 * 1024;
+/// A larger empty write buffer is released after each write, so idle connections hold none.
+const IDLE_BUFFER: usize = 2 * 1024;
 
 /// What the writer task is asked to write (acknowledgements travel through [`Shared`]).
 pub(crate) enum Out {
@@ -57,7 +59,7 @@ pub(crate) async fn writer(
     shared: Arc<Shared>,
     quic: quinn::Connection,
 ) {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut buf = BytesMut::new();
     let mut done = Vec::new();
     loop {
         let first = tokio::select! {
@@ -84,7 +86,12 @@ pub(crate) async fn writer(
         if buf.is_empty() {
             continue;
         }
-        if let Err(e) = send.write_chunk(buf.split().freeze()).await {
+        let chunk = buf.split().freeze();
+        if buf.capacity() > IDLE_BUFFER {
+            // An idle connection keeps no write buffer.
+            buf = BytesMut::new();
+        }
+        if let Err(e) = send.write_chunk(chunk).await {
             // A lost connection is reported by the reader, which also sees it.
             if !matches!(e, quinn::WriteError::ConnectionLost(_)) {
                 let err = ClientError::from(e);

@@ -579,6 +579,10 @@ pub fn coordinate_main(argv: &[std::ffi::OsString]) -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
+    if args.run.find_max {
+        eprintln!("hearth-loadgen coordinate: --find-max runs in one process only");
+        return ExitCode::from(EXIT_SETUP);
+    }
     let result = args.run.to_config().and_then(|cfg| {
         let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
         rt.block_on(coordinate(cfg, &args.agents))

@@ -24,15 +24,45 @@ use crate::safety::{Refusal, Safety};
 /// Capacity of a session's live-push channel; overflow falls back to reading the queue.
 pub(crate) const LIVE_CHANNEL: usize = 512;
 
-/// An envelope pushed to a connected device: `seq` 0 means ephemeral.
+/// An envelope pushed to a connected device: `seq` 0 means ephemeral. Small on purpose: every
+/// session's channel preallocates a block of slots, and a group message shares one `LiveMessage`.
 #[derive(Debug, Clone)]
 pub(crate) struct Live {
     pub seq: u64,
+    pub msg: Arc<LiveMessage>,
+}
+
+/// What a live push carries besides its seq.
+#[derive(Debug)]
+pub(crate) struct LiveMessage {
     pub env: StoredEnvelope,
     /// Group of a group envelope, else 0.
     pub group: u64,
     /// Per-recipient header of a multi-recipient envelope, else empty.
     pub header: Bytes,
+}
+
+impl LiveMessage {
+    /// The message for recipient `i` of `to`: one shared copy unless it has its own header.
+    fn for_recipient(
+        shared: &mut Option<Arc<Self>>,
+        env: &StoredEnvelope,
+        to: &Recipients,
+        i: usize,
+    ) -> Arc<Self> {
+        let header = to.header_of(i);
+        let make = |header| {
+            Arc::new(Self {
+                env: env.clone(),
+                group: to.group(),
+                header,
+            })
+        };
+        if !header.is_empty() {
+            return make(header);
+        }
+        shared.get_or_insert_with(|| make(Bytes::new())).clone()
+    }
 }
 
 /// Who a durable envelope goes to: device queues holding it inline (1:1), or pointers to one
@@ -628,13 +658,12 @@ impl Router {
         let mut pushed = 0u32;
         {
             let sessions = self.sessions();
+            let mut shared = None;
             for i in 0..to.len() {
                 if let Some(h) = sessions.get(&to.device(i)) {
                     let live = Live {
                         seq: 0,
-                        env: env.clone(),
-                        group: to.group(),
-                        header: to.header_of(i),
+                        msg: LiveMessage::for_recipient(&mut shared, &env, to, i),
                     };
                     if h.live_tx.try_send(live).is_ok() {
                         pushed += 1;
@@ -740,7 +769,7 @@ impl Router {
         Metrics::add(&self.metrics.pending_bytes, cost);
         {
             let sessions = self.sessions();
-            let group = to.group();
+            let mut shared = None;
             for (i, (key, seq)) in enqueued.seqs.iter().enumerate() {
                 if let Some(h) = sessions.get(key) {
                     h.max_seen.fetch_max(*seq, Ordering::AcqRel);
@@ -748,9 +777,7 @@ impl Router {
                     debug_assert_eq!(to.device(i), *key);
                     let live = Live {
                         seq: *seq,
-                        env: env.clone(),
-                        group,
-                        header: to.header_of(i),
+                        msg: LiveMessage::for_recipient(&mut shared, &env, &to, i),
                     };
                     // A full channel is fine: the session reads the queue once this is durable.
                     let _ = h.live_tx.try_send(live);

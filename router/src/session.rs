@@ -18,6 +18,8 @@ use crate::{now_ms, Shared};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 64 * 1024;
+/// An empty read buffer larger than this is released, so an idle connection holds no buffer.
+const IDLE_BUFFER: usize = 2 * 1024;
 const WRITER_QUEUE: usize = 64;
 
 /// How a session ended.
@@ -44,7 +46,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     let mut session = Session {
         router: router.clone(),
         recv,
-        buf: BytesMut::with_capacity(READ_CHUNK),
+        buf: BytesMut::new(),
         decoder: Decoder::new(router.limits.max_frame()),
         out: BytesMut::new(),
         out_tx,
@@ -224,6 +226,9 @@ impl Session {
                     if let Err(end) = self.on_input(origin, &mut state, &mut pending) {
                         break end;
                     }
+                    if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER {
+                        self.buf = BytesMut::new();
+                    }
                 }
             }
             state.saw(handle.max_seen.load(std::sync::atomic::Ordering::Acquire));
@@ -399,16 +404,14 @@ impl Session {
     }
 
     fn on_live(&mut self, state: &mut DeliveryState, live: Live) {
+        let m = &live.msg;
         if live.seq == 0 {
             Metrics::inc(&self.router.metrics.ephemeral_delivered);
-            encode(
-                &deliver(0, &live.env, live.group, &live.header),
-                &mut self.out,
-            );
+            encode(&deliver(0, &m.env, m.group, &m.header), &mut self.out);
         } else if state.on_live(live.seq) {
             Metrics::inc(&self.router.metrics.delivered);
             encode(
-                &deliver(live.seq, &live.env, live.group, &live.header),
+                &deliver(live.seq, &m.env, m.group, &m.header),
                 &mut self.out,
             );
         }
@@ -457,6 +460,9 @@ impl Session {
             return Ok(());
         }
         let chunk = self.out.split().freeze();
+        if self.out.capacity() > IDLE_BUFFER {
+            self.out = BytesMut::new();
+        }
         self.out_tx.send(chunk).await.map_err(|_| End::Lost)
     }
 }
@@ -492,7 +498,7 @@ fn deliver(seq: u64, e: &hearth_storage::StoredEnvelope, group: u64, header: &By
 
 /// Write queued chunks to the stream, many per write; finish the stream when the session ends.
 async fn write_loop(mut send: quinn::SendStream, mut rx: mpsc::Receiver<Bytes>) {
-    let mut chunks = Vec::with_capacity(WRITER_QUEUE);
+    let mut chunks = Vec::new();
     while let Some(first) = rx.recv().await {
         chunks.push(first);
         while chunks.len() < WRITER_QUEUE {
