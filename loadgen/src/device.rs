@@ -35,6 +35,8 @@ use crate::stats::Counters;
 pub(crate) const PIPELINE: usize = 512;
 /// Most deliveries handled (and acknowledged) at once.
 const ACK_BATCH: usize = 256;
+/// Longest wait for outstanding answers before a churn reconnect.
+const CHURN_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a device is told to do.
 #[derive(Debug)]
@@ -100,6 +102,11 @@ impl Device {
         let mut rng = SmallRng::from_entropy();
         let mut open = true;
         loop {
+            // `changed()` below fires once per change, and a nested wait (connect, churn) may
+            // have taken it: the flag itself decides.
+            if *self.stop.borrow() {
+                break;
+            }
             if let Some(conn) = st.conn.clone() {
                 while st.inflight.len() < PIPELINE {
                     let Some(req) = st.backlog.pop_front() else {
@@ -234,6 +241,9 @@ impl Device {
     async fn connect(&mut self, st: &mut State) -> bool {
         let account = self.sh.plan.account(self.me);
         loop {
+            if *self.stop.borrow() {
+                return false;
+            }
             let attempt = self.connector.connect_retry(
                 self.me as usize,
                 account,
@@ -263,8 +273,24 @@ impl Device {
     /// flushed), connect again.
     async fn churn(&mut self, st: &mut State) {
         let Some(conn) = st.conn.clone() else { return };
-        while let Some((req, res)) = st.inflight.next().await {
-            self.sh.record_answer(self.me, req, res);
+        // Wait for the answers, but not past the end of the run nor forever: what is still
+        // unanswered then counts as unanswered.
+        let mut stop = self.stop.clone();
+        let deadline = tokio::time::Instant::now() + CHURN_ANSWER_WAIT;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.sh.errors.add("churn_answers_timed_out");
+                    st.inflight.clear();
+                    break;
+                }
+                next = st.inflight.next() => match next {
+                    Some((req, res)) => self.sh.record_answer(self.me, req, res),
+                    None => break,
+                },
+            }
         }
         if let Some(d) = st.deliveries.as_mut() {
             while let Some(x) = d.try_next() {

@@ -41,7 +41,7 @@ mod timeline;
 
 pub use cli::{cli_main, parse_duration, Args, DurabilityArg, TargetArgs, EXIT_BREACH, EXIT_SETUP};
 pub use config::{EmbeddedDurability, RunConfig, Target, MIN_SIZE};
-pub use dist::{agent, coordinate, AgentArgs, CoordinateArgs};
+pub use dist::{agent, coordinate, AgentArgs, AgentSecret, CoordinateArgs};
 pub use fanout::FanoutResult;
 pub use idle::{run_connections, IdleArgs, IdleConfig, IdleReport};
 pub use report::{

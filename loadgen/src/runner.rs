@@ -44,6 +44,8 @@ const LATE_NS: u64 = 1_000_000;
 const SETTLE_POLL: Duration = Duration::from_millis(10);
 /// Longest wait for the connection closes to reach the node at the end.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How long devices get to stop (flush acknowledgements, close) once the run ends.
+const DEVICE_STOP_WAIT: Duration = Duration::from_secs(10);
 /// Accounts per group request (well under the node's frame limit).
 const GROUP_CHUNK: usize = 10_000;
 /// Connection attempts per device during the setup.
@@ -211,8 +213,24 @@ pub(crate) async fn run_on_after(
     let settle = settle_start.elapsed();
 
     let _ = stop_tx.send(true);
-    for d in devices {
-        d.await.context("device task")?;
+    // A device whose connection stopped answering must not hang the run: past the wait it is
+    // aborted, and its sends still unanswered count as such in the report.
+    let stop_deadline = tokio::time::Instant::now() + DEVICE_STOP_WAIT;
+    let mut stuck = 0u64;
+    for mut d in devices {
+        match tokio::time::timeout_at(stop_deadline, &mut d).await {
+            Ok(joined) => joined.context("device task")?,
+            Err(_) => {
+                d.abort();
+                stuck += 1;
+            }
+        }
+    }
+    if stuck > 0 {
+        tracing::warn!(stuck, "devices did not stop in time and were aborted");
+        for _ in 0..stuck {
+            sh.errors.add("device_stuck_at_stop");
+        }
     }
     for b in background {
         b.abort();
