@@ -113,8 +113,11 @@ pub struct Args {
     #[arg(long, default_value_t = 0.05)]
     pub precision: f64,
     /// Never draw the live progress line (it is drawn when stderr is a terminal).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "progress")]
     pub no_progress: bool,
+    /// Show progress even when stderr is not a terminal (then one line per interval, for logs).
+    #[arg(long)]
+    pub progress: bool,
 }
 
 /// Target flags, shared by the load run and the other modes.
@@ -260,6 +263,12 @@ impl Args {
         Ok(s)
     }
 
+    /// Whether to show the progress line: asked for, or a terminal and not told otherwise.
+    fn shows_progress(&self) -> bool {
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        self.progress || (!self.no_progress && !self.json && terminal)
+    }
+
     /// The run these flags describe; reads the files they name.
     pub fn to_config(&self) -> anyhow::Result<RunConfig> {
         let cfg = RunConfig {
@@ -267,9 +276,7 @@ impl Args {
             scenario: self.to_scenario()?,
             account_base: self.account_base,
             interval: self.interval,
-            progress: !self.no_progress
-                && !self.json
-                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            progress: self.shows_progress(),
             slos: self.slos.clone(),
             checks: !self.no_checks,
         };
@@ -286,7 +293,7 @@ fn find_max_main(args: &Args) -> ExitCode {
         precision: args.precision,
     };
     let result = args.to_config().and_then(|mut cfg| {
-        cfg.progress = !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        cfg.progress = args.shows_progress();
         let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
         rt.block_on(crate::search::find_max(cfg, opts))
     });

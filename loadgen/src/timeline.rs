@@ -161,7 +161,7 @@ pub(crate) async fn sampler(
         }
         start_ns = now;
         if stopping {
-            if cfg.progress {
+            if cfg.progress && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 eprintln!();
             }
             return;
@@ -240,7 +240,7 @@ fn q(h: &Histogram<u64>, quantile: f64) -> u64 {
     }
 }
 
-/// Redraws the one-line progress display on stderr.
+/// Redraws the one-line progress display on stderr (or appends a line when it is not a terminal).
 fn progress_line(
     sh: &Shared,
     cfg: &SamplerCfg,
@@ -274,7 +274,12 @@ fn progress_line(
         Counters::get(&sh.c.late_sends),
     );
     let mut err = std::io::stderr().lock();
-    let _ = write!(err, "\r\x1b[2K{line}");
+    if std::io::IsTerminal::is_terminal(&err) {
+        let _ = write!(err, "\r\x1b[2K{line}");
+    } else {
+        // A log, not a screen: one line per interval.
+        let _ = writeln!(err, "{line}");
+    }
     let _ = err.flush();
 }
 

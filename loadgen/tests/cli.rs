@@ -101,3 +101,38 @@ fn setup_failures_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("parsecs"));
 }
+
+#[test]
+fn progress_lines_go_to_a_log_when_asked() {
+    // stderr is a pipe here: without --progress nothing is drawn, with it one line an interval.
+    let mut args = SMALL.to_vec();
+    args.extend(["--json", "--interval", "250ms"]);
+    let quiet = loadgen(&args);
+    assert_eq!(quiet.status.code(), Some(0));
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("deliv "));
+
+    args.push("--progress");
+    let out = loadgen(&args);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("deliv ")).collect();
+    assert!(lines.len() >= 3, "one line per interval: {err}");
+    assert!(!err.contains('\r'), "no terminal redraws in a log: {err:?}");
+    let running = lines
+        .iter()
+        .find(|l| l.contains("left]"))
+        .unwrap_or_else(|| panic!("a line during the run: {err}"));
+    for part in [
+        "[steady",
+        "offered 100/s",
+        "sent ",
+        "p99 ",
+        "(run ",
+        "errors 0",
+        "late ",
+    ] {
+        assert!(running.contains(part), "{part:?} in {running:?}");
+    }
+    // The JSON summary still goes to stdout alone.
+    assert_eq!(json(&out)["passed"], true);
+}
