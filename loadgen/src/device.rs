@@ -69,6 +69,9 @@ struct State {
     last_from: HashMap<u32, u64>,
     batch: Vec<Delivery>,
     acks: Vec<u64>,
+    /// Connections made so far. After the first one (churn or a lost connection) an envelope
+    /// can rightly arrive twice: its acknowledgement may not have reached the node.
+    connections: u32,
 }
 
 impl Device {
@@ -79,6 +82,7 @@ impl Device {
             Some((c, d)) => (Some(c), Some(d)),
             None => (None, None),
         };
+        let connections = u32::from(conn.is_some());
         let mut st = State {
             conn,
             deliveries,
@@ -88,6 +92,7 @@ impl Device {
             last_from: HashMap::new(),
             batch: Vec::with_capacity(ACK_BATCH),
             acks: Vec::with_capacity(ACK_BATCH),
+            connections,
         };
         let mut connect_at = match st.conn {
             None => sh
@@ -256,6 +261,7 @@ impl Device {
                     Ok((c, d)) => {
                         st.conn = Some(c);
                         st.deliveries = Some(d);
+                        st.connections += 1;
                         return true;
                     }
                     Err(e) => {
@@ -345,6 +351,9 @@ impl Device {
         };
         if !first {
             Counters::inc(&sh.c.duplicated);
+            if st.connections <= 1 {
+                Counters::inc(&sh.c.unexpected_duplicates);
+            }
             return;
         }
         Counters::inc(&sh.c.delivered);

@@ -845,6 +845,7 @@ fn merge(cfg: &RunConfig, mut rs: Vec<Report>, probe: Option<Report>) -> anyhow:
         m.total_sent += r.total_sent;
         m.lost += r.lost;
         m.duplicated += r.duplicated;
+        m.unexpected_duplicates += r.unexpected_duplicates;
         m.reordered += r.reordered;
         m.late_sends += r.late_sends;
         m.unanswered += r.unanswered;

@@ -817,6 +817,10 @@ fn details(r: &Report) -> String {
         ),
         ("lost".into(), r.lost.to_string()),
         ("duplicated".into(), r.duplicated.to_string()),
+        (
+            "of which without a reconnect".into(),
+            r.unexpected_duplicates.to_string(),
+        ),
         ("reordered".into(), r.reordered.to_string()),
         ("late sends (> 1 ms)".into(), r.late_sends.to_string()),
         ("unanswered".into(), r.unanswered.to_string()),

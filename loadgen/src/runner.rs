@@ -543,6 +543,7 @@ fn build_report(
         total_sent: allocated,
         lost: sh.accepted.count_and_not(&sh.delivered, allocated) + fanout.map_or(0, |f| f.missing),
         duplicated: g(&sh.c.duplicated),
+        unexpected_duplicates: g(&sh.c.unexpected_duplicates),
         reordered: g(&sh.c.reordered),
         late_sends: g(&sh.c.late_sends),
         unanswered: allocated.saturating_sub(g(&sh.c.answered)),

@@ -1,14 +1,15 @@
 //! Service-level objectives: `--slo 'p99<5ms'`, `--slo 'lost==0'`,
 //! `--slo 'delivered_per_s>=10k/s'`. A metric, an operator (`<`, `<=`, `>`, `>=`, `==`, `!=`)
 //! and a value with an optional unit. Besides the user's objectives, the integrity checks
-//! (nothing lost, unanswered or reordered; every group message complete) always apply unless
-//! disabled.
+//! (nothing lost, unanswered or reordered; nothing delivered twice to a device that did not
+//! reconnect; every group message complete) always apply unless disabled.
 //!
 //! Metrics: latencies `p50 p90 p99 p999 max` (delivery to online devices), the same with a
 //! prefix `accept_`, `probe_`, `group_`, `one_to_one_`, `ephemeral_`, `offline_`, `completion_`
 //! (group fan-out completion; e.g. `accept_p99`), in `us`, `ms` (the default) or `s`; rates `sent_per_s accepted_per_s
 //! delivered_per_s group_deliveries_per_s` (`/s`, `k/s`, `M/s`); counts `lost duplicated
-//! reordered late_sends unanswered errors fanout_missing fanout_incomplete connect_failures`
+//! unexpected_duplicates reordered late_sends unanswered errors fanout_missing
+//! fanout_incomplete connect_failures`
 //! (`k`, `M`); ratios `error_rate loss_rate late_rate` (`%` or a fraction); and
 //! `rss_per_connection` (`B`, `KB`, `KiB`, `MB`, `MiB`, `GB`, `GiB`).
 
@@ -132,8 +133,16 @@ fn kind_of(metric: &str) -> Option<Kind> {
         "sent_per_s" | "accepted_per_s" | "delivered_per_s" | "group_deliveries_per_s" => {
             return Some(Kind::Rate)
         }
-        "lost" | "duplicated" | "reordered" | "late_sends" | "unanswered" | "errors"
-        | "fanout_missing" | "fanout_incomplete" | "connect_failures" => return Some(Kind::Count),
+        "lost"
+        | "duplicated"
+        | "unexpected_duplicates"
+        | "reordered"
+        | "late_sends"
+        | "unanswered"
+        | "errors"
+        | "fanout_missing"
+        | "fanout_incomplete"
+        | "connect_failures" => return Some(Kind::Count),
         "error_rate" | "loss_rate" | "late_rate" => return Some(Kind::Ratio),
         "rss_per_connection" => return Some(Kind::Bytes),
         _ => {}
@@ -257,7 +266,7 @@ impl Slo {
 pub fn with_checks(user: &[Slo], checks: bool, groups: bool) -> Vec<Slo> {
     let mut all = user.to_vec();
     if checks {
-        let mut implicit = vec!["lost", "unanswered", "reordered"];
+        let mut implicit = vec!["lost", "unanswered", "reordered", "unexpected_duplicates"];
         if groups {
             implicit.push("fanout_missing");
         }
@@ -294,6 +303,7 @@ fn metric_value(r: &Report, metric: &str) -> Option<f64> {
         "group_deliveries_per_s" => r.group_deliveries_per_s,
         "lost" => r.lost as f64,
         "duplicated" => r.duplicated as f64,
+        "unexpected_duplicates" => r.unexpected_duplicates as f64,
         "reordered" => r.reordered as f64,
         "late_sends" => r.late_sends as f64,
         "unanswered" => r.unanswered as f64,
@@ -363,7 +373,16 @@ mod tests {
         let user = vec![Slo::parse("lost<10").unwrap()];
         let all = with_checks(&user, true, true);
         let names: Vec<&str> = all.iter().map(|s| s.metric.as_str()).collect();
-        assert_eq!(names, ["lost", "unanswered", "reordered", "fanout_missing"]);
+        assert_eq!(
+            names,
+            [
+                "lost",
+                "unanswered",
+                "reordered",
+                "unexpected_duplicates",
+                "fanout_missing"
+            ]
+        );
         assert!(!all[0].implicit && all[1].implicit);
         assert_eq!(with_checks(&user, false, true).len(), 1);
     }

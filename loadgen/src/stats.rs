@@ -92,6 +92,8 @@ pub(crate) struct Counters {
     /// First copies to devices that were offline at the intended send time.
     pub offline_delivered: AtomicU64,
     pub duplicated: AtomicU64,
+    /// Of those, copies to a device that had not reconnected (not at-least-once redelivery).
+    pub unexpected_duplicates: AtomicU64,
     pub reordered: AtomicU64,
     pub late_sends: AtomicU64,
     pub stale: AtomicU64,
