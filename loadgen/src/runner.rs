@@ -223,14 +223,12 @@ pub(crate) async fn run_on_after(
             Err(_) => {
                 d.abort();
                 stuck += 1;
+                sh.errors.add("device_stuck_at_stop");
             }
         }
     }
     if stuck > 0 {
         tracing::warn!(stuck, "devices did not stop in time and were aborted");
-        for _ in 0..stuck {
-            sh.errors.add("device_stuck_at_stop");
-        }
     }
     for b in background {
         b.abort();
