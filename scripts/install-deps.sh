@@ -1,11 +1,31 @@
 #!/usr/bin/env bash
 # Install what the build needs when it is missing: a C/C++ toolchain and libclang (for the
 # rocksdb crate's bindgen). Debian/Ubuntu via apt-get; elsewhere, say what to install.
+#
+# libclang is looked for the way clang-sys looks for it: a file named `libclang.so` or
+# `libclang-<version>.so[.N]` (never `libclang-cpp`, the C++ interface LLVM ships beside it,
+# which bindgen cannot load), in LIBCLANG_PATH, the linker cache or LLVM's own lib folders.
 set -euo pipefail
 
+# True when NAME (a file's base name) is one clang-sys would load.
+is_libclang() {
+  [[ "$1" =~ ^libclang(-[0-9][0-9.]*)?\.so(\.[0-9.]+)?$ ]]
+}
+
 have_libclang() {
-  ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' ||
-    compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null
+  local f name
+  if [ -n "${LIBCLANG_PATH:-}" ]; then
+    for f in "$LIBCLANG_PATH"/libclang*.so*; do
+      [ -e "$f" ] && is_libclang "$(basename "$f")" && return 0
+    done
+  fi
+  while read -r name; do
+    is_libclang "$name" && return 0
+  done < <(ldconfig -p 2>/dev/null | awk '{print $1}')
+  for f in /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* /usr/lib64/libclang*.so*; do
+    [ -e "$f" ] && is_libclang "$(basename "$f")" && return 0
+  done
+  return 1
 }
 
 missing=()
