@@ -9,7 +9,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::Json;
-use hearth_protocol::ErrorCode;
 use hearth_storage::{DeviceKey, DeviceStats, Role};
 use serde_json::{json, Value};
 
@@ -50,17 +49,20 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn readyz(State(s): S) -> Response {
-    if s.ready.load(Ordering::SeqCst) {
-        "ready".into_response()
-    } else {
+    if !s.ready.load(Ordering::SeqCst) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if s.driver.poisoned() {
+        let why = "a storage write failed: the node stores nothing more; restart it";
+        (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+    } else {
+        "ready".into_response()
     }
 }
 
 async fn status(State(s): S) -> Json<Value> {
-    let m = &s.router.metrics;
-    let st = s.router.store.stats();
-    let p = s.router.pusher.stats();
+    let m = &s.driver.metrics();
+    let st = s.driver.store().stats();
+    let p = s.driver.pusher().stats();
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": s.started.elapsed().as_secs(),
@@ -85,7 +87,7 @@ async fn status(State(s): S) -> Json<Value> {
             "max_us": st.fsync_max_us,
         },
         "rss_bytes": rss_bytes(),
-        "rate_limited": s.router.safety.refusals().into_iter()
+        "rate_limited": s.driver.safety().refusals().into_iter()
             .map(|(l, n)| (l.as_str().to_string(), json!(n)))
             .collect::<serde_json::Map<_, _>>(),
         "push": {
@@ -99,8 +101,8 @@ async fn status(State(s): S) -> Json<Value> {
 }
 
 async fn metrics(State(s): S) -> Response {
-    let m = &s.router.metrics;
-    let st = s.router.store.stats();
+    let m = &s.driver.metrics();
+    let st = s.driver.store().stats();
     let mut out = String::with_capacity(2048);
     let mut put = |name: &str, kind: &str, help: &str, value: String| {
         let _ = writeln!(
@@ -205,7 +207,7 @@ async fn metrics(State(s): S) -> Response {
         "Resident set size.",
         rss_bytes().to_string(),
     );
-    let p = s.router.pusher.stats();
+    let p = s.driver.pusher().stats();
     put(
         "hearth_push_wakeups_total",
         "counter",
@@ -241,7 +243,7 @@ async fn metrics(State(s): S) -> Response {
         "# HELP hearth_rate_limited_total Requests refused by a rate limit.\n\
          # TYPE hearth_rate_limited_total counter"
     );
-    for (limit, n) in s.router.safety.refusals() {
+    for (limit, n) in s.driver.safety().refusals() {
         let _ = writeln!(
             out,
             "hearth_rate_limited_total{{limit=\"{}\"}} {n}",
@@ -273,12 +275,12 @@ fn device_json(s: &Shared, d: &DeviceStats) -> Value {
         "bytes": d.bytes,
         "next_seq": d.next_seq,
         "registered_at_ms": d.registered_at_ms,
-        "online": s.router.is_online(d.key),
+        "online": s.driver.with(|c| c.is_online(d.key)),
     })
 }
 
 async fn account_queues(State(s): S, Path(account): Path<u64>) -> Response {
-    match s.router.store.account_stats(account) {
+    match s.driver.store().account_stats(account) {
         Ok(list) => {
             Json(list.iter().map(|d| device_json(&s, d)).collect::<Vec<_>>()).into_response()
         }
@@ -287,7 +289,7 @@ async fn account_queues(State(s): S, Path(account): Path<u64>) -> Response {
 }
 
 async fn device_queue(State(s): S, Path((account, device)): Path<(u64, u32)>) -> Response {
-    match s.router.store.device_stats(DeviceKey { account, device }) {
+    match s.driver.store().device_stats(DeviceKey { account, device }) {
         Ok(Some(d)) => Json(device_json(&s, &d)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "no such device"),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -308,7 +310,7 @@ fn default_page() -> u32 {
 }
 
 async fn group_show(State(s): S, Path(group): Path<u64>) -> Response {
-    match s.router.store.group_info(group, 0, 0) {
+    match s.driver.store().group_info(group, 0, 0) {
         Ok(Some((st, _))) => Json(json!({
             "group": st.group,
             "creator": st.creator,
@@ -327,8 +329,8 @@ async fn group_members(
     axum::extract::Query(p): axum::extract::Query<Page>,
 ) -> Response {
     match s
-        .router
-        .store
+        .driver
+        .store()
         .group_info(group, p.offset, p.limit.min(10_000))
     {
         Ok(Some((st, page))) => Json(json!({
@@ -347,7 +349,7 @@ async fn group_members(
 }
 
 async fn abuse(State(s): S) -> Json<Value> {
-    let flagged = s.router.safety.flagged(crate::now_ms());
+    let flagged = s.driver.safety().flagged(crate::now_ms());
     Json(json!({
         "flagged": flagged.iter().map(|f| json!({
             "account": f.account,
@@ -362,13 +364,12 @@ async fn abuse(State(s): S) -> Json<Value> {
 }
 
 async fn purge_account(State(s): S, Path(account): Path<u64>) -> Response {
-    for device in s.router.store.devices(account).unwrap_or_default() {
+    for device in s.driver.store().devices(account).unwrap_or_default() {
         let key = DeviceKey { account, device };
-        s.router
-            .close_device(key, ErrorCode::DeviceRemoved, "the account was erased");
+        s.driver.with(|c| c.device_removed(key));
     }
-    s.router.forget_account(account);
-    match s.router.store.purge_account(account).await {
+    s.driver.with(|c| c.account_purged(account));
+    match s.driver.store().purge_account(account).await {
         Ok(r) => Json(json!({
             "account": account,
             "devices": r.devices,
@@ -387,10 +388,9 @@ async fn purge_account(State(s): S, Path(account): Path<u64>) -> Response {
 
 async fn remove_device(State(s): S, Path((account, device)): Path<(u64, u32)>) -> Response {
     let key = DeviceKey { account, device };
-    match s.router.store.remove_device(key).await {
+    match s.driver.store().remove_device(key).await {
         Ok(Some(d)) => {
-            s.router
-                .close_device(key, ErrorCode::DeviceRemoved, "the device was unregistered");
+            s.driver.with(|c| c.device_removed(key));
             Json(json!({
                 "account": account,
                 "device": device,

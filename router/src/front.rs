@@ -60,17 +60,17 @@ pub(crate) async fn accept_loop(ep: quinn::Endpoint, shared: Arc<Shared>, sessio
             let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(10), incoming).await else {
                 return;
             };
-            let m = &shared.router.metrics;
+            let m = shared.driver.metrics();
+            let ip = conn.remote_address().ip();
             if let Err(r) = shared
-                .router
-                .safety
-                .check_connection(conn.remote_address().ip())
+                .driver
+                .with(|c| c.check_new_connection(ip, crate::now_ms()))
             {
                 let reason = format!("too many new connections; retry in {} ms", r.retry_after_ms);
                 conn.close(ErrorCode::RateLimited.as_u16().into(), reason.as_bytes());
                 return;
             }
-            if Metrics::get(&m.connections) >= shared.router.limits.max_connections as u64 {
+            if Metrics::get(&m.connections) >= shared.max_connections as u64 {
                 let code = ErrorCode::TooManyConnections;
                 conn.close(code.as_u16().into(), b"the node is at its connection limit");
                 return;

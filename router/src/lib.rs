@@ -5,11 +5,9 @@
 mod admin;
 mod config;
 mod core;
-mod delivery;
+mod driver;
 mod front;
 mod metrics;
-mod policy;
-mod privacy;
 mod push;
 mod safety;
 mod session;
@@ -30,7 +28,10 @@ pub use config::{Config, DurabilityMode, Limits, Privacy, Residency};
 pub use push::PushConfig;
 pub use safety::SafetyConfig;
 
-use crate::core::Router;
+use crate::core::{CoreConfig, Router, SlotMap};
+use crate::driver::Driver;
+use crate::metrics::Metrics;
+use crate::safety::Safety;
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
@@ -42,15 +43,17 @@ pub(crate) fn now_ms() -> u64 {
 
 /// State shared by the node's tasks.
 pub(crate) struct Shared {
-    pub router: Arc<Router>,
+    /// The routing core and what performs its actions.
+    pub driver: Arc<Driver>,
+    /// Largest frame a connection may send.
+    pub max_frame: usize,
+    /// Most connections at once.
+    pub max_connections: usize,
     pub shutdown: watch::Sender<bool>,
     pub ready: AtomicBool,
     pub started: Instant,
     pub quic_addr: SocketAddr,
     pub durability: DurabilityMode,
-    /// This node's region and the residency rules it enforces.
-    pub region: String,
-    pub residency: Residency,
 }
 
 /// A running node.
@@ -92,25 +95,37 @@ impl Node {
         )
         .context("opening the store")?;
         let pusher = push::Pusher::spawn(cfg.push.clone())?;
-        let router = Arc::new(Router::new(
-            store,
-            &cfg,
+        let metrics = Arc::new(Metrics::default());
+        let safety = Arc::new(Safety::new(cfg.safety.clone()));
+        let core = Router::new(
+            CoreConfig {
+                limits: cfg.limits.clone(),
+                privacy: cfg.privacy.clone(),
+                residency: cfg.residency.clone(),
+                region: cfg.region.clone(),
+                idle_timeout_ms: tls::IDLE_TIMEOUT.as_millis() as u32,
+                retention_ms: cfg.safety.retention_secs * 1000,
+            },
+            Arc::new(store.clone()),
             signing_key.verifying_key(),
-            pusher,
-        ));
+            SlotMap::single(0),
+            safety.clone(),
+            metrics.clone(),
+        );
+        let driver = Driver::start(core, store, pusher, metrics, safety);
         let server_config = tls::server_config(&tls)?;
         let endpoints = front::bind(cfg.listen, cfg.quic_endpoints, server_config)?;
         let quic_addr = endpoints[0].local_addr()?;
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
-            router,
+            driver,
+            max_frame: cfg.limits.max_frame(),
+            max_connections: cfg.limits.max_connections,
             shutdown,
             ready: AtomicBool::new(true),
             started: Instant::now(),
             quic_addr,
             durability: cfg.durability,
-            region: cfg.region.clone(),
-            residency: cfg.residency.clone(),
         });
         let sessions = TaskTracker::new();
         let background = TaskTracker::new();
@@ -176,8 +191,8 @@ impl Node {
         self.shared.ready.store(false, Ordering::SeqCst);
         let _ = self.shared.shutdown.send(true);
         self.shared
-            .router
-            .close_all(ErrorCode::GoingAway, "node shutting down");
+            .driver
+            .with(|c| c.close_all(ErrorCode::GoingAway, "node shutting down"));
         self.sessions.close();
         if tokio::time::timeout(Duration::from_secs(10), self.sessions.wait())
             .await
@@ -193,7 +208,7 @@ impl Node {
         }
         self.background.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.background.wait()).await;
-        let pusher = self.shared.router.pusher.clone();
+        let pusher = self.shared.driver.pusher().clone();
         let _ = tokio::time::timeout(Duration::from_secs(5), pusher.shutdown()).await;
         tracing::info!("node stopped");
     }
@@ -209,11 +224,11 @@ async fn sweep_loop(shared: Arc<Shared>, every: Duration) {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        shared.router.expire_metadata(now_ms());
+        shared.driver.with(|c| c.tick(now_ms()));
         loop {
-            match shared.router.store.sweep_expired(now_ms(), 10_000).await {
+            match shared.driver.store().sweep_expired(now_ms(), 10_000).await {
                 Ok(s) => {
-                    metrics::Metrics::add(&shared.router.metrics.expired, s.expired.len() as u64);
+                    Metrics::add(&shared.driver.metrics().expired, s.expired.len() as u64);
                     if s.scanned < 10_000 {
                         break;
                     }

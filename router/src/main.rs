@@ -53,6 +53,14 @@ fn parse_durability(s: &str) -> Result<DurabilityMode, String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    // A panic anywhere in the node is fatal: state a panic interrupted cannot be trusted (see
+    // the lock policy in driver.rs), and a supervisor restarts the node, which recovers from
+    // disk.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))

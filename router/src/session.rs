@@ -1,458 +1,238 @@
-//! The QUIC driver of one connection: authenticates the device, then moves frames between the
-//! stream and the routing core. Decisions live in `core` and `delivery`; this file only does I/O.
+//! The QUIC driver of one connection: moves bytes between the stream and the routing core and
+//! performs the connection's own work (its registration, queue reads, store requests).
+//! Every decision is the core's: this file reads, decodes, writes and waits.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use hearth_protocol::{encode, Decoded, Decoder, ErrorCode, Frame, PROTOCOL_VERSION};
-use hearth_storage::{DeviceKey, QueueEntry};
-use tokio::sync::{mpsc, watch};
+use hearth_protocol::{encode, Decoded, Decoder, ErrorCode, Frame, MessageId};
+use hearth_storage::StorageError;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 
-use crate::core::{Live, Router, SendReply, SessionHandle};
-use crate::delivery::DeliveryState;
-use crate::metrics::Metrics;
-use crate::policy::Origin;
+use crate::core::{ConnId, Registration, Request, RequestOutcome, Wake};
+use crate::driver::Driver;
 use crate::{now_ms, Shared};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may take to open its stream and send HELLO.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing connection waits for the answers of the sends it took.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_CHUNK: usize = 64 * 1024;
-/// An empty read buffer larger than this is released, so an idle connection holds no buffer.
+/// An empty buffer larger than this is released, so an idle connection holds no buffer.
 const IDLE_BUFFER: usize = 2 * 1024;
 const WRITER_QUEUE: usize = 64;
 
+/// Wakes a connection's task.
+struct NotifyWake(Arc<Notify>);
+
+impl Wake for NotifyWake {
+    fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
 /// How a session ended.
 enum End {
-    /// The node closes the connection with this code (after an `ERROR` frame).
-    Close(ErrorCode, String),
+    /// Close the connection with this code (the core queued the ERROR frame, if any).
+    Close(ErrorCode, Cow<'static, str>),
     /// The connection is already gone.
     Lost,
 }
 
+/// Connection-scoped store work in progress.
+enum Done {
+    Registered(Result<(), StorageError>),
+    Request(MessageId, Request, RequestOutcome),
+}
+
 /// Serve one QUIC connection until it ends.
 pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
-    let router = shared.router.clone();
-    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await;
-    let Ok(Ok((send, recv))) = accepted else {
+    let driver = shared.driver.clone();
+    let deadline = Instant::now() + HELLO_TIMEOUT;
+    let Ok(Ok((send, recv))) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
         conn.close(
             ErrorCode::ProtocolViolation.as_u16().into(),
             b"no stream opened",
         );
         return;
     };
+    let notify = Arc::new(Notify::new());
+    let id = driver.with(|c| c.connect(Arc::new(NotifyWake(notify.clone()))));
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(WRITER_QUEUE);
     let writer = tokio::spawn(write_loop(send, out_rx));
+    let max_frame = shared.max_frame;
     let mut session = Session {
-        router: router.clone(),
+        id,
+        driver: driver.clone(),
         recv,
         buf: BytesMut::new(),
-        decoder: Decoder::new(router.limits.max_frame()),
+        decoder: Decoder::new(max_frame),
         out: BytesMut::new(),
         out_tx,
+        notify,
+        work: FuturesUnordered::new(),
+        welcomed: false,
+        finished: false,
     };
-    let end = match session.authenticate(&shared).await {
-        Ok(origin) => {
-            let (handle, live_rx) = router.attach(origin.key);
-            let end = session
-                .run(&origin, &handle, live_rx, shared.shutdown.subscribe())
-                .await;
-            router.detach(&handle);
-            end
-        }
-        Err(end) => end,
-    };
+    let end = session.run(deadline).await;
+    driver.with(|c| c.handle_disconnected(id));
     if let End::Close(code, reason) = end {
-        if code != ErrorCode::Normal {
-            encode(&Frame::error(code, reason.clone()), &mut session.out);
-        }
         let _ = session.flush().await;
         drop(session);
-        // Let the writer finish the stream so the ERROR frame reaches the client.
+        // Let the writer finish the stream so the last frames reach the client.
         let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
         conn.close(code.as_u16().into(), reason.as_bytes());
     }
 }
 
 struct Session {
-    router: Arc<Router>,
+    id: ConnId,
+    driver: Arc<Driver>,
     recv: quinn::RecvStream,
     buf: BytesMut,
     decoder: Decoder,
     out: BytesMut,
     out_tx: mpsc::Sender<Bytes>,
+    notify: Arc<Notify>,
+    work: FuturesUnordered<BoxFuture<'static, Done>>,
+    /// WELCOME was written (the HELLO deadline no longer applies).
+    welcomed: bool,
+    /// The client finished its stream.
+    finished: bool,
 }
 
 impl Session {
-    /// Read one decoded item, waiting for bytes as needed.
-    async fn read_item(&mut self) -> Result<Decoded, End> {
+    async fn run(&mut self, hello_deadline: Instant) -> End {
+        let id = self.id;
+        let mut drain_deadline: Option<Instant> = None;
         loop {
-            match self.decoder.decode(&mut self.buf) {
-                Ok(Some(d)) => return Ok(d),
-                Ok(None) => {}
-                Err(e) => return Err(End::Close(e.code(), e.to_string())),
-            }
-            match self.recv.read_chunk(READ_CHUNK, true).await {
-                Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),
-                Ok(None) => return Err(End::Close(ErrorCode::Normal, "stream finished".into())),
-                Err(_) => return Err(End::Lost),
-            }
-        }
-    }
-
-    async fn authenticate(&mut self, shared: &Shared) -> Result<Origin, End> {
-        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.read_item())
-            .await
-            .map_err(|_| End::Close(ErrorCode::ProtocolViolation, "no HELLO in time".into()))??;
-        let Decoded::Frame(Frame::Hello { version, token }) = first else {
-            return Err(End::Close(
-                ErrorCode::ProtocolViolation,
-                "first frame must be HELLO".into(),
-            ));
-        };
-        if version != PROTOCOL_VERSION {
-            let why = format!("protocol version {version} is not supported (1 is)");
-            return Err(End::Close(ErrorCode::UnsupportedVersion, why));
-        }
-        let now = now_ms();
-        let (claims, scope) = self
-            .router
-            .verifying_key
-            .verify_scoped(&token, now / 1000)
-            .map_err(|e| {
-                let code = match e {
-                    hearth_protocol::TokenError::Expired => ErrorCode::TokenExpired,
-                    _ => ErrorCode::BadToken,
-                };
-                End::Close(code, e.to_string())
-            })?;
-        let privacy = &self.router.privacy;
-        let network = match scope.network.as_str() {
-            "" => privacy.default_network.clone(),
-            n if privacy.networks.iter().any(|k| k == n) => n.to_string(),
-            _ => return Err(End::Close(ErrorCode::BadToken, "unknown network".into())),
-        };
-        let zone = match scope.zone.as_str() {
-            "" => shared.residency.default_zone.clone(),
-            z => z.to_string(),
-        };
-        if !shared.residency.allows(&zone, &shared.region) {
-            let why = format!(
-                "zone {zone:?} may not be stored in region {:?}",
-                shared.region
-            );
-            return Err(End::Close(ErrorCode::Residency, why));
-        }
-        let key = DeviceKey {
-            account: claims.account,
-            device: claims.device,
-        };
-        let storage_failure = |e: hearth_storage::StorageError| {
-            tracing::error!(error = %e, "device registration failed");
-            End::Close(ErrorCode::Internal, "storage failure".into())
-        };
-        self.router
-            .store
-            .ensure_account(key.account, &network, &zone, now)
-            .await
-            .map_err(storage_failure)?;
-        self.router
-            .store
-            .register_device(key, now)
-            .await
-            .map_err(storage_failure)?;
-        let l = &self.router.limits;
-        let welcome = Frame::Welcome {
-            account: key.account,
-            device: key.device,
-            server_time_ms: now,
-            max_envelope: l.max_envelope_bytes as u32,
-            max_inflight: l.max_inflight,
-        };
-        encode(&welcome, &mut self.out);
-        self.flush().await?;
-        Ok(Origin {
-            key,
-            network: network.into(),
-        })
-    }
-
-    async fn run(
-        &mut self,
-        origin: &Origin,
-        handle: &SessionHandle,
-        mut live_rx: mpsc::Receiver<Live>,
-        mut shutdown: watch::Receiver<bool>,
-    ) -> End {
-        let key = handle.key;
-        let mut state = DeliveryState::new(self.router.limits.max_inflight as usize);
-        let mut pending = FuturesUnordered::new();
-        let max_pending = self.router.limits.max_pending_sends;
-        let end = loop {
-            if let Err(end) = self.pump(key, &mut state) {
-                break end;
+            let out = self.driver.with(|c| c.poll_conn(id));
+            for f in &out.frames {
+                self.welcomed |= matches!(f, Frame::Welcome(_));
+                encode(f, &mut self.out);
             }
             if let Err(end) = self.flush().await {
-                break end;
+                return end;
             }
+            if let Some(r) = out.register {
+                self.work.push(Box::pin(register(self.driver.clone(), r)));
+            }
+            for (req_id, request) in out.requests {
+                let driver = self.driver.clone();
+                self.work.push(Box::pin(async move {
+                    let outcome = driver.request(&request).await;
+                    Done::Request(req_id, request, outcome)
+                }));
+            }
+            if let Some((code, reason)) = out.close {
+                return End::Close(code, reason);
+            }
+            if out.closing && drain_deadline.is_none() {
+                drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+            }
+            if let Some(read) = out.read {
+                let result = self
+                    .driver
+                    .store()
+                    .read_queue(read.device, read.from_seq, read.max);
+                self.driver
+                    .with(|c| c.handle_queue_read(id, read, result, now_ms()));
+                continue;
+            }
+            let reading = out.accepting && !self.finished;
+            let hello_wait = !self.welcomed && drain_deadline.is_none();
             tokio::select! {
                 biased;
-                _ = handle.close_signal.notified() => {
-                    if let Some((code, reason)) = handle.close_reason() {
-                        break End::Close(code, reason.into());
-                    }
+                _ = self.notify.notified() => {}
+                Some(done) = self.work.next(), if !self.work.is_empty() => {
+                    self.done(done);
                 }
-                _ = shutdown.changed() => {
-                    break End::Close(ErrorCode::GoingAway, "node shutting down".into());
-                }
-                Some(answer) = pending.next(), if !pending.is_empty() => {
-                    if let Ok(frame) = answer {
-                        encode(&frame, &mut self.out);
-                    }
-                }
-                Some(live) = live_rx.recv() => {
-                    self.on_live(&mut state, live);
-                    while let Ok(live) = live_rx.try_recv() {
-                        self.on_live(&mut state, live);
-                    }
-                }
-                _ = handle.wake.notified() => {}
-                chunk = self.recv.read_chunk(READ_CHUNK, true), if pending.len() < max_pending => {
+                chunk = self.recv.read_chunk(READ_CHUNK, true), if reading => {
                     match chunk {
                         Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),
-                        Ok(None) => break End::Close(ErrorCode::Normal, "stream finished".into()),
-                        Err(_) => break End::Lost,
+                        Ok(None) => self.finished = true,
+                        Err(_) => return End::Lost,
                     }
-                    if let Err(end) = self.on_input(origin, &mut state, &mut pending) {
-                        break end;
-                    }
-                    if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER {
-                        self.buf = BytesMut::new();
-                    }
+                    self.on_input();
+                }
+                _ = tokio::time::sleep_until(hello_deadline), if hello_wait => {
+                    self.driver.with(|c| c.handle_input_error(
+                        id,
+                        ErrorCode::ProtocolViolation,
+                        "no HELLO in time",
+                    ));
+                }
+                _ = sleep_until_some(drain_deadline) => {
+                    self.driver.with(|c| c.handle_close_timeout(id));
                 }
             }
-            state.saw(handle.max_seen.load(std::sync::atomic::Ordering::Acquire));
-        };
-        if matches!(end, End::Lost) {
-            return end;
         }
-        // Answer the sends already taken: they are being made durable.
-        let drain = async {
-            while let Some(answer) = pending.next().await {
-                if let Ok(frame) = answer {
-                    encode(&frame, &mut self.out);
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-        end
     }
 
-    /// Decode and handle every complete frame in the buffer.
-    fn on_input(
-        &mut self,
-        origin: &Origin,
-        state: &mut DeliveryState,
-        pending: &mut FuturesUnordered<tokio::sync::oneshot::Receiver<Frame>>,
-    ) -> Result<(), End> {
-        let key = origin.key;
+    /// Decode every complete frame in the buffer and hand them to the core in order.
+    fn on_input(&mut self) {
+        let mut frames = Vec::new();
+        let mut oversized = Vec::new();
+        let mut error = None;
         loop {
-            let item = match self.decoder.decode(&mut self.buf) {
-                Ok(Some(item)) => item,
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(End::Close(e.code(), e.to_string())),
-            };
-            let frame = match item {
-                Decoded::Frame(f) => f,
-                Decoded::OversizedSend { msg_id, len } => {
-                    Metrics::inc(&self.router.metrics.refused);
-                    let message = format!(
-                        "frame of {len} bytes exceeds the envelope limit of {} bytes",
-                        self.router.limits.max_envelope_bytes
-                    );
-                    let code = ErrorCode::EnvelopeTooLarge;
-                    encode(
-                        &Frame::Error {
-                            msg_id,
-                            code,
-                            retry_after_ms: 0,
-                            message,
-                        },
-                        &mut self.out,
-                    );
-                    continue;
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(Decoded::Frame(f))) => frames.push(f),
+                Ok(Some(Decoded::OversizedSend { msg_id, len })) => {
+                    oversized.push((frames.len(), msg_id, len));
                 }
-            };
-            match frame {
-                Frame::Send {
-                    msg_id,
-                    to_account,
-                    to_device,
-                    ttl_secs,
-                    flags,
-                    payload,
-                } => {
-                    let reply = self.router.send(
-                        origin,
-                        msg_id,
-                        to_account,
-                        to_device,
-                        ttl_secs,
-                        flags,
-                        payload,
-                        now_ms(),
-                    );
-                    Self::answer(reply, &mut self.out, pending);
-                }
-                Frame::SendGroup {
-                    msg_id,
-                    group,
-                    ttl_secs,
-                    flags,
-                    payload,
-                } => {
-                    let reply = self.router.send_group(
-                        origin,
-                        msg_id,
-                        group,
-                        ttl_secs,
-                        flags,
-                        payload,
-                        now_ms(),
-                    );
-                    Self::answer(reply, &mut self.out, pending);
-                }
-                Frame::SendMulti {
-                    msg_id,
-                    ttl_secs,
-                    flags,
-                    recipients,
-                    payload,
-                } => {
-                    let reply = self.router.send_multi(
-                        origin,
-                        msg_id,
-                        ttl_secs,
-                        flags,
-                        recipients,
-                        payload,
-                        now_ms(),
-                    );
-                    Self::answer(reply, &mut self.out, pending);
-                }
-                f @ (Frame::GroupCreate { .. }
-                | Frame::GroupUpdate { .. }
-                | Frame::GroupGet { .. }) => {
-                    let reply = self.router.group_request(key, f, now_ms());
-                    Self::answer(reply, &mut self.out, pending);
-                }
-                Frame::SendSealed {
-                    msg_id,
-                    to_account,
-                    to_device,
-                    ttl_secs,
-                    flags,
-                    access_key,
-                    payload,
-                } => {
-                    let reply = self.router.send_sealed(
-                        origin,
-                        msg_id,
-                        to_account,
-                        to_device,
-                        ttl_secs,
-                        flags,
-                        access_key,
-                        payload,
-                        now_ms(),
-                    );
-                    Self::answer(reply, &mut self.out, pending);
-                }
-                Frame::PolicySet { req_id, change } => {
-                    let reply = self.router.policy_set(origin, req_id, change, now_ms());
-                    Self::answer(reply, &mut self.out, pending);
-                }
-                Frame::Report { req_id, account } => {
-                    let reply = self.router.report(origin, req_id, account, now_ms());
-                    Self::answer(reply, &mut self.out, pending);
-                }
-                Frame::Ack { seqs } => {
-                    state.on_ack(&seqs);
-                    if !seqs.is_empty() {
-                        self.router.ack(key, seqs);
-                    }
-                }
-                Frame::Ping { nonce } => encode(&Frame::Pong { nonce }, &mut self.out),
-                other => {
-                    let why = format!("frame type 0x{:02x} is not allowed here", other.type_byte());
-                    return Err(End::Close(ErrorCode::ProtocolViolation, why));
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some((e.code(), e.to_string()));
+                    break;
                 }
             }
         }
-    }
-
-    /// Write an immediate answer, or remember a pending one.
-    fn answer(
-        reply: SendReply,
-        out: &mut BytesMut,
-        pending: &mut FuturesUnordered<tokio::sync::oneshot::Receiver<Frame>>,
-    ) {
-        match reply {
-            SendReply::Now(f) => encode(&f, out),
-            SendReply::Later(rx) => pending.push(rx),
+        if self.finished && error.is_none() && (!self.buf.is_empty() || self.decoder.is_mid_frame(&self.buf))
+        {
+            error = Some((
+                ErrorCode::MalformedFrame,
+                "the stream finished inside a frame".to_string(),
+            ));
         }
-    }
-
-    fn on_live(&mut self, state: &mut DeliveryState, live: Live) {
-        let m = &live.msg;
-        if live.seq == 0 {
-            Metrics::inc(&self.router.metrics.ephemeral_delivered);
-            encode(&deliver(0, &m.env, m.group, &m.header), &mut self.out);
-        } else if state.on_live(live.seq) {
-            Metrics::inc(&self.router.metrics.delivered);
-            encode(
-                &deliver(live.seq, &m.env, m.group, &m.header),
-                &mut self.out,
-            );
+        if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER {
+            self.buf = BytesMut::new();
         }
-    }
-
-    /// Read the queue while the window has room and the queue may hold undelivered entries.
-    fn pump(&mut self, key: DeviceKey, state: &mut DeliveryState) -> Result<(), End> {
-        while let Some(read) = state.want_read() {
-            let entries = self
-                .router
-                .store
-                .read_queue(key, read.from_seq, read.max)
-                .map_err(|e| {
-                    tracing::error!(error = %e, "queue read failed");
-                    End::Close(ErrorCode::Internal, "storage failure".into())
-                })?;
-            let now = now_ms();
-            let seqs: Vec<(u64, bool)> = entries
-                .iter()
-                .map(|e| (e.seq, e.envelope.expires_at_ms > now))
-                .collect();
-            let send = state.on_read(read.max, &seqs);
-            let mut i = 0;
-            for QueueEntry {
-                seq,
-                envelope,
-                group,
-                header,
-            } in &entries
-            {
-                if send.get(i) == Some(seq) {
-                    i += 1;
-                    Metrics::inc(&self.router.metrics.delivered);
-                    encode(&deliver(*seq, envelope, *group, header), &mut self.out);
+        let (id, finished) = (self.id, self.finished);
+        let now = now_ms();
+        self.driver.with(|c| {
+            let mut oversized = oversized.into_iter().peekable();
+            for (i, f) in frames.into_iter().enumerate() {
+                while let Some((_, msg_id, len)) = oversized.next_if(|o| o.0 == i) {
+                    c.handle_oversized(id, msg_id, len);
                 }
+                c.handle_frame(id, f, now);
             }
-            if entries.is_empty() {
-                break;
+            for (_, msg_id, len) in oversized {
+                c.handle_oversized(id, msg_id, len);
             }
+            match error {
+                Some((code, message)) => c.handle_input_error(id, code, message),
+                None if finished => c.handle_finished(id),
+                None => {}
+            }
+        });
+    }
+
+    fn done(&mut self, done: Done) {
+        let id = self.id;
+        match done {
+            Done::Registered(result) => self
+                .driver
+                .with(|c| c.handle_registered(id, result, now_ms())),
+            Done::Request(req_id, request, outcome) => self.driver.with(|c| {
+                c.handle_request_done(id, req_id, request, outcome, now_ms())
+            }),
         }
-        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), End> {
@@ -467,32 +247,25 @@ impl Session {
     }
 }
 
-/// The frame carrying a stored or live envelope: `DELIVER_SHARED` when it has a group or a
-/// per-recipient header, else `DELIVER`.
-fn deliver(seq: u64, e: &hearth_storage::StoredEnvelope, group: u64, header: &Bytes) -> Frame {
-    if group != 0 || !header.is_empty() {
-        return Frame::DeliverShared {
-            seq,
-            msg_id: e.msg_id,
-            from_account: e.from_account,
-            from_device: e.from_device,
-            accepted_at_ms: e.accepted_at_ms,
-            expires_at_ms: e.expires_at_ms,
-            flags: e.flags,
-            group,
-            header: header.clone(),
-            payload: e.payload.clone(),
-        };
+/// Record the device (and, on its first device, its account) in the store.
+async fn register(driver: Arc<Driver>, r: Registration) -> Done {
+    let store = driver.store();
+    let now = now_ms();
+    let result = async {
+        store
+            .ensure_account(r.key.account, &r.network, &r.zone, now)
+            .await?;
+        store.register_device(r.key, now).await.map(|_| ())
     }
-    Frame::Deliver {
-        seq,
-        msg_id: e.msg_id,
-        from_account: e.from_account,
-        from_device: e.from_device,
-        accepted_at_ms: e.accepted_at_ms,
-        expires_at_ms: e.expires_at_ms,
-        flags: e.flags,
-        payload: e.payload.clone(),
+    .await;
+    Done::Registered(result)
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

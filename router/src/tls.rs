@@ -8,6 +8,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::Config;
 
+/// How long a connection may stay silent before the node drops it (told to clients in WELCOME).
+pub(crate) const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The certificate chain and key the QUIC front presents.
 pub(crate) struct TlsMaterial {
     pub certs: Vec<CertificateDer<'static>>,
@@ -100,7 +103,7 @@ pub(crate) fn server_config(m: &TlsMaterial) -> anyhow::Result<quinn::ServerConf
         .stream_receive_window((256u32 * 1024).into())
         .receive_window((512u32 * 1024).into())
         .send_window(1024 * 1024)
-        .max_idle_timeout(Some(std::time::Duration::from_secs(30).try_into()?));
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
     sc.transport_config(Arc::new(t));
     Ok(sc)
 }

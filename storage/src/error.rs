@@ -17,6 +17,10 @@ pub enum StorageError {
     /// The account has no record (see [`crate::Store::ensure_account`]).
     #[error("no such account")]
     NoSuchAccount,
+    /// An earlier write failed, so the store refuses every change until it is reopened
+    /// (memory and disk may disagree; reopening recovers from disk).
+    #[error("the store is poisoned by an earlier failed write; restart the node")]
+    Poisoned,
     /// The request is outside what the store accepts (a name or push token too long).
     #[error("invalid request: {0}")]
     Invalid(String),

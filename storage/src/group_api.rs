@@ -71,6 +71,12 @@ impl Store {
         Ok(self.group(group)?.map(|e| e.members))
     }
 
+    /// The members of a group if the in-memory cache holds it (None: not cached, whether or
+    /// not it exists; [`Store::group_members`] reads it).
+    pub fn cached_group_members(&self, group: u64) -> Option<Arc<Vec<u64>>> {
+        self.sh().read_groups().get(&group).map(|e| e.members.clone())
+    }
+
     /// A group's state and up to `limit` of its members with their roles, from the
     /// `offset`-th in account order (None: no such group).
     pub fn group_info(

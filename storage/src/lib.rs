@@ -38,15 +38,17 @@ mod memberships;
 mod shared;
 mod store;
 mod types;
+mod write;
 mod writer;
 
 pub use account::{
     AccountRecord, ListKind, PurgeReport, Reach, MAX_NAME_LEN, MAX_NETWORKS, MAX_PUSH_TOKEN,
 };
-pub use commit::Commit;
+pub use commit::{Commit, Enqueued};
 pub use error::{EnqueueError, GroupError, StorageError};
 pub use store::Store;
+pub use write::{EntryWrite, SendOutcome, SendWrite, WriteSet};
 pub use types::{
-    DedupRecord, DeviceKey, DeviceStats, Durability, Enqueued, GroupOp, GroupPage, GroupState,
+    DedupRecord, DeviceKey, DeviceStats, Durability, GroupOp, QueueState, GroupPage, GroupState,
     QueueEntry, Role, SharedRecipient, StoreOptions, StoreStats, StoredEnvelope, SweepStats,
 };

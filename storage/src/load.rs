@@ -93,6 +93,8 @@ pub(crate) fn load(db: &DB, opts: &StoreOptions) -> Result<Loaded, StorageError>
                 next_seq: rec.next_seq,
                 queued: 0,
                 bytes: 0,
+                reserved: 0,
+                reserved_bytes: 0,
                 removing: false,
             },
         );

@@ -1,7 +1,7 @@
 //! State shared by the store handles and the writer thread.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -41,14 +41,17 @@ pub(crate) const COLUMN_FAMILIES: [&str; 11] = [
     MEMBERSHIPS,
 ];
 
-/// In-memory state of a registered device. Counters include submitted, not yet committed
-/// entries.
+/// In-memory state of a registered device.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct DeviceState {
     pub registered_at_ms: u64,
     pub next_seq: u64,
+    /// Committed entries and their bytes.
     pub queued: u64,
     pub bytes: u64,
+    /// Entries (and bytes) `Store::enqueue` took room for and the writer has not written yet.
+    pub reserved: u64,
+    pub reserved_bytes: u64,
     /// A removal was submitted: the device is gone for new work; the writer drops the state
     /// once the removal is written.
     pub removing: bool,
@@ -59,8 +62,8 @@ impl DeviceState {
         DeviceStats {
             key,
             slot: key.slot(),
-            queued: self.queued,
-            bytes: self.bytes,
+            queued: self.queued + self.reserved,
+            bytes: self.bytes + self.reserved_bytes,
             next_seq: self.next_seq,
             registered_at_ms: self.registered_at_ms,
         }
@@ -245,6 +248,8 @@ pub(crate) struct Shared {
     pub removal_done: Notify,
     pub totals: Totals,
     pub latency: Mutex<Latency>,
+    /// Set once a write failed: every later change is refused (see `Store::is_poisoned`).
+    pub poisoned: AtomicBool,
 }
 
 impl Shared {

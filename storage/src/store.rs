@@ -2,27 +2,29 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
 use crossbeam_channel::Sender;
 use rocksdb::{Direction, IteratorMode, ReadOptions};
 use tokio::sync::{oneshot, Notify};
 
 use crate::batch::column_family_id;
-use crate::commit::{reply, Commit};
+use crate::commit::{reply, Commit, Enqueued};
 use crate::error::{EnqueueError, StorageError};
-use crate::keys::{self, DeviceRecord, Pointer, QueueKey, QueueValue};
+use crate::keys::{self, DeviceRecord, Pointer, QueueValue};
 use crate::load;
 use crate::shared::{
     Devices, Latency, PayloadCache, Shared, Totals, COLUMN_FAMILIES, DEDUP, PAYLOADS, QUEUES,
 };
 use crate::types::{
-    DedupRecord, DeviceKey, DeviceStats, Enqueued, QueueEntry, SharedRecipient, StoreOptions,
+    DedupRecord, DeviceKey, DeviceStats, QueueEntry, QueueState, SharedRecipient, StoreOptions,
     StoreStats, StoredEnvelope, SweepStats,
 };
-use crate::writer::{self, DedupKey, EnqueueJob, Job, Values};
+use crate::write::{EntryWrite, SendOutcome, WriteSet};
+use crate::writer::{self, DedupKey, Job, PreparedSend, Values, WriteJob, WriteReply};
 use hearth_protocol::MessageId;
 
 /// Payload bytes of the shared payload cache.
@@ -84,6 +86,7 @@ impl Store {
             removal_done: Notify::new(),
             totals: loaded.totals,
             latency: Mutex::new(Latency::new()),
+            poisoned: AtomicBool::new(false),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let writer = {
@@ -113,6 +116,7 @@ impl Store {
     }
 
     pub(crate) fn submit(&self, job: Job) -> Result<(), StorageError> {
+        self.check_poisoned()?;
         let tx = self
             .inner
             .tx
@@ -158,6 +162,8 @@ impl Store {
                 next_seq: 1,
                 queued: 0,
                 bytes: 0,
+                reserved: 0,
+                reserved_bytes: 0,
                 removing: false,
             },
         );
@@ -220,22 +226,22 @@ impl Store {
     /// Allocates per-device seqs (acceptance order), checks limits all-or-nothing, submits one
     /// write (queue entries + expiry index + dedup record when `dedup` is Some: the sender and
     /// the number of recipients to remember) to the group-commit writer and returns at once;
-    /// `commit` resolves after fsync. A device listed twice gets two entries.
+    /// `commit` resolves after fsync. A device listed twice gets two entries. If a dedup
+    /// record of `(sender, msg_id)` is already committed, nothing is written.
     pub fn enqueue(
         &self,
         devices: &[DeviceKey],
         env: &StoredEnvelope,
         dedup: Option<(DeviceKey, u64)>,
     ) -> Result<Enqueued, EnqueueError> {
-        let len = env.payload.len() as u64;
-        self.submit_enqueue(
-            devices.len(),
-            |i| (devices[i], len),
-            Values::Same(keys::encode_envelope(env)),
-            None,
-            len * devices.len() as u64,
-            self.dedup_entry(env, dedup),
-        )
+        let recipients: Vec<SharedRecipient> = devices
+            .iter()
+            .map(|&device| SharedRecipient {
+                device,
+                header: Bytes::new(),
+            })
+            .collect();
+        self.enqueue_with(&recipients, env, None, dedup)
     }
 
     /// Stores `env` once in `payloads` and a pointer entry (payload id, `group`, the
@@ -253,141 +259,218 @@ impl Store {
         group: u64,
         dedup: Option<(DeviceKey, u64)>,
     ) -> Result<Enqueued, EnqueueError> {
-        let sh = self.sh();
-        let payload_len = u32::try_from(env.payload.len())
-            .map_err(|_| StorageError::Db("payload of 4 GiB or more".into()))?;
-        let payload_id = sh.next_payload_id.fetch_add(1, Ordering::Relaxed);
-        let pointer = Pointer {
-            payload_id,
-            expires_at_ms: env.expires_at_ms,
-            payload_len,
-            group,
-        };
-        let headers: usize = recipients.iter().map(|r| r.header.len()).sum();
-        let values = if headers == 0 {
-            let mut v = Vec::with_capacity(keys::POINTER_HEADER_LEN);
-            keys::encode_pointer(&pointer, &mut v);
-            Values::Same(v)
-        } else {
-            let mut arena =
-                Vec::with_capacity(recipients.len() * keys::POINTER_HEADER_LEN + headers);
-            let mut ends = Vec::with_capacity(recipients.len());
-            for r in recipients {
-                keys::encode_pointer(&pointer, &mut arena);
-                arena.extend_from_slice(&r.header);
-                ends.push(arena.len());
-            }
-            Values::Each { arena, ends }
-        };
-        let payload = (!recipients.is_empty()).then(|| {
-            let refs = u32::try_from(recipients.len()).unwrap_or(u32::MAX);
-            (payload_id, keys::encode_payload(refs, env))
-        });
-        let len = u64::from(payload_len);
-        // Cached before the writer can see it: its deletion then always evicts it.
-        if payload.is_some() {
-            sh.lock_payloads().insert(payload_id, env.clone());
-        }
-        let enqueued = self.submit_enqueue(
-            recipients.len(),
-            |i| {
-                (
-                    recipients[i].device,
-                    len + recipients[i].header.len() as u64,
-                )
-            },
-            values,
-            payload,
-            len + headers as u64,
-            self.dedup_entry(env, dedup),
-        );
-        if enqueued.is_err() {
-            sh.lock_payloads().remove(payload_id);
-        }
-        enqueued
+        self.enqueue_with(recipients, env, Some(group), dedup)
     }
 
-    /// The dedup key, value and expiry of an envelope.
-    fn dedup_entry(
+    fn enqueue_with(
         &self,
+        recipients: &[SharedRecipient],
         env: &StoredEnvelope,
+        shared: Option<u64>,
         dedup: Option<(DeviceKey, u64)>,
-    ) -> Option<(DedupKey, [u8; 20], u64)> {
-        dedup.map(|(sender, recipients)| {
-            let rec = DedupRecord {
-                accepted_at_ms: env.accepted_at_ms,
-                recipients: u32::try_from(recipients).unwrap_or(u32::MAX),
-            };
-            let expires = env
-                .accepted_at_ms
-                .saturating_add(self.sh().opts.dedup_window_ms);
-            (
-                keys::dedup_key(sender, env.msg_id),
-                keys::encode_dedup(rec, expires),
-                expires,
-            )
-        })
-    }
-
-    /// Allocates seqs for `n` entries (entry i: `entry(i)` = its device and the bytes it counts)
-    /// under the device lock, all or nothing, and submits their write.
-    fn submit_enqueue(
-        &self,
-        n: usize,
-        entry: impl Fn(usize) -> (DeviceKey, u64),
-        values: Values,
-        payload: Option<(u64, Vec<u8>)>,
-        pending: u64,
-        dedup: Option<(DedupKey, [u8; 20], u64)>,
     ) -> Result<Enqueued, EnqueueError> {
         let sh = self.sh();
+        self.check_poisoned()?;
+        let len = env.payload.len() as u64;
+        let bytes = |i: usize| len + recipients[i].header.len() as u64;
         let mut map = sh.lock_devices();
         let seqs = allocate(
             &mut map,
-            n,
-            &entry,
+            recipients.len(),
+            &|i| (recipients[i].device, bytes(i)),
             sh.opts.max_queue_len,
             sh.opts.max_queue_bytes,
         )?;
-        let entries: Vec<QueueKey> = seqs
+        let entries: Vec<EntryWrite> = seqs
             .iter()
-            .map(|&(d, seq)| keys::queue_key(d, seq))
-            .collect();
-        let records = seqs
-            .iter()
-            .map(|(device, _)| {
-                let st = &map[device];
-                let rec = DeviceRecord {
-                    registered_at_ms: st.registered_at_ms,
-                    next_seq: st.next_seq,
-                };
-                (keys::device_prefix(*device), rec)
+            .zip(recipients)
+            .map(|(&(device, seq), r)| EntryWrite {
+                device,
+                seq,
+                header: r.header.clone(),
             })
             .collect();
+        let dedup = dedup.map(|(sender, n)| (sender, u32::try_from(n).unwrap_or(u32::MAX)));
+        let send = self.prepare(&map, env, shared, entries, 0, dedup, true)?;
         let (tx, rx) = oneshot::channel();
-        let job = EnqueueJob {
-            values,
-            entries,
-            records,
-            dedup,
-            payload,
-            pending,
-            reply: tx,
-        };
+        let job = Job::Write(WriteJob {
+            sends: vec![send],
+            acks: Vec::new(),
+            reply: WriteReply::Unit(tx),
+        });
         // Submitted under the lock: the writer sees every device's entries in seq order.
-        if let Err(e) = self.submit(Job::Enqueue(job)) {
-            release(&mut map, &seqs, &entry);
+        if let Err(e) = self.submit(job) {
+            release(&mut map, &seqs, &|i| (recipients[i].device, bytes(i)));
             return Err(e.into());
         }
-        let bytes: u64 = (0..n).map(|i| entry(i).1).sum();
-        Totals::add(&sh.totals.queued, n as u64);
-        Totals::add(&sh.totals.bytes, bytes);
-        Totals::add(&sh.totals.pending_bytes, pending);
         drop(map);
         Ok(Enqueued {
             seqs,
             commit: Commit::new(rx),
         })
+    }
+
+    /// Submits a group of changes whose seqs the caller chose (the routing core allocates them:
+    /// each greater than every seq its device's queue gave before, see [`Store::queue_state`])
+    /// and returns at once; the `Commit` resolves once it is written (fsync'd with
+    /// [`crate::Durability::Sync`]) with one [`SendOutcome`] per send. No queue limit is checked
+    /// here (the caller did), and the queues count the entries once they are written. Entries for devices that are not registered (or are being removed) are
+    /// skipped; a send whose dedup record is already committed is not written at all.
+    pub fn write(&self, set: WriteSet) -> Result<Commit<Vec<SendOutcome>>, StorageError> {
+        let sh = self.sh();
+        self.check_poisoned()?;
+        let mut map = sh.lock_devices();
+        let mut sends = Vec::with_capacity(set.sends.len());
+        for send in set.sends {
+            let mut kept = Vec::with_capacity(send.entries.len());
+            let mut skipped = 0u32;
+            for e in send.entries {
+                match map.get_mut(&e.device).filter(|s| !s.removing) {
+                    Some(st) => {
+                        st.next_seq = st.next_seq.max(e.seq + 1);
+                        kept.push(e);
+                    }
+                    None => skipped += 1,
+                }
+            }
+            let (env, shared, dedup) = (&send.env, send.shared, send.dedup);
+            sends.push(self.prepare(&map, env, shared, kept, skipped, dedup, false)?);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.submit(Job::Write(WriteJob {
+            sends,
+            acks: set.acks,
+            reply: WriteReply::Outcomes(tx),
+        }))?;
+        drop(map);
+        Ok(Commit::new(rx))
+    }
+
+    /// Encodes one send for the writer, under the device lock `map` (which the caller holds);
+    /// `reserved`: its entries took room in their queues (`allocate`).
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
+        &self,
+        map: &Devices,
+        env: &StoredEnvelope,
+        shared: Option<u64>,
+        entries: Vec<EntryWrite>,
+        skipped: u32,
+        dedup: Option<(DeviceKey, u32)>,
+        reserved: bool,
+    ) -> Result<PreparedSend, StorageError> {
+        let sh = self.sh();
+        let payload_len = u32::try_from(env.payload.len())
+            .map_err(|_| StorageError::Invalid("payload of 4 GiB or more".into()))?;
+        let len = u64::from(payload_len);
+        let headers: usize = entries.iter().map(|e| e.header.len()).sum();
+        let counted: Vec<(DeviceKey, u64)> = entries
+            .iter()
+            .map(|e| (e.device, len + e.header.len() as u64))
+            .collect();
+        let (values, payload) = match shared {
+            None => (Values::Same(keys::encode_envelope(env)), None),
+            Some(group) => {
+                let payload_id = sh.next_payload_id.fetch_add(1, Ordering::Relaxed);
+                let pointer = Pointer {
+                    payload_id,
+                    expires_at_ms: env.expires_at_ms,
+                    payload_len,
+                    group,
+                };
+                let values = if headers == 0 {
+                    let mut v = Vec::with_capacity(keys::POINTER_HEADER_LEN);
+                    keys::encode_pointer(&pointer, &mut v);
+                    Values::Same(v)
+                } else {
+                    let mut arena =
+                        Vec::with_capacity(entries.len() * keys::POINTER_HEADER_LEN + headers);
+                    let mut ends = Vec::with_capacity(entries.len());
+                    for e in &entries {
+                        keys::encode_pointer(&pointer, &mut arena);
+                        arena.extend_from_slice(&e.header);
+                        ends.push(arena.len());
+                    }
+                    Values::Each { arena, ends }
+                };
+                let payload = (!entries.is_empty()).then(|| {
+                    let refs = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+                    // Cached before the writer can see it: its deletion then always evicts it.
+                    sh.lock_payloads().insert(payload_id, env.clone());
+                    (payload_id, keys::encode_payload(refs, env))
+                });
+                (values, payload)
+            }
+        };
+        let mut records: Vec<(keys::DevicePrefix, DeviceRecord)> = Vec::new();
+        for e in &entries {
+            let st = &map[&e.device];
+            let rec = DeviceRecord {
+                registered_at_ms: st.registered_at_ms,
+                next_seq: st.next_seq,
+            };
+            records.push((keys::device_prefix(e.device), rec));
+        }
+        let pending = len + headers as u64;
+        Totals::add(&sh.totals.pending_bytes, pending);
+        Ok(PreparedSend {
+            values,
+            entries: entries
+                .iter()
+                .map(|e| keys::queue_key(e.device, e.seq))
+                .collect(),
+            counted,
+            reserved,
+            records,
+            dedup: self.dedup_entry(env, dedup),
+            payload,
+            pending,
+            skipped,
+            accepted_at_ms: env.accepted_at_ms,
+        })
+    }
+
+    /// The dedup key, record and expiry of an envelope.
+    fn dedup_entry(
+        &self,
+        env: &StoredEnvelope,
+        dedup: Option<(DeviceKey, u32)>,
+    ) -> Option<(DedupKey, DedupRecord, u64)> {
+        dedup.map(|(sender, recipients)| {
+            let rec = DedupRecord {
+                accepted_at_ms: env.accepted_at_ms,
+                recipients,
+            };
+            let expires = env
+                .accepted_at_ms
+                .saturating_add(self.sh().opts.dedup_window_ms);
+            (keys::dedup_key(sender, env.msg_id), rec, expires)
+        })
+    }
+
+    /// A device's queue, from memory: its next seq, and the entries and bytes it holds
+    /// (committed, plus what [`Store::enqueue`] took room for; not what [`Store::write`] was
+    /// handed and has not written yet). None: not registered, or being removed.
+    pub fn queue_state(&self, key: DeviceKey) -> Option<QueueState> {
+        let map = self.sh().lock_devices();
+        map.get(&key).filter(|s| !s.removing).map(|s| QueueState {
+            next_seq: s.next_seq,
+            queued: s.queued + s.reserved,
+            bytes: s.bytes + s.reserved_bytes,
+        })
+    }
+
+    /// Whether a write failed: the store then refuses every further change (a failed write
+    /// leaves memory and disk out of step; reopen the store to recover from disk).
+    pub fn is_poisoned(&self) -> bool {
+        self.sh().poisoned.load(Ordering::Acquire)
+    }
+
+    fn check_poisoned(&self) -> Result<(), StorageError> {
+        if self.is_poisoned() {
+            return Err(StorageError::Poisoned);
+        }
+        Ok(())
     }
 
     /// The dedup record of (sender, msg_id), if one was committed and not yet swept.
@@ -604,12 +687,15 @@ fn allocate(
         let (device, bytes) = entry(i);
         let refused = match map.get_mut(&device).filter(|s| !s.removing) {
             None => Some(EnqueueError::UnknownDevice { device }),
-            Some(st) if st.queued >= max_len || st.bytes.saturating_add(bytes) > max_bytes => {
+            Some(st)
+                if st.queued + st.reserved >= max_len
+                    || (st.bytes + st.reserved_bytes).saturating_add(bytes) > max_bytes =>
+            {
                 Some(EnqueueError::QueueFull { device })
             }
             Some(st) => {
-                st.queued += 1;
-                st.bytes += bytes;
+                st.reserved += 1;
+                st.reserved_bytes += bytes;
                 seqs.push((device, st.next_seq));
                 st.next_seq += 1;
                 None
@@ -631,8 +717,8 @@ fn release(
 ) {
     for (i, (device, seq)) in seqs.iter().enumerate().rev() {
         let st = map.get_mut(device).expect("allocated");
-        st.queued -= 1;
-        st.bytes -= entry(i).1;
+        st.reserved -= 1;
+        st.reserved_bytes -= entry(i).1;
         debug_assert_eq!(st.next_seq, seq + 1);
         st.next_seq = *seq;
     }

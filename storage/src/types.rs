@@ -3,7 +3,6 @@
 use bytes::Bytes;
 use hearth_protocol::{slot_of, MessageId};
 
-use crate::commit::Commit;
 
 /// How hard a commit tries to reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,13 +161,16 @@ pub struct GroupState {
     pub members: u32,
 }
 
-/// The result of a successful [`crate::Store::enqueue`].
-#[derive(Debug)]
-pub struct Enqueued {
-    /// The sequence number given to the envelope in each device queue, in the order asked.
-    pub seqs: Vec<(DeviceKey, u64)>,
-    /// Resolves once the write is durable.
-    pub commit: Commit,
+/// The queue of one registered device as the store counts it: committed entries plus those
+/// submitted and not yet written (see [`crate::Store::queue_state`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueState {
+    /// The smallest seq greater than every seq submitted for it (seqs are never reused).
+    pub next_seq: u64,
+    /// Entries in its queue.
+    pub queued: u64,
+    /// Payload bytes in its queue (a shared entry counts its payload plus its header).
+    pub bytes: u64,
 }
 
 /// What a dedup record remembers of an accepted `SEND`.

@@ -36,7 +36,8 @@ use crate::shared::{
     cache_group, Shared, Totals, ACCOUNTS, DEDUP, DEVICES, EXPIRY, GROUPS, LISTS, MEMBERS,
     MEMBERSHIPS, PAYLOADS, PUSH, QUEUES,
 };
-use crate::types::{DeviceKey, DeviceStats, Durability, GroupOp, GroupState, SweepStats};
+use crate::types::{DedupRecord, DeviceKey, DeviceStats, Durability, GroupOp, GroupState, SweepStats};
+use crate::write::SendOutcome;
 
 pub(crate) use account_ops::AccountChange;
 
@@ -55,7 +56,7 @@ pub(crate) type DedupKey = [u8; DEDUP_KEY_LEN];
 
 /// Work for the writer.
 pub(crate) enum Job {
-    Enqueue(EnqueueJob),
+    Write(WriteJob),
     Register {
         prefix: keys::DevicePrefix,
         record: DeviceRecord,
@@ -160,19 +161,43 @@ impl Values {
     }
 }
 
-/// One envelope (inline, or pointers to a shared payload) for one or more device queues.
-pub(crate) struct EnqueueJob {
+/// One envelope (inline, or pointers to a shared payload) for one or more device queues,
+/// encoded, its queue counters already taken.
+pub(crate) struct PreparedSend {
     pub values: Values,
     pub entries: Vec<QueueKey>,
+    /// Each entry's device and its bytes.
+    pub counted: Vec<(DeviceKey, u64)>,
+    /// Whether `counted` took room in the queues (`Store::enqueue`), to give back once the
+    /// writer is done with it.
+    pub reserved: bool,
     /// Device records with their new `next_seq`.
     pub records: Vec<(keys::DevicePrefix, DeviceRecord)>,
-    /// Dedup key, value and expiry.
-    pub dedup: Option<(DedupKey, [u8; 20], u64)>,
+    /// Dedup key, record and expiry.
+    pub dedup: Option<(DedupKey, DedupRecord, u64)>,
     /// The shared payload the entries point to: its id and `payloads` value.
     pub payload: Option<(u64, Vec<u8>)>,
-    /// Bytes this job added to `pending_bytes`.
+    /// Bytes this send added to `pending_bytes`.
     pub pending: u64,
-    pub reply: Reply<()>,
+    /// Entries dropped at submission (device not registered).
+    pub skipped: u32,
+    /// When the envelope was accepted (a dedup record that expired before is no duplicate).
+    pub accepted_at_ms: u64,
+}
+
+/// Sends and acks written in one group.
+pub(crate) struct WriteJob {
+    pub sends: Vec<PreparedSend>,
+    pub acks: Vec<(DeviceKey, Vec<u64>)>,
+    pub reply: WriteReply,
+}
+
+/// Who waits for a [`WriteJob`].
+pub(crate) enum WriteReply {
+    /// The routing core: one outcome per send.
+    Outcomes(Reply<Vec<SendOutcome>>),
+    /// `Store::enqueue`: durable or not.
+    Unit(Reply<()>),
 }
 
 /// Runs until every `Store` handle is gone, then marks a clean shutdown. `refs`: pointer
@@ -290,6 +315,14 @@ struct Group<'a> {
     queue_overlay: BTreeMap<QueueKey, Option<EntryMeta>>,
     /// Dedup records put (Some(expiry)) or deleted (None) by earlier jobs of this group.
     dedup_overlay: HashMap<DedupKey, Option<u64>>,
+    /// The records of the dedup keys this group put.
+    dedup_written: HashMap<DedupKey, DedupRecord>,
+    /// Entries this group writes (device, bytes, whether room was reserved for it).
+    added: Vec<(DeviceKey, u64, bool)>,
+    /// Room reserved for entries this group does not write (duplicates, failed reads).
+    unreserved: Vec<(DeviceKey, u64)>,
+    /// Shared payloads cached at submission that are not written.
+    payloads_dropped: Vec<u64>,
     /// Expiry index keys deleted by earlier jobs of this group.
     index_gone: HashSet<Vec<u8>>,
     /// Entries and payload bytes removed per device.
@@ -331,6 +364,10 @@ impl<'a> Group<'a> {
             batch: Batch::default(),
             queue_overlay: BTreeMap::new(),
             dedup_overlay: HashMap::new(),
+            dedup_written: HashMap::new(),
+            added: Vec::new(),
+            unreserved: Vec::new(),
+            payloads_dropped: Vec::new(),
             index_gone: HashSet::new(),
             removed_entries: HashMap::new(),
             removed_devices: Vec::new(),
@@ -347,7 +384,7 @@ impl<'a> Group<'a> {
 
     fn add(&mut self, job: Job) {
         match job {
-            Job::Enqueue(job) => self.enqueue(job),
+            Job::Write(job) => self.write(job),
             Job::Register {
                 prefix,
                 record,
@@ -448,13 +485,99 @@ impl<'a> Group<'a> {
         }
     }
 
-    fn enqueue(&mut self, job: EnqueueJob) {
-        let same = match &job.values {
+    /// Writes a group of sends and acks. Reads first (dedup records, acked entries), so a
+    /// failed read leaves the batch untouched and gives every counter back.
+    fn write(&mut self, job: WriteJob) {
+        let reads = self.write_reads(&job);
+        let (dups, acked) = match reads {
+            Ok(r) => r,
+            Err(e) => {
+                for send in &job.sends {
+                    self.pending_bytes += send.pending;
+                    if send.reserved {
+                        self.unreserved.extend_from_slice(&send.counted);
+                    }
+                    if let Some((id, _)) = send.payload {
+                        self.payloads_dropped.push(id);
+                    }
+                }
+                self.done.push(match job.reply {
+                    WriteReply::Outcomes(r) => Done::other(r, Err(e)),
+                    WriteReply::Unit(r) => Done::other(r, Err(e)),
+                });
+                return;
+            }
+        };
+        let mut outcomes = Vec::with_capacity(job.sends.len());
+        for (send, dup) in job.sends.into_iter().zip(dups) {
+            self.pending_bytes += send.pending;
+            if let Some(rec) = dup {
+                if send.reserved {
+                    self.unreserved.extend_from_slice(&send.counted);
+                }
+                if let Some((id, _)) = send.payload {
+                    self.payloads_dropped.push(id);
+                }
+                // Its seqs were given out (and maybe seen live): they are never reused.
+                for (prefix, record) in &send.records {
+                    self.batch
+                        .wb
+                        .put_cf(self.cfs.devices, prefix, record.encode());
+                }
+                outcomes.push(SendOutcome::Duplicate(rec));
+                continue;
+            }
+            outcomes.push(SendOutcome::Written {
+                skipped: send.skipped,
+            });
+            self.put_send(send);
+        }
+        for found in acked {
+            self.delete_entry(found);
+        }
+        // Deletes alone need no fsync: a lost ack only means a redelivery.
+        if outcomes.iter().any(|o| matches!(o, SendOutcome::Written { .. })) {
+            self.durable();
+        }
+        self.done.push(match job.reply {
+            WriteReply::Outcomes(r) => Done::other(r, Ok(outcomes)),
+            WriteReply::Unit(r) => Done::Unit(r),
+        });
+    }
+
+    /// The reads a write job needs: each send's committed dedup record, the acked entries.
+    #[allow(clippy::type_complexity)]
+    fn write_reads(
+        &self,
+        job: &WriteJob,
+    ) -> Result<(Vec<Option<DedupRecord>>, Vec<Found>), StorageError> {
+        let mut dups = Vec::with_capacity(job.sends.len());
+        for send in &job.sends {
+            dups.push(match &send.dedup {
+                Some((key, ..)) => self
+                    .dedup_record(key)?
+                    .filter(|(_, expires)| *expires > send.accepted_at_ms)
+                    .map(|(rec, _)| rec),
+                None => None,
+            });
+        }
+        let mut acked = Vec::new();
+        for (device, seqs) in &job.acks {
+            acked.extend(self.find_acked(*device, seqs.clone())?);
+        }
+        Ok((dups, acked))
+    }
+
+    fn put_send(&mut self, send: PreparedSend) {
+        let reserved = send.reserved;
+        self.added
+            .extend(send.counted.iter().map(|&(d, b)| (d, b, reserved)));
+        let same = match &send.values {
             Values::Same(v) => Some(keys::entry_meta(v).expect("the store encodes its values")),
             Values::Each { .. } => None,
         };
-        for (i, key) in job.entries.iter().enumerate() {
-            let value = job.values.get(i);
+        for (i, key) in send.entries.iter().enumerate() {
+            let value = send.values.get(i);
             let meta = match same {
                 Some(meta) => meta,
                 None => keys::entry_meta(value).expect("the store encodes its values"),
@@ -464,33 +587,33 @@ impl<'a> Group<'a> {
             self.batch.wb.put_cf(self.cfs.expiry, index, []);
             self.queue_overlay.insert(*key, Some(meta));
         }
-        if let Some((id, value)) = &job.payload {
-            if !job.entries.is_empty() {
+        if let Some((id, value)) = &send.payload {
+            if !send.entries.is_empty() {
                 self.batch
                     .wb
                     .put_cf(self.cfs.payloads, keys::payload_key(*id), value);
-                let n = u32::try_from(job.entries.len()).expect("fewer than 2^32 recipients");
+                let n = u32::try_from(send.entries.len()).expect("fewer than 2^32 recipients");
                 self.refs_overlay.insert(*id, n);
                 self.payloads_created += 1;
             }
         }
-        for (prefix, record) in &job.records {
+        for (prefix, record) in &send.records {
             self.batch
                 .wb
                 .put_cf(self.cfs.devices, prefix, record.encode());
         }
-        if let Some((key, value, expires)) = &job.dedup {
-            self.batch.wb.put_cf(self.cfs.dedup, key, value);
+        if let Some((key, rec, expires)) = send.dedup {
+            self.batch
+                .wb
+                .put_cf(self.cfs.dedup, key, keys::encode_dedup(rec, expires));
             self.batch.wb.put_cf(
                 self.cfs.expiry,
-                keys::expiry_key(*expires, KIND_DEDUP, key),
+                keys::expiry_key(expires, KIND_DEDUP, &key),
                 [],
             );
-            self.dedup_overlay.insert(*key, Some(*expires));
+            self.dedup_overlay.insert(key, Some(expires));
+            self.dedup_written.insert(key, rec);
         }
-        self.pending_bytes += job.pending;
-        self.durable();
-        self.done.push(Done::Unit(job.reply));
     }
 
     /// Drops one reference to a shared payload; the last one deletes it.
@@ -624,6 +747,23 @@ impl<'a> Group<'a> {
         }
         match self.sh.db.get_pinned_cf(self.cfs.dedup, key)? {
             Some(v) => Ok(Some(keys::decode_dedup(&v)?.1)),
+            None => Ok(None),
+        }
+    }
+
+    /// The dedup record under `key` and its expiry, as of the end of this group so far.
+    fn dedup_record(&self, key: &DedupKey) -> Result<Option<(DedupRecord, u64)>, StorageError> {
+        match self.dedup_overlay.get(key) {
+            Some(None) => return Ok(None),
+            Some(Some(expires)) => {
+                if let Some(rec) = self.dedup_written.get(key) {
+                    return Ok(Some((*rec, *expires)));
+                }
+            }
+            None => {}
+        }
+        match self.sh.db.get_pinned_cf(self.cfs.dedup, key)? {
+            Some(v) => Ok(Some(keys::decode_dedup(&v)?)),
             None => Ok(None),
         }
     }
@@ -843,9 +983,11 @@ impl<'a> Group<'a> {
             written
         };
         if let Err(e) = &written {
-            tracing::error!(error = %e, "group commit failed");
+            tracing::error!(error = %e, "group commit failed: the store refuses every further change");
+            sh.poisoned.store(true, std::sync::atomic::Ordering::Release);
         }
         Totals::sub(&sh.totals.pending_bytes, self.pending_bytes);
+        self.give_back(written.is_ok());
         if !self.unremoved.is_empty() {
             // The devices stay registered: bring them back.
             let mut map = sh.lock_devices();
@@ -865,10 +1007,47 @@ impl<'a> Group<'a> {
         }
     }
 
+    /// Gives back the room reserved for entries that were not written (all of them if the
+    /// batch failed), and forgets the shared payloads cached for them.
+    fn give_back(&mut self, written: bool) {
+        let sh = self.sh;
+        if !written {
+            let lost = self.added.drain(..).filter(|a| a.2).map(|a| (a.0, a.1));
+            self.unreserved.extend(lost);
+        }
+        if !self.unreserved.is_empty() {
+            let mut map = sh.lock_devices();
+            for (device, bytes) in self.unreserved.drain(..) {
+                if let Some(st) = map.get_mut(&device) {
+                    st.reserved -= 1;
+                    st.reserved_bytes -= bytes;
+                }
+            }
+        }
+        if !self.payloads_dropped.is_empty() {
+            let mut cache = sh.lock_payloads();
+            for id in self.payloads_dropped.drain(..) {
+                cache.remove(id);
+            }
+        }
+    }
+
     /// Applies the counter changes of a written batch.
-    fn apply(&self) {
+    fn apply(&mut self) {
         let sh = self.sh;
         let mut map = sh.lock_devices();
+        for (device, bytes, reserved) in self.added.drain(..) {
+            if let Some(st) = map.get_mut(&device) {
+                st.queued += 1;
+                st.bytes += bytes;
+                if reserved {
+                    st.reserved -= 1;
+                    st.reserved_bytes -= bytes;
+                }
+            }
+            Totals::add(&sh.totals.queued, 1);
+            Totals::add(&sh.totals.bytes, bytes);
+        }
         for (device, (n, bytes)) in &self.removed_entries {
             if let Some(st) = map.get_mut(device) {
                 st.queued -= n;

@@ -350,12 +350,14 @@ impl Model {
         r
     }
 
-    /// Entries of `to` (device, header); `shared`: the group of shared entries.
+    /// Entries of `to` (device, header); `shared`: the group of shared entries. A duplicate
+    /// (`write` false: its dedup record is committed) takes its seqs but writes nothing.
     fn enqueue(
         &mut self,
         to: &[(DeviceKey, Bytes)],
         env: &StoredEnvelope,
         shared: Option<u64>,
+        write: bool,
     ) -> Result<Vec<(DeviceKey, u64)>, EnqueueError> {
         // (entries, bytes) wanted per device so far.
         let mut wanted: BTreeMap<DeviceKey, (u64, u64)> = BTreeMap::new();
@@ -380,6 +382,10 @@ impl Model {
             let md = self.devices.get_mut(d).unwrap();
             let seq = md.next_seq;
             md.next_seq += 1;
+            seqs.push((*d, seq));
+            if !write {
+                continue;
+            }
             let entry = MEntry {
                 env: env.clone(),
                 group: shared.unwrap_or(0),
@@ -389,7 +395,6 @@ impl Model {
             md.queue.insert(seq, entry);
             self.index
                 .insert(index_entry(env.expires_at_ms, 0, *d, seq as u128));
-            seqs.push((*d, seq));
         }
         Ok(seqs)
     }
@@ -979,7 +984,13 @@ fn send(
         flags: (msg % 3) as u8,
         payload: Bytes::from(vec![msg as u8; len as usize]),
     };
-    let want = m.enqueue(to, &env, shared);
+    // A committed, unexpired dedup record makes this send a duplicate: nothing is written.
+    let duplicate = dedup.is_some()
+        && m
+            .dedup
+            .get(&(sender, msg))
+            .is_some_and(|(_, expires)| *expires > m.now);
+    let want = m.enqueue(to, &env, shared, !duplicate);
     let dedup_arg = dedup.map(|_| (sender, to.len() as u64));
     let got = match shared {
         None => {
@@ -1001,7 +1012,7 @@ fn send(
         (Ok(got), Ok(want)) => {
             assert_eq!(got.seqs, want);
             rt.block_on(got.commit).unwrap();
-            if dedup.is_some() {
+            if dedup.is_some() && !duplicate {
                 let rec = DedupRecord {
                     accepted_at_ms: m.now,
                     recipients: to.len() as u32,

@@ -53,11 +53,6 @@ impl DeliveryState {
         }
     }
 
-    /// Note that seqs up to `seq` exist (from the core's shared counter).
-    pub fn saw(&mut self, seq: u64) {
-        self.max_seen = self.max_seen.max(seq);
-    }
-
     /// The queue read to do now, if any.
     pub fn want_read(&self) -> Option<Read> {
         let room = self.room();
@@ -96,6 +91,11 @@ impl DeliveryState {
     fn sent(&mut self, seq: u64) {
         self.cursor = seq;
         self.inflight.insert(seq);
+    }
+
+    /// Whether the queue may hold entries this connection has not been sent yet.
+    pub fn behind(&self) -> bool {
+        !self.caught_up || self.cursor < self.max_seen
     }
 
     /// Record acknowledgements; returns how many were in flight on this connection.
@@ -165,19 +165,5 @@ mod tests {
         assert_eq!(d.on_read(8, &[(1, true), (2, true)]), vec![1, 2]);
         assert!(!d.on_live(2), "already sent");
         assert_eq!(d.want_read(), None);
-    }
-
-    #[test]
-    fn shared_counter_reveals_seqs_whose_live_copy_was_dropped() {
-        let mut d = DeliveryState::new(8);
-        d.on_read(8, &[]);
-        d.saw(5);
-        assert_eq!(
-            d.want_read(),
-            Some(Read {
-                from_seq: 1,
-                max: 8
-            })
-        );
     }
 }

@@ -1,16 +1,9 @@
 //! Who may reach whom: blocks, reachability modes and network opt-in, decided from the
-//! recipient's settings before anything is stored.
+//! recipient's settings (read through the [`View`]) before anything is stored.
 
-use std::sync::Arc;
+use hearth_storage::{ListKind, Reach};
 
-use hearth_storage::{DeviceKey, ListKind, Reach, Store};
-
-/// The authenticated sender of a request: its device and the network its token names.
-#[derive(Debug, Clone)]
-pub(crate) struct Origin {
-    pub key: DeviceKey,
-    pub network: Arc<str>,
-}
+use super::view::View;
 
 /// The recipient's verdict on a sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,29 +16,27 @@ pub(crate) enum Admit {
     Unreachable,
 }
 
-/// Decide whether `recipient` accepts envelopes from `origin`. An account's own devices always
-/// reach each other.
-pub(crate) fn admits(store: &Store, origin: &Origin, recipient: u64) -> Admit {
-    let sender = origin.key.account;
+/// Decide whether `recipient` accepts envelopes from account `sender` speaking for `network`.
+/// An account's own devices always reach each other.
+pub(crate) fn admits(view: &dyn View, sender: u64, network: &str, recipient: u64) -> Admit {
     if recipient == sender {
         return Admit::Yes;
     }
     // Mode and network first, the block list last: a blocked sender only ever gets answers an
     // unblocked stranger could get too.
-    if let Some(rec) = store.account_arc(recipient) {
-        let network_ok =
-            *origin.network == *rec.network || rec.networks.iter().any(|n| **n == *origin.network);
+    if let Some(rec) = view.account(recipient) {
+        let network_ok = network == rec.network || rec.networks.iter().any(|n| n == network);
         let mode_ok = match rec.reach {
             Reach::Everyone => true,
             Reach::Nobody => false,
-            Reach::Contacts => store.list_contains(recipient, ListKind::Allow, sender),
+            Reach::Contacts => view.listed(recipient, ListKind::Allow, sender),
         };
         if !network_ok || !mode_ok {
             return Admit::Unreachable;
         }
     }
     // No record: the account never registered here, so it has no device to deliver to.
-    if store.list_contains(recipient, ListKind::Block, sender) {
+    if view.listed(recipient, ListKind::Block, sender) {
         return Admit::Blocked;
     }
     Admit::Yes

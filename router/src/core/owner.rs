@@ -1,0 +1,689 @@
+//! The owner stage: what the node that owns the recipients' slots decides about a `Routed`
+//! send (addressing, reachability and blocks, pair and recipient limits, dedup of retries,
+//! per-device seqs and queue limits), then the live push to online devices and the group
+//! commit: one write is outstanding at a time, the next group collects while it commits, and
+//! `ACCEPTED` goes out once the write that holds an envelope is durable.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use hearth_protocol::{
+    flags, Accepted, Deliver, DeliverMeta, DeliverShared, ErrorCode, Frame, MessageId,
+    MultiRecipient, Refusal,
+};
+use hearth_storage::{
+    DeviceKey, EntryWrite, Reach, SendOutcome, SendWrite, StorageError, StoredEnvelope, WriteSet,
+};
+
+use super::action::{Action, JobId};
+use crate::metrics::Metrics;
+use super::policy::{self, Admit};
+use super::routed::{Origin, Routed, Target};
+use super::{Answer, Cx, ReplyTo};
+
+/// The dedup identity of sealed sends: no sender is recorded with them.
+pub(super) const SEALED: DeviceKey = DeviceKey {
+    account: 0,
+    device: 0,
+};
+
+/// A send's identity for idempotent retries: the sending device and its message id.
+type SendId = (DeviceKey, MessageId);
+
+/// Who a durable envelope goes to: device queues holding it inline (1:1), or pointers to one
+/// shared copy (groups and multi-recipient sends).
+enum Recipients {
+    Inline(Vec<DeviceKey>),
+    /// `hidden` devices were skipped because their account blocked the sender; they are
+    /// counted in `ACCEPTED` as if stored, so the sender cannot tell.
+    Shared {
+        group: u64,
+        list: Vec<(DeviceKey, Bytes)>,
+        hidden: u32,
+    },
+}
+
+impl Recipients {
+    fn len(&self) -> usize {
+        match self {
+            Recipients::Inline(v) => v.len(),
+            Recipients::Shared { list, .. } => list.len(),
+        }
+    }
+
+    fn hidden(&self) -> u32 {
+        match self {
+            Recipients::Inline(_) => 0,
+            Recipients::Shared { hidden, .. } => *hidden,
+        }
+    }
+
+    fn device(&self, i: usize) -> DeviceKey {
+        match self {
+            Recipients::Inline(v) => v[i],
+            Recipients::Shared { list, .. } => list[i].0,
+        }
+    }
+
+    fn group(&self) -> Option<u64> {
+        match self {
+            Recipients::Inline(_) => None,
+            Recipients::Shared { group, .. } => Some(*group),
+        }
+    }
+
+    fn header(&self, i: usize) -> Bytes {
+        match self {
+            Recipients::Inline(_) => Bytes::new(),
+            Recipients::Shared { list, .. } => list[i].1.clone(),
+        }
+    }
+
+    /// Queue bytes the envelope costs while it waits for its write.
+    fn cost(&self, payload: usize) -> u64 {
+        let p = payload as u64;
+        match self {
+            Recipients::Inline(d) => (p + 64) * d.len() as u64,
+            Recipients::Shared { list, .. } => p + 64 * list.len() as u64,
+        }
+    }
+}
+
+/// The frame that delivers `env` with `seq` (0: ephemeral): `DELIVER_SHARED` when it has a
+/// group or a header, else `DELIVER`.
+pub(super) fn deliver_frame(seq: u64, env: &StoredEnvelope, group: u64, header: Bytes) -> Frame {
+    let meta = DeliverMeta {
+        seq,
+        msg_id: env.msg_id,
+        from_account: env.from_account,
+        from_device: env.from_device,
+        accepted_at_ms: env.accepted_at_ms,
+        expires_at_ms: env.expires_at_ms,
+        flags: env.flags,
+    };
+    let payload = env.payload.clone();
+    if group != 0 || !header.is_empty() {
+        Frame::DeliverShared(DeliverShared {
+            meta,
+            group,
+            header,
+            payload,
+        })
+    } else {
+        Frame::Deliver(Deliver { meta, payload })
+    }
+}
+
+/// `ACCEPTED` for `msg_id`.
+fn accepted(msg_id: MessageId, accepted_at_ms: u64, recipients: u32) -> Frame {
+    Frame::Accepted(Accepted {
+        msg_id,
+        accepted_at_ms,
+        recipients,
+    })
+}
+
+/// A durable send waiting for its write.
+#[derive(Debug)]
+struct Waiting {
+    id: SendId,
+    msg_id: MessageId,
+    accepted_at_ms: u64,
+    /// Reported in `ACCEPTED` (stored entries plus hidden ones).
+    recipients: u32,
+    urgent: bool,
+    devices: Vec<DeviceKey>,
+    cost: u64,
+}
+
+/// Changes collected for one write, and the sends they answer.
+#[derive(Debug, Default)]
+struct Batch {
+    set: WriteSet,
+    sends: Vec<Waiting>,
+    /// Entries and bytes per device in this batch (counted against queue limits until the
+    /// store has them).
+    counts: HashMap<DeviceKey, (u64, u64)>,
+}
+
+impl Batch {
+    fn count(&self, key: &DeviceKey) -> (u64, u64) {
+        self.counts.get(key).copied().unwrap_or((0, 0))
+    }
+}
+
+/// The owner stage of one node.
+#[derive(Debug, Default)]
+pub(super) struct Owner {
+    /// The next seq of each device this owner gave seqs to since it started.
+    next_seq: HashMap<DeviceKey, u64>,
+    /// The group being collected.
+    collecting: Batch,
+    /// The group being written: its job, and what it answers.
+    writing: Option<(JobId, Batch)>,
+    next_job: JobId,
+    /// Durable sends not answered yet, with the retries waiting for the same answer.
+    in_flight: HashMap<SendId, Vec<ReplyTo>>,
+    /// Bytes of envelopes waiting for their write.
+    pending_bytes: u64,
+    /// Set once a write failed: the store refuses every change from then on.
+    poisoned: bool,
+}
+
+impl Owner {
+    /// Whether a write failed (the node can no longer store anything).
+    pub fn poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Handle a routed send whose target's slot this node owns (not `Target::Group`: the
+    /// router resolves groups into `Target::Members` first).
+    pub fn handle(&mut self, cx: &mut Cx<'_>, r: Routed, reply: ReplyTo, now_ms: u64) -> Answer {
+        let msg_id = r.msg_id();
+        let to = match r.target {
+            Target::Account { account, device } => {
+                self.to_account(cx, &r.origin, &r.env, account, device)
+            }
+            Target::Sealed {
+                account,
+                device,
+                ref access_key,
+            } => self.to_sealed(cx, &r.origin, account, device, access_key),
+            Target::Members { group, ref accounts } => {
+                self.to_members(cx, &r.origin, &r.env, group, accounts, now_ms)
+            }
+            Target::Multi { ref recipients } => self.to_multi(cx, &r.origin, &r.env, recipients),
+            Target::Group { .. } => Err(Refusal::internal()),
+        };
+        match to {
+            Ok(to) => {
+                let id = match r.target {
+                    Target::Sealed { .. } => (SEALED, msg_id),
+                    _ => (r.origin.device, msg_id),
+                };
+                self.deliver(cx, id, r.env, to, reply)
+            }
+            Err(refusal) => {
+                Metrics::inc(&cx.metrics.refused);
+                Answer::Now(refusal.answer(msg_id))
+            }
+        }
+    }
+
+    /// The devices a `SEND` or `SEND_SEALED` addresses: `device`, or every device of `account`
+    /// when it is 0, never the sending device.
+    fn addressed(
+        cx: &Cx<'_>,
+        account: u64,
+        device: u32,
+        from: DeviceKey,
+    ) -> Result<Vec<DeviceKey>, Refusal> {
+        let devices: Vec<DeviceKey> = cx
+            .view
+            .devices(account)
+            .into_iter()
+            .filter(|d| device == 0 || *d == device)
+            .map(|d| DeviceKey::new(account, d))
+            .filter(|k| *k != from)
+            .collect();
+        if devices.is_empty() {
+            let msg = if device == 0 {
+                "the account has no other registered device"
+            } else {
+                "no such device"
+            };
+            return Err(Refusal::new(ErrorCode::NoSuchRecipient, msg));
+        }
+        Ok(devices)
+    }
+
+    fn to_account(
+        &mut self,
+        cx: &mut Cx<'_>,
+        origin: &Origin,
+        env: &StoredEnvelope,
+        account: u64,
+        device: u32,
+    ) -> Result<Recipients, Refusal> {
+        let devices = Self::addressed(cx, account, device, origin.device)?;
+        cx.safety
+            .check_recipients(origin.device.account, &[account], env.payload.len() as u64)
+            .map_err(|r| cx.limited(r))?;
+        match policy::admits(cx.view, origin.device.account, &origin.network, account) {
+            Admit::Yes => Ok(Recipients::Inline(devices)),
+            Admit::Blocked => Ok(Recipients::Shared {
+                group: 0,
+                list: Vec::new(),
+                hidden: hidden_count(cx, env, &devices),
+            }),
+            Admit::Unreachable => Err(Refusal::new(
+                ErrorCode::RecipientUnreachable,
+                "the recipient does not accept envelopes from this sender",
+            )),
+        }
+    }
+
+    fn to_sealed(
+        &mut self,
+        cx: &mut Cx<'_>,
+        origin: &Origin,
+        account: u64,
+        device: u32,
+        access_key: &[u8],
+    ) -> Result<Recipients, Refusal> {
+        let devices = Self::addressed(cx, account, device, origin.device)?;
+        let record = cx.view.account(account);
+        if record.as_ref().is_some_and(|r| r.reach == Reach::Nobody) {
+            return Err(Refusal::new(
+                ErrorCode::RecipientUnreachable,
+                "the recipient accepts no envelopes",
+            ));
+        }
+        // Every attempt that gets this far counts, whether or not its key matches.
+        cx.safety
+            .check_sealed(account)
+            .map_err(|r| cx.limited(r))?;
+        let hash = record.and_then(|r| r.access_key_hash);
+        if !hash.is_some_and(|h| constant_time_eq(&h, &sha256(access_key))) {
+            return Err(Refusal::new(
+                ErrorCode::BadAccessKey,
+                "the delivery access key does not match",
+            ));
+        }
+        Ok(Recipients::Inline(devices))
+    }
+
+    fn to_members(
+        &mut self,
+        cx: &mut Cx<'_>,
+        origin: &Origin,
+        env: &StoredEnvelope,
+        group: u64,
+        accounts: &[u64],
+        now_ms: u64,
+    ) -> Result<Recipients, Refusal> {
+        let sender = origin.device.account;
+        // Members who blocked the sender, or do not accept its network, are skipped.
+        let mut reachable = Vec::with_capacity(accounts.len());
+        let mut blocked = Vec::new();
+        for &m in accounts {
+            match policy::admits(cx.view, sender, &origin.network, m) {
+                Admit::Yes => reachable.push(m),
+                Admit::Blocked => blocked.push(m),
+                Admit::Unreachable => {}
+            }
+        }
+        let mut devices = Vec::with_capacity(reachable.len());
+        cx.view.devices_of_many(&reachable, &mut devices);
+        let mut hidden_devices = Vec::new();
+        cx.view.devices_of_many(&blocked, &mut hidden_devices);
+        let list: Vec<(DeviceKey, Bytes)> = devices
+            .into_iter()
+            .filter(|k| *k != origin.device)
+            .map(|k| (k, Bytes::new()))
+            .collect();
+        cx.safety
+            .check_group_fanout(sender, list.len() as u64)
+            .map_err(|r| cx.limited(r))?;
+        cx.safety.note_fanout(sender, list.len() as u64, now_ms);
+        let hidden = hidden_count(cx, env, &hidden_devices);
+        Ok(Recipients::Shared {
+            group,
+            list,
+            hidden,
+        })
+    }
+
+    fn to_multi(
+        &mut self,
+        cx: &mut Cx<'_>,
+        origin: &Origin,
+        env: &StoredEnvelope,
+        recipients: &[MultiRecipient],
+    ) -> Result<Recipients, Refusal> {
+        let sender = origin.device.account;
+        let accounts: Vec<u64> = recipients.iter().map(|r| r.account).collect();
+        cx.safety
+            .check_recipients(sender, &accounts, env.payload.len() as u64)
+            .map_err(|r| cx.limited(r))?;
+        let mut list = Vec::with_capacity(recipients.len());
+        let mut seen = HashSet::with_capacity(recipients.len());
+        let mut hidden = 0u32;
+        for r in recipients {
+            let admit = policy::admits(cx.view, sender, &origin.network, r.account);
+            if admit == Admit::Unreachable {
+                return Err(Refusal::new(
+                    ErrorCode::RecipientUnreachable,
+                    "a recipient does not accept envelopes from this sender",
+                ));
+            }
+            let registered = cx.view.devices(r.account);
+            if r.device != 0 && !registered.contains(&r.device) {
+                let msg = format!("account {} has no device {}", r.account, r.device);
+                return Err(Refusal::new(ErrorCode::NoSuchRecipient, msg));
+            }
+            for &device in registered
+                .iter()
+                .filter(|d| r.device == 0 || **d == r.device)
+            {
+                let key = DeviceKey::new(r.account, device);
+                if key != origin.device && seen.insert(key) {
+                    if admit == Admit::Blocked {
+                        hidden += 1;
+                    } else {
+                        list.push((key, r.header.clone()));
+                    }
+                }
+            }
+        }
+        if list.is_empty() && hidden == 0 {
+            return Err(Refusal::new(
+                ErrorCode::NoSuchRecipient,
+                "no recipient device",
+            ));
+        }
+        Ok(Recipients::Shared {
+            group: 0,
+            list,
+            hidden,
+        })
+    }
+
+    /// Store (or, if ephemeral, push) an envelope for its recipients.
+    fn deliver(
+        &mut self,
+        cx: &mut Cx<'_>,
+        id: SendId,
+        env: StoredEnvelope,
+        to: Recipients,
+        reply: ReplyTo,
+    ) -> Answer {
+        if env.flags & flags::EPHEMERAL != 0 {
+            return Answer::Now(self.push_ephemeral(cx, &env, &to));
+        }
+        if to.len() == 0 && to.hidden() == 0 {
+            // A group whose only member is the sender: nothing to store.
+            Metrics::inc(&cx.metrics.accepted);
+            return Answer::Now(accepted(env.msg_id, env.accepted_at_ms, 0));
+        }
+        self.deliver_durable(cx, id, env, to, reply)
+    }
+
+    fn push_ephemeral(&mut self, cx: &mut Cx<'_>, env: &StoredEnvelope, to: &Recipients) -> Frame {
+        let mut pushed = 0u32;
+        let group = to.group().unwrap_or(0);
+        for i in 0..to.len() {
+            if let Some(conn) = cx.conns.online(to.device(i)) {
+                if conn.send_ephemeral(deliver_frame(0, env, group, to.header(i))) {
+                    pushed += 1;
+                    Metrics::inc(&cx.metrics.ephemeral_delivered);
+                }
+            }
+        }
+        Metrics::inc(&cx.metrics.accepted);
+        accepted(env.msg_id, env.accepted_at_ms, pushed + to.hidden())
+    }
+
+    fn deliver_durable(
+        &mut self,
+        cx: &mut Cx<'_>,
+        id: SendId,
+        env: StoredEnvelope,
+        to: Recipients,
+        reply: ReplyTo,
+    ) -> Answer {
+        let msg_id = env.msg_id;
+        if let Some(waiters) = self.in_flight.get_mut(&id) {
+            waiters.push(reply);
+            Metrics::inc(&cx.metrics.duplicates);
+            return Answer::Later;
+        }
+        if self.poisoned {
+            Metrics::inc(&cx.metrics.refused);
+            return Answer::Now(Refusal::internal().answer(msg_id));
+        }
+        let cost = to.cost(env.payload.len());
+        if self.pending_bytes + cost > cx.limits.max_pending_bytes {
+            Metrics::inc(&cx.metrics.refused);
+            let r = Refusal::new(
+                ErrorCode::Overloaded,
+                "node saturated: too many envelopes awaiting fsync",
+            )
+            .retry_after(50);
+            return Answer::Now(r.answer(msg_id));
+        }
+        let seqs = match self.allocate(cx, &env, &to) {
+            Ok(seqs) => seqs,
+            Err(r) => {
+                Metrics::inc(&cx.metrics.refused);
+                return Answer::Now(r.answer(msg_id));
+            }
+        };
+        self.in_flight.insert(id, vec![reply]);
+        self.pending_bytes += cost;
+        cx.metrics.pending_bytes.store(self.pending_bytes, Ordering::Relaxed);
+        // Push at once to the devices that are online; the rest read their queue later.
+        let group = to.group().unwrap_or(0);
+        for (i, &seq) in seqs.iter().enumerate() {
+            let key = to.device(i);
+            if let Some(conn) = cx.conns.online(key) {
+                if conn.delivery.on_live(seq) {
+                    Metrics::inc(&cx.metrics.delivered);
+                    conn.send(deliver_frame(seq, &env, group, to.header(i)));
+                }
+            }
+        }
+        let hidden = to.hidden();
+        let n = to.len() as u32 + hidden;
+        let entries: Vec<EntryWrite> = seqs
+            .iter()
+            .enumerate()
+            .map(|(i, &seq)| EntryWrite {
+                device: to.device(i),
+                seq,
+                header: to.header(i),
+            })
+            .collect();
+        let devices = entries.iter().map(|e| e.device).collect();
+        let b = &mut self.collecting;
+        for e in &entries {
+            let c = b.counts.entry(e.device).or_default();
+            c.0 += 1;
+            c.1 += env.payload.len() as u64 + e.header.len() as u64;
+        }
+        b.sends.push(Waiting {
+            id,
+            msg_id,
+            accepted_at_ms: env.accepted_at_ms,
+            recipients: n,
+            urgent: env.flags & flags::URGENT != 0,
+            devices,
+            cost,
+        });
+        b.set.sends.push(SendWrite {
+            env,
+            shared: to.group(),
+            entries,
+            dedup: Some((id.0, n)),
+        });
+        self.flush(cx);
+        Answer::Later
+    }
+
+    /// Give each recipient device its next seq, all or nothing: refused if a device is gone or
+    /// its queue (what the store holds, is writing and what is collected) is at its limits.
+    fn allocate(
+        &mut self,
+        cx: &Cx<'_>,
+        env: &StoredEnvelope,
+        to: &Recipients,
+    ) -> Result<Vec<u64>, Refusal> {
+        let len = env.payload.len() as u64;
+        let mut planned: HashMap<DeviceKey, (u64, u64, u64)> = HashMap::new();
+        let mut seqs = Vec::with_capacity(to.len());
+        for i in 0..to.len() {
+            let key = to.device(i);
+            let bytes = len + to.header(i).len() as u64;
+            let Some(q) = cx.view.queue(key) else {
+                return Err(Refusal::new(
+                    ErrorCode::NoSuchRecipient,
+                    "the device was removed",
+                ));
+            };
+            // The store counts what it wrote; what it was handed and what is collected here
+            // count too. (Between the store's write and `committed` a batch counts twice:
+            // briefly strict, never loose.)
+            let p = planned.entry(key).or_insert_with(|| {
+                let (mut n, mut b) = self.collecting.count(&key);
+                if let Some((_, w)) = &self.writing {
+                    let (wn, wb) = w.count(&key);
+                    n += wn;
+                    b += wb;
+                }
+                let next = self.next_seq.get(&key).copied().unwrap_or(0);
+                (q.queued + n, q.bytes + b, next.max(q.next_seq))
+            });
+            if p.0 >= cx.limits.max_queue_len || p.1.saturating_add(bytes) > cx.limits.max_queue_bytes
+            {
+                let msg = format!("the queue of device {} is full", key.device);
+                return Err(Refusal::new(ErrorCode::QueueFull, msg));
+            }
+            p.0 += 1;
+            p.1 += bytes;
+            seqs.push(p.2);
+            p.2 += 1;
+        }
+        for (key, (_, _, next)) in planned {
+            self.next_seq.insert(key, next);
+        }
+        Ok(seqs)
+    }
+
+    /// Delete acknowledged entries in the next write (a lost ack only means a redelivery).
+    pub fn ack(&mut self, cx: &mut Cx<'_>, key: DeviceKey, seqs: Vec<u64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        self.collecting.set.acks.push((key, seqs));
+        self.flush(cx);
+    }
+
+    /// Hand the collected group to the store unless a write is outstanding.
+    fn flush(&mut self, cx: &mut Cx<'_>) {
+        if self.writing.is_some() || self.collecting.set.is_empty() || self.poisoned {
+            return;
+        }
+        let mut batch = std::mem::take(&mut self.collecting);
+        let job = self.next_job;
+        self.next_job += 1;
+        cx.actions.push_back(Action::Enqueue {
+            job,
+            write: std::mem::take(&mut batch.set),
+        });
+        self.writing = Some((job, batch));
+    }
+
+    /// The store wrote (or failed to write) job `job`: answer its sends, let the devices read
+    /// what became durable, wake offline devices, and hand over the next group.
+    pub fn committed(
+        &mut self,
+        cx: &mut Cx<'_>,
+        job: JobId,
+        result: Result<Vec<SendOutcome>, StorageError>,
+    ) {
+        let Some((id, batch)) = self.writing.take() else {
+            return;
+        };
+        debug_assert_eq!(id, job, "writes complete in order");
+        let outcomes = match result {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "a write failed: the node stops storing");
+                self.poisoned = true;
+                // Nothing collected will be written either: answer it now.
+                let collected = std::mem::take(&mut self.collecting);
+                for w in collected.sends {
+                    self.pending_bytes -= w.cost;
+                    let frame = Refusal::internal().answer(w.msg_id);
+                    for reply in self.in_flight.remove(&w.id).into_iter().flatten() {
+                        cx.answers.push((reply, frame.clone()));
+                    }
+                }
+                Vec::new()
+            }
+        };
+        for (i, w) in batch.sends.into_iter().enumerate() {
+            self.pending_bytes -= w.cost;
+            cx.metrics.pending_bytes.store(self.pending_bytes, Ordering::Relaxed);
+            let frame = match outcomes.get(i) {
+                Some(SendOutcome::Written { skipped }) => {
+                    Metrics::inc(&cx.metrics.accepted);
+                    Metrics::add(&cx.metrics.stored, u64::from(w.recipients) - u64::from(*skipped));
+                    for key in &w.devices {
+                        match cx.conns.online(*key) {
+                            Some(conn) if conn.delivery.behind() => conn.want_read(),
+                            Some(_) => {}
+                            None => {
+                                if let Some(token) = cx.view.push_token(*key) {
+                                    cx.actions.push_back(Action::Wake {
+                                        token,
+                                        urgent: w.urgent,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    accepted(w.msg_id, w.accepted_at_ms, w.recipients)
+                }
+                Some(SendOutcome::Duplicate(rec)) => {
+                    Metrics::inc(&cx.metrics.duplicates);
+                    accepted(w.msg_id, rec.accepted_at_ms, rec.recipients)
+                }
+                None => {
+                    Metrics::inc(&cx.metrics.refused);
+                    Refusal::internal().answer(w.msg_id)
+                }
+            };
+            for reply in self.in_flight.remove(&w.id).into_iter().flatten() {
+                cx.answers.push((reply, frame.clone()));
+            }
+        }
+        // Seqs the store now knows need no copy here.
+        for (key, _) in batch.counts {
+            if let (Some(q), Some(next)) = (cx.view.queue(key), self.next_seq.get(&key)) {
+                if q.next_seq >= *next && self.collecting.count(&key).0 == 0 {
+                    self.next_seq.remove(&key);
+                }
+            }
+        }
+        self.flush(cx);
+    }
+
+    /// Forget a device that was removed.
+    pub fn forget_device(&mut self, key: DeviceKey) {
+        self.next_seq.remove(&key);
+    }
+}
+
+/// How many devices a blocked sender is told it reached: the queues the envelope would have
+/// been stored in or, if ephemeral, the connected devices it would have been pushed to.
+fn hidden_count(cx: &Cx<'_>, env: &StoredEnvelope, devices: &[DeviceKey]) -> u32 {
+    if env.flags & flags::EPHEMERAL == 0 {
+        return devices.len() as u32;
+    }
+    devices.iter().filter(|k| cx.conns.is_online(**k)).count() as u32
+}
+
+/// SHA-256 of `data`.
+pub(super) fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Constant-time comparison of two hashes.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
