@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hearth_storage::{
-    AccountRecord, Commit, DeviceKey, ListKind, QueueState, SendOutcome, StorageError, Store,
+    AccountRecord, Commit, DeviceKey, ListKind, QueueState, StorageError, Store, WriteOutcome,
 };
 use tokio::sync::mpsc;
 
@@ -26,7 +26,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A write handed to the store, waiting for its result in submission order.
 enum Pending {
-    Written(JobId, Commit<Vec<SendOutcome>>),
+    Written(JobId, Commit<WriteOutcome>),
     Refused(JobId, StorageError),
 }
 

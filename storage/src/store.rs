@@ -23,7 +23,7 @@ use crate::types::{
     DedupRecord, DeviceKey, DeviceStats, QueueEntry, QueueState, SharedRecipient, StoreOptions,
     StoreStats, StoredEnvelope, SweepStats,
 };
-use crate::write::{EntryWrite, SendOutcome, WriteSet};
+use crate::write::{EntryWrite, WriteOutcome, WriteSet};
 use crate::writer::{self, DedupKey, Job, PreparedSend, Values, WriteJob, WriteReply};
 use hearth_protocol::MessageId;
 
@@ -313,10 +313,10 @@ impl Store {
     /// Submits a group of changes whose seqs the caller chose (the routing core allocates them:
     /// each greater than every seq its device's queue gave before, see [`Store::queue_state`])
     /// and returns at once; the `Commit` resolves once it is written (fsync'd with
-    /// [`crate::Durability::Sync`]) with one [`SendOutcome`] per send. No queue limit is checked
+    /// [`crate::Durability::Sync`]) with one [`crate::SendOutcome`] per send. No queue limit is checked
     /// here (the caller did), and the queues count the entries once they are written. Entries for devices that are not registered (or are being removed) are
     /// skipped; a send whose dedup record is already committed is not written at all.
-    pub fn write(&self, set: WriteSet) -> Result<Commit<Vec<SendOutcome>>, StorageError> {
+    pub fn write(&self, set: WriteSet) -> Result<Commit<WriteOutcome>, StorageError> {
         let sh = self.sh();
         self.check_poisoned()?;
         let mut map = sh.lock_devices();

@@ -58,3 +58,12 @@ pub enum SendOutcome {
     /// A dedup record of `(sender, msg_id)` was already committed: nothing was written.
     Duplicate(DedupRecord),
 }
+
+/// What a [`WriteSet`] came to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// One outcome per send, in order.
+    pub sends: Vec<SendOutcome>,
+    /// Acknowledged entries that existed and were deleted.
+    pub acked: u64,
+}

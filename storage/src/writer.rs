@@ -37,7 +37,7 @@ use crate::shared::{
     MEMBERSHIPS, PAYLOADS, PUSH, QUEUES,
 };
 use crate::types::{DedupRecord, DeviceKey, DeviceStats, Durability, GroupOp, GroupState, SweepStats};
-use crate::write::SendOutcome;
+use crate::write::{SendOutcome, WriteOutcome};
 
 pub(crate) use account_ops::AccountChange;
 
@@ -194,8 +194,8 @@ pub(crate) struct WriteJob {
 
 /// Who waits for a [`WriteJob`].
 pub(crate) enum WriteReply {
-    /// The routing core: one outcome per send.
-    Outcomes(Reply<Vec<SendOutcome>>),
+    /// The routing core: one outcome per send, and the acks applied.
+    Outcomes(Reply<WriteOutcome>),
     /// `Store::enqueue`: durable or not.
     Unit(Reply<()>),
 }
@@ -402,9 +402,9 @@ impl<'a> Group<'a> {
                 reply,
             } => {
                 let own = self.find_acked(device, seqs).map(|found| {
-                    let n = found.len() as u64;
+                    let mut n = 0;
                     for f in found {
-                        self.delete_entry(f);
+                        n += u64::from(self.delete_entry(f));
                     }
                     n
                 });
@@ -532,15 +532,22 @@ impl<'a> Group<'a> {
             });
             self.put_send(send);
         }
+        let mut acks = 0;
         for found in acked {
-            self.delete_entry(found);
+            acks += u64::from(self.delete_entry(found));
         }
         // Deletes alone need no fsync: a lost ack only means a redelivery.
         if outcomes.iter().any(|o| matches!(o, SendOutcome::Written { .. })) {
             self.durable();
         }
         self.done.push(match job.reply {
-            WriteReply::Outcomes(r) => Done::other(r, Ok(outcomes)),
+            WriteReply::Outcomes(r) => Done::other(
+                r,
+                Ok(WriteOutcome {
+                    sends: outcomes,
+                    acked: acks,
+                }),
+            ),
             WriteReply::Unit(r) => Done::Unit(r),
         });
     }
@@ -790,10 +797,11 @@ impl<'a> Group<'a> {
         Ok(found)
     }
 
-    /// Single-deletes an entry (put once, deleted once) and counts it.
-    fn delete_entry(&mut self, f: Found) {
+    /// Single-deletes an entry (put once, deleted once) and counts it; false if this group
+    /// deleted it already.
+    fn delete_entry(&mut self, f: Found) -> bool {
         if self.queue_overlay.get(&f.key) == Some(&None) {
-            return;
+            return false;
         }
         self.batch.single_delete(self.sh.queues_cf_id, &f.key);
         self.queue_overlay.insert(f.key, None);
@@ -803,6 +811,7 @@ impl<'a> Group<'a> {
         if let Some(id) = f.meta.payload {
             self.unref(id);
         }
+        true
     }
 
     fn sweep(&mut self, now_ms: u64, max: usize) -> Result<SweepStats, StorageError> {
@@ -869,7 +878,7 @@ impl<'a> Group<'a> {
         for f in expired {
             if self.queue_overlay.get(&f.key) != Some(&None) {
                 stats.expired.push((f.device, f.seq));
-                self.delete_entry(f);
+                let _ = self.delete_entry(f);
             }
         }
         for key in dedup {

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use hearth_protocol::{ErrorCode, Frame, MessageId};
+use hearth_protocol::{ErrorCode, Frame, MessageId, Refusal};
 use hearth_storage::DeviceKey;
 
 use super::action::{ConnId, ConnOutput, QueueRead, Registration, Request, Wake};
@@ -136,8 +136,9 @@ impl Conn {
         self.wake();
     }
 
-    /// Start closing with `code`: input stops at once; the close itself waits until the taken
-    /// sends are answered (see [`Conn::output`]). The first reason wins.
+    /// Start closing with `code`: input stops at once; the close itself (an ERROR frame with
+    /// the reason, unless the close is normal, then the close) waits until the taken sends are
+    /// answered (see [`Conn::output`]). The first reason wins.
     pub fn close(&mut self, code: ErrorCode, reason: impl Into<Cow<'static, str>>) {
         if self.close.is_none() {
             self.close = Some((code, reason.into()));
@@ -182,9 +183,14 @@ impl Conn {
             _ => None,
         };
         let close = match &self.close {
-            Some(c) if self.unanswered == 0 && !self.close_taken => {
+            Some((code, reason)) if self.unanswered == 0 && !self.close_taken => {
                 self.close_taken = true;
-                Some(c.clone())
+                // The last frame says why (a normal close needs no reason).
+                if *code != ErrorCode::Normal {
+                    let why = Refusal::new(*code, reason.clone());
+                    self.out.push(why.answer(MessageId::NONE));
+                }
+                Some((*code, reason.clone()))
             }
             _ => None,
         };

@@ -34,7 +34,7 @@ use hearth_protocol::{
     Accepted, ErrorCode, Frame, Hello, MessageId, Pong, Refusal, VerifyingKey, Welcome,
     PROTOCOL_VERSION,
 };
-use hearth_storage::{DeviceKey, QueueEntry, SendOutcome, StorageError};
+use hearth_storage::{DeviceKey, QueueEntry, StorageError, WriteOutcome};
 
 pub(crate) use action::{
     Action, ConnId, ConnOutput, JobId, QueueRead, Registration, Request, RequestOutcome, Wake,
@@ -365,7 +365,7 @@ impl Router {
     pub fn handle_committed(
         &mut self,
         job: JobId,
-        result: Result<Vec<SendOutcome>, StorageError>,
+        result: Result<WriteOutcome, StorageError>,
         now_ms: u64,
     ) {
         self.tick_clock(now_ms);
@@ -475,12 +475,9 @@ impl Router {
 
     // ---- stages ----
 
-    /// Send `code` and `message` in an ERROR frame, then close.
+    /// Close with `code`: the client is told why in an ERROR frame, then the connection closes.
     fn fail(&mut self, conn: ConnId, code: ErrorCode, message: Cow<'static, str>) {
         if let Some(c) = self.conns.get_mut(conn) {
-            if code != ErrorCode::Normal {
-                c.send(Refusal::new(code, message.clone()).answer(MessageId::NONE));
-            }
             c.close(code, message);
         }
     }

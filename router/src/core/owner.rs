@@ -13,7 +13,8 @@ use hearth_protocol::{
     MultiRecipient, Refusal,
 };
 use hearth_storage::{
-    DeviceKey, EntryWrite, Reach, SendOutcome, SendWrite, StorageError, StoredEnvelope, WriteSet,
+    DeviceKey, EntryWrite, Reach, SendOutcome, SendWrite, StorageError, StoredEnvelope, WriteOutcome,
+    WriteSet,
 };
 
 use super::action::{Action, JobId};
@@ -590,14 +591,17 @@ impl Owner {
         &mut self,
         cx: &mut Cx<'_>,
         job: JobId,
-        result: Result<Vec<SendOutcome>, StorageError>,
+        result: Result<WriteOutcome, StorageError>,
     ) {
         let Some((id, batch)) = self.writing.take() else {
             return;
         };
         debug_assert_eq!(id, job, "writes complete in order");
         let outcomes = match result {
-            Ok(o) => o,
+            Ok(o) => {
+                Metrics::add(&cx.metrics.acked, o.acked);
+                o.sends
+            }
             Err(e) => {
                 tracing::error!(error = %e, "a write failed: the node stops storing");
                 self.poisoned = true;

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use hearth_protocol::MessageId;
 use hearth_storage::{
     AccountRecord, DedupRecord, DeviceKey, GroupError, GroupOp, GroupState, ListKind,
-    QueueEntry, QueueState, Reach, Role, SendOutcome, StorageError, WriteSet,
+    QueueEntry, QueueState, Reach, Role, SendOutcome, StorageError, WriteOutcome, WriteSet,
 };
 
 use crate::core::{JobId, Loaded, Registration, Request, RequestOutcome, View};
@@ -97,8 +97,8 @@ impl MemStore {
         !self.m().submitted.is_empty()
     }
 
-    /// Commit the oldest submitted write: its outcome per send.
-    pub fn commit_one(&self) -> Option<(JobId, Vec<SendOutcome>)> {
+    /// Commit the oldest submitted write: its outcome.
+    pub fn commit_one(&self) -> Option<(JobId, WriteOutcome)> {
         let mut m = self.m();
         let (job, set) = m.submitted.pop_front()?;
         let mut outcomes = Vec::new();
@@ -144,16 +144,24 @@ impl MemStore {
             }
             outcomes.push(SendOutcome::Written { skipped });
         }
+        let mut acked = 0;
         for (device, seqs) in set.acks {
             for seq in seqs {
                 if let Some(e) = m.queues.remove(&(device, seq)) {
+                    acked += 1;
                     let q = m.devices.get_mut(&device).expect("a queued device");
                     q.queued -= 1;
                     q.bytes -= e.envelope.payload.len() as u64 + e.header.len() as u64;
                 }
             }
         }
-        Some((job, outcomes))
+        Some((
+            job,
+            WriteOutcome {
+                sends: outcomes,
+                acked,
+            },
+        ))
     }
 
     /// Up to `max` committed entries of a queue from `from_seq` (expired ones included).
