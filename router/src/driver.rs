@@ -159,10 +159,12 @@ impl Driver {
                 limit,
                 ..
             } => {
-                let page = store.group_members(group).and_then(|members| match members {
-                    None => Ok(None),
-                    Some(m) => Ok(store.group_info(group, offset, limit)?.map(|p| (m, p))),
-                });
+                let page = store
+                    .group_members(group)
+                    .and_then(|members| match members {
+                        None => Ok(None),
+                        Some(m) => Ok(store.group_info(group, offset, limit)?.map(|p| (m, p))),
+                    });
                 RequestOutcome::Page(page)
             }
             Request::SetReach { account, reach } => done(store.set_reach(account, reach).await),

@@ -192,7 +192,9 @@ impl Session {
                 }
             }
         }
-        if self.finished && error.is_none() && (!self.buf.is_empty() || self.decoder.is_mid_frame(&self.buf))
+        if self.finished
+            && error.is_none()
+            && (!self.buf.is_empty() || self.decoder.is_mid_frame(&self.buf))
         {
             error = Some((
                 ErrorCode::MalformedFrame,
@@ -229,9 +231,9 @@ impl Session {
             Done::Registered(result) => self
                 .driver
                 .with(|c| c.handle_registered(id, result, now_ms())),
-            Done::Request(req_id, request, outcome) => self.driver.with(|c| {
-                c.handle_request_done(id, req_id, request, outcome, now_ms())
-            }),
+            Done::Request(req_id, request, outcome) => self
+                .driver
+                .with(|c| c.handle_request_done(id, req_id, request, outcome, now_ms())),
         }
     }
 

@@ -47,7 +47,11 @@ fn the_core_names_no_io_runtime_clock_or_thread() {
             }
         }
     }
-    assert!(hits.is_empty(), "the core must not do I/O:\n{}", hits.join("\n"));
+    assert!(
+        hits.is_empty(),
+        "the core must not do I/O:\n{}",
+        hits.join("\n")
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use crate::error::{GroupError, StorageError};
-use crate::groups::{self, GroupEntry};
+use crate::groups::GroupEntry;
 use crate::shared::cache_group;
 use crate::store::Store;
 use crate::types::{GroupOp, GroupPage, GroupState};
@@ -74,7 +74,10 @@ impl Store {
     /// The members of a group if the in-memory cache holds it (None: not cached, whether or
     /// not it exists; [`Store::group_members`] reads it).
     pub fn cached_group_members(&self, group: u64) -> Option<Arc<Vec<u64>>> {
-        self.sh().read_groups().get(&group).map(|e| e.members.clone())
+        self.sh()
+            .read_groups()
+            .get(&group)
+            .map(|e| e.members.clone())
     }
 
     /// A group's state and up to `limit` of its members with their roles, from the
@@ -109,7 +112,7 @@ impl Store {
         if let Some(e) = sh.read_groups().get(&group) {
             return Ok(Some(e.clone()));
         }
-        let loaded = groups::load(sh, group)?;
+        let loaded = sh.load_group(group)?;
         if let Some(e) = &loaded {
             cache_group(&mut sh.write_groups(), group, e.clone());
         }

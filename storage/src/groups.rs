@@ -3,9 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::error::{GroupError, StorageError};
-use crate::keys::{self, GroupRecord};
-use crate::shared::{Shared, GROUPS, MEMBERS};
+use crate::error::GroupError;
+use crate::keys::GroupRecord;
 use crate::types::{GroupOp, GroupState, Role};
 
 /// A group as cached: its record and its sorted membership. Cheap to clone.
@@ -254,42 +253,6 @@ pub(crate) fn update(
         put,
         delete,
     })
-}
-
-/// Reads a group's record and membership from the database (None: no such group).
-pub(crate) fn load(sh: &Shared, group: u64) -> Result<Option<GroupEntry>, StorageError> {
-    let key = keys::group_key(group);
-    let Some(v) = sh.db.get_pinned_cf(sh.cf(GROUPS), key)? else {
-        return Ok(None);
-    };
-    let rec = GroupRecord::decode(&v)?;
-    let mut members = Vec::with_capacity(rec.member_count as usize);
-    let mut admins = Vec::new();
-    for item in sh.scan(MEMBERS, &key) {
-        let (k, v) = item?;
-        let account = keys::decode_member_key(&k)
-            .ok_or_else(|| StorageError::Corrupt("member key".into()))?;
-        members.push(account);
-        match v.first().copied().and_then(Role::from_u8) {
-            Some(Role::Admin) => admins.push(account),
-            Some(Role::Member) => {}
-            None => return Err(StorageError::Corrupt("member role".into())),
-        }
-    }
-    if members.len() != rec.member_count as usize {
-        return Err(StorageError::Corrupt(format!(
-            "group {group} records {} members, {} stored",
-            rec.member_count,
-            members.len()
-        )));
-    }
-    Ok(Some(GroupEntry {
-        creator: rec.creator,
-        version: rec.version,
-        created_at_ms: rec.created_at_ms,
-        members: Arc::new(members),
-        admins: Arc::new(admins),
-    }))
 }
 
 #[cfg(test)]

@@ -47,8 +47,8 @@ pub use account::{
 pub use commit::{Commit, Enqueued};
 pub use error::{EnqueueError, GroupError, StorageError};
 pub use store::Store;
-pub use write::{EntryWrite, SendOutcome, SendWrite, WriteOutcome, WriteSet};
 pub use types::{
-    DedupRecord, DeviceKey, DeviceStats, Durability, GroupOp, QueueState, GroupPage, GroupState,
-    QueueEntry, Role, SharedRecipient, StoreOptions, StoreStats, StoredEnvelope, SweepStats,
+    DedupRecord, DeviceKey, DeviceStats, Durability, GroupOp, GroupPage, GroupState, QueueEntry,
+    QueueState, Role, SharedRecipient, StoreOptions, StoreStats, StoredEnvelope, SweepStats,
 };
+pub use write::{EntryWrite, SendOutcome, SendWrite, WriteOutcome, WriteSet};

@@ -13,6 +13,8 @@ use crate::account::{AccountLists, AccountRecord};
 use crate::error::StorageError;
 use crate::groups::GroupEntry;
 use crate::keys;
+use crate::keys::GroupRecord;
+use crate::types::Role;
 use crate::types::{DeviceKey, DeviceStats, StoreOptions, StoredEnvelope};
 
 pub(crate) const QUEUES: &str = "queues";
@@ -287,6 +289,42 @@ impl Shared {
                 accounts.remove(&key.account);
             }
         }
+    }
+
+    /// Reads a group's record and membership from the database (None: no such group).
+    pub(crate) fn load_group(&self, group: u64) -> Result<Option<GroupEntry>, StorageError> {
+        let key = keys::group_key(group);
+        let Some(v) = self.db.get_pinned_cf(self.cf(GROUPS), key)? else {
+            return Ok(None);
+        };
+        let rec = GroupRecord::decode(&v)?;
+        let mut members = Vec::with_capacity(rec.member_count as usize);
+        let mut admins = Vec::new();
+        for item in self.scan(MEMBERS, &key) {
+            let (k, v) = item?;
+            let account = keys::decode_member_key(&k)
+                .ok_or_else(|| StorageError::Corrupt("member key".into()))?;
+            members.push(account);
+            match v.first().copied().and_then(Role::from_u8) {
+                Some(Role::Admin) => admins.push(account),
+                Some(Role::Member) => {}
+                None => return Err(StorageError::Corrupt("member role".into())),
+            }
+        }
+        if members.len() != rec.member_count as usize {
+            return Err(StorageError::Corrupt(format!(
+                "group {group} records {} members, {} stored",
+                rec.member_count,
+                members.len()
+            )));
+        }
+        Ok(Some(GroupEntry {
+            creator: rec.creator,
+            version: rec.version,
+            created_at_ms: rec.created_at_ms,
+            members: Arc::new(members),
+            admins: Arc::new(admins),
+        }))
     }
 
     pub(crate) fn read_groups(&self) -> RwLockReadGuard<'_, HashMap<u64, GroupEntry>> {

@@ -3,7 +3,6 @@
 use bytes::Bytes;
 use hearth_protocol::{slot_of, MessageId};
 
-
 /// How hard a commit tries to reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {

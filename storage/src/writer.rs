@@ -36,7 +36,9 @@ use crate::shared::{
     cache_group, Shared, Totals, ACCOUNTS, DEDUP, DEVICES, EXPIRY, GROUPS, LISTS, MEMBERS,
     MEMBERSHIPS, PAYLOADS, PUSH, QUEUES,
 };
-use crate::types::{DedupRecord, DeviceKey, DeviceStats, Durability, GroupOp, GroupState, SweepStats};
+use crate::types::{
+    DedupRecord, DeviceKey, DeviceStats, Durability, GroupOp, GroupState, SweepStats,
+};
 use crate::write::{SendOutcome, WriteOutcome};
 
 pub(crate) use account_ops::AccountChange;
@@ -537,7 +539,10 @@ impl<'a> Group<'a> {
             acks += u64::from(self.delete_entry(found));
         }
         // Deletes alone need no fsync: a lost ack only means a redelivery.
-        if outcomes.iter().any(|o| matches!(o, SendOutcome::Written { .. })) {
+        if outcomes
+            .iter()
+            .any(|o| matches!(o, SendOutcome::Written { .. }))
+        {
             self.durable();
         }
         self.done.push(match job.reply {
@@ -651,7 +656,7 @@ impl<'a> Group<'a> {
         let cached = self.sh.read_groups().get(&group).cloned();
         let entry = match cached {
             Some(e) => Some(e),
-            None => groups::load(self.sh, group)?,
+            None => self.sh.load_group(group)?,
         };
         self.groups_overlay.insert(group, entry.clone());
         Ok(entry)
@@ -993,7 +998,8 @@ impl<'a> Group<'a> {
         };
         if let Err(e) = &written {
             tracing::error!(error = %e, "group commit failed: the store refuses every further change");
-            sh.poisoned.store(true, std::sync::atomic::Ordering::Release);
+            sh.poisoned
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         Totals::sub(&sh.totals.pending_bytes, self.pending_bytes);
         self.give_back(written.is_ok());

@@ -986,8 +986,7 @@ fn send(
     };
     // A committed, unexpired dedup record makes this send a duplicate: nothing is written.
     let duplicate = dedup.is_some()
-        && m
-            .dedup
+        && m.dedup
             .get(&(sender, msg))
             .is_some_and(|(_, expires)| *expires > m.now);
     let want = m.enqueue(to, &env, shared, !duplicate);

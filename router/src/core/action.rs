@@ -117,11 +117,14 @@ pub(crate) enum Request {
 pub(crate) enum RequestOutcome {
     /// A group change: the group as it now is, or why not.
     Group(Result<GroupState, GroupError>),
-    /// A group read: the members (None: no such group) and the page asked for.
-    Page(Result<Option<(Arc<Vec<u64>>, GroupPage)>, StorageError>),
+    /// A group read: the members and the page asked for (None: no such group).
+    Page(Result<Option<GroupRead>, StorageError>),
     /// A settings change.
     Done(Result<(), StorageError>),
 }
+
+/// A group's members and one page of them with their roles.
+pub(crate) type GroupRead = (Arc<Vec<u64>>, GroupPage);
 
 /// What the core has for one connection, in the order to perform it.
 #[derive(Debug, Default)]

@@ -156,8 +156,7 @@ impl Conn {
 
     /// Whether more input is welcome now.
     fn accepting(&self, max_unanswered: usize) -> bool {
-        !matches!(self.phase, Phase::Closing)
-            && self.unanswered + self.early.len() < max_unanswered
+        !matches!(self.phase, Phase::Closing) && self.unanswered + self.early.len() < max_unanswered
     }
 
     /// Everything waiting for the driver.

@@ -51,10 +51,7 @@ impl Cx<'_> {
             t => t.min(l.max_ttl_secs),
         };
         self.safety
-            .check_sender(
-                (origin.device.account, origin.device.device),
-                now_ms,
-            )
+            .check_sender((origin.device.account, origin.device.device), now_ms)
             .map_err(|r| self.limited(r))?;
         Ok(StoredEnvelope {
             msg_id: e.msg_id,
@@ -155,7 +152,10 @@ impl Cx<'_> {
             );
             return Err(Refusal::new(ErrorCode::TooManyRecipients, msg));
         }
-        if s.recipients.iter().any(|r| r.header.len() > l.max_header_bytes) {
+        if s.recipients
+            .iter()
+            .any(|r| r.header.len() > l.max_header_bytes)
+        {
             let msg = format!("a recipient header exceeds {} bytes", l.max_header_bytes);
             return Err(Refusal::new(ErrorCode::TooManyRecipients, msg));
         }
@@ -182,9 +182,7 @@ impl Cx<'_> {
         }
         Ok(parts
             .into_iter()
-            .map(|(_, recipients)| {
-                self.routed(origin, env.clone(), Target::Multi { recipients })
-            })
+            .map(|(_, recipients)| self.routed(origin, env.clone(), Target::Multi { recipients }))
             .collect())
     }
 }

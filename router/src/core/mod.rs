@@ -281,7 +281,10 @@ impl Router {
         if c.phase != Phase::Registering {
             return;
         }
-        let auth = c.auth.clone().expect("registering connections are authenticated");
+        let auth = c
+            .auth
+            .clone()
+            .expect("registering connections are authenticated");
         c.phase = Phase::Open;
         c.send(match welcome {
             Frame::Welcome(w) => Frame::Welcome(Welcome {
@@ -542,14 +545,7 @@ impl Router {
             key,
             network: network.as_str().into(),
         };
-        Ok((
-            auth,
-            Registration {
-                key,
-                network,
-                zone,
-            },
-        ))
+        Ok((auth, Registration { key, network, zone }))
     }
 
     /// A frame of an open connection.
@@ -563,17 +559,29 @@ impl Router {
         match frame {
             Frame::Send(s) => {
                 let id = s.msg_id;
-                let r = self.cx().1.ingress_send(&origin, s, now_ms).map(|r| vec![r]);
+                let r = self
+                    .cx()
+                    .1
+                    .ingress_send(&origin, s, now_ms)
+                    .map(|r| vec![r]);
                 self.dispatch(conn, id, r, now_ms);
             }
             Frame::SendSealed(s) => {
                 let id = s.msg_id;
-                let r = self.cx().1.ingress_sealed(&origin, s, now_ms).map(|r| vec![r]);
+                let r = self
+                    .cx()
+                    .1
+                    .ingress_sealed(&origin, s, now_ms)
+                    .map(|r| vec![r]);
                 self.dispatch(conn, id, r, now_ms);
             }
             Frame::SendGroup(s) => {
                 let id = s.msg_id;
-                let r = self.cx().1.ingress_group(&origin, s, now_ms).map(|r| vec![r]);
+                let r = self
+                    .cx()
+                    .1
+                    .ingress_group(&origin, s, now_ms)
+                    .map(|r| vec![r]);
                 self.dispatch(conn, id, r, now_ms);
             }
             Frame::SendMulti(s) => {
@@ -595,7 +603,9 @@ impl Router {
                 c.send(Frame::Pong(Pong { nonce: p.nonce }));
             }
             Frame::Report(r) => {
-                let frame = self.reports.report(&self.safety, auth.key.account, r, now_ms);
+                let frame = self
+                    .reports
+                    .report(&self.safety, auth.key.account, r, now_ms);
                 self.conns.get_mut(conn).expect("open").send(frame);
             }
             f @ (Frame::GroupCreate(_)
@@ -723,9 +733,7 @@ impl Router {
         let Target::Group { group } = r.target else {
             unreachable!("only group sends are resolved");
         };
-        let refuse = |code, msg: &'static str| {
-            Answer::Now(Refusal::new(code, msg).answer(msg_id))
-        };
+        let refuse = |code, msg: &'static str| Answer::Now(Refusal::new(code, msg).answer(msg_id));
         let Some(members) = members else {
             Metrics::inc(&self.metrics.refused);
             return refuse(ErrorCode::NoSuchGroup, "no such group");

@@ -13,15 +13,15 @@ use hearth_protocol::{
     MultiRecipient, Refusal,
 };
 use hearth_storage::{
-    DeviceKey, EntryWrite, Reach, SendOutcome, SendWrite, StorageError, StoredEnvelope, WriteOutcome,
-    WriteSet,
+    DeviceKey, EntryWrite, Reach, SendOutcome, SendWrite, StorageError, StoredEnvelope,
+    WriteOutcome, WriteSet,
 };
 
 use super::action::{Action, JobId};
-use crate::metrics::Metrics;
 use super::policy::{self, Admit};
 use super::routed::{Origin, Routed, Target};
 use super::{Answer, Cx, ReplyTo};
+use crate::metrics::Metrics;
 
 /// The dedup identity of sealed sends: no sender is recorded with them.
 pub(super) const SEALED: DeviceKey = DeviceKey {
@@ -184,17 +184,18 @@ impl Owner {
         let msg_id = r.msg_id();
         let to = match r.target {
             Target::Account { account, device } => {
-                self.to_account(cx, &r.origin, &r.env, account, device)
+                self.account_recipients(cx, &r.origin, &r.env, account, device)
             }
             Target::Sealed {
                 account,
                 device,
                 ref access_key,
-            } => self.to_sealed(cx, &r.origin, account, device, access_key),
-            Target::Members { group, ref accounts } => {
-                self.to_members(cx, &r.origin, &r.env, group, accounts, now_ms)
-            }
-            Target::Multi { ref recipients } => self.to_multi(cx, &r.origin, &r.env, recipients),
+            } => self.sealed_recipients(cx, &r.origin, account, device, access_key),
+            Target::Members {
+                group,
+                ref accounts,
+            } => self.member_recipients(cx, &r.origin, &r.env, group, accounts, now_ms),
+            Target::Multi { ref recipients } => self.multi_recipients(cx, &r.origin, &r.env, recipients),
             Target::Group { .. } => Err(Refusal::internal()),
         };
         match to {
@@ -239,7 +240,7 @@ impl Owner {
         Ok(devices)
     }
 
-    fn to_account(
+    fn account_recipients(
         &mut self,
         cx: &mut Cx<'_>,
         origin: &Origin,
@@ -265,7 +266,7 @@ impl Owner {
         }
     }
 
-    fn to_sealed(
+    fn sealed_recipients(
         &mut self,
         cx: &mut Cx<'_>,
         origin: &Origin,
@@ -282,9 +283,7 @@ impl Owner {
             ));
         }
         // Every attempt that gets this far counts, whether or not its key matches.
-        cx.safety
-            .check_sealed(account)
-            .map_err(|r| cx.limited(r))?;
+        cx.safety.check_sealed(account).map_err(|r| cx.limited(r))?;
         let hash = record.and_then(|r| r.access_key_hash);
         if !hash.is_some_and(|h| constant_time_eq(&h, &sha256(access_key))) {
             return Err(Refusal::new(
@@ -295,7 +294,7 @@ impl Owner {
         Ok(Recipients::Inline(devices))
     }
 
-    fn to_members(
+    fn member_recipients(
         &mut self,
         cx: &mut Cx<'_>,
         origin: &Origin,
@@ -336,7 +335,7 @@ impl Owner {
         })
     }
 
-    fn to_multi(
+    fn multi_recipients(
         &mut self,
         cx: &mut Cx<'_>,
         origin: &Origin,
@@ -463,7 +462,9 @@ impl Owner {
         };
         self.in_flight.insert(id, vec![reply]);
         self.pending_bytes += cost;
-        cx.metrics.pending_bytes.store(self.pending_bytes, Ordering::Relaxed);
+        cx.metrics
+            .pending_bytes
+            .store(self.pending_bytes, Ordering::Relaxed);
         // Push at once to the devices that are online; the rest read their queue later.
         let group = to.group().unwrap_or(0);
         for (i, &seq) in seqs.iter().enumerate() {
@@ -545,7 +546,8 @@ impl Owner {
                 let next = self.next_seq.get(&key).copied().unwrap_or(0);
                 (q.queued + n, q.bytes + b, next.max(q.next_seq))
             });
-            if p.0 >= cx.limits.max_queue_len || p.1.saturating_add(bytes) > cx.limits.max_queue_bytes
+            if p.0 >= cx.limits.max_queue_len
+                || p.1.saturating_add(bytes) > cx.limits.max_queue_bytes
             {
                 let msg = format!("the queue of device {} is full", key.device);
                 return Err(Refusal::new(ErrorCode::QueueFull, msg));
@@ -619,11 +621,16 @@ impl Owner {
         };
         for (i, w) in batch.sends.into_iter().enumerate() {
             self.pending_bytes -= w.cost;
-            cx.metrics.pending_bytes.store(self.pending_bytes, Ordering::Relaxed);
+            cx.metrics
+                .pending_bytes
+                .store(self.pending_bytes, Ordering::Relaxed);
             let frame = match outcomes.get(i) {
                 Some(SendOutcome::Written { skipped }) => {
                     Metrics::inc(&cx.metrics.accepted);
-                    Metrics::add(&cx.metrics.stored, u64::from(w.recipients) - u64::from(*skipped));
+                    Metrics::add(
+                        &cx.metrics.stored,
+                        u64::from(w.recipients) - u64::from(*skipped),
+                    );
                     for key in &w.devices {
                         match cx.conns.online(*key) {
                             Some(conn) if conn.delivery.behind() => conn.want_read(),

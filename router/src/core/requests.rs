@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use hearth_protocol::{
-    group_op, reach, role, ErrorCode, Frame, GroupInfo, GroupOk, MessageId, PolicyChange,
-    Refusal, Report, RequestOk,
+    group_op, reach, role, ErrorCode, Frame, GroupInfo, GroupOk, MessageId, PolicyChange, Refusal,
+    Report, RequestOk,
 };
 use hearth_storage::{DeviceKey, GroupError, GroupOp, ListKind, Reach, Role};
 
@@ -39,7 +39,10 @@ pub(super) fn check(
     let invalid = |id, msg: &'static str| Err((id, Refusal::new(ErrorCode::InvalidRequest, msg)));
     let zero_id = |id: MessageId| {
         (id == MessageId::NONE).then(|| {
-            Refusal::new(ErrorCode::InvalidMessageId, "the request id must not be zero")
+            Refusal::new(
+                ErrorCode::InvalidMessageId,
+                "the request id must not be zero",
+            )
         })
     };
     let max_size = limits.max_group_size;
@@ -136,7 +139,8 @@ pub(super) fn check(
                     let mut newly_blocked = Vec::new();
                     if add {
                         for &a in &accounts {
-                            if !view.listed(actor, ListKind::Block, a) && !newly_blocked.contains(&a)
+                            if !view.listed(actor, ListKind::Block, a)
+                                && !newly_blocked.contains(&a)
                             {
                                 newly_blocked.push(a);
                             }
@@ -287,8 +291,11 @@ impl Reports {
     /// signal), once per reporter and reported account within the retention window.
     pub fn report(&mut self, safety: &Safety, reporter: u64, r: Report, now_ms: u64) -> Frame {
         if r.req_id == MessageId::NONE {
-            return Refusal::new(ErrorCode::InvalidMessageId, "the request id must not be zero")
-                .answer(r.req_id);
+            return Refusal::new(
+                ErrorCode::InvalidMessageId,
+                "the request id must not be zero",
+            )
+            .answer(r.req_id);
         }
         if r.account != reporter && self.first(reporter, r.account, now_ms) {
             safety.note_report(r.account, now_ms);
@@ -321,7 +328,6 @@ impl Reports {
 
     /// Forget every pair naming `account` (erasure).
     pub fn forget(&mut self, account: u64) {
-        self.seen
-            .retain(|(a, b), _| *a != account && *b != account);
+        self.seen.retain(|(a, b), _| *a != account && *b != account);
     }
 }

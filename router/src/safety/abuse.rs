@@ -400,4 +400,3 @@ impl Abuse {
         f(self.shard(account).get(&account))
     }
 }
-

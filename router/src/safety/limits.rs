@@ -124,4 +124,3 @@ impl<K: Hash + Eq + Clone> Bucket<K> {
         self.states.len()
     }
 }
-

@@ -518,4 +518,3 @@ fn distinct(list: &[u64]) -> Cow<'_, [u64]> {
     v.dedup();
     Cow::Owned(v)
 }
-

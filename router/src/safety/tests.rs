@@ -683,8 +683,7 @@ fn config_defaults_and_toml() {
     assert!(d.throttled_per_sec > 0 && d.throttled_per_sec < d.per_device_per_sec);
     let text = toml::to_string(&d).unwrap();
     assert_eq!(toml::from_str::<SafetyConfig>(&text).unwrap(), d);
-    let c: SafetyConfig =
-        toml::from_str("per_device_per_sec = 5\nretention_secs = 60").unwrap();
+    let c: SafetyConfig = toml::from_str("per_device_per_sec = 5\nretention_secs = 60").unwrap();
     assert_eq!((c.per_device_per_sec, c.retention_secs), (5, 60));
     assert_eq!(c.per_pair_burst, d.per_pair_burst);
     assert!(toml::from_str::<SafetyConfig>("per_device_per_second = 5").is_err());

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use hearth_protocol::MessageId;
 use hearth_storage::{
-    AccountRecord, DedupRecord, DeviceKey, GroupError, GroupOp, GroupState, ListKind,
-    QueueEntry, QueueState, Reach, Role, SendOutcome, StorageError, WriteOutcome, WriteSet,
+    AccountRecord, DedupRecord, DeviceKey, GroupError, GroupOp, GroupState, ListKind, QueueEntry,
+    QueueState, Reach, Role, SendOutcome, StorageError, WriteOutcome, WriteSet,
 };
 
 use crate::core::{JobId, Loaded, Registration, Request, RequestOutcome, View};
@@ -342,7 +342,11 @@ fn update(
     max_size: u32,
 ) -> Result<GroupState, GroupError> {
     let g = m.groups.get_mut(&group).ok_or(GroupError::NoSuchGroup)?;
-    let role = g.members.get(&actor).copied().ok_or(GroupError::NotMember)?;
+    let role = g
+        .members
+        .get(&actor)
+        .copied()
+        .ok_or(GroupError::NotMember)?;
     let admin = role == Role::Admin;
     let changed = match op {
         GroupOp::AddMembers(accounts) => {

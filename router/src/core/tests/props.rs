@@ -116,7 +116,13 @@ impl Case {
             };
             for f in self.sim.take(conn) {
                 match f {
-                    Frame::Deliver(d) => self.delivered(key, d.meta.seq, d.meta.msg_id.as_u128(), d.meta.expires_at_ms, now),
+                    Frame::Deliver(d) => self.delivered(
+                        key,
+                        d.meta.seq,
+                        d.meta.msg_id.as_u128(),
+                        d.meta.expires_at_ms,
+                        now,
+                    ),
                     Frame::Accepted(a) => {
                         if let Some(s) = self.sent.get_mut(&a.msg_id.as_u128()) {
                             s.accepted = true;
@@ -154,7 +160,9 @@ impl Case {
         }
         let d = self.devices.get_mut(&key).expect("known device");
         if d.acked_written.contains(&seq) {
-            self.fail(format!("{key:?}: seq {seq} again after its ack was written"));
+            self.fail(format!(
+                "{key:?}: seq {seq} again after its ack was written"
+            ));
         }
         if !d.seen.insert(msg) && !s.retried_late {
             // A second copy without a late retry: only a redelivery in a new epoch is fine.

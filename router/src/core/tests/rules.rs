@@ -77,7 +77,11 @@ fn accepted_only_after_the_write_and_live_copies_go_first_in_order() {
     sim.run();
     let mut frames = sim.take(a);
     assert_eq!(answer(&frames, 1), Some(Ok(2)), "the first write");
-    assert_eq!(answer(&frames, 2), None, "collected while the first was written");
+    assert_eq!(
+        answer(&frames, 2),
+        None,
+        "collected while the first was written"
+    );
     assert!(sim.commit(), "the second group");
     assert!(!sim.commit(), "two writes for three sends: group commit");
     sim.run();
@@ -131,7 +135,11 @@ fn acked_envelopes_are_gone_and_unacked_ones_come_back() {
     sim.run();
     sim.disconnect(b);
     let b = sim.connect(dev(2, 1));
-    assert_eq!(ids(&sim.take(b)), vec![2], "only the unacked one is redelivered");
+    assert_eq!(
+        ids(&sim.take(b)),
+        vec![2],
+        "only the unacked one is redelivered"
+    );
     assert_eq!(sim.store.queued(dev(2, 1)).len(), 1);
 }
 
@@ -149,7 +157,11 @@ fn expired_envelopes_are_never_delivered() {
     let b = sim.connect(dev(2, 1));
     assert_eq!(ids(&sim.take(b)), vec![2]);
     sim.store.sweep(sim.now_ms);
-    assert_eq!(sim.store.queued(dev(2, 1)).len(), 1, "the sweeper removed it");
+    assert_eq!(
+        sim.store.queued(dev(2, 1)).len(),
+        1,
+        "the sweeper removed it"
+    );
 }
 
 #[test]
@@ -181,7 +193,11 @@ fn a_retry_is_stored_once_and_answered_like_the_first() {
         sim.run();
     }
     let again = sim.take(a);
-    assert_eq!(again.first(), answers.first().copied(), "same answer, same time");
+    assert_eq!(
+        again.first(),
+        answers.first().copied(),
+        "same answer, same time"
+    );
     assert_eq!(sim.store.queued(dev(2, 1)).len(), 1, "stored once");
 }
 
@@ -245,7 +261,10 @@ fn the_first_frame_must_be_hello_and_a_bad_token_is_refused() {
     let a = sim.open(dev(1, 1));
     sim.send(a, dev(2, 1), 1, b"x");
     sim.run();
-    assert_eq!(sim.closed(a).map(|c| c.0), Some(ErrorCode::ProtocolViolation));
+    assert_eq!(
+        sim.closed(a).map(|c| c.0),
+        Some(ErrorCode::ProtocolViolation)
+    );
     let b = sim.open(dev(1, 1));
     sim.input(
         b,
@@ -307,7 +326,10 @@ fn a_failed_write_answers_internal_and_stops_storing() {
     sim.send(a, dev(2, 1), 2, b"x");
     sim.run();
     assert_eq!(answer(&sim.take(a), 2), Some(Err(ErrorCode::Internal)));
-    assert!(!sim.store.has_submitted(), "nothing more is handed to the store");
+    assert!(
+        !sim.store.has_submitted(),
+        "nothing more is handed to the store"
+    );
 }
 
 #[test]
@@ -391,7 +413,11 @@ fn a_block_is_silent_and_stores_nothing() {
     );
     sim.send(a, dev(2, 1), 1, b"x");
     sim.run();
-    assert_eq!(answer(&sim.take(a), 1), Some(Ok(1)), "told it reached one device");
+    assert_eq!(
+        answer(&sim.take(a), 1),
+        Some(Ok(1)),
+        "told it reached one device"
+    );
     assert!(ids(&sim.take(b)).is_empty());
     assert!(sim.store.queued(dev(2, 1)).is_empty());
 }

@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hearth_protocol::{
-    Ack, ErrorCode, Frame, Hello, MessageId, Scope, Send, SigningKey, TokenClaims,
-    PROTOCOL_VERSION,
+    Ack, ErrorCode, Frame, Hello, MessageId, Scope, Send, SigningKey, TokenClaims, PROTOCOL_VERSION,
 };
 use hearth_storage::DeviceKey;
 
@@ -257,7 +256,8 @@ impl Sim {
                 Action::Enqueue { job, write } => self.store.submit(job, write),
                 Action::LoadGroup { group } => {
                     let members = self.store.load_group(group);
-                    self.core.handle_group_loaded(group, Ok(members), self.now_ms);
+                    self.core
+                        .handle_group_loaded(group, Ok(members), self.now_ms);
                 }
                 Action::Wake { token, urgent } => self.wakeups.push((token, urgent)),
                 Action::Forward { .. } => panic!("a single node forwards nothing"),
