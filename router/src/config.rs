@@ -135,6 +135,12 @@ pub struct Limits {
     pub max_multi_recipients: usize,
     /// Bytes of one `SEND_MULTI` per-recipient header.
     pub max_header_bytes: usize,
+    /// How long an envelope whose every recipient device is online waits for their acks
+    /// before it is written (0: written with the next group commit). Acked by all in time,
+    /// it is never written.
+    pub write_hold_ms: u64,
+    /// Most payload bytes waiting that way; past it they are written at once.
+    pub max_held_bytes: u64,
 }
 
 impl Default for Config {
@@ -176,6 +182,8 @@ impl Default for Limits {
             max_group_size: 100_000,
             max_multi_recipients: 1000,
             max_header_bytes: 256,
+            write_hold_ms: 5,
+            max_held_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -2,12 +2,14 @@
 //! node-wide actions (writes to the store and their results, push wake-ups, group loads).
 //! Connection-scoped work is performed by each connection's task (`session.rs`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use hearth_storage::{
     AccountRecord, Commit, DeviceKey, ListKind, QueueState, StorageError, Store, WriteOutcome,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::core::{Action, JobId, Loaded, Request, RequestOutcome, Router, View};
 use crate::metrics::Metrics;
@@ -38,6 +40,10 @@ pub(crate) struct Driver {
     metrics: Arc<Metrics>,
     safety: Arc<Safety>,
     commits: mpsc::UnboundedSender<Pending>,
+    /// When the core next wants `handle_timeout` (ms since the epoch; `u64::MAX`: never).
+    deadline: AtomicU64,
+    /// Wakes the timer when the deadline moved earlier.
+    timer: Arc<Notify>,
 }
 
 impl Driver {
@@ -57,8 +63,11 @@ impl Driver {
             metrics,
             safety,
             commits,
+            deadline: AtomicU64::new(u64::MAX),
+            timer: Arc::new(Notify::new()),
         });
         tokio::spawn(commit_loop(Arc::downgrade(&driver), rx));
+        tokio::spawn(timer_loop(Arc::downgrade(&driver)));
         driver
     }
 
@@ -70,6 +79,11 @@ impl Driver {
             let mut actions = Vec::new();
             while let Some(a) = core.poll_action() {
                 actions.push(a);
+            }
+            let due = core.poll_timeout().unwrap_or(u64::MAX);
+            if due < self.deadline.load(Ordering::Acquire) {
+                self.deadline.store(due, Ordering::Release);
+                self.timer.notify_one();
             }
             (r, actions)
         };
@@ -204,6 +218,29 @@ async fn commit_loop(driver: std::sync::Weak<Driver>, mut rx: mpsc::UnboundedRec
             return;
         };
         driver.with(|c| c.handle_committed(job, result, now_ms()));
+    }
+}
+
+/// Call the core's `handle_timeout` when its deadline comes.
+async fn timer_loop(driver: std::sync::Weak<Driver>) {
+    loop {
+        let Some(d) = driver.upgrade() else {
+            return;
+        };
+        let due = d.deadline.load(Ordering::Acquire);
+        let now = now_ms();
+        if due <= now {
+            d.deadline.store(u64::MAX, Ordering::Release);
+            d.with(|c| c.handle_timeout(now_ms()));
+            continue;
+        }
+        let wait = Duration::from_millis((due - now).min(1000));
+        let timer = d.timer.clone();
+        drop(d);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = timer.notified() => {}
+        }
     }
 }
 

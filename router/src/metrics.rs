@@ -9,6 +9,8 @@ pub(crate) struct Metrics {
     pub connections_total: AtomicU64,
     pub accepted: AtomicU64,
     pub stored: AtomicU64,
+    /// Queue entries never written: every addressed device acknowledged them first.
+    pub avoided: AtomicU64,
     pub delivered: AtomicU64,
     pub ephemeral_delivered: AtomicU64,
     pub acked: AtomicU64,

@@ -53,6 +53,12 @@ impl DeliveryState {
         }
     }
 
+    /// Note that seq `seq` exists (it became durable, and this connection may not have seen it
+    /// live).
+    pub fn saw(&mut self, seq: u64) {
+        self.max_seen = self.max_seen.max(seq);
+    }
+
     /// The queue read to do now, if any.
     pub fn want_read(&self) -> Option<Read> {
         let room = self.room();

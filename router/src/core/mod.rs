@@ -152,6 +152,7 @@ impl Router {
             cfg.limits.max_inflight as usize,
             cfg.limits.max_pending_sends,
         );
+        let owner = Owner::new(cfg.limits.write_hold_ms, cfg.limits.max_held_bytes);
         Router {
             reports: Reports::new(cfg.retention_ms),
             cfg,
@@ -161,7 +162,7 @@ impl Router {
             safety,
             metrics,
             conns,
-            owner: Owner::default(),
+            owner,
             actions: VecDeque::new(),
             answers: Vec::new(),
             fan_ins: HashMap::new(),
@@ -303,6 +304,8 @@ impl Router {
                     "replaced by a newer connection of the same device",
                 );
             }
+            let (owner, mut cx) = self.cx();
+            owner.device_offline(&mut cx, auth.key, now_ms);
         }
         for frame in early {
             match self.conns.get_mut(conn).map(|c| c.phase) {
@@ -371,10 +374,22 @@ impl Router {
         result: Result<WriteOutcome, StorageError>,
         now_ms: u64,
     ) {
-        self.tick_clock(now_ms);
+        let now_ms = self.tick_clock(now_ms);
         let (owner, mut cx) = self.cx();
-        owner.committed(&mut cx, job, result);
+        owner.committed(&mut cx, job, result, now_ms);
         self.flush_answers();
+    }
+
+    /// When the core wants [`Router::handle_timeout`] called (None: not until another input).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        self.owner.timeout()
+    }
+
+    /// Time passed: write what waited long enough for acks.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        let now_ms = self.tick_clock(now_ms);
+        let (owner, mut cx) = self.cx();
+        owner.flush(&mut cx, now_ms);
     }
 
     /// A group asked for with [`Action::LoadGroup`] was read (None: no such group).
@@ -403,7 +418,16 @@ impl Router {
 
     /// The connection is gone (closed by either side, or lost).
     pub fn handle_disconnected(&mut self, conn: ConnId) {
+        let key = self
+            .conns
+            .get_mut(conn)
+            .and_then(|c| c.auth.as_ref().map(|a| a.key));
         self.conns.remove(conn);
+        if let Some(key) = key {
+            let now_ms = self.now_ms;
+            let (owner, mut cx) = self.cx();
+            owner.device_offline(&mut cx, key, now_ms);
+        }
     }
 
     /// The driver stopped waiting for the answers of a closing connection.
@@ -596,7 +620,7 @@ impl Router {
                     c.want_read();
                 }
                 let (owner, mut cx) = self.cx();
-                owner.ack(&mut cx, auth.key, a.seqs);
+                owner.ack(&mut cx, auth.key, a.seqs, now_ms);
             }
             Frame::Ping(p) => {
                 let c = self.conns.get_mut(conn).expect("open");

@@ -125,7 +125,7 @@ fn accepted(msg_id: MessageId, accepted_at_ms: u64, recipients: u32) -> Frame {
     })
 }
 
-/// A durable send waiting for its write.
+/// A durable send waiting for its write, or for the acks that make the write unnecessary.
 #[derive(Debug)]
 struct Waiting {
     id: SendId,
@@ -134,8 +134,13 @@ struct Waiting {
     /// Reported in `ACCEPTED` (stored entries plus hidden ones).
     recipients: u32,
     urgent: bool,
-    devices: Vec<DeviceKey>,
+    /// Its entries: device and seq.
+    entries: Vec<(DeviceKey, u64)>,
     cost: u64,
+    /// Entries not acknowledged yet.
+    left: usize,
+    /// Every entry was acknowledged before the write: nothing of it is written.
+    avoided: bool,
 }
 
 /// Changes collected for one write, and the sends they answer.
@@ -146,6 +151,19 @@ struct Batch {
     /// Entries and bytes per device in this batch (counted against queue limits until the
     /// store has them).
     counts: HashMap<DeviceKey, (u64, u64)>,
+    /// Which send each entry belongs to, while collecting.
+    index: HashMap<(DeviceKey, u64), usize>,
+    /// Entries acknowledged while collecting (left out of the write).
+    acked: HashSet<(DeviceKey, u64)>,
+    /// Entries per device that its open connection received live (their write may be avoided).
+    live: HashMap<DeviceKey, usize>,
+    /// Something collected must be written now: an entry no connection received live (an
+    /// offline device, a full window), a device that went away, a send with nothing to wait for.
+    must_write: bool,
+    /// When the oldest change was collected.
+    since_ms: Option<u64>,
+    /// Payload bytes collected.
+    held_bytes: u64,
 }
 
 impl Batch {
@@ -155,8 +173,12 @@ impl Batch {
 }
 
 /// The owner stage of one node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Owner {
+    /// How long collected envelopes may wait for acks before they are written.
+    hold_ms: u64,
+    /// Most payload bytes collected before they are written at once.
+    max_held_bytes: u64,
     /// The next seq of each device this owner gave seqs to since it started.
     next_seq: HashMap<DeviceKey, u64>,
     /// The group being collected.
@@ -173,6 +195,22 @@ pub(super) struct Owner {
 }
 
 impl Owner {
+    /// An owner that holds envelopes for online devices up to `hold_ms` (and `max_held_bytes`)
+    /// before writing them, so that the acks of their devices can make the write unnecessary.
+    pub fn new(hold_ms: u64, max_held_bytes: u64) -> Owner {
+        Owner {
+            hold_ms,
+            max_held_bytes,
+            next_seq: HashMap::new(),
+            collecting: Batch::default(),
+            writing: None,
+            next_job: 0,
+            in_flight: HashMap::new(),
+            pending_bytes: 0,
+            poisoned: false,
+        }
+    }
+
     /// Whether a write failed (the node can no longer store anything).
     pub fn poisoned(&self) -> bool {
         self.poisoned
@@ -195,7 +233,9 @@ impl Owner {
                 group,
                 ref accounts,
             } => self.member_recipients(cx, &r.origin, &r.env, group, accounts, now_ms),
-            Target::Multi { ref recipients } => self.multi_recipients(cx, &r.origin, &r.env, recipients),
+            Target::Multi { ref recipients } => {
+                self.multi_recipients(cx, &r.origin, &r.env, recipients)
+            }
             Target::Group { .. } => Err(Refusal::internal()),
         };
         match to {
@@ -204,7 +244,7 @@ impl Owner {
                     Target::Sealed { .. } => (SEALED, msg_id),
                     _ => (r.origin.device, msg_id),
                 };
-                self.deliver(cx, id, r.env, to, reply)
+                self.deliver(cx, id, r.env, to, reply, now_ms)
             }
             Err(refusal) => {
                 Metrics::inc(&cx.metrics.refused);
@@ -398,6 +438,7 @@ impl Owner {
         env: StoredEnvelope,
         to: Recipients,
         reply: ReplyTo,
+        now_ms: u64,
     ) -> Answer {
         if env.flags & flags::EPHEMERAL != 0 {
             return Answer::Now(self.push_ephemeral(cx, &env, &to));
@@ -407,7 +448,7 @@ impl Owner {
             Metrics::inc(&cx.metrics.accepted);
             return Answer::Now(accepted(env.msg_id, env.accepted_at_ms, 0));
         }
-        self.deliver_durable(cx, id, env, to, reply)
+        self.deliver_durable(cx, id, env, to, reply, now_ms)
     }
 
     fn push_ephemeral(&mut self, cx: &mut Cx<'_>, env: &StoredEnvelope, to: &Recipients) -> Frame {
@@ -432,6 +473,7 @@ impl Owner {
         env: StoredEnvelope,
         to: Recipients,
         reply: ReplyTo,
+        now_ms: u64,
     ) -> Answer {
         let msg_id = env.msg_id;
         if let Some(waiters) = self.in_flight.get_mut(&id) {
@@ -467,14 +509,18 @@ impl Owner {
             .store(self.pending_bytes, Ordering::Relaxed);
         // Push at once to the devices that are online; the rest read their queue later.
         let group = to.group().unwrap_or(0);
+        let mut live = Vec::with_capacity(seqs.len());
         for (i, &seq) in seqs.iter().enumerate() {
             let key = to.device(i);
+            let mut pushed = false;
             if let Some(conn) = cx.conns.online(key) {
                 if conn.delivery.on_live(seq) {
                     Metrics::inc(&cx.metrics.delivered);
                     conn.send(deliver_frame(seq, &env, group, to.header(i)));
+                    pushed = true;
                 }
             }
+            live.push(pushed);
         }
         let hidden = to.hidden();
         let n = to.len() as u32 + hidden;
@@ -487,21 +533,33 @@ impl Owner {
                 header: to.header(i),
             })
             .collect();
-        let devices = entries.iter().map(|e| e.device).collect();
         let b = &mut self.collecting;
-        for e in &entries {
+        let index = b.sends.len();
+        for (e, live) in entries.iter().zip(&live) {
             let c = b.counts.entry(e.device).or_default();
             c.0 += 1;
             c.1 += env.payload.len() as u64 + e.header.len() as u64;
+            b.index.insert((e.device, e.seq), index);
+            if *live {
+                *b.live.entry(e.device).or_default() += 1;
+            } else {
+                b.must_write = true;
+            }
         }
+        // Nothing to wait for (only blocked recipients): its dedup record is written at once.
+        b.must_write |= entries.is_empty();
+        b.since_ms.get_or_insert(now_ms);
+        b.held_bytes += cost;
         b.sends.push(Waiting {
             id,
             msg_id,
             accepted_at_ms: env.accepted_at_ms,
             recipients: n,
             urgent: env.flags & flags::URGENT != 0,
-            devices,
+            entries: entries.iter().map(|e| (e.device, e.seq)).collect(),
             cost,
+            left: entries.len(),
+            avoided: false,
         });
         b.set.sends.push(SendWrite {
             env,
@@ -509,7 +567,7 @@ impl Owner {
             entries,
             dedup: Some((id.0, n)),
         });
-        self.flush(cx);
+        self.flush(cx, now_ms);
         Answer::Later
     }
 
@@ -563,28 +621,126 @@ impl Owner {
         Ok(seqs)
     }
 
-    /// Delete acknowledged entries in the next write (a lost ack only means a redelivery).
-    pub fn ack(&mut self, cx: &mut Cx<'_>, key: DeviceKey, seqs: Vec<u64>) {
-        if seqs.is_empty() {
-            return;
+    /// Acknowledged entries: those still collected are left out of the write (a send whose
+    /// every entry is acknowledged is answered now and never written); the others are deleted
+    /// by the next write (a lost ack only means a redelivery).
+    pub fn ack(&mut self, cx: &mut Cx<'_>, key: DeviceKey, seqs: Vec<u64>, now_ms: u64) {
+        let mut deletes = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            let b = &mut self.collecting;
+            let Some(i) = b.index.remove(&(key, seq)) else {
+                deletes.push(seq);
+                continue;
+            };
+            b.acked.insert((key, seq));
+            if let Some(n) = b.live.get_mut(&key) {
+                *n = n.saturating_sub(1);
+            }
+            let send = &b.set.sends[i];
+            let header = send
+                .entries
+                .iter()
+                .find(|e| e.device == key && e.seq == seq)
+                .map_or(0, |e| e.header.len() as u64);
+            let bytes = send.env.payload.len() as u64 + header;
+            if let Some(c) = b.counts.get_mut(&key) {
+                c.0 -= 1;
+                c.1 -= bytes;
+            }
+            Metrics::inc(&cx.metrics.avoided);
+            let w = &mut b.sends[i];
+            w.left -= 1;
+            if w.left == 0 {
+                w.avoided = true;
+                b.held_bytes -= w.cost;
+                self.pending_bytes -= w.cost;
+                cx.metrics
+                    .pending_bytes
+                    .store(self.pending_bytes, Ordering::Relaxed);
+                Metrics::inc(&cx.metrics.accepted);
+                let frame = accepted(w.msg_id, w.accepted_at_ms, w.recipients);
+                for reply in self.in_flight.remove(&w.id).into_iter().flatten() {
+                    cx.answers.push((reply, frame.clone()));
+                }
+            }
         }
-        self.collecting.set.acks.push((key, seqs));
-        self.flush(cx);
+        if !deletes.is_empty() {
+            let b = &mut self.collecting;
+            b.since_ms.get_or_insert(now_ms);
+            b.set.acks.push((key, deletes));
+        }
+        self.flush(cx, now_ms);
     }
 
-    /// Hand the collected group to the store unless a write is outstanding.
-    fn flush(&mut self, cx: &mut Cx<'_>) {
-        if self.writing.is_some() || self.collecting.set.is_empty() || self.poisoned {
+    /// A device's connection went away (or was replaced): what it received live and did not
+    /// acknowledge must be written now, so that its next connection reads it.
+    pub fn device_offline(&mut self, cx: &mut Cx<'_>, key: DeviceKey, now_ms: u64) {
+        if self.collecting.live.get(&key).is_some_and(|n| *n > 0) {
+            self.collecting.must_write = true;
+            self.flush(cx, now_ms);
+        }
+    }
+
+    /// When the collected group is due to be written if nothing else happens (None: nothing
+    /// is collected, it is due already, or it waits for the outstanding write).
+    pub fn timeout(&self) -> Option<u64> {
+        let b = &self.collecting;
+        if self.writing.is_some() || self.poisoned || b.must_write {
+            return None;
+        }
+        b.since_ms.map(|t| t + self.hold_ms)
+    }
+
+    /// Hand the collected group to the store when it is due and no write is outstanding: at
+    /// once if something in it must be written or it holds too much, else once the oldest
+    /// change has waited `hold_ms` for acks.
+    pub fn flush(&mut self, cx: &mut Cx<'_>, now_ms: u64) {
+        let b = &self.collecting;
+        if self.writing.is_some() || self.poisoned || b.since_ms.is_none() {
             return;
         }
-        let mut batch = std::mem::take(&mut self.collecting);
+        let due = b.must_write
+            || b.held_bytes >= self.max_held_bytes
+            || b.since_ms.is_some_and(|t| now_ms >= t + self.hold_ms);
+        if !due {
+            return;
+        }
+        let Batch {
+            set,
+            sends,
+            counts,
+            acked,
+            ..
+        } = std::mem::take(&mut self.collecting);
+        let mut write = WriteSet {
+            sends: Vec::with_capacity(set.sends.len()),
+            acks: set.acks,
+        };
+        let mut waiting = Vec::with_capacity(sends.len());
+        for (mut send, w) in set.sends.into_iter().zip(sends) {
+            if w.avoided {
+                continue;
+            }
+            if !acked.is_empty() {
+                send.entries.retain(|e| !acked.contains(&(e.device, e.seq)));
+            }
+            write.sends.push(send);
+            waiting.push(w);
+        }
+        if write.is_empty() {
+            return;
+        }
         let job = self.next_job;
         self.next_job += 1;
-        cx.actions.push_back(Action::Enqueue {
+        cx.actions.push_back(Action::Enqueue { job, write });
+        self.writing = Some((
             job,
-            write: std::mem::take(&mut batch.set),
-        });
-        self.writing = Some((job, batch));
+            Batch {
+                sends: waiting,
+                counts,
+                ..Batch::default()
+            },
+        ));
     }
 
     /// The store wrote (or failed to write) job `job`: answer its sends, let the devices read
@@ -594,6 +750,7 @@ impl Owner {
         cx: &mut Cx<'_>,
         job: JobId,
         result: Result<WriteOutcome, StorageError>,
+        now_ms: u64,
     ) {
         let Some((id, batch)) = self.writing.take() else {
             return;
@@ -627,16 +784,19 @@ impl Owner {
             let frame = match outcomes.get(i) {
                 Some(SendOutcome::Written { skipped }) => {
                     Metrics::inc(&cx.metrics.accepted);
-                    Metrics::add(
-                        &cx.metrics.stored,
-                        u64::from(w.recipients) - u64::from(*skipped),
-                    );
-                    for key in &w.devices {
-                        match cx.conns.online(*key) {
-                            Some(conn) if conn.delivery.behind() => conn.want_read(),
-                            Some(_) => {}
+                    let stored = (w.entries.len() as u64).saturating_sub(u64::from(*skipped));
+                    Metrics::add(&cx.metrics.stored, stored);
+                    for &(key, seq) in &w.entries {
+                        match cx.conns.online(key) {
+                            Some(conn) => {
+                                // Its connection may not know of it (it connected since).
+                                conn.delivery.saw(seq);
+                                if conn.delivery.behind() {
+                                    conn.want_read();
+                                }
+                            }
                             None => {
-                                if let Some(token) = cx.view.push_token(*key) {
+                                if let Some(token) = cx.view.push_token(key) {
                                     cx.actions.push_back(Action::Wake {
                                         token,
                                         urgent: w.urgent,
@@ -668,7 +828,7 @@ impl Owner {
                 }
             }
         }
-        self.flush(cx);
+        self.flush(cx, now_ms);
     }
 
     /// Forget a device that was removed.

@@ -58,7 +58,7 @@ fn policy(sim: &mut Sim, id: u64, req: u128, change: PolicyChange) {
 }
 
 #[test]
-fn accepted_only_after_the_write_and_live_copies_go_first_in_order() {
+fn live_copies_go_first_in_order_and_accepted_waits_for_the_write() {
     let mut sim = Sim::new();
     sim.auto_commit = false;
     let a = sim.connect(dev(1, 1));
@@ -71,25 +71,142 @@ fn accepted_only_after_the_write_and_live_copies_go_first_in_order() {
     // Pushed to both devices at once, in order, before anything is durable...
     assert_eq!(ids(&sim.take(b1)), vec![1, 2, 3]);
     assert_eq!(ids(&sim.take(b2)), vec![1, 2, 3]);
-    // ...but the sender hears nothing until the write commits.
+    // ...but without acks the sender hears nothing until the write commits: one write for
+    // all three (they waited together for acks, then went to the store as one group).
     assert_eq!(answer(&sim.take(a), 1), None);
     assert!(sim.commit());
+    assert!(!sim.commit(), "one group");
     sim.run();
-    let mut frames = sim.take(a);
-    assert_eq!(answer(&frames, 1), Some(Ok(2)), "the first write");
+    let frames = sim.take(a);
+    for m in 1..=3 {
+        assert_eq!(answer(&frames, m), Some(Ok(2)), "message {m}");
+    }
+    assert_eq!(sim.store.queued(dev(2, 1)).len(), 3);
+}
+
+#[test]
+fn sends_collect_while_a_write_is_outstanding() {
+    let mut sim = Sim::new();
+    sim.auto_commit = false;
+    let a = sim.connect(dev(1, 1));
+    let b = sim.connect(dev(2, 1));
+    sim.disconnect(b);
+    for m in 1..=3 {
+        sim.send(a, dev(2, 1), m, b"x");
+    }
+    sim.run();
+    // For an offline device the first is written at once; the next two wait for it.
+    assert!(sim.commit());
+    sim.run();
+    let frames = sim.take(a);
+    assert_eq!(answer(&frames, 1), Some(Ok(1)));
     assert_eq!(
         answer(&frames, 2),
         None,
         "collected while the first was written"
     );
     assert!(sim.commit(), "the second group");
-    assert!(!sim.commit(), "two writes for three sends: group commit");
+    assert!(!sim.commit(), "two writes for three sends");
     sim.run();
-    frames.extend(sim.take(a));
-    for m in 1..=3 {
-        assert_eq!(answer(&frames, m), Some(Ok(2)), "message {m}");
-    }
+    let frames = sim.take(a);
+    assert_eq!(answer(&frames, 3), Some(Ok(1)));
     assert_eq!(sim.store.queued(dev(2, 1)).len(), 3);
+}
+
+#[test]
+fn an_envelope_acked_before_its_write_is_never_written() {
+    let mut sim = Sim::new();
+    sim.auto_advance = false;
+    let a = sim.connect(dev(1, 1));
+    let b = sim.connect(dev(2, 1));
+    sim.send(a, dev(2, 1), 1, b"x");
+    sim.run();
+    let got = delivered(&sim.take(b));
+    assert_eq!(got.len(), 1);
+    assert_eq!(answer(&sim.take(a), 1), None, "not acknowledged yet");
+    sim.ack(b, vec![got[0].0]);
+    sim.run();
+    assert_eq!(
+        answer(&sim.take(a), 1),
+        Some(Ok(1)),
+        "ACCEPTED on the last ack"
+    );
+    sim.advance(1000);
+    sim.run();
+    assert_eq!(sim.store.entries_written(), 0, "nothing reached the store");
+    assert!(!sim.store.has_submitted());
+    // The next connection of the device gets nothing again.
+    sim.disconnect(b);
+    let b = sim.connect(dev(2, 1));
+    assert!(delivered(&sim.take(b)).is_empty());
+}
+
+#[test]
+fn only_the_devices_that_did_not_ack_are_written() {
+    let mut sim = Sim::new();
+    sim.auto_commit = false;
+    sim.auto_advance = false;
+    let a = sim.connect(dev(1, 1));
+    let b1 = sim.connect(dev(2, 1));
+    sim.connect(dev(2, 2));
+    let b2 = *sim.clients.keys().last().unwrap();
+    sim.disconnect(b2);
+    let c = sim.connect(dev(3, 1));
+    sim.disconnect(c);
+    // Keep the writer busy so the next send collects.
+    sim.send(a, dev(3, 1), 1, b"busy");
+    sim.run();
+    sim.send(a, dev(2, 0), 2, b"to both devices");
+    sim.run();
+    let got = delivered(&sim.take(b1));
+    sim.ack(b1, vec![got[0].0]);
+    sim.run();
+    while sim.commit() {
+        sim.run();
+    }
+    assert_eq!(answer(&sim.take(a), 2), Some(Ok(2)));
+    assert!(
+        sim.store.queued(dev(2, 1)).is_empty(),
+        "acked before its write"
+    );
+    assert_eq!(
+        sim.store.queued(dev(2, 2)).len(),
+        1,
+        "the offline device's entry"
+    );
+}
+
+#[test]
+fn a_device_that_goes_away_gets_what_it_did_not_ack_on_its_next_connection() {
+    let mut sim = Sim::new();
+    sim.auto_advance = false;
+    let a = sim.connect(dev(1, 1));
+    let b = sim.connect(dev(2, 1));
+    sim.send(a, dev(2, 1), 1, b"x");
+    sim.run();
+    assert_eq!(ids(&sim.take(b)), vec![1]);
+    sim.disconnect(b);
+    sim.run();
+    assert_eq!(answer(&sim.take(a), 1), Some(Ok(1)), "written once it left");
+    let b = sim.connect(dev(2, 1));
+    assert_eq!(ids(&sim.take(b)), vec![1], "redelivered from the queue");
+}
+
+#[test]
+fn past_the_memory_cap_envelopes_are_written_at_once() {
+    let mut setup = Setup::default();
+    setup.limits.max_held_bytes = 1;
+    let mut sim = Sim::with(setup);
+    sim.auto_advance = false;
+    sim.auto_commit = false;
+    let a = sim.connect(dev(1, 1));
+    sim.connect(dev(2, 1));
+    sim.send(a, dev(2, 1), 1, b"x");
+    sim.run();
+    assert!(
+        sim.store.has_submitted(),
+        "written without waiting for acks"
+    );
 }
 
 #[test]

@@ -74,6 +74,8 @@ pub(crate) struct Sim {
     pub wakeups: Vec<(Bytes, bool)>,
     /// Commit writes whenever the simulation is otherwise idle.
     pub auto_commit: bool,
+    /// Let virtual time pass to the core's next timeout whenever the simulation is idle.
+    pub auto_advance: bool,
 }
 
 impl Sim {
@@ -107,6 +109,7 @@ impl Sim {
             clients: BTreeMap::new(),
             wakeups: Vec::new(),
             auto_commit: true,
+            auto_advance: true,
         };
         sim.core.tick(T0);
         sim
@@ -216,10 +219,13 @@ impl Sim {
         self.clients.remove(&id);
     }
 
-    /// Move the virtual clock.
+    /// Move the virtual clock (firing the core's timeout if it comes due).
     pub fn advance(&mut self, ms: u64) {
         self.now_ms += ms;
         self.core.tick(self.now_ms);
+        if self.core.poll_timeout().is_some_and(|t| t <= self.now_ms) {
+            self.core.handle_timeout(self.now_ms);
+        }
     }
 
     /// Commit the oldest submitted write; false if none.
@@ -233,6 +239,16 @@ impl Sim {
         }
     }
 
+    /// Move virtual time to the core's next timeout and fire it; false if it has none.
+    pub fn fire_timeout(&mut self) -> bool {
+        let Some(due) = self.core.poll_timeout() else {
+            return false;
+        };
+        self.now_ms = self.now_ms.max(due);
+        self.core.handle_timeout(self.now_ms);
+        true
+    }
+
     /// Perform what the core asks until nothing is left (committing writes when idle if
     /// `auto_commit`).
     pub fn run(&mut self) {
@@ -241,6 +257,9 @@ impl Sim {
                 continue;
             }
             if self.auto_commit && self.commit() {
+                continue;
+            }
+            if self.auto_advance && self.fire_timeout() {
                 continue;
             }
             return;
