@@ -16,7 +16,6 @@ use crate::metrics::Metrics;
 use crate::policy::Origin;
 use crate::{now_ms, Shared};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_CHUNK: usize = 64 * 1024;
 /// An empty read buffer larger than this is released, so an idle connection holds no buffer.
 const IDLE_BUFFER: usize = 2 * 1024;
@@ -33,7 +32,7 @@ enum End {
 /// Serve one QUIC connection until it ends.
 pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     let router = shared.router.clone();
-    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn.accept_bi()).await;
+    let accepted = tokio::time::timeout(router.limits.hello_timeout(), conn.accept_bi()).await;
     let Ok(Ok((send, recv))) = accepted else {
         conn.close(
             ErrorCode::ProtocolViolation.as_u16().into(),
@@ -101,7 +100,7 @@ impl Session {
     }
 
     async fn authenticate(&mut self, shared: &Shared) -> Result<Origin, End> {
-        let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.read_item())
+        let first = tokio::time::timeout(self.router.limits.hello_timeout(), self.read_item())
             .await
             .map_err(|_| End::Close(ErrorCode::ProtocolViolation, "no HELLO in time".into()))??;
         let Decoded::Frame(Frame::Hello { version, token }) = first else {
