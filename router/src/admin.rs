@@ -356,7 +356,7 @@ async fn metrics(State(s): S) -> Response {
     put(
         "hearth_quic_handshakes_total",
         "counter",
-        "QUIC handshakes begun (Initial packets accepted for processing).",
+        "New QUIC handshakes seen (one sent a Retry counts again when it comes back).",
         c(&f.handshakes),
     );
     put(
