@@ -5,7 +5,13 @@
 # libclang is looked for the way clang-sys looks for it: a file named `libclang.so` or
 # `libclang-<version>.so[.N]` (never `libclang-cpp`, the C++ interface LLVM ships beside it,
 # which bindgen cannot load), in LIBCLANG_PATH, the linker cache or LLVM's own lib folders.
+#
+# HEARTH_LIBCLANG_DIRS overrides the folders searched after LIBCLANG_PATH and the linker cache:
+# space-separated, globs allowed (default below). ctl/tests/install_deps.rs uses it, with stub
+# apt-get, ldconfig and id on PATH, to run this script against a made-up system.
 set -euo pipefail
+
+LIBCLANG_DIRS=${HEARTH_LIBCLANG_DIRS-"/usr/lib/llvm-*/lib /usr/lib/* /usr/lib64"}
 
 # True when NAME (a file's base name) is one clang-sys would load.
 is_libclang() {
@@ -22,8 +28,11 @@ have_libclang() {
   while read -r name; do
     is_libclang "$name" && return 0
   done < <(ldconfig -p 2>/dev/null | awk '{print $1}')
-  for f in /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* /usr/lib64/libclang*.so*; do
-    [ -e "$f" ] && is_libclang "$(basename "$f")" && return 0
+  local dir
+  for dir in $LIBCLANG_DIRS; do
+    for f in "$dir"/libclang*.so*; do
+      [ -e "$f" ] && is_libclang "$(basename "$f")" && return 0
+    done
   done
   return 1
 }

@@ -18,6 +18,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const STREAM_RECEIVE_WINDOW: u32 = 256 * 1024;
 /// Connection receive window and send window.
 pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// TLS 1.3 session tickets a [`quic_client_config`] keeps per node name: a reconnect presents
+/// one (resumption: no certificate exchange, no signature) and the node sends fresh ones.
+pub const SESSION_TICKETS: usize = 8;
 
 /// Where and how to connect, as which device.
 #[derive(Clone)]
@@ -75,9 +78,19 @@ impl std::fmt::Debug for ClientConfig {
     }
 }
 
-/// The rustls configuration: ring provider, TLS 1.3 only, AES-GCM suites first, ALPN
-/// `hearth/1`, trusting exactly the certificates in `ca_pem`.
+/// [`rustls_config_with_tickets`] with [`SESSION_TICKETS`].
+#[cfg(test)]
 pub(crate) fn rustls_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, ClientError> {
+    rustls_config_with_tickets(ca_pem, SESSION_TICKETS)
+}
+
+/// The rustls configuration: ring provider, TLS 1.3 only, AES-GCM suites first, ALPN
+/// `hearth/1`, trusting exactly the certificates in `ca_pem`, resuming sessions with up to
+/// `tickets` tickets per node (0: never). Never 0-RTT (the node refuses it).
+fn rustls_config_with_tickets(
+    ca_pem: &[u8],
+    tickets: usize,
+) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
         let cert = cert.map_err(|e| ClientError::Tls(format!("reading CA PEM: {e}")))?;
@@ -103,7 +116,105 @@ pub(crate) fn rustls_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, Clien
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![hearth_protocol::ALPN.to_vec()];
+    tls.resumption = if tickets == 0 {
+        rustls::client::Resumption::disabled()
+    } else {
+        rustls::client::Resumption::store(Arc::new(TicketStore::new(tickets)))
+    };
+    tls.enable_early_data = false;
     Ok(tls)
+}
+
+/// Session tickets in memory, up to `per_server` per node name (rustls' own cache keeps 8,
+/// too few for a configuration shared by thousands of connections, as in a load generator).
+#[derive(Debug)]
+struct TicketStore {
+    per_server: usize,
+    servers: std::sync::Mutex<
+        std::collections::HashMap<rustls::pki_types::ServerName<'static>, ServerTickets>,
+    >,
+}
+
+#[derive(Debug, Default)]
+struct ServerTickets {
+    kx_hint: Option<rustls::NamedGroup>,
+    tls13: std::collections::VecDeque<rustls::client::Tls13ClientSessionValue>,
+}
+
+/// Node names remembered; the store is cleared when more turn up (a client talks to a few).
+const TICKET_SERVERS: usize = 64;
+
+impl TicketStore {
+    fn new(per_server: usize) -> TicketStore {
+        TicketStore {
+            per_server,
+            servers: Default::default(),
+        }
+    }
+
+    fn with<R>(
+        &self,
+        server: &rustls::pki_types::ServerName<'_>,
+        f: impl FnOnce(&mut ServerTickets) -> R,
+    ) -> R {
+        let mut servers = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        if !servers.contains_key(server) && servers.len() >= TICKET_SERVERS {
+            servers.clear();
+        }
+        f(servers.entry(server.to_owned()).or_default())
+    }
+}
+
+impl rustls::client::ClientSessionStore for TicketStore {
+    fn set_kx_hint(
+        &self,
+        server: rustls::pki_types::ServerName<'static>,
+        group: rustls::NamedGroup,
+    ) {
+        self.with(&server, |s| s.kx_hint = Some(group));
+    }
+
+    fn kx_hint(&self, server: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.with(server, |s| s.kx_hint)
+    }
+
+    // TLS 1.2 is never negotiated (TLS 1.3 only): nothing to keep.
+    fn set_tls12_session(
+        &self,
+        _: rustls::pki_types::ServerName<'static>,
+        _: rustls::client::Tls12ClientSessionValue,
+    ) {
+    }
+
+    fn tls12_session(
+        &self,
+        _: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        None
+    }
+
+    fn remove_tls12_session(&self, _: &rustls::pki_types::ServerName<'static>) {}
+
+    fn insert_tls13_ticket(
+        &self,
+        server: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        let cap = self.per_server;
+        self.with(&server, |s| {
+            if s.tls13.len() >= cap {
+                s.tls13.pop_front();
+            }
+            s.tls13.push_back(value);
+        });
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.with(server, |s| s.tls13.pop_back())
+    }
 }
 
 /// Transport settings for client connections (see the constants of this module).
@@ -129,7 +240,17 @@ pub(crate) fn transport_config() -> TransportConfig {
 /// for many connections: besides saving the PEM parsing, its TLS session cache then allows
 /// session resumption on reconnects.
 pub fn quic_client_config(cfg: &ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
-    let tls = rustls_config(&cfg.ca_pem)?;
+    quic_client_config_with_tickets(cfg, SESSION_TICKETS)
+}
+
+/// Like [`quic_client_config`], keeping up to `tickets` session tickets for the node (0: no
+/// resumption, every handshake is a full one). A configuration shared by many connections to
+/// one node (a load generator) needs about one per connection to resume them all.
+pub fn quic_client_config_with_tickets(
+    cfg: &ClientConfig,
+    tickets: usize,
+) -> Result<quinn::ClientConfig, ClientError> {
+    let tls = rustls_config_with_tickets(&cfg.ca_pem, tickets)?;
     let quic = QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
     config.transport_config(Arc::new(transport_config()));

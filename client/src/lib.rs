@@ -26,8 +26,8 @@ mod types;
 
 pub use client::{Client, CONNECT_WAIT};
 pub use config::{
-    client_endpoint, quic_client_config, ClientConfig, CONNECTION_WINDOW, IDLE_TIMEOUT, KEEP_ALIVE,
-    STREAM_RECEIVE_WINDOW,
+    client_endpoint, quic_client_config, quic_client_config_with_tickets, ClientConfig,
+    CONNECTION_WINDOW, IDLE_TIMEOUT, KEEP_ALIVE, SESSION_TICKETS, STREAM_RECEIVE_WINDOW,
 };
 pub use connection::Connection;
 pub use error::ClientError;

@@ -1,6 +1,8 @@
-//! Commands that talk to a node's admin HTTP API.
+//! Commands that talk to a node's admin HTTP(S) API, with its bearer token.
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
@@ -8,15 +10,54 @@ use serde_json::Value;
 
 use crate::render;
 
+/// Where a node's admin API is and how to authenticate to it.
+#[derive(Debug, Clone, Default)]
+pub struct AdminTarget {
+    /// Base URL, `http://` or `https://`.
+    pub url: String,
+    /// The admin bearer token (`None`: requests carry none, and the node answers 401 where one
+    /// is needed).
+    pub token: Option<String>,
+    /// PEM of the CA to trust for `https://` (default: the Mozilla roots built in).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl AdminTarget {
+    /// A target without token or CA.
+    pub fn new(url: impl Into<String>) -> AdminTarget {
+        AdminTarget {
+            url: url.into(),
+            ..AdminTarget::default()
+        }
+    }
+
+    /// The same target, authenticating with `token`.
+    pub fn with_token(mut self, token: impl Into<String>) -> AdminTarget {
+        self.token = Some(token.into());
+        self
+    }
+}
+
+/// The admin token in a file: its text, trimmed (the node writes it with a newline).
+pub fn read_token_file(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("reading admin token file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("admin token file {} is empty", path.display());
+    }
+    Ok(token.to_owned())
+}
+
 /// `GET /v1/status`, rendered.
-pub fn status(admin: &str, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn status(admin: &AdminTarget, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let v = Admin::new(admin)?.call("GET", "/v1/status", "status")?;
     emit(&v, json, out, render::render_status)
 }
 
 /// `GET /v1/queues/{account}[/{device}]`, rendered.
 pub fn queue_stats(
-    admin: &str,
+    admin: &AdminTarget,
     account: u64,
     device: Option<u32>,
     json: bool,
@@ -43,7 +84,7 @@ pub fn queue_stats(
 /// `DELETE /v1/devices/{account}/{device}`: unregister the device, delete its queue and close
 /// its connection; rendered.
 pub fn device_remove(
-    admin: &str,
+    admin: &AdminTarget,
     account: u64,
     device: u32,
     json: bool,
@@ -61,7 +102,7 @@ pub fn device_remove(
 /// `GET /v1/abuse`: the accounts the node flagged, most severe first (the node's order), at
 /// most `limit` of them; rendered as a table.
 pub fn abuse_top(
-    admin: &str,
+    admin: &AdminTarget,
     limit: Option<u64>,
     json: bool,
     out: &mut dyn Write,
@@ -88,7 +129,7 @@ pub fn abuse_top(
 /// `DELETE /v1/accounts/{account}`: erase everything the node holds about the account and
 /// print what was removed. Refuses unless `confirmed` (`--yes`): an erasure cannot be undone.
 pub fn account_purge(
-    admin: &str,
+    admin: &AdminTarget,
     account: u64,
     confirmed: bool,
     json: bool,
@@ -110,7 +151,12 @@ pub fn account_purge(
 
 /// `GET /v1/groups/{group}`: the group's creator, membership version and member count;
 /// rendered as labelled lines.
-pub fn group_show(admin: &str, group: u64, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn group_show(
+    admin: &AdminTarget,
+    group: u64,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     let path = format!("/v1/groups/{group}");
     let v = Admin::new(admin)?.call("GET", &path, &format!("group {group}"))?;
     emit(&v, json, out, render::render_group_show)
@@ -119,7 +165,7 @@ pub fn group_show(admin: &str, group: u64, json: bool, out: &mut dyn Write) -> a
 /// `GET /v1/groups/{group}/members?offset=O&limit=L`: one page of the group's members (account
 /// order) with their roles; rendered as a table and a "showing a–b of total" line.
 pub fn group_members(
-    admin: &str,
+    admin: &AdminTarget,
     group: u64,
     offset: u32,
     limit: u32,
@@ -149,32 +195,40 @@ fn emit(
 /// A blocking client for one node's admin API.
 struct Admin {
     base: String,
+    token: Option<String>,
     agent: ureq::Agent,
 }
 
 impl Admin {
-    fn new(base: &str) -> anyhow::Result<Admin> {
-        let base = base.trim().trim_end_matches('/');
-        if !base.starts_with("http://") {
-            bail!(
-                "admin URL {base:?} must start with http:// (the admin API is plain HTTP; keep it \
-                 on loopback or a private network)"
-            );
+    fn new(target: &AdminTarget) -> anyhow::Result<Admin> {
+        let base = target.url.trim().trim_end_matches('/');
+        let https = base.starts_with("https://");
+        if !https && !base.starts_with("http://") {
+            bail!("admin URL {base:?} must start with http:// or https://");
         }
-        let agent = ureq::AgentBuilder::new()
+        let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            .build();
+            .timeout(Duration::from_secs(60));
+        if https {
+            agent = agent.tls_config(tls_config(target.ca_file.as_deref())?);
+        } else if target.ca_file.is_some() {
+            bail!("--admin-ca is for an https:// admin URL; {base} is plain HTTP");
+        }
         Ok(Admin {
             base: base.to_owned(),
-            agent,
+            token: target.token.clone(),
+            agent: agent.build(),
         })
     }
 
     /// `method path`, answered with JSON. A 404 becomes "`subject`: the node's message".
     fn call(&self, method: &str, path: &str, subject: &str) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        match self.agent.request(method, &url).call() {
+        let mut request = self.agent.request(method, &url);
+        if let Some(t) = &self.token {
+            request = request.set("Authorization", &format!("Bearer {t}"));
+        }
+        match request.call() {
             Ok(resp) => {
                 let body = resp
                     .into_string()
@@ -194,6 +248,17 @@ impl Admin {
                     .unwrap_or_else(|| body.trim().to_owned());
                 match code {
                     404 if !message.is_empty() => Err(anyhow!("{subject}: {message}")),
+                    401 if self.token.is_none() => Err(anyhow!(
+                        "node admin at {} needs its admin token: pass --token-file FILE (the \
+                         node's admin_token_file, default <data_dir>/admin.token) or set \
+                         HEARTH_ADMIN_TOKEN",
+                        self.base
+                    )),
+                    401 => Err(anyhow!(
+                        "node admin at {} refused the admin token ({message}): check \
+                         --token-file / HEARTH_ADMIN_TOKEN against the node's admin_token_file",
+                        self.base
+                    )),
                     _ if message.is_empty() => {
                         Err(anyhow!("node admin at {} answered HTTP {code}", self.base))
                     }
@@ -219,4 +284,31 @@ impl Admin {
     fn unreachable(&self, detail: &str) -> anyhow::Error {
         anyhow!("cannot reach node admin at {}: {detail}", self.base)
     }
+}
+
+/// TLS for an `https://` admin URL: trust `ca_file`, or the Mozilla roots built in.
+fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow!("reading --admin-ca {}: {e}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut &pem[..]) {
+                let cert = cert.map_err(|e| anyhow!("parsing {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| anyhow!("a certificate in {}: {e}", path.display()))?;
+            }
+            if roots.is_empty() {
+                bail!("no certificate in --admin-ca {}", path.display());
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(tls))
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::admin::{read_token_file, AdminTarget};
 use crate::ttl::parse_ttl;
 
 /// Where the node's admin HTTP API listens unless told otherwise.
@@ -14,13 +15,30 @@ pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9090";
 /// The token key an embedded default node creates in its working directory.
 pub const DEFAULT_KEY_PATH: &str = "./hearth-data/token.key";
 
+/// The admin token an embedded default node creates in its working directory; read when
+/// neither `--token-file` nor `HEARTH_ADMIN_TOKEN` is given and the file exists.
+pub const DEFAULT_ADMIN_TOKEN_PATH: &str = "./hearth-data/admin.token";
+
 /// hearthctl: operate a Hearth node.
 #[derive(Debug, Parser)]
 #[command(name = "hearthctl", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Base URL of the node's admin HTTP API (plain HTTP).
+    /// Base URL of the node's admin API (`http://`, or `https://` with `admin_tls_cert`).
     #[arg(long, global = true, env = "HEARTH_ADMIN", default_value = DEFAULT_ADMIN)]
     pub admin: String,
+    /// File with the node's admin token (its `admin_token_file`). Without it: env
+    /// HEARTH_ADMIN_TOKEN (the token itself), else ./hearth-data/admin.token if it exists.
+    #[arg(
+        long,
+        global = true,
+        env = "HEARTH_ADMIN_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub token_file: Option<PathBuf>,
+    /// PEM of the CA that signed the admin port's certificate (https:// only; default: the
+    /// Mozilla roots built in).
+    #[arg(long, global = true, env = "HEARTH_ADMIN_CA", value_name = "PEM")]
+    pub admin_ca: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -205,10 +223,40 @@ pub struct KeyGenerateArgs {
     pub out: PathBuf,
 }
 
+impl Cli {
+    /// The admin API these flags name, with the token found as `--token-file` documents.
+    pub fn admin_target(&self) -> anyhow::Result<AdminTarget> {
+        let token = match &self.token_file {
+            Some(path) => Some(read_token_file(path)?),
+            None => match std::env::var("HEARTH_ADMIN_TOKEN") {
+                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+                _ => {
+                    let default = std::path::Path::new(DEFAULT_ADMIN_TOKEN_PATH);
+                    if default.exists() {
+                        Some(read_token_file(default)?)
+                    } else {
+                        None
+                    }
+                }
+            },
+        };
+        Ok(AdminTarget {
+            url: self.admin.clone(),
+            token,
+            ca_file: self.admin_ca.clone(),
+        })
+    }
+}
+
 /// Run one parsed command, writing its output to `out`.
 pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     let json = cli.json;
-    let admin = cli.admin.as_str();
+    let target = match &cli.command {
+        Command::Token(_) | Command::Key(_) => None,
+        _ => Some(cli.admin_target()?),
+    };
+    let offline = AdminTarget::default();
+    let admin = target.as_ref().unwrap_or(&offline);
     match &cli.command {
         Command::Token(TokenCommand::Issue(args)) => token_issue_now(args, json, out),
         Command::Status => crate::admin::status(admin, json, out),

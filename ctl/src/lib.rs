@@ -5,8 +5,9 @@
 //!
 //! - [`token_issue`] and [`key_generate`] work offline, on the node's token key file;
 //! - [`status`], [`queue_stats`], [`device_remove`], [`abuse_top`], [`account_purge`],
-//!   [`group_show`] and [`group_members`] talk to a node's admin HTTP API (plain HTTP, loopback
-//!   by default) and print tables, or the node's JSON with `--json`.
+//!   [`group_show`] and [`group_members`] talk to a node's admin API (HTTP on loopback by
+//!   default, or HTTPS) with its bearer token ([`AdminTarget`]) and print tables, or the node's
+//!   JSON with `--json`.
 
 mod admin;
 mod cli;
@@ -15,12 +16,14 @@ mod render;
 mod ttl;
 
 pub use admin::{
-    abuse_top, account_purge, device_remove, group_members, group_show, queue_stats, status,
+    abuse_top, account_purge, device_remove, group_members, group_show, queue_stats,
+    read_token_file, status, AdminTarget,
 };
 pub use cli::{
     run, AbuseCommand, AbuseTopArgs, AccountCommand, AccountPurgeArgs, Cli, Command, DeviceCommand,
     DeviceRemoveArgs, GroupCommand, GroupMembersArgs, GroupShowArgs, KeyCommand, KeyGenerateArgs,
-    QueueCommand, QueueStatsArgs, TokenCommand, TokenIssueArgs, DEFAULT_ADMIN, DEFAULT_KEY_PATH,
+    QueueCommand, QueueStatsArgs, TokenCommand, TokenIssueArgs, DEFAULT_ADMIN,
+    DEFAULT_ADMIN_TOKEN_PATH, DEFAULT_KEY_PATH,
 };
 pub use keys::{key_generate, token_issue};
 pub use render::{

@@ -53,10 +53,10 @@ fn unreachable_node_is_a_clear_error() {
         "{err}"
     );
 
-    let err = ctl(&["status", "--admin", "https://127.0.0.1:9090"])
+    let err = ctl(&["status", "--admin", "ftp://127.0.0.1:9090"])
         .unwrap_err()
         .to_string();
-    assert!(err.contains("must start with http://"), "{err}");
+    assert!(err.contains("must start with http:// or https://"), "{err}");
 }
 
 #[test]

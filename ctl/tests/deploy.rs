@@ -8,9 +8,23 @@ const UNIT: &str = include_str!("../../deploy/hearthd.service");
 
 /// `(table, key, "key = value")` for every commented-out `# key = value` line.
 fn commented_keys() -> Vec<(Option<String>, String, String)> {
+    commented_keys_with_paragraph()
+        .into_iter()
+        .map(|(t, k, l, _)| (t, k, l))
+        .collect()
+}
+
+/// Like [`commented_keys`], with the number of the paragraph (lines between blank lines) that
+/// holds each line: keys that only work together (`admin_tls_cert` and `admin_tls_key`) are
+/// shown in one paragraph.
+fn commented_keys_with_paragraph() -> Vec<(Option<String>, String, String, usize)> {
     let mut table = None;
     let mut keys = Vec::new();
+    let mut paragraph = 0;
     for line in EXAMPLE.lines() {
+        if line.trim().is_empty() {
+            paragraph += 1;
+        }
         if let Some(t) = line.strip_prefix('[') {
             table = Some(t.trim_end_matches(']').to_owned());
         }
@@ -21,7 +35,7 @@ fn commented_keys() -> Vec<(Option<String>, String, String)> {
             continue;
         };
         if !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-            keys.push((table.clone(), key.to_owned(), rest.to_owned()));
+            keys.push((table.clone(), key.to_owned(), rest.to_owned(), paragraph));
         }
     }
     keys
@@ -54,19 +68,26 @@ fn example_config_parses_with_production_settings() {
 #[test]
 fn commented_defaults_are_the_real_defaults_and_every_key_is_documented() {
     let defaults = toml::Value::try_from(Config::default()).unwrap();
+    let with_paragraphs = commented_keys_with_paragraph();
     let commented = commented_keys();
     assert!(commented.len() >= 10, "{commented:?}");
-    for (table, key, line) in &commented {
+    for (table, key, line, paragraph) in &with_paragraphs {
         let parsed: toml::Value = toml::from_str(line).unwrap();
         let shown = parsed.get(key).unwrap();
         match lookup(&defaults, table, key) {
             Some(real) => assert_eq!(shown, real, "{table:?}.{key}: the example says {line}"),
             // A key unset by default (an Option such as push.webhook_url): the commented line
-            // is an example value, which the node must accept.
+            // is an example value, which the node must accept (with the other unset keys of
+            // its paragraph, which may only work together).
             None => {
+                let together: String = with_paragraphs
+                    .iter()
+                    .filter(|(t, k, _, p)| p == paragraph && lookup(&defaults, t, k).is_none())
+                    .map(|(_, _, l, _)| format!("{l}\n"))
+                    .collect();
                 let text = match table {
-                    Some(t) => format!("[{t}]\n{line}\n"),
-                    None => format!("{line}\n"),
+                    Some(t) => format!("[{t}]\n{together}"),
+                    None => together,
                 };
                 if let Err(e) = Config::from_toml(&text) {
                     panic!("unknown key or invalid example {table:?}.{line}: {e:#}");

@@ -10,10 +10,23 @@ use hearth_ctl::{run, Cli};
 use hearth_router::{Config, Node};
 use serde_json::Value;
 
-/// Run hearthctl with `args` (blocking HTTP, so off the async runtime).
+/// The admin token file every node of these tests uses (`admin_token_file`), and that
+/// [`ctl`] passes with `--token-file`.
+fn admin_token_file() -> &'static Path {
+    static FILE: std::sync::OnceLock<tempfile::TempPath> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, b"node-tests-admin-token-0123456789\n").unwrap();
+        f.into_temp_path()
+    })
+}
+
+/// Run hearthctl with `args` and the nodes' admin token (blocking HTTP, so off the runtime).
 async fn ctl(args: &[&str]) -> anyhow::Result<String> {
+    let token = admin_token_file().to_str().unwrap();
     let args: Vec<String> = std::iter::once("hearthctl")
         .chain(args.iter().copied())
+        .chain(["--token-file", token])
         .map(String::from)
         .collect();
     tokio::task::spawn_blocking(move || {
@@ -36,6 +49,7 @@ async fn start(dir: &Path) -> Node {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_path_buf(),
+        admin_token_file: Some(admin_token_file().to_path_buf()),
         ..Config::default()
     };
     Node::start(cfg).await.unwrap()
@@ -297,6 +311,7 @@ async fn abuse_top_and_account_purge() {
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.admin_listen = "127.0.0.1:0".parse().unwrap();
     cfg.data_dir = dir.path().to_path_buf();
+    cfg.admin_token_file = Some(admin_token_file().to_path_buf());
     let node = Node::start(cfg).await.unwrap();
     let key = dir.path().join("token.key");
     let admin = format!("http://{}", node.admin_addr());

@@ -7,7 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use hearth_client::{quic_client_config, ClientConfig, ClientError, Connection, Deliveries};
+use hearth_client::{
+    quic_client_config, quic_client_config_with_tickets, ClientConfig, ClientError, Connection,
+    Deliveries,
+};
 use quinn::Endpoint;
 use tokio::sync::Semaphore;
 
@@ -65,6 +68,14 @@ impl Connector {
             pacer: Pacer::new(connect_rate),
             handshakes: Semaphore::new(CONNECT_CONCURRENCY),
         })
+    }
+
+    /// Keep up to `tickets` TLS session tickets for reconnects (0: every handshake is a full
+    /// one). The default keeps the client crate's few, shared by all connections.
+    pub fn set_session_tickets(&mut self, tickets: usize) -> anyhow::Result<()> {
+        self.quic = quic_client_config_with_tickets(&self.base, tickets)
+            .context("client TLS configuration")?;
+        Ok(())
     }
 
     /// Connects `account` (device 1) from endpoint `slot % endpoints`, paced. One attempt.

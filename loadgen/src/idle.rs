@@ -39,6 +39,12 @@ pub struct IdleConfig {
     pub account_base: u64,
     /// Objectives (`rss_per_connection`, `connect_failures`, `connected`, `handshakes_per_s`).
     pub slos: Vec<Slo>,
+    /// Keep a TLS session ticket per connection, so reconnects resume (false: every handshake
+    /// is a full one).
+    pub resumption: bool,
+    /// After the hold, close every connection and reconnect them all at once (a reconnect
+    /// storm), measuring its handshakes per second.
+    pub reconnect_all: bool,
     /// Print progress on stderr.
     pub progress: bool,
 }
@@ -64,6 +70,12 @@ pub struct IdleReport {
     pub held_s: f64,
     /// Reconnects made for churn while holding.
     pub reconnects: u64,
+    /// Whether connections kept session tickets (`--resumption`).
+    #[serde(default)]
+    pub resumption: bool,
+    /// The reconnect storm (`--reconnect-all`), if one was run.
+    #[serde(default)]
+    pub storm: Option<StormReport>,
     /// Source addresses used.
     pub source_ips: u8,
     /// Node status before connecting.
@@ -84,6 +96,23 @@ pub struct IdleReport {
     pub slo: Vec<SloResult>,
     /// Every objective held (and no connection failed).
     pub passed: bool,
+}
+
+/// Every connection closed and reconnected at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StormReport {
+    /// Connections reconnected.
+    pub reconnected: u64,
+    /// Connections that could not reconnect (after retries).
+    pub failed: u64,
+    /// Time to reconnect them all, seconds.
+    pub seconds: f64,
+    /// Reconnects per second.
+    pub handshakes_per_s: f64,
+    /// Handshakes the node resumed from a session ticket meanwhile (None: no admin address).
+    pub node_resumed: Option<u64>,
+    /// Handshakes the node sent a Retry meanwhile (None: no admin address).
+    pub node_retries: Option<u64>,
 }
 
 impl IdleReport {
@@ -129,6 +158,23 @@ impl IdleReport {
             "held",
             format!("{:.1} s, {} churn reconnects", self.held_s, self.reconnects),
         );
+        if let Some(st) = &self.storm {
+            let opt = |v: Option<u64>| v.map_or("n/a".into(), |v| v.to_string());
+            row(
+                "reconnect storm",
+                format!(
+                    "{} in {:.1} s, {:.0} handshakes/s, {} failed (resumption {}; node: {} \
+                     resumed, {} Retry)",
+                    st.reconnected,
+                    st.seconds,
+                    st.handshakes_per_s,
+                    st.failed,
+                    if self.resumption { "on" } else { "off" },
+                    opt(st.node_resumed),
+                    opt(st.node_retries),
+                ),
+            );
+        }
         if let (Some(b), Some(h)) = (self.node_before, self.node_held) {
             row(
                 "node",
@@ -212,7 +258,10 @@ async fn run_on(cfg: &IdleConfig, p: &Prepared) -> anyhow::Result<IdleReport> {
     let node_before = status(p).await;
     let gen_before = own_rss();
     let n = cfg.connections as usize;
-    let connector = Arc::new(Connector::new(p, n, cfg.source_ips, cfg.connect_rate)?);
+    let mut connector = Connector::new(p, n, cfg.source_ips, cfg.connect_rate)?;
+    // One ticket per connection (each reconnect takes one; the node sends two per handshake).
+    connector.set_session_tickets(if cfg.resumption { 2 * n } else { 0 })?;
+    let connector = Arc::new(connector);
     let failures = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -308,6 +357,11 @@ async fn run_on(cfg: &IdleConfig, p: &Prepared) -> anyhow::Result<IdleReport> {
     }
     let held_s = hold_start.elapsed().as_secs_f64();
     let gen_held = own_rss();
+    let storm = if cfg.reconnect_all {
+        Some(reconnect_storm(cfg, p, &connector, &held, &failures).await)
+    } else {
+        None
+    };
     for slot in held.iter() {
         if let Some((c, _)) = slot.lock().await.take() {
             c.close();
@@ -338,6 +392,8 @@ async fn run_on(cfg: &IdleConfig, p: &Prepared) -> anyhow::Result<IdleReport> {
         handshakes_per_s: connected as f64 / connect_s.max(1e-3),
         held_s,
         reconnects,
+        resumption: cfg.resumption,
+        storm,
         source_ips: cfg.source_ips,
         node_before,
         node_held,
@@ -360,8 +416,65 @@ async fn run_on(cfg: &IdleConfig, p: &Prepared) -> anyhow::Result<IdleReport> {
             })
         })
         .collect();
-    r.passed = failed_n == 0 && r.slo.iter().all(|s| s.passed);
+    r.passed = failed_n == 0
+        && r.storm.as_ref().is_none_or(|s| s.failed == 0)
+        && r.slo.iter().all(|s| s.passed);
     Ok(r)
+}
+
+/// Close every held connection, wait until the node has seen the closes, then reconnect all of
+/// them at once (paced by `connect_rate`, bounded concurrency).
+async fn reconnect_storm(
+    cfg: &IdleConfig,
+    p: &Prepared,
+    connector: &Arc<Connector>,
+    held: &Arc<Held>,
+    failures: &Arc<AtomicU64>,
+) -> StormReport {
+    for slot in held.iter() {
+        if let Some((c, _)) = slot.lock().await.take() {
+            c.close();
+        }
+    }
+    connector.wait_idle(Duration::from_secs(10)).await;
+    let before = status(p).await;
+    let start = Instant::now();
+    let failed = Arc::new(AtomicU64::new(0));
+    let mut set = JoinSet::new();
+    for i in 0..held.len() {
+        let (connector, held, failures, failed) = (
+            connector.clone(),
+            held.clone(),
+            failures.clone(),
+            failed.clone(),
+        );
+        let account = cfg.account_base + i as u64;
+        set.spawn(async move {
+            match connector.connect_retry(i, account, 5, &failures).await {
+                Ok(c) => *held[i].lock().await = Some(c),
+                Err(_) => {
+                    failed.fetch_add(1, Relaxed);
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+    let seconds = start.elapsed().as_secs_f64();
+    let after = status(p).await;
+    let failed = failed.load(Relaxed);
+    let reconnected = held.len() as u64 - failed;
+    let delta = |f: fn(&NodeStatus) -> u64| match (&before, &after) {
+        (Some(b), Some(a)) => Some(f(a).saturating_sub(f(b))),
+        _ => None,
+    };
+    StormReport {
+        reconnected,
+        failed,
+        seconds,
+        handshakes_per_s: reconnected as f64 / seconds.max(1e-3),
+        node_resumed: delta(|s| s.tls_resumed),
+        node_retries: delta(|s| s.quic_retries),
+    }
 }
 
 /// Flags of `hearth-loadgen connections`.
@@ -396,9 +509,25 @@ pub struct IdleArgs {
     /// Objective, e.g. 'rss_per_connection<20KiB', 'connect_failures==0' (repeatable).
     #[arg(long = "slo", value_name = "EXPR", value_parser = crate::cli::parse_slo)]
     pub slos: Vec<Slo>,
+    /// Session resumption: `on` keeps a TLS session ticket per connection so reconnects
+    /// resume; `off` makes every handshake a full one (to measure the difference).
+    #[arg(long, default_value = "on", value_name = "on|off", action = clap::ArgAction::Set, value_parser = parse_on_off)]
+    pub resumption: bool,
+    /// After the hold, close every connection and reconnect them all at once (a reconnect
+    /// storm, paced by --connect-rate; 0 = as fast as possible) and report its handshakes/s.
+    #[arg(long)]
+    pub reconnect_all: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
 }
 
 impl IdleArgs {
@@ -413,6 +542,8 @@ impl IdleArgs {
             churn: self.churn,
             account_base: self.account_base,
             slos: self.slos.clone(),
+            resumption: self.resumption,
+            reconnect_all: self.reconnect_all,
             progress: !self.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         })
     }

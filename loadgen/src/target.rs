@@ -189,6 +189,12 @@ pub struct NodeStatus {
     pub connections: u64,
     /// Resident set size of the node process, bytes.
     pub rss_bytes: u64,
+    /// Handshakes resumed from a TLS session ticket, since the node started.
+    #[serde(default)]
+    pub tls_resumed: u64,
+    /// Handshakes sent a QUIC Retry, since the node started.
+    #[serde(default)]
+    pub quic_retries: u64,
 }
 
 /// `GET /v1/status` of the node's admin server.
@@ -205,6 +211,8 @@ pub(crate) async fn node_status(admin: SocketAddr) -> anyhow::Result<NodeStatus>
         Ok(NodeStatus {
             connections: v["connections"].as_u64().unwrap_or(0),
             rss_bytes: v["rss_bytes"].as_u64().unwrap_or(0),
+            tls_resumed: v["quic"]["tls_resumed"].as_u64().unwrap_or(0),
+            quic_retries: v["quic"]["retries"].as_u64().unwrap_or(0),
         })
     })
     .await

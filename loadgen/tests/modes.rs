@@ -235,6 +235,8 @@ async fn idle_connections_are_held_churned_and_measured() {
             Slo::parse("connect_failures==0").unwrap(),
             Slo::parse("rss_per_connection<1GiB").unwrap(),
         ],
+        resumption: true,
+        reconnect_all: true,
         progress: false,
     };
     let r = run_connections(cfg).await.expect("connections run");
@@ -247,4 +249,8 @@ async fn idle_connections_are_held_churned_and_measured() {
     assert!(r.node_rss_per_connection_bytes.is_some());
     assert!(r.node_includes_generator);
     assert!(r.passed, "{:?}", r.slo);
+    // The reconnect storm: every connection back, every handshake resumed from a ticket.
+    let storm = r.storm.expect("--reconnect-all ran");
+    assert_eq!((storm.reconnected, storm.failed), (60, 0));
+    assert_eq!(storm.node_resumed, Some(60));
 }

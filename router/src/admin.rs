@@ -1,11 +1,18 @@
-//! Admin HTTP: health, readiness, Prometheus metrics, JSON status and operator actions.
+//! Admin HTTP(S): health, readiness, Prometheus metrics, JSON status and operator actions.
+//!
+//! Every request carries `Authorization: Bearer <token>` (the node's admin token, compared in
+//! constant time), except `/healthz`, `/readyz`, `/metrics` and `/v1/status` while
+//! `admin_open_metrics` is on: those name no account, device or group.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::Json;
@@ -17,8 +24,60 @@ use crate::Shared;
 
 type S = State<Arc<Shared>>;
 
-/// Serve the admin API until shutdown.
-pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+/// Who may use the admin API.
+pub(crate) struct AdminAuth {
+    /// The bearer token.
+    pub token: String,
+    /// Health, readiness, metrics and status need no token.
+    pub open_metrics: bool,
+}
+
+/// Paths that name no account, device or group and change nothing.
+const AGGREGATE_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/v1/status"];
+
+/// Refuse a request without the right bearer token (401, nothing done).
+async fn authorize(State(s): S, req: Request, next: Next) -> Response {
+    let auth = &s.admin;
+    if auth.open_metrics && AGGREGATE_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let refusal = match presented {
+        None => {
+            "missing admin token: send `Authorization: Bearer <token>` (hearthctl: \
+                 --token-file FILE or HEARTH_ADMIN_TOKEN; the node's token is in \
+                 admin_token_file, default data_dir/admin.token)"
+        }
+        Some(t) if token_matches(t, &auth.token) => return next.run(req).await,
+        Some(_) => "wrong admin token",
+    };
+    let mut resp = error(StatusCode::UNAUTHORIZED, refusal);
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    resp
+}
+
+/// Constant-time comparison (of SHA-256 digests, so that the length leaks nothing either).
+fn token_matches(presented: &str, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let a = ring::digest::digest(&ring::digest::SHA256, presented.as_bytes());
+    let b = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    a.as_ref().ct_eq(b.as_ref()).into()
+}
+
+/// Serve the admin API until shutdown, over TLS when `tls` is given.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let mut shutdown = shared.shutdown.subscribe();
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -32,15 +91,98 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>
         .route("/v1/abuse", get(abuse))
         .route("/v1/groups/{group}", get(group_show))
         .route("/v1/groups/{group}/members", get(group_members))
-        .with_state(shared);
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            authorize,
+        ))
+        .with_state(shared.clone());
     let stop = async move {
-        let _ = shutdown.changed().await;
+        crate::stopped(&mut shutdown).await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
+    let result = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(acceptor) => {
+            let tls_listener = TlsListener::spawn(listener, acceptor, shared.shutdown.subscribe());
+            axum::serve(tls_listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
+    if let Err(e) = result {
         tracing::error!(error = %e, "admin server failed");
+    }
+}
+
+/// TLS handshakes of the admin port run on their own tasks (a slow client holds up no one);
+/// finished streams are handed to axum.
+struct TlsListener {
+    local: SocketAddr,
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+}
+
+impl TlsListener {
+    fn spawn(
+        listener: tokio::net::TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> TlsListener {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "admin accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = crate::stopped(&mut shutdown) => return,
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(stream)) => {
+                            let _ = tx.send((stream, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "admin TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "admin TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        TlsListener { local, ready }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accept task stopped (shutdown): nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(self.local)
     }
 }
 
@@ -87,6 +229,11 @@ async fn status(State(s): S) -> Json<Value> {
             "max_us": st.fsync_max_us,
         },
         "rss_bytes": rss_bytes(),
+        "quic": {
+            "handshakes": Metrics::get(&s.front.handshakes),
+            "retries": Metrics::get(&s.front.retries),
+            "tls_resumed": Metrics::get(&s.front.resumed),
+        },
         "rate_limited": s.driver.safety().refusals().into_iter()
             .map(|(l, n)| (l.as_str().to_string(), json!(n)))
             .collect::<serde_json::Map<_, _>>(),
@@ -206,6 +353,25 @@ async fn metrics(State(s): S) -> Response {
         "gauge",
         "Resident set size.",
         rss_bytes().to_string(),
+    );
+    let f = &s.front;
+    put(
+        "hearth_quic_handshakes_total",
+        "counter",
+        "New QUIC handshakes seen (one sent a Retry counts again when it comes back).",
+        c(&f.handshakes),
+    );
+    put(
+        "hearth_quic_retries_total",
+        "counter",
+        "Handshakes sent a Retry to validate the client's address (handshake flood).",
+        c(&f.retries),
+    );
+    put(
+        "hearth_tls_resumed_total",
+        "counter",
+        "Handshakes resumed from a TLS session ticket.",
+        c(&f.resumed),
     );
     let p = s.driver.pusher().stats();
     put(

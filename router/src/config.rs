@@ -13,6 +13,16 @@ pub struct Config {
     pub listen: SocketAddr,
     /// TCP address of the admin HTTP server (`/metrics`, `/healthz`, `/readyz`, `/v1/...`).
     pub admin_listen: SocketAddr,
+    /// File holding the admin API's bearer token; default `data_dir/admin.token`, created
+    /// (mode 0600, random) when missing.
+    pub admin_token_file: Option<PathBuf>,
+    /// `/healthz`, `/readyz`, `/metrics` and `/v1/status` answer without the token (they name
+    /// no account, device or group); `false` requires it there too.
+    pub admin_open_metrics: bool,
+    /// PEM certificate chain for HTTPS on the admin port; absent: plain HTTP.
+    pub admin_tls_cert: Option<PathBuf>,
+    /// PEM private key matching `admin_tls_cert`.
+    pub admin_tls_key: Option<PathBuf>,
     /// Where RocksDB, the token key and the development certificate live.
     pub data_dir: PathBuf,
     /// PEM certificate chain; when absent a self-signed development certificate is generated.
@@ -141,6 +151,17 @@ pub struct Limits {
     pub write_hold_ms: u64,
     /// Most payload bytes waiting that way; past it they are written at once.
     pub max_held_bytes: u64,
+    /// A connection that has not sent `HELLO` this long after the QUIC handshake is closed,
+    /// in milliseconds.
+    pub hello_timeout_ms: u64,
+    /// Above this many new QUIC handshakes per second (node-wide), a client whose address is
+    /// not yet validated must first echo a Retry token (one round trip more; spoofed sources
+    /// cannot). 0: never ask.
+    pub retry_above_handshakes_per_sec: u32,
+    /// QUIC handshakes waiting to be accepted; further Initial packets are dropped.
+    pub max_incoming: usize,
+    /// Bytes buffered for all handshakes waiting to be accepted (at most 64 KiB each).
+    pub incoming_buffer_bytes: u64,
 }
 
 impl Default for Config {
@@ -148,6 +169,10 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:4433".parse().expect("valid address"),
             admin_listen: "127.0.0.1:9090".parse().expect("valid address"),
+            admin_token_file: None,
+            admin_open_metrics: true,
+            admin_tls_cert: None,
+            admin_tls_key: None,
             data_dir: PathBuf::from("./hearth-data"),
             tls_cert: None,
             tls_key: None,
@@ -184,6 +209,10 @@ impl Default for Limits {
             max_header_bytes: 256,
             write_hold_ms: 5,
             max_held_bytes: 64 * 1024 * 1024,
+            hello_timeout_ms: 10_000,
+            retry_above_handshakes_per_sec: 1000,
+            max_incoming: 16_384,
+            incoming_buffer_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -219,6 +248,11 @@ impl Limits {
     /// The largest frame the node reads: an envelope plus a full `SEND_MULTI` recipient list.
     pub fn max_frame(&self) -> usize {
         self.max_envelope_bytes + 64 + self.max_multi_recipients * (14 + self.max_header_bytes)
+    }
+
+    /// `hello_timeout_ms` as a duration.
+    pub fn hello_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.hello_timeout_ms)
     }
 }
 
@@ -262,8 +296,21 @@ impl Config {
             "limits.max_header_bytes must be at most 960"
         );
         anyhow::ensure!(
+            (1..=600_000).contains(&l.hello_timeout_ms),
+            "limits.hello_timeout_ms must be in 1..=600000"
+        );
+        anyhow::ensure!(l.max_incoming >= 1, "limits.max_incoming must be >= 1");
+        anyhow::ensure!(
+            l.incoming_buffer_bytes >= 64 * 1024,
+            "limits.incoming_buffer_bytes must be at least 65536"
+        );
+        anyhow::ensure!(
             self.tls_cert.is_some() == self.tls_key.is_some(),
             "tls_cert and tls_key go together"
+        );
+        anyhow::ensure!(
+            self.admin_tls_cert.is_some() == self.admin_tls_key.is_some(),
+            "admin_tls_cert and admin_tls_key go together"
         );
         anyhow::ensure!(
             (1..=64).contains(&self.quic_endpoints),
@@ -287,6 +334,13 @@ impl Config {
         );
         self.push.validate()?;
         Ok(())
+    }
+
+    /// The admin token file in effect.
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.admin_token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.token"))
     }
 
     /// The token key path in effect.

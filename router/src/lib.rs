@@ -41,6 +41,11 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Resolves once shutdown has been asked for, even if that happened before the call.
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
 /// State shared by the node's tasks.
 pub(crate) struct Shared {
     /// The routing core and what performs its actions.
@@ -49,11 +54,19 @@ pub(crate) struct Shared {
     pub max_frame: usize,
     /// Most connections at once.
     pub max_connections: usize,
+    /// How long a connection may take to open its stream and send HELLO.
+    pub hello_timeout: Duration,
     pub shutdown: watch::Sender<bool>,
     pub ready: AtomicBool,
     pub started: Instant,
     pub quic_addr: SocketAddr,
     pub durability: DurabilityMode,
+    /// Counters of the QUIC front.
+    pub front: front::FrontMetrics,
+    /// Which new handshakes must first validate their address (Retry).
+    pub handshake_gate: front::HandshakeGate,
+    /// The admin API's token and which endpoints are open.
+    pub admin: admin::AdminAuth,
 }
 
 /// A running node.
@@ -63,6 +76,7 @@ pub struct Node {
     sessions: TaskTracker,
     background: TaskTracker,
     admin_addr: SocketAddr,
+    admin_https: bool,
     ca_pem: Vec<u8>,
     signing_key: SigningKey,
     server_name: String,
@@ -76,6 +90,12 @@ impl Node {
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
         let tls = tls::load(&cfg)?;
         let signing_key = tls::load_or_create_token_key(&cfg.token_key_path())?;
+        let reset_key = tls::load_or_create_secret(&cfg.data_dir.join("quic-reset.key"), 32)?;
+        let admin_token = tls::load_or_create_admin_token(&cfg.admin_token_path())?;
+        let admin_tls = match (&cfg.admin_tls_cert, &cfg.admin_tls_key) {
+            (Some(c), Some(k)) => Some(tls::admin_acceptor(c, k)?),
+            _ => None,
+        };
         if cfg.durability == DurabilityMode::None {
             tracing::warn!(
                 "durability = none: accepted envelopes are NOT fsync'd (benchmarks only)"
@@ -113,19 +133,27 @@ impl Node {
             metrics.clone(),
         );
         let driver = Driver::start(core, store, pusher, metrics, safety);
-        let server_config = tls::server_config(&tls)?;
-        let endpoints = front::bind(cfg.listen, cfg.quic_endpoints, server_config)?;
+        let front_metrics = front::FrontMetrics::default();
+        let server_config = tls::server_config(&tls, &cfg.limits, front_metrics.resumed.clone())?;
+        let endpoints = front::bind(cfg.listen, cfg.quic_endpoints, server_config, &reset_key)?;
         let quic_addr = endpoints[0].local_addr()?;
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             driver,
             max_frame: cfg.limits.max_frame(),
             max_connections: cfg.limits.max_connections,
+            hello_timeout: cfg.limits.hello_timeout(),
             shutdown,
             ready: AtomicBool::new(true),
             started: Instant::now(),
             quic_addr,
             durability: cfg.durability,
+            front: front_metrics,
+            handshake_gate: front::HandshakeGate::new(cfg.limits.retry_above_handshakes_per_sec),
+            admin: admin::AdminAuth {
+                token: admin_token,
+                open_metrics: cfg.admin_open_metrics,
+            },
         });
         let sessions = TaskTracker::new();
         let background = TaskTracker::new();
@@ -144,14 +172,18 @@ impl Node {
             .await
             .with_context(|| format!("binding admin HTTP on {}", cfg.admin_listen))?;
         let admin_addr = listener.local_addr()?;
-        background.spawn(admin::serve(listener, shared.clone()));
-        tracing::info!(%quic_addr, %admin_addr, data_dir = %cfg.data_dir.display(), "node started");
+        let admin_https = admin_tls.is_some();
+        background.spawn(admin::serve(listener, shared.clone(), admin_tls));
+        tracing::info!(
+            %quic_addr, %admin_addr, admin_https, data_dir = %cfg.data_dir.display(), "node started"
+        );
         Ok(Node {
             shared,
             endpoints,
             sessions,
             background,
             admin_addr,
+            admin_https,
             ca_pem: tls.ca_pem,
             signing_key,
             server_name: cfg.server_name,
@@ -166,6 +198,17 @@ impl Node {
     /// The bound admin HTTP address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// Base URL of the admin API: `http://` or, with `admin_tls_cert`, `https://`.
+    pub fn admin_url(&self) -> String {
+        let scheme = if self.admin_https { "https" } else { "http" };
+        format!("{scheme}://{}", self.admin_addr)
+    }
+
+    /// The admin API's bearer token (`Authorization: Bearer <token>`).
+    pub fn admin_token(&self) -> &str {
+        &self.shared.admin.token
     }
 
     /// PEM of the last certificate of the presented chain: the development certificate, or the
@@ -189,7 +232,8 @@ impl Node {
     pub async fn shutdown(self) {
         use std::sync::atomic::Ordering;
         self.shared.ready.store(false, Ordering::SeqCst);
-        let _ = self.shared.shutdown.send(true);
+        // send_replace: stored even while no task has subscribed yet (a node stopped at once).
+        self.shared.shutdown.send_replace(true);
         self.shared
             .driver
             .with(|c| c.close_all(ErrorCode::GoingAway, "node shutting down"));
@@ -222,7 +266,7 @@ async fn sweep_loop(shared: Arc<Shared>, every: Duration) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.changed() => return,
+            _ = crate::stopped(&mut shutdown) => return,
         }
         shared.driver.with(|c| c.tick(now_ms()));
         loop {

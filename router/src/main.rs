@@ -99,9 +99,9 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         let node = Node::start(cfg).await?;
         println!(
-            "hearthd listening: quic={} admin=http://{}",
+            "hearthd listening: quic={} admin={}",
             node.quic_addr(),
-            node.admin_addr()
+            node.admin_url()
         );
         wait_for_signal().await?;
         tracing::info!("shutting down");

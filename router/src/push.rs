@@ -23,9 +23,15 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PushConfig {
-    /// Webhook receiving wake-ups; plain `http://` only (no TLS client in this build).
+    /// Webhook receiving wake-ups, `https://` (`http://` only with `allow_http`).
     /// Absent: push is disabled and wake-ups are ignored.
     pub webhook_url: Option<String>,
+    /// Accept an `http://` webhook (wake-ups then cross the network in the clear): for a relay
+    /// on loopback or a private network.
+    pub allow_http: bool,
+    /// PEM file of the CA certificate(s) that `https://` webhooks must chain to; absent: the
+    /// Mozilla root set compiled into the node (webpki-roots).
+    pub ca_file: Option<std::path::PathBuf>,
     /// Longest wait, in milliseconds, between a batch's first wake-up and its POST.
     pub batch_interval_ms: u64,
     /// Most wake-ups in one POST; a full batch is sent at once.
@@ -42,6 +48,8 @@ impl Default for PushConfig {
     fn default() -> PushConfig {
         PushConfig {
             webhook_url: None,
+            allow_http: false,
+            ca_file: None,
             batch_interval_ms: 500,
             max_batch: 500,
             min_interval_secs: 60,
@@ -52,10 +60,10 @@ impl Default for PushConfig {
 }
 
 impl PushConfig {
-    /// Check the settings; `https://` webhooks are refused (this build's client has no TLS).
+    /// Check the settings; `http://` webhooks are refused unless `allow_http`.
     pub fn validate(&self) -> anyhow::Result<()> {
         if let Some(url) = &self.webhook_url {
-            check_webhook_url(url)?;
+            check_webhook_url(url, self.allow_http)?;
         }
         ensure!(self.max_batch >= 1, "push.max_batch must be >= 1");
         ensure!(self.queue_capacity >= 1, "push.queue_capacity must be >= 1");
@@ -64,16 +72,19 @@ impl PushConfig {
     }
 }
 
-fn check_webhook_url(url: &str) -> anyhow::Result<()> {
+fn check_webhook_url(url: &str, allow_http: bool) -> anyhow::Result<()> {
     let lower = url.to_ascii_lowercase();
-    if lower.starts_with("https://") {
-        bail!(
-            "push.webhook_url is https://, but TLS webhooks need a TLS-enabled client and this \
-             build's webhook client is plain HTTP only: use an http:// URL (e.g. a local relay)"
+    let rest = if let Some(rest) = lower.strip_prefix("https://") {
+        rest
+    } else if let Some(rest) = lower.strip_prefix("http://") {
+        ensure!(
+            allow_http,
+            "push.webhook_url is http://: wake-ups would cross the network in the clear; use \
+             https://, or set push.allow_http = true for a relay on loopback or a private network"
         );
-    }
-    let Some(rest) = lower.strip_prefix("http://") else {
-        bail!("push.webhook_url must start with http://");
+        rest
+    } else {
+        bail!("push.webhook_url must start with https:// (or http:// with push.allow_http)");
     };
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     ensure!(!host.is_empty(), "push.webhook_url has no host");
@@ -142,12 +153,17 @@ impl Pusher {
             Duration::from_secs(cfg.min_interval_secs),
             Instant::now(),
         ));
-        let tx = cfg.webhook_url.clone().map(|url| {
+        let tls = match &cfg.webhook_url {
+            Some(_) => Some(client_tls(cfg.ca_file.as_deref())?),
+            None => None,
+        };
+        let tx = cfg.webhook_url.clone().zip(tls).map(|(url, tls)| {
             let (tx, rx) = mpsc::channel(cfg.queue_capacity);
             let agent = ureq::AgentBuilder::new()
                 .timeout(Duration::from_millis(cfg.timeout_ms))
                 .redirects(0)
                 .user_agent("hearth-push")
+                .tls_config(tls)
                 .build();
             let batcher = Batcher {
                 url,
@@ -422,6 +438,36 @@ impl Batcher {
     }
 }
 
+/// The webhook client's TLS: roots from `ca_file`, or the compiled-in Mozilla set (no system
+/// store to find, nothing fetched at build or run time).
+fn client_tls(ca_file: Option<&std::path::Path>) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use anyhow::Context;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading push.ca_file {}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut &pem[..]) {
+                let cert = cert.with_context(|| format!("parsing {}", path.display()))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("a certificate in {}", path.display()))?;
+            }
+            ensure!(
+                !roots.is_empty(),
+                "no certificate in push.ca_file {}",
+                path.display()
+            );
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(tls))
+}
+
 /// One blocking POST. The error says why without echoing the body (tokens) or the URL.
 fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> Result<(), String> {
     let resp = match agent
@@ -448,7 +494,7 @@ fn post(agent: &ureq::Agent, url: &str, body: &[u8]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
 
     use serde_json::Value;
@@ -539,7 +585,48 @@ mod tests {
         }
     }
 
-    fn read_request(r: &mut BufReader<std::net::TcpStream>) -> Option<Request> {
+    /// An HTTPS webhook on 127.0.0.1 with a fresh self-signed certificate (written to
+    /// `dir/ca.pem`): answers 200 and reports each request that got through TLS.
+    fn https_webhook(dir: &std::path::Path) -> (String, std::path::PathBuf, Webhook) {
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, ck.cert.pem()).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(ck.key_pair.serialize_der()).unwrap();
+        let tls = Arc::new(
+            rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![ck.cert.der().clone()], key)
+                .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}/wake", listener.local_addr().unwrap());
+        let (tx, requests) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let conn = rustls::ServerConnection::new(tls.clone()).unwrap();
+                let mut tls_stream = BufReader::new(rustls::StreamOwned::new(conn, stream));
+                // A client that refuses the certificate ends here: no request.
+                let Some(req) = read_request(&mut tls_stream) else {
+                    continue;
+                };
+                if tx.send(req).is_err() {
+                    return;
+                }
+                let s = tls_stream.get_mut();
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+                s.conn.send_close_notify();
+                let _ = s.flush();
+            }
+        });
+        (url.clone(), ca, Webhook { url, requests })
+    }
+
+    fn read_request(r: &mut impl BufRead) -> Option<Request> {
         let mut line = String::new();
         r.read_line(&mut line).ok()?;
         let mut parts = line.split_whitespace();
@@ -572,6 +659,8 @@ mod tests {
     fn cfg(url: &str) -> PushConfig {
         PushConfig {
             webhook_url: Some(url.to_string()),
+            allow_http: true,
+            ca_file: None,
             batch_interval_ms: 50,
             max_batch: 500,
             min_interval_secs: 3600,
@@ -632,6 +721,45 @@ mod tests {
                 ..PushStats::default()
             }
         );
+    }
+
+    #[tokio::test]
+    async fn https_webhook_signed_by_the_configured_ca_gets_the_wakeups() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, ca, mut hook) = https_webhook(dir.path());
+        let pusher = Pusher::spawn(PushConfig {
+            allow_http: false,
+            ca_file: Some(ca),
+            ..cfg(&url)
+        })
+        .unwrap();
+        pusher.wake(tok(1), true);
+        let req = hook.next().await;
+        assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/wake"));
+        assert_eq!(req.wakeups(), vec![(tok(1).to_vec(), true)]);
+        let stats = finish(pusher).await;
+        assert_eq!((stats.requests, stats.failures), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn https_webhook_with_an_untrusted_certificate_fails_and_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, _ca, mut hook) = https_webhook(dir.path());
+        // Default roots (webpki-roots): a self-signed certificate is not trusted.
+        let pusher = Pusher::spawn(PushConfig {
+            allow_http: false,
+            ..cfg(&url)
+        })
+        .unwrap();
+        pusher.wake(tok(1), true);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pusher.stats().failures == 0 {
+            assert!(Instant::now() < deadline, "no failure counted within 20 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stats = finish(pusher).await;
+        assert_eq!((stats.requests, stats.failures), (0, 1));
+        assert!(hook.requests.try_recv().is_err(), "nothing got through TLS");
     }
 
     #[tokio::test]
@@ -854,9 +982,10 @@ mod tests {
         );
         assert_eq!(d.timeout_ms, 5000);
         d.validate().unwrap();
-        let c: PushConfig =
-            toml::from_str("webhook_url = \"http://127.0.0.1:8080/wake\"\nmax_batch = 7\n")
-                .unwrap();
+        let c: PushConfig = toml::from_str(
+            "webhook_url = \"http://127.0.0.1:8080/wake\"\nallow_http = true\nmax_batch = 7\n",
+        )
+        .unwrap();
         assert_eq!(c.max_batch, 7);
         assert_eq!(c.batch_interval_ms, 500);
         c.validate().unwrap();
@@ -868,15 +997,29 @@ mod tests {
             webhook_url: Some(url.into()),
             ..PushConfig::default()
         };
-        let tls = with("HTTPS://push.example/wake")
+        with("HTTPS://push.example/wake").validate().unwrap();
+        let plain = with("http://push.example/wake")
             .validate()
             .unwrap_err()
             .to_string();
-        assert!(tls.contains("TLS") && tls.contains("client"), "{tls}");
-        assert!(Pusher::spawn(with("https://push.example/wake")).is_err());
+        assert!(plain.contains("allow_http"), "{plain}");
+        assert!(Pusher::spawn(with("http://push.example/wake")).is_err());
+        PushConfig {
+            allow_http: true,
+            ..with("http://push.example/wake")
+        }
+        .validate()
+        .unwrap();
+        let missing_ca = PushConfig {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..with("https://push.example/wake")
+        };
+        missing_ca.validate().unwrap();
+        let err = Pusher::spawn(missing_ca).err().expect("unreadable ca_file");
+        assert!(format!("{err:#}").contains("push.ca_file"), "{err:#}");
         assert!(with("ftp://push.example/").validate().is_err());
-        assert!(with("http:///wake").validate().is_err());
-        assert!(with("http://push.example/a b").validate().is_err());
+        assert!(with("https:///wake").validate().is_err());
+        assert!(with("https://push.example/a b").validate().is_err());
         assert!(PushConfig {
             max_batch: 0,
             ..PushConfig::default()

@@ -18,8 +18,6 @@ use crate::core::{ConnId, Registration, Request, RequestOutcome, Wake};
 use crate::driver::Driver;
 use crate::{now_ms, Shared};
 
-/// How long a connection may take to open its stream and send HELLO.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection waits for the answers of the sends it took.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_CHUNK: usize = 64 * 1024;
@@ -53,7 +51,8 @@ enum Done {
 /// Serve one QUIC connection until it ends.
 pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     let driver = shared.driver.clone();
-    let deadline = Instant::now() + HELLO_TIMEOUT;
+    // One deadline to open the stream and send HELLO.
+    let deadline = Instant::now() + shared.hello_timeout;
     let Ok(Ok((send, recv))) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
         conn.close(
             ErrorCode::ProtocolViolation.as_u16().into(),

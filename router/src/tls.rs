@@ -1,6 +1,8 @@
-//! TLS material: the operator's certificate, or a generated development certificate.
+//! TLS material: the operator's certificate, or a generated development certificate; the QUIC
+//! server configuration (session tickets, no 0-RTT); the node's secrets kept in the data dir.
 
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -43,21 +45,7 @@ pub(crate) fn load(cfg: &Config) -> anyhow::Result<TlsMaterial> {
             (c, k)
         }
     };
-    let cert_pem = std::fs::read(&cert_path)
-        .with_context(|| format!("reading TLS certificate {}", cert_path.display()))?;
-    let key_pem = std::fs::read(&key_path)
-        .with_context(|| format!("reading TLS key {}", key_path.display()))?;
-    let certs = rustls_pemfile::certs(&mut &cert_pem[..])
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing {}", cert_path.display()))?;
-    anyhow::ensure!(
-        !certs.is_empty(),
-        "no certificate in {}",
-        cert_path.display()
-    );
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .with_context(|| format!("parsing {}", key_path.display()))?
-        .with_context(|| format!("no private key in {}", key_path.display()))?;
+    let (certs, key) = read_pair(&cert_path, &key_path)?;
     // Clients trust the last certificate of the chain (the root, or the self-signed cert).
     let last = certs.last().expect("non-empty");
     let ca_pem = pem_of(last);
@@ -88,13 +76,28 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(p)
 }
 
-/// The QUIC server configuration: TLS 1.3 only, ALPN `hearth/1`, bounded windows.
-pub(crate) fn server_config(m: &TlsMaterial) -> anyhow::Result<quinn::ServerConfig> {
+/// The QUIC server configuration: TLS 1.3 only, ALPN `hearth/1`, bounded windows, stateless
+/// session tickets (a reconnect resumes and skips the certificate signature; `resumed` counts
+/// the tickets accepted), no 0-RTT (see PROTOCOL.md §1), bounded handshake queue.
+pub(crate) fn server_config(
+    m: &TlsMaterial,
+    limits: &crate::Limits,
+    resumed: Arc<AtomicU64>,
+) -> anyhow::Result<quinn::ServerConfig> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(m.certs.clone(), m.key.clone_key())?;
     tls.alpn_protocols = vec![hearth_protocol::ALPN.to_vec()];
+    // Stateless tickets (keys rotate every 6 h, in memory): no per-session state on the node.
+    tls.ticketer = Arc::new(CountingTicketer {
+        inner: rustls::crypto::ring::Ticketer::new()?,
+        resumed,
+    });
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    // 0-RTT data can be replayed: a replayed SEND would be stored twice. QUIC allows only
+    // "none" (0) or "unlimited", so it is off.
+    tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut t = quinn::TransportConfig::default();
@@ -105,7 +108,122 @@ pub(crate) fn server_config(m: &TlsMaterial) -> anyhow::Result<quinn::ServerConf
         .send_window(1024 * 1024)
         .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
     sc.transport_config(Arc::new(t));
+    sc.max_incoming(limits.max_incoming)
+        .incoming_buffer_size(limits.incoming_buffer_bytes.min(64 * 1024))
+        .incoming_buffer_size_total(limits.incoming_buffer_bytes);
     Ok(sc)
+}
+
+/// rustls' ticketer, counting the tickets it could decrypt (resumed handshakes).
+#[derive(Debug)]
+struct CountingTicketer {
+    inner: Arc<dyn rustls::server::ProducesTickets>,
+    resumed: Arc<AtomicU64>,
+}
+
+impl rustls::server::ProducesTickets for CountingTicketer {
+    fn enabled(&self) -> bool {
+        self.inner.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.inner.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.inner.encrypt(plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.inner.decrypt(cipher);
+        if plain.is_some() {
+            crate::metrics::Metrics::inc(&self.resumed);
+        }
+        plain
+    }
+}
+
+/// Admin HTTPS: the operator's certificate and key for the admin port.
+pub(crate) fn admin_acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    let (certs, key) = read_pair(cert, key)?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .with_context(|| format!("admin TLS certificate {}", cert.display()))?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+}
+
+/// Read a PEM certificate chain and private key.
+fn read_pair(
+    cert_path: &Path,
+    key_path: &Path,
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let cert_pem = std::fs::read(cert_path)
+        .with_context(|| format!("reading TLS certificate {}", cert_path.display()))?;
+    let key_pem = std::fs::read(key_path)
+        .with_context(|| format!("reading TLS key {}", key_path.display()))?;
+    let certs = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", cert_path.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "no certificate in {}",
+        cert_path.display()
+    );
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .with_context(|| format!("parsing {}", key_path.display()))?
+        .with_context(|| format!("no private key in {}", key_path.display()))?;
+    Ok((certs, key))
+}
+
+/// Load a secret of `len` random bytes from `path`, creating it (mode 0600) when missing.
+pub(crate) fn load_or_create_secret(path: &Path, len: usize) -> anyhow::Result<Vec<u8>> {
+    if path.exists() {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        anyhow::ensure!(
+            bytes.len() == len,
+            "{} must hold {len} bytes (it holds {}); delete it to make a new one",
+            path.display(),
+            bytes.len()
+        );
+        return Ok(bytes);
+    }
+    let bytes = random_bytes(len)?;
+    write_private(path, &bytes)?;
+    tracing::info!(path = %path.display(), "created a new secret");
+    Ok(bytes)
+}
+
+/// Load the admin API token (the file's text, trimmed), creating a random one (mode 0600) when
+/// the file is missing.
+pub(crate) fn load_or_create_admin_token(path: &Path) -> anyhow::Result<String> {
+    if !path.exists() {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes(32)?);
+        write_private(path, format!("{token}\n").as_bytes())?;
+        tracing::info!(path = %path.display(), "created the admin API token");
+        return Ok(token);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let token = text.trim();
+    anyhow::ensure!(
+        token.len() >= 16 && token.bytes().all(|b| b.is_ascii_graphic()),
+        "admin token in {} must be at least 16 printable characters without spaces",
+        path.display()
+    );
+    Ok(token.to_owned())
+}
+
+fn random_bytes(len: usize) -> anyhow::Result<Vec<u8>> {
+    use ring::rand::SecureRandom;
+    let mut bytes = vec![0u8; len];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    Ok(bytes)
 }
 
 /// Load the token signing key, creating it (mode 0600) when missing.

@@ -251,7 +251,12 @@ async fn removing_a_device_closes_it_and_deletes_its_queue() {
         .await
         .unwrap();
     let url = format!("http://{}/v1/devices/1/2", n.node.admin_addr());
-    let removed: serde_json::Value = ureq::delete(&url).call().unwrap().into_json().unwrap();
+    let removed: serde_json::Value = ureq::delete(&url)
+        .set("Authorization", &n.admin_auth())
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
     assert_eq!(removed["envelopes"], 1);
     let err = sender.send(envelope(1, 2, 2, b"again")).await.unwrap_err();
     assert!(matches!(
@@ -262,12 +267,17 @@ async fn removing_a_device_closes_it_and_deletes_its_queue() {
         }
     ));
     let url = format!("http://{}/v1/devices/1/1", n.node.admin_addr());
-    ureq::delete(&url).call().unwrap();
+    ureq::delete(&url)
+        .set("Authorization", &n.admin_auth())
+        .call()
+        .unwrap();
     match tokio::time::timeout(DEADLINE, dev.closed()).await.unwrap() {
         ClientError::Closed { code, .. } => assert_eq!(code, Some(ErrorCode::DeviceRemoved)),
         other => panic!("unexpected: {other:?}"),
     }
-    let missing = ureq::get(&format!("http://{}/v1/queues/1/2", n.node.admin_addr())).call();
+    let missing = ureq::get(&format!("http://{}/v1/queues/1/2", n.node.admin_addr()))
+        .set("Authorization", &n.admin_auth())
+        .call();
     assert!(matches!(missing, Err(ureq::Error::Status(404, _))));
     n.node.shutdown().await;
 }

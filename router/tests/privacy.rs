@@ -412,7 +412,12 @@ async fn purge_erases_everything_the_node_holds_about_an_account() {
     let got = next(&mut other_in).await;
     other.ack(&[got.seq]).unwrap();
     let url = format!("http://{}/v1/accounts/{victim}", n.node.admin_addr());
-    let report: serde_json::Value = ureq::delete(&url).call().unwrap().into_json().unwrap();
+    let report: serde_json::Value = ureq::delete(&url)
+        .set("Authorization", &n.admin_auth())
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
     assert_eq!(report["devices"], 2, "{report}");
     assert!(report["envelopes"].as_u64().unwrap() >= 1, "{report}");
     n.node.shutdown().await;
@@ -466,6 +471,7 @@ async fn offline_devices_are_woken_through_the_webhook_without_content() {
     let (url, requests) = webhook();
     let mut cfg = config(dir.path());
     cfg.push.webhook_url = Some(url);
+    cfg.push.allow_http = true;
     cfg.push.batch_interval_ms = 50;
     cfg.push.min_interval_secs = 3600;
     let n = TestNode::start_with(cfg).await;

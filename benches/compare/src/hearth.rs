@@ -30,6 +30,8 @@ fn fresh_id() -> u64 {
 pub(crate) struct Target {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The node's admin bearer token.
+    pub admin_token: String,
     pub server_name: String,
     pub ca_pem: Vec<u8>,
     pub key: std::sync::Arc<SigningKey>,
@@ -173,12 +175,16 @@ impl Transport for Hearth {
 
     async fn stored(&mut self) -> anyhow::Result<u64> {
         let admin = self.target.admin;
+        let auth = format!("Bearer {}", self.target.admin_token);
         let accounts = self.durable_recipients.clone();
         tokio::task::spawn_blocking(move || {
             let mut total = 0;
             for a in accounts {
                 let url = format!("http://{admin}/v1/queues/{a}/{DEVICE}");
-                let v: serde_json::Value = ureq::get(&url).call()?.into_json()?;
+                let v: serde_json::Value = ureq::get(&url)
+                    .set("Authorization", &auth)
+                    .call()?
+                    .into_json()?;
                 total += v["queued"]
                     .as_u64()
                     .context("no `queued` in the queue status")?;

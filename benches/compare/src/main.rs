@@ -157,6 +157,7 @@ fn main() -> anyhow::Result<()> {
     let target = hearth::Target {
         addr: node.quic_addr(),
         admin: node.admin_addr(),
+        admin_token: node.admin_token().to_owned(),
         server_name: "localhost".into(),
         ca_pem: tls.ca_pem.clone(),
         key: Arc::new(

@@ -61,9 +61,15 @@ impl TestNode {
             .expect("connects")
     }
 
+    /// `Authorization` header value carrying the node's admin token.
+    pub fn admin_auth(&self) -> String {
+        format!("Bearer {}", self.node.admin_token())
+    }
+
     pub fn admin_get(&self, path: &str) -> serde_json::Value {
         let url = format!("http://{}{}", self.node.admin_addr(), path);
         ureq::get(&url)
+            .set("Authorization", &self.admin_auth())
             .call()
             .expect("admin GET")
             .into_json()
