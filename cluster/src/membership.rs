@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
@@ -145,15 +145,8 @@ async fn register(
         let _ = client.lease_revoke(lease).await;
         return Ok(None);
     }
-    let revision = resp
-        .op_responses()
-        .into_iter()
-        .find_map(|r| match r {
-            TxnOpResponse::Put(p) => p.header().map(|h| h.revision()),
-            _ => None,
-        })
-        .or_else(|| resp.header().map(|h| h.revision()))
-        .unwrap_or(0);
+    // The txn's revision is the member key's mod_revision.
+    let revision = resp.header().map_or(0, |h| h.revision());
     Ok(Some((lease, revision as Revision)))
 }
 

@@ -260,6 +260,20 @@ impl ClusterMap {
         plan
     }
 
+    /// Replace the residency rules (zones and their slot ranges), refused with the reason if
+    /// the current placement (or a move in progress) would break them.
+    pub fn set_residency(&mut self, residency: Residency) -> Result<(), PlanError> {
+        check_zones(&residency)?;
+        let old = std::mem::replace(&mut self.residency, residency);
+        self.index_zones();
+        if let Err(e) = self.check_residency() {
+            self.residency = old;
+            self.index_zones();
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Start moving `slot` to shard `to`: the slot becomes MOVING at `since`.
     pub fn start_move(&mut self, slot: u16, to: ShardId, since: Revision) -> Result<(), PlanError> {
         if self.moves.contains_key(&slot) {
@@ -644,6 +658,28 @@ mod tests {
         let plan = m.plan_rebalance();
         assert!(plan.iter().all(|p| p.slot >= 4096), "EU slots stay");
         assert!(!plan.is_empty());
+        // Rules that the current placement breaks are refused, and change nothing.
+        let mut all = ClusterMap::create(
+            "t",
+            1,
+            2,
+            Residency::default(),
+            &nodes(&["eu-west", "us-east"]),
+            1,
+        )
+        .unwrap();
+        let before = all.clone();
+        // The last quarter of the slots lives on node 2 (us-east): it cannot become EU.
+        let mut eu_tail = eu_us();
+        eu_tail.zones.get_mut("eu").unwrap().slots = vec![(12288, 16383)];
+        assert!(matches!(
+            all.set_residency(eu_tail),
+            Err(PlanError::Residency { node: 2, .. })
+        ));
+        assert_eq!(all, before);
+        assert_eq!(all.zone_of_slot(16383), "global");
+        all.set_residency(eu_us()).unwrap();
+        assert_eq!(all.zone_of_slot(5), "eu");
         // A zone without any allowed node cannot be created.
         assert!(matches!(
             ClusterMap::create("t", 1, 4, eu_us(), &nodes(&["us-east"]), 1),

@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub use link::{Incoming, Link};
-pub use tls::node_name;
+pub use tls::{node_name, verify_node_cert};
 
 /// Configuration of a node's link endpoint.
 #[derive(Clone)]

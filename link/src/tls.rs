@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::LinkError;
@@ -128,4 +129,35 @@ pub(crate) fn peer_is(conn: &quinn::Connection, cluster: &str, id: u32) -> bool 
         return false;
     };
     rustls::client::verify_server_name(&parsed, &name).is_ok()
+}
+
+/// Check that `cert_pem` (a node certificate chain) is signed by the CA in `ca_pem` and
+/// names node `id` of `cluster`: what a peer's link will check. For `hearthctl`.
+pub fn verify_node_cert(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    cluster: &str,
+    id: u32,
+) -> Result<(), LinkError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        roots
+            .add(c.map_err(|e| bad("CA", e))?)
+            .map_err(|e| bad("CA", e))?;
+    }
+    let chain = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("node certificate", e))?;
+    let (leaf, rest) = chain
+        .split_first()
+        .ok_or_else(|| LinkError::Tls("no node certificate".into()))?;
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| bad("verifier", e))?;
+    let name = ServerName::try_from(node_name(cluster, id)).map_err(|e| bad("node name", e))?;
+    verifier
+        .verify_server_cert(leaf, rest, &name, &[], rustls::pki_types::UnixTime::now())
+        .map_err(|e| bad("node certificate", e))?;
+    Ok(())
 }

@@ -100,9 +100,16 @@ async fn every_call_we_use_behaves_as_we_rely_on() {
                 Some(PutOptions::new().with_lease(l)),
             )])
     };
-    assert!(c.txn(create(lease2)).await.unwrap().succeeded());
+    let created = c.txn(create(lease2)).await.unwrap();
+    assert!(created.succeeded());
     assert!(!c.txn(create(lease2)).await.unwrap().succeeded());
-    assert_eq!(c.get("/t/m", None).await.unwrap().kvs()[0].lease(), lease2);
+    let kv = c.get("/t/m", None).await.unwrap().kvs()[0].clone();
+    assert_eq!(kv.lease(), lease2);
+    assert_eq!(
+        kv.mod_revision(),
+        created.header().unwrap().revision(),
+        "a txn's header revision is its write's revision"
+    );
 
     // Watch from a past revision, on a prefix, with progress notifications: `created` first,
     // then the events since that revision in order, deletes included.
