@@ -45,10 +45,10 @@ pub struct PlacedNode {
     /// Its region: residency is checked against it.
     pub region: String,
     /// Its failure zone; empty for none.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub failure_zone: String,
     /// Whether new slots may be placed on it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "NodeState::is_active")]
     pub state: NodeState,
 }
 
@@ -63,6 +63,12 @@ pub enum NodeState {
     Leaving,
 }
 
+impl NodeState {
+    fn is_active(&self) -> bool {
+        *self == NodeState::Active
+    }
+}
+
 /// A shard's placement. The owner that serves its slots is `replicas[0]` until replication
 /// lands; then it is the Raft leader, preferably `replicas[0]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +79,7 @@ pub struct Shard {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub learners: Vec<NodeId>,
     /// Lifecycle.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ShardState::is_active")]
     pub state: ShardState,
 }
 
@@ -98,6 +104,12 @@ pub enum ShardState {
     Active,
     /// Being emptied (its node leaves); takes no new slots.
     Retiring,
+}
+
+impl ShardState {
+    fn is_active(&self) -> bool {
+        *self == ShardState::Active
+    }
 }
 
 /// Where one slot lives.

@@ -190,10 +190,10 @@ impl ClusterMap {
         Ok(())
     }
 
-    /// Moves that even out slots per shard: retiring shards lose every slot, each active
-    /// shard ends with `floor` or `ceil` of slots / active shards, and no move breaks
-    /// residency (a slot without an allowed, less loaded shard stays). Slots already moving
-    /// count at their target.
+    /// Moves that even out slots per shard: retiring shards lose every slot, active shards
+    /// end with `floor` or `ceil` of slots / active shards where residency allows (a slot
+    /// without an allowed, less loaded shard stays), and nothing moves between shards that
+    /// are already within one slot of each other. Slots already moving count at their target.
     pub fn plan_rebalance(&self) -> Vec<PlannedMove> {
         let active: Vec<ShardId> = self
             .shards
@@ -217,44 +217,49 @@ impl ClusterMap {
             }
         }
         let ceil = SLOTS.div_ceil(active.len());
-        let floor = SLOTS / active.len();
-        let target = |shard: ShardId| match self.shards[&shard].state {
-            ShardState::Active => ceil,
-            ShardState::Retiring => 0,
-        };
-        // Most loaded sources first; within a shard, give away its highest slots (the low
-        // end stays one contiguous range).
-        let mut sources: Vec<ShardId> = holding.keys().copied().collect();
-        sources.sort_by_key(|&s| {
-            (
-                std::cmp::Reverse(load[&s].saturating_sub(target(s))),
-                std::cmp::Reverse(load[&s]),
-                s,
-            )
-        });
+        let retiring = |shard: ShardId| self.shards[&shard].state == ShardState::Retiring;
         let mut plan = Vec::new();
-        for src in sources {
-            let mut slots = holding.remove(&src).unwrap_or_default();
-            while load[&src] > target(src) {
-                let Some(slot) = slots.pop() else { break };
-                // The least loaded active shard below `floor` (or, when emptying a retiring
-                // shard, below `ceil`) that may hold this slot.
-                let limit = if target(src) == 0 { ceil } else { floor };
-                let to = active
-                    .iter()
-                    .copied()
-                    .filter(|&t| t != src && load[&t] < limit)
-                    .filter(|&t| self.check_slot_on_shard(slot, t).is_ok())
-                    .min_by_key(|&t| (load[&t], t));
-                let Some(to) = to else { continue };
-                *load.get_mut(&src).unwrap() -= 1;
-                *load.get_mut(&to).unwrap() += 1;
-                plan.push(PlannedMove {
-                    slot,
-                    from: src,
-                    to,
-                });
+        // One move at a time from the most loaded shard that still has slots to give
+        // (retiring shards first), its highest slot first (the low end stays contiguous), to
+        // the least loaded shard allowed to hold that slot, while that strictly evens out.
+        while let Some(src) = holding
+            .iter()
+            .filter(|(_, slots)| !slots.is_empty())
+            .map(|(&s, _)| s)
+            .max_by_key(|&s| (retiring(s), load[&s], std::cmp::Reverse(s)))
+        {
+            let slot = *holding[&src].last().expect("non-empty");
+            let to = active
+                .iter()
+                .copied()
+                .filter(|&t| t != src && self.check_slot_on_shard(slot, t).is_ok())
+                .min_by_key(|&t| (load[&t], t));
+            let improves = to.is_some_and(|t| {
+                if retiring(src) {
+                    load[&t] < ceil
+                } else {
+                    load[&src] >= load[&t] + 2
+                }
+            });
+            if !improves {
+                if retiring(src) {
+                    holding.get_mut(&src).unwrap().pop(); // stays: nowhere allowed to go
+                    continue;
+                }
+                // The most loaded shard cannot give this slot anywhere useful: stop giving
+                // from it (others are less loaded and give first next time round).
+                holding.remove(&src);
+                continue;
             }
+            let to = to.expect("improves");
+            holding.get_mut(&src).unwrap().pop();
+            *load.get_mut(&src).unwrap() -= 1;
+            *load.get_mut(&to).unwrap() += 1;
+            plan.push(PlannedMove {
+                slot,
+                from: src,
+                to,
+            });
         }
         plan.sort_by_key(|m| m.slot);
         plan

@@ -328,43 +328,38 @@ async fn run(mut client: Client, keys: Keys, tx: watch::Sender<Arc<ClusterView>>
                 continue;
             }
         };
-        loop {
-            match stream.message().await {
-                Ok(Some(resp)) => {
-                    if resp.canceled() {
-                        if resp.compact_revision() > 0 {
-                            warn!(
-                                compacted = resp.compact_revision(),
-                                "watch revision compacted; reading the cluster again"
-                            );
-                            need_reload = true;
-                        }
-                        break;
-                    }
-                    if resp.created() {
-                        st.view.connected = true;
-                        backoff = Duration::from_millis(50);
-                        st.publish(&tx);
-                        continue;
-                    }
-                    for ev in resp.events() {
-                        if let Some(kv) = ev.kv() {
-                            st.apply(kv, ev.event_type() == EventType::Delete);
-                            st.view.revision = st.view.revision.max(kv.mod_revision() as Revision);
-                        }
-                    }
-                    if resp.events().is_empty() {
-                        // A progress notification: every event up to its revision has been
-                        // delivered. (The header of a response with events, or of the
-                        // `created` one, may be ahead of what was delivered.)
-                        if let Some(h) = resp.header() {
-                            st.view.revision = st.view.revision.max(h.revision() as Revision);
-                        }
-                    }
-                    st.publish(&tx);
+        while let Ok(Some(resp)) = stream.message().await {
+            if resp.canceled() {
+                if resp.compact_revision() > 0 {
+                    warn!(
+                        compacted = resp.compact_revision(),
+                        "watch revision compacted; reading the cluster again"
+                    );
+                    need_reload = true;
                 }
-                Ok(None) | Err(_) => break,
+                break;
             }
+            if resp.created() {
+                st.view.connected = true;
+                backoff = Duration::from_millis(50);
+                st.publish(&tx);
+                continue;
+            }
+            for ev in resp.events() {
+                if let Some(kv) = ev.kv() {
+                    st.apply(kv, ev.event_type() == EventType::Delete);
+                    st.view.revision = st.view.revision.max(kv.mod_revision() as Revision);
+                }
+            }
+            if resp.events().is_empty() {
+                // A progress notification: every event up to its revision has been
+                // delivered. (The header of a response with events, or of the
+                // `created` one, may be ahead of what was delivered.)
+                if let Some(h) = resp.header() {
+                    st.view.revision = st.view.revision.max(h.revision() as Revision);
+                }
+            }
+            st.publish(&tx);
         }
         st.view.connected = false;
         if !need_reload {

@@ -1,13 +1,14 @@
 //! Bytes on disk per offline account and per queued envelope, measured with the real storage
 //! crate: fill a store, close it, reopen the RocksDB directory, flush and compact every
-//! column family and read `rocksdb.total-sst-files-size`. Feeds docs/SIZING.md.
+//! column family and read `rocksdb.total-sst-files-size`. Feeds docs/SIZING.md (the slot
+//! map's sizes come from `cargo run --release -p hearth-cluster --example map_size`).
 //!
-//! `cargo bench -p hearth-benches --bench sizing` (prints a table; measures, asserts nothing).
+//! `cargo run --release -p hearth-benches --example sizing` (prints a table; measures, asserts
+//! nothing).
 //! `HEARTH_SIZING_ACCOUNTS` / `HEARTH_SIZING_ENVELOPES` / `HEARTH_SIZING_PAYLOAD` change the
 //! defaults (20,000 accounts of one device, 50,000 envelopes of 512 bytes).
 
 use bytes::Bytes;
-use hearth_cluster::{ClusterMap, NodeState, PlacedNode, Residency};
 use hearth_protocol::MessageId;
 use hearth_storage::{DeviceKey, Durability, Store, StoreOptions, StoredEnvelope};
 use rocksdb::{Options, DB};
@@ -45,35 +46,7 @@ fn total(s: &[(String, u64, u64)]) -> u64 {
     s.iter().map(|(_, b, _)| b).sum()
 }
 
-/// Encoded size of the cluster map at creation and after one node joined and was
-/// rebalanced onto, with the number of slots moved.
-fn map_sizes(nodes: u32) -> (usize, usize, usize, usize) {
-    let placed = |_| PlacedNode {
-        region: "r".into(),
-        failure_zone: String::new(),
-        state: NodeState::Active,
-    };
-    let all = (1..=nodes).map(|n| (n, placed(n))).collect();
-    let mut map = ClusterMap::create("sizing", 1, 8, Residency::default(), &all, 1).unwrap();
-    let created = map.encode().len();
-    map.add_node(nodes + 1, placed(0)).unwrap();
-    let plan = map.plan_rebalance();
-    for m in &plan {
-        map.start_move(m.slot, m.to, 2).unwrap();
-        map.activate_move(m.slot, 2, 3).unwrap();
-    }
-    (created, map.encode().len(), plan.len(), map.shards.len())
-}
-
 fn main() {
-    // `cargo bench` passes --bench; nothing to parse.
-    for nodes in [3u32, 100, 1000] {
-        let (created, after, moved, shards) = map_sizes(nodes);
-        println!(
-            "map, {nodes} nodes: {created} bytes at creation; +1 node: {moved} slots moved, \
-             {shards} shards, {after} bytes"
-        );
-    }
     let accounts = env("HEARTH_SIZING_ACCOUNTS", 20_000);
     let envelopes = env("HEARTH_SIZING_ENVELOPES", 50_000);
     let payload = env("HEARTH_SIZING_PAYLOAD", 512) as usize;
