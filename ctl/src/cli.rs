@@ -73,6 +73,9 @@ pub enum Command {
     /// Groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// The cluster: CA and node certificates of the inter-node link.
+    #[command(subcommand)]
+    Cluster(crate::cluster_ca::ClusterCommand),
 }
 
 /// `hearthctl token ...`
@@ -277,6 +280,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Group(GroupCommand::Members(a)) => {
             crate::admin::group_members(admin, a.group, a.offset, a.limit, json, out)
         }
+        Command::Cluster(c) => crate::cluster_ca::run_cluster(c, json, out),
     }?;
     out.flush()?;
     Ok(())
