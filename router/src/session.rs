@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use hearth_protocol::{encode, Decoded, Decoder, ErrorCode, Frame, PROTOCOL_VERSION};
+use hearth_protocol::{
+    self as wire, encode, Decoded, Decoder, ErrorCode, Frame, Refusal, PROTOCOL_VERSION,
+};
 use hearth_storage::{DeviceKey, QueueEntry};
 use tokio::sync::{mpsc, watch};
 
@@ -104,7 +106,7 @@ impl Session {
         let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.read_item())
             .await
             .map_err(|_| End::Close(ErrorCode::ProtocolViolation, "no HELLO in time".into()))??;
-        let Decoded::Frame(Frame::Hello { version, token }) = first else {
+        let Decoded::Frame(Frame::Hello(wire::Hello { version, token })) = first else {
             return Err(End::Close(
                 ErrorCode::ProtocolViolation,
                 "first frame must be HELLO".into(),
@@ -162,13 +164,15 @@ impl Session {
             .await
             .map_err(storage_failure)?;
         let l = &self.router.limits;
-        let welcome = Frame::Welcome {
+        let welcome = Frame::Welcome(wire::Welcome {
             account: key.account,
             device: key.device,
             server_time_ms: now,
             max_envelope: l.max_envelope_bytes as u32,
             max_inflight: l.max_inflight,
-        };
+            idle_timeout_ms: crate::tls::IDLE_TIMEOUT.as_millis() as u32,
+            max_pending_sends: u32::try_from(l.max_pending_sends).unwrap_or(u32::MAX),
+        });
         encode(&welcome, &mut self.out);
         self.flush().await?;
         Ok(Origin {
@@ -270,28 +274,20 @@ impl Session {
                         "frame of {len} bytes exceeds the envelope limit of {} bytes",
                         self.router.limits.max_envelope_bytes
                     );
-                    let code = ErrorCode::EnvelopeTooLarge;
-                    encode(
-                        &Frame::Error {
-                            msg_id,
-                            code,
-                            retry_after_ms: 0,
-                            message,
-                        },
-                        &mut self.out,
-                    );
+                    let refusal = Refusal::new(ErrorCode::EnvelopeTooLarge, message);
+                    encode(&refusal.answer(msg_id), &mut self.out);
                     continue;
                 }
             };
             match frame {
-                Frame::Send {
+                Frame::Send(wire::Send {
                     msg_id,
                     to_account,
                     to_device,
                     ttl_secs,
                     flags,
                     payload,
-                } => {
+                }) => {
                     let reply = self.router.send(
                         origin,
                         msg_id,
@@ -304,13 +300,13 @@ impl Session {
                     );
                     Self::answer(reply, &mut self.out, pending);
                 }
-                Frame::SendGroup {
+                Frame::SendGroup(wire::SendGroup {
                     msg_id,
                     group,
                     ttl_secs,
                     flags,
                     payload,
-                } => {
+                }) => {
                     let reply = self.router.send_group(
                         origin,
                         msg_id,
@@ -322,13 +318,13 @@ impl Session {
                     );
                     Self::answer(reply, &mut self.out, pending);
                 }
-                Frame::SendMulti {
+                Frame::SendMulti(wire::SendMulti {
                     msg_id,
                     ttl_secs,
                     flags,
                     recipients,
                     payload,
-                } => {
+                }) => {
                     let reply = self.router.send_multi(
                         origin,
                         msg_id,
@@ -340,13 +336,11 @@ impl Session {
                     );
                     Self::answer(reply, &mut self.out, pending);
                 }
-                f @ (Frame::GroupCreate { .. }
-                | Frame::GroupUpdate { .. }
-                | Frame::GroupGet { .. }) => {
+                f @ (Frame::GroupCreate(_) | Frame::GroupUpdate(_) | Frame::GroupGet(_)) => {
                     let reply = self.router.group_request(key, f, now_ms());
                     Self::answer(reply, &mut self.out, pending);
                 }
-                Frame::SendSealed {
+                Frame::SendSealed(wire::SendSealed {
                     msg_id,
                     to_account,
                     to_device,
@@ -354,7 +348,7 @@ impl Session {
                     flags,
                     access_key,
                     payload,
-                } => {
+                }) => {
                     let reply = self.router.send_sealed(
                         origin,
                         msg_id,
@@ -368,21 +362,23 @@ impl Session {
                     );
                     Self::answer(reply, &mut self.out, pending);
                 }
-                Frame::PolicySet { req_id, change } => {
+                Frame::PolicySet(wire::PolicySet { req_id, change }) => {
                     let reply = self.router.policy_set(origin, req_id, change, now_ms());
                     Self::answer(reply, &mut self.out, pending);
                 }
-                Frame::Report { req_id, account } => {
+                Frame::Report(wire::Report { req_id, account }) => {
                     let reply = self.router.report(origin, req_id, account, now_ms());
                     Self::answer(reply, &mut self.out, pending);
                 }
-                Frame::Ack { seqs } => {
+                Frame::Ack(wire::Ack { seqs }) => {
                     state.on_ack(&seqs);
                     if !seqs.is_empty() {
                         self.router.ack(key, seqs);
                     }
                 }
-                Frame::Ping { nonce } => encode(&Frame::Pong { nonce }, &mut self.out),
+                Frame::Ping(wire::Ping { nonce }) => {
+                    encode(&Frame::Pong(wire::Pong { nonce }), &mut self.out)
+                }
                 other => {
                     let why = format!("frame type 0x{:02x} is not allowed here", other.type_byte());
                     return Err(End::Close(ErrorCode::ProtocolViolation, why));
@@ -470,21 +466,7 @@ impl Session {
 /// The frame carrying a stored or live envelope: `DELIVER_SHARED` when it has a group or a
 /// per-recipient header, else `DELIVER`.
 fn deliver(seq: u64, e: &hearth_storage::StoredEnvelope, group: u64, header: &Bytes) -> Frame {
-    if group != 0 || !header.is_empty() {
-        return Frame::DeliverShared {
-            seq,
-            msg_id: e.msg_id,
-            from_account: e.from_account,
-            from_device: e.from_device,
-            accepted_at_ms: e.accepted_at_ms,
-            expires_at_ms: e.expires_at_ms,
-            flags: e.flags,
-            group,
-            header: header.clone(),
-            payload: e.payload.clone(),
-        };
-    }
-    Frame::Deliver {
+    let meta = wire::DeliverMeta {
         seq,
         msg_id: e.msg_id,
         from_account: e.from_account,
@@ -492,8 +474,18 @@ fn deliver(seq: u64, e: &hearth_storage::StoredEnvelope, group: u64, header: &By
         accepted_at_ms: e.accepted_at_ms,
         expires_at_ms: e.expires_at_ms,
         flags: e.flags,
-        payload: e.payload.clone(),
+    };
+    let payload = e.payload.clone();
+    if group != 0 || !header.is_empty() {
+        let header = header.clone();
+        return Frame::DeliverShared(wire::DeliverShared {
+            meta,
+            group,
+            header,
+            payload,
+        });
     }
+    Frame::Deliver(wire::Deliver { meta, payload })
 }
 
 /// Write queued chunks to the stream, many per write; finish the stream when the session ends.

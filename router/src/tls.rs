@@ -85,6 +85,9 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(p)
 }
 
+/// The node's QUIC idle timeout (announced in `WELCOME`).
+pub(crate) const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The QUIC server configuration: TLS 1.3 only, ALPN `hearth/1`, bounded windows.
 pub(crate) fn server_config(m: &TlsMaterial) -> anyhow::Result<quinn::ServerConfig> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
@@ -100,7 +103,7 @@ pub(crate) fn server_config(m: &TlsMaterial) -> anyhow::Result<quinn::ServerConf
         .stream_receive_window((256u32 * 1024).into())
         .receive_window((512u32 * 1024).into())
         .send_window(1024 * 1024)
-        .max_idle_timeout(Some(std::time::Duration::from_secs(30).try_into()?));
+        .max_idle_timeout(Some(IDLE_TIMEOUT.try_into()?));
     sc.transport_config(Arc::new(t));
     Ok(sc)
 }
