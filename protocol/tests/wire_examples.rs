@@ -73,7 +73,8 @@ const SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae
 const PUBLIC: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
 
 fn test_key() -> SigningKey {
-    // PKCS#8 v2 (RFC 5958) wrapping of the seed and public key, as ring expects it.
+    // PKCS#8 v2 (RFC 5958) wrapping of the seed and public key, as earlier versions wrote key
+    // files: still accepted (keys are written as v1 now).
     let mut der = unhex("3053020101300506032b657004220420");
     der.extend_from_slice(&unhex(SEED));
     der.extend_from_slice(&unhex("a123032100"));
