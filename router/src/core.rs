@@ -919,15 +919,15 @@ impl Router {
     }
 
     /// Delete acknowledged entries (not waiting for them to be durable: a lost ack only
-    /// means a redelivery).
-    pub fn ack(self: &Arc<Self>, key: DeviceKey, seqs: Vec<u64>) {
+    /// means a redelivery). The task ends once the store has applied them.
+    pub fn ack(self: &Arc<Self>, key: DeviceKey, seqs: Vec<u64>) -> tokio::task::JoinHandle<()> {
         let router = self.clone();
         tokio::spawn(async move {
             match router.store.ack(key, &seqs).await {
                 Ok(n) => Metrics::add(&router.metrics.acked, n),
                 Err(e) => tracing::error!(error = %e, "ack failed"),
             }
-        });
+        })
     }
 }
 

@@ -52,6 +52,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         decoder: Decoder::new(router.limits.max_frame()),
         out: BytesMut::new(),
         out_tx,
+        acks: Vec::new(),
     };
     let end = match session.authenticate(&shared).await {
         Ok(origin) => {
@@ -83,6 +84,9 @@ struct Session {
     decoder: Decoder,
     out: BytesMut,
     out_tx: mpsc::Sender<Bytes>,
+    /// `ACK`s being applied (and `PONG`s waiting for them): a `PONG` goes out only after every
+    /// `ACK` read before its `PING` was applied (PROTOCOL.md §6.9).
+    acks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Session {
@@ -96,9 +100,18 @@ impl Session {
             }
             match self.recv.read_chunk(READ_CHUNK, true).await {
                 Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),
-                Ok(None) => return Err(End::Close(ErrorCode::Normal, "stream finished".into())),
+                Ok(None) => return Err(self.finished()),
                 Err(_) => return Err(End::Lost),
             }
+        }
+    }
+
+    /// How the session ends when the client finished its stream: normally between frames,
+    /// `MALFORMED_FRAME` inside one.
+    fn finished(&self) -> End {
+        match self.decoder.finish(&self.buf) {
+            Ok(()) => End::Close(ErrorCode::Normal, "stream finished".into()),
+            Err(e) => End::Close(e.code(), e.to_string()),
         }
     }
 
@@ -192,7 +205,13 @@ impl Session {
         let mut state = DeliveryState::new(self.router.limits.max_inflight as usize);
         let mut pending = FuturesUnordered::new();
         let max_pending = self.router.limits.max_pending_sends;
+        // Frames that arrived with HELLO (pipelined behind it) are handled now, in order, not
+        // when the next bytes arrive.
+        let mut first = self.on_input(origin, &mut state, &mut pending).err();
         let end = loop {
+            if let Some(end) = first.take() {
+                break end;
+            }
             if let Err(end) = self.pump(key, &mut state) {
                 break end;
             }
@@ -224,7 +243,7 @@ impl Session {
                 chunk = self.recv.read_chunk(READ_CHUNK, true), if pending.len() < max_pending => {
                     match chunk {
                         Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),
-                        Ok(None) => break End::Close(ErrorCode::Normal, "stream finished".into()),
+                        Ok(None) => break self.finished(),
                         Err(_) => break End::Lost,
                     }
                     if let Err(end) = self.on_input(origin, &mut state, &mut pending) {
@@ -268,6 +287,11 @@ impl Session {
             };
             let frame = match item {
                 Decoded::Frame(f) => f,
+                Decoded::OversizedSend { msg_id, .. } if msg_id.is_none() => {
+                    Metrics::inc(&self.router.metrics.refused);
+                    encode(&zero_id(true).answer(msg_id), &mut self.out);
+                    continue;
+                }
                 Decoded::OversizedSend { msg_id, len } => {
                     Metrics::inc(&self.router.metrics.refused);
                     let message = format!(
@@ -279,6 +303,19 @@ impl Session {
                     continue;
                 }
             };
+            if let Some(id) = frame.request_id().filter(|id| id.is_none()) {
+                // Zero is the "no request" id of ERROR: refused, whatever the request.
+                Metrics::inc(&self.router.metrics.refused);
+                let send = matches!(
+                    frame,
+                    Frame::Send(_)
+                        | Frame::SendGroup(_)
+                        | Frame::SendMulti(_)
+                        | Frame::SendSealed(_)
+                );
+                encode(&zero_id(send).answer(id), &mut self.out);
+                continue;
+            }
             match frame {
                 Frame::Send(wire::Send {
                     msg_id,
@@ -373,11 +410,28 @@ impl Session {
                 Frame::Ack(wire::Ack { seqs }) => {
                     state.on_ack(&seqs);
                     if !seqs.is_empty() {
-                        self.router.ack(key, seqs);
+                        self.acks.retain(|a| !a.is_finished());
+                        self.acks.push(self.router.ack(key, seqs));
                     }
                 }
                 Frame::Ping(wire::Ping { nonce }) => {
-                    encode(&Frame::Pong(wire::Pong { nonce }), &mut self.out)
+                    let pong = Frame::Pong(wire::Pong { nonce });
+                    self.acks.retain(|a| !a.is_finished());
+                    if self.acks.is_empty() {
+                        encode(&pong, &mut self.out);
+                    } else {
+                        // Answer once the ACKs read before this PING are applied; later PINGs
+                        // wait for this one in turn.
+                        let applying = std::mem::take(&mut self.acks);
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        self.acks.push(tokio::spawn(async move {
+                            for a in applying {
+                                let _ = a.await;
+                            }
+                            let _ = tx.send(pong);
+                        }));
+                        pending.push(rx);
+                    }
                 }
                 other => {
                     let why = format!("frame type 0x{:02x} is not allowed here", other.type_byte());
@@ -461,6 +515,15 @@ impl Session {
         }
         self.out_tx.send(chunk).await.map_err(|_| End::Lost)
     }
+}
+
+/// The refusal of a send (`msg_id`) or request (`req_id`) whose id is all zero.
+fn zero_id(send: bool) -> Refusal {
+    let what = if send { "message" } else { "request" };
+    Refusal::new(
+        ErrorCode::InvalidMessageId,
+        format!("the {what} id must not be zero"),
+    )
 }
 
 /// The frame carrying a stored or live envelope: `DELIVER_SHARED` when it has a group or a
