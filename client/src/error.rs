@@ -7,7 +7,8 @@ use hearth_protocol::ErrorCode;
 /// Why a client operation failed. Cheap to clone: every waiter of a dead connection gets a copy.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    /// The node answered with an `ERROR` frame (to `HELLO` or to a `SEND`).
+    /// The node answered with an `ERROR` frame (to `HELLO` or to a request). A send with an
+    /// all-zero `msg_id` is refused by the client itself, with `INVALID_MESSAGE_ID`.
     #[error("refused by node: {code}: {message}")]
     Refused {
         /// The node's error code.
