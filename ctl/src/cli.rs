@@ -97,7 +97,7 @@ pub struct TokenIssueArgs {
     /// Lifetime: 90s, 15m, 12h, 30d, or plain seconds.
     #[arg(long, default_value = "30d", value_parser = parse_ttl)]
     pub ttl: Duration,
-    /// The node's token key (PKCS#8 DER Ed25519).
+    /// The node's token key (PKCS#8 DER Ed25519, v1 or v2).
     #[arg(long, env = "HEARTH_TOKEN_KEY", default_value = DEFAULT_KEY_PATH)]
     pub key: PathBuf,
     /// Network (app) the device speaks for, one of the node's `[privacy] networks`. With

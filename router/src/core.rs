@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use hearth_protocol::{
-    flags, group_op, role, ErrorCode, Frame, MessageId, MultiRecipient, VerifyingKey,
+    self as wire, flags, group_op, role, ErrorCode, Frame, MessageId, MultiRecipient, Refusal,
+    VerifyingKey,
 };
 use hearth_storage::{
     DeviceKey, EnqueueError, GroupError, GroupOp, GroupState, Role, SharedRecipient, Store,
@@ -19,7 +20,7 @@ use crate::config::{Config, Limits, Privacy};
 use crate::metrics::Metrics;
 use crate::policy::{self, Admit, Origin};
 use crate::push::Pusher;
-use crate::safety::{Refusal, Safety};
+use crate::safety::{self, Safety};
 
 /// Capacity of a session's live-push channel; overflow falls back to reading the queue.
 pub(crate) const LIVE_CHANNEL: usize = 512;
@@ -291,32 +292,27 @@ impl Router {
         self.sessions.lock().expect("not poisoned")
     }
 
-    /// Refuse a send with `code`.
-    pub(crate) fn refuse(
+    /// Refuse the request `msg_id` (a send's `msg_id` or a request's `req_id`).
+    pub(crate) fn refuse(&self, msg_id: MessageId, refusal: Refusal) -> SendReply {
+        Metrics::inc(&self.metrics.refused);
+        SendReply::Now(refusal.answer(msg_id))
+    }
+
+    /// Refuse a request because storage failed; the error is logged, not sent.
+    pub(crate) fn storage_failure(
         &self,
         msg_id: MessageId,
-        code: ErrorCode,
-        retry_after_ms: u32,
-        message: String,
+        e: &hearth_storage::StorageError,
     ) -> SendReply {
-        Metrics::inc(&self.metrics.refused);
-        SendReply::Now(Frame::Error {
-            msg_id,
-            code,
-            retry_after_ms,
-            message,
-        })
+        tracing::error!(error = %e, ?msg_id, "storage failure");
+        self.refuse(msg_id, Refusal::internal())
     }
 
     /// Refuse a request that a rate limit stopped.
-    pub(crate) fn limited(&self, msg_id: MessageId, r: Refusal) -> SendReply {
+    pub(crate) fn limited(&self, msg_id: MessageId, r: safety::Refusal) -> SendReply {
         let message = format!("rate limited ({:?})", r.limit).to_lowercase();
-        self.refuse(
-            msg_id,
-            ErrorCode::RateLimited,
-            r.retry_after_ms.max(1),
-            message,
-        )
+        let refusal = Refusal::new(ErrorCode::RateLimited, message);
+        self.refuse(msg_id, refusal.retry_after(r.retry_after_ms.max(1)))
     }
 
     /// How many devices a blocked sender is told it reached: the queues the envelope would
@@ -338,20 +334,18 @@ impl Router {
         flags: u8,
         payload: Bytes,
         now_ms: u64,
-    ) -> Result<StoredEnvelope, (ErrorCode, String)> {
+    ) -> Result<StoredEnvelope, Refusal> {
         if payload.len() > self.limits.max_envelope_bytes {
             let msg = format!(
                 "envelope of {} bytes exceeds the {}-byte limit",
                 payload.len(),
                 self.limits.max_envelope_bytes
             );
-            return Err((ErrorCode::EnvelopeTooLarge, msg));
+            return Err(Refusal::new(ErrorCode::EnvelopeTooLarge, msg));
         }
         if flags & !flags::KNOWN != 0 {
-            return Err((
-                ErrorCode::InvalidSend,
-                format!("unknown flag bits 0x{flags:02x}"),
-            ));
+            let msg = format!("unknown flag bits 0x{flags:02x}");
+            return Err(Refusal::new(ErrorCode::InvalidSend, msg));
         }
         let ttl = match ttl_secs {
             0 => self.limits.default_ttl_secs,
@@ -375,11 +369,11 @@ impl Router {
         to_account: u64,
         to_device: u32,
         from: DeviceKey,
-    ) -> Result<Vec<DeviceKey>, (ErrorCode, u32, String)> {
-        let registered = self
-            .store
-            .devices(to_account)
-            .map_err(|e| (ErrorCode::Internal, 100, format!("storage: {e}")))?;
+    ) -> Result<Vec<DeviceKey>, Refusal> {
+        let registered = self.store.devices(to_account).map_err(|e| {
+            tracing::error!(error = %e, "storage failure");
+            Refusal::internal()
+        })?;
         let devices: Vec<DeviceKey> = registered
             .iter()
             .filter(|d| to_device == 0 || **d == to_device)
@@ -395,7 +389,7 @@ impl Router {
             } else {
                 "no such device"
             };
-            return Err((ErrorCode::NoSuchRecipient, 0, msg.into()));
+            return Err(Refusal::new(ErrorCode::NoSuchRecipient, msg));
         }
         Ok(devices)
     }
@@ -416,11 +410,11 @@ impl Router {
         let from = origin.key;
         let env = match self.envelope(from, msg_id, ttl_secs, flags, payload, now_ms) {
             Ok(env) => env,
-            Err((code, msg)) => return self.refuse(msg_id, code, 0, msg),
+            Err(r) => return self.refuse(msg_id, r),
         };
         let devices = match self.addressed(to_account, to_device, from) {
             Ok(d) => d,
-            Err((code, retry, msg)) => return self.refuse(msg_id, code, retry, msg),
+            Err(r) => return self.refuse(msg_id, r),
         };
         let sender = (from.account, from.device);
         let bytes = env.payload.len() as u64;
@@ -440,7 +434,7 @@ impl Router {
             }
             Admit::Unreachable => {
                 let msg = "the recipient does not accept envelopes from this sender".to_string();
-                return self.refuse(msg_id, ErrorCode::RecipientUnreachable, 0, msg);
+                return self.refuse(msg_id, Refusal::new(ErrorCode::RecipientUnreachable, msg));
             }
         }
         self.safety.note_sent(from.account, &[to_account], now_ms);
@@ -463,20 +457,21 @@ impl Router {
         let from = origin.key;
         let env = match self.envelope(from, msg_id, ttl_secs, flags, payload, now_ms) {
             Ok(env) => env,
-            Err((code, msg)) => return self.refuse(msg_id, code, 0, msg),
+            Err(r) => return self.refuse(msg_id, r),
         };
         let members = match self.store.group_members(group) {
             Ok(Some(m)) => m,
             Ok(None) => {
-                return self.refuse(msg_id, ErrorCode::NoSuchGroup, 0, "no such group".into())
+                return self.refuse(
+                    msg_id,
+                    Refusal::new(ErrorCode::NoSuchGroup, "no such group"),
+                )
             }
-            Err(e) => {
-                return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}"))
-            }
+            Err(e) => return self.storage_failure(msg_id, &e),
         };
         if members.binary_search(&from.account).is_err() {
             let msg = "only members may send to a group".to_string();
-            return self.refuse(msg_id, ErrorCode::NotAMember, 0, msg);
+            return self.refuse(msg_id, Refusal::new(ErrorCode::NotAMember, msg));
         }
         let sender = (from.account, from.device);
         if let Err(r) = self
@@ -500,9 +495,7 @@ impl Router {
             self.store.devices_of_many(&blocked),
         ) {
             (Ok(d), Ok(b)) => (d, b.len() as u32),
-            (Err(e), _) | (_, Err(e)) => {
-                return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}"))
-            }
+            (Err(e), _) | (_, Err(e)) => return self.storage_failure(msg_id, &e),
         };
         let list: Vec<SharedRecipient> = devices
             .into_iter()
@@ -551,18 +544,18 @@ impl Router {
                 recipients.len(),
                 l.max_multi_recipients
             );
-            return self.refuse(msg_id, ErrorCode::TooManyRecipients, 0, msg);
+            return self.refuse(msg_id, Refusal::new(ErrorCode::TooManyRecipients, msg));
         }
         if recipients
             .iter()
             .any(|r| r.header.len() > l.max_header_bytes)
         {
             let msg = format!("a recipient header exceeds {} bytes", l.max_header_bytes);
-            return self.refuse(msg_id, ErrorCode::TooManyRecipients, 0, msg);
+            return self.refuse(msg_id, Refusal::new(ErrorCode::TooManyRecipients, msg));
         }
         let env = match self.envelope(from, msg_id, ttl_secs, flags, payload, now_ms) {
             Ok(env) => env,
-            Err((code, msg)) => return self.refuse(msg_id, code, 0, msg),
+            Err(r) => return self.refuse(msg_id, r),
         };
         let accounts: Vec<u64> = recipients.iter().map(|r| r.account).collect();
         let sender = (from.account, from.device);
@@ -579,17 +572,15 @@ impl Router {
             let admit = policy::admits(&self.store, origin, r.account);
             if admit == Admit::Unreachable {
                 let msg = "a recipient does not accept envelopes from this sender".to_string();
-                return self.refuse(msg_id, ErrorCode::RecipientUnreachable, 0, msg);
+                return self.refuse(msg_id, Refusal::new(ErrorCode::RecipientUnreachable, msg));
             }
             let registered = match self.store.devices(r.account) {
                 Ok(d) => d,
-                Err(e) => {
-                    return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}"))
-                }
+                Err(e) => return self.storage_failure(msg_id, &e),
             };
             if r.device != 0 && !registered.contains(&r.device) {
                 let msg = format!("account {} has no device {}", r.account, r.device);
-                return self.refuse(msg_id, ErrorCode::NoSuchRecipient, 0, msg);
+                return self.refuse(msg_id, Refusal::new(ErrorCode::NoSuchRecipient, msg));
             }
             for &device in registered
                 .iter()
@@ -614,9 +605,7 @@ impl Router {
         if list.is_empty() && hidden == 0 {
             return self.refuse(
                 msg_id,
-                ErrorCode::NoSuchRecipient,
-                0,
-                "no recipient device".into(),
+                Refusal::new(ErrorCode::NoSuchRecipient, "no recipient device"),
             );
         }
         self.safety.note_sent(from.account, &accounts, now_ms);
@@ -645,11 +634,11 @@ impl Router {
             // A group whose only member is the sender: nothing to store.
             Metrics::inc(&self.metrics.accepted);
             let (msg_id, accepted_at_ms) = (env.msg_id, env.accepted_at_ms);
-            return SendReply::Now(Frame::Accepted {
+            return SendReply::Now(Frame::Accepted(wire::Accepted {
                 msg_id,
                 accepted_at_ms,
                 recipients: 0,
-            });
+            }));
         }
         self.send_durable(from, to, env)
     }
@@ -673,11 +662,11 @@ impl Router {
         }
         Metrics::inc(&self.metrics.accepted);
         let recipients = pushed + to.hidden();
-        Frame::Accepted {
+        Frame::Accepted(wire::Accepted {
             msg_id: env.msg_id,
             accepted_at_ms: env.accepted_at_ms,
             recipients,
-        }
+        })
     }
 
     fn send_durable(
@@ -703,32 +692,22 @@ impl Router {
             match self.store.dedup_lookup(from, msg_id) {
                 Ok(Some(rec)) => {
                     Metrics::inc(&self.metrics.duplicates);
-                    return SendReply::Now(Frame::Accepted {
+                    return SendReply::Now(Frame::Accepted(wire::Accepted {
                         msg_id,
                         accepted_at_ms: rec.accepted_at_ms,
                         recipients: rec.recipients,
-                    });
+                    }));
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    Metrics::inc(&self.metrics.refused);
-                    return SendReply::Now(Frame::Error {
-                        msg_id,
-                        code: ErrorCode::Internal,
-                        retry_after_ms: 100,
-                        message: format!("storage: {e}"),
-                    });
-                }
+                Err(e) => return self.storage_failure(msg_id, &e),
             }
             let pending = Metrics::get(&self.metrics.pending_bytes);
             if pending + cost > self.limits.max_pending_bytes {
-                Metrics::inc(&self.metrics.refused);
-                return SendReply::Now(Frame::Error {
+                let msg = "node saturated: too many envelopes awaiting fsync";
+                return self.refuse(
                     msg_id,
-                    code: ErrorCode::Overloaded,
-                    retry_after_ms: 50,
-                    message: "node saturated: too many envelopes awaiting fsync".into(),
-                });
+                    Refusal::new(ErrorCode::Overloaded, msg).retry_after(50),
+                );
             }
             inflight.insert(dkey, Vec::new());
         }
@@ -744,23 +723,20 @@ impl Router {
         let enqueued = match result {
             Ok(e) => e,
             Err(err) => {
-                let (code, message) = match err {
-                    EnqueueError::QueueFull { device } => (
+                let refusal = match err {
+                    EnqueueError::QueueFull { device } => Refusal::new(
                         ErrorCode::QueueFull,
                         format!("the queue of device {} is full", device.device),
                     ),
-                    EnqueueError::UnknownDevice { .. } => (
-                        ErrorCode::NoSuchRecipient,
-                        "the device was removed".to_string(),
-                    ),
-                    EnqueueError::Storage(e) => (ErrorCode::Internal, format!("storage: {e}")),
+                    EnqueueError::UnknownDevice { .. } => {
+                        Refusal::new(ErrorCode::NoSuchRecipient, "the device was removed")
+                    }
+                    EnqueueError::Storage(e) => {
+                        tracing::error!(error = %e, ?msg_id, "enqueue failed");
+                        Refusal::internal()
+                    }
                 };
-                let frame = Frame::Error {
-                    msg_id,
-                    code,
-                    retry_after_ms: 0,
-                    message,
-                };
+                let frame = refusal.answer(msg_id);
                 Metrics::inc(&self.metrics.refused);
                 self.finish_send(dkey, &frame);
                 return SendReply::Now(frame);
@@ -798,21 +774,16 @@ impl Router {
                 Ok(()) => {
                     Metrics::inc(&router.metrics.accepted);
                     Metrics::add(&router.metrics.stored, u64::from(n - hidden));
-                    Frame::Accepted {
+                    Frame::Accepted(wire::Accepted {
                         msg_id,
                         accepted_at_ms,
                         recipients: n,
-                    }
+                    })
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "commit failed");
                     Metrics::inc(&router.metrics.refused);
-                    Frame::Error {
-                        msg_id,
-                        code: ErrorCode::Internal,
-                        retry_after_ms: 100,
-                        message: "storage write failed".into(),
-                    }
+                    Refusal::internal().answer(msg_id)
                 }
             };
             let urgent = flags & flags::URGENT != 0;
@@ -858,52 +829,37 @@ impl Router {
         let actor = from.account;
         let max = self.limits.max_group_size;
         let (req_id, group) = match &frame {
-            Frame::GroupCreate { req_id, group, .. }
-            | Frame::GroupUpdate { req_id, group, .. }
-            | Frame::GroupGet { req_id, group, .. } => (*req_id, *group),
+            Frame::GroupCreate(wire::GroupCreate { req_id, group, .. })
+            | Frame::GroupUpdate(wire::GroupUpdate { req_id, group, .. })
+            | Frame::GroupGet(wire::GroupGet { req_id, group, .. }) => (*req_id, *group),
             _ => unreachable!("only group requests are routed here"),
         };
         if group == 0 {
-            return self.refuse(
-                req_id,
-                ErrorCode::InvalidRequest,
-                0,
-                "group 0 is reserved".into(),
-            );
+            let msg = "group 0 is reserved";
+            return self.refuse(req_id, Refusal::new(ErrorCode::InvalidRequest, msg));
         }
         let (tx, rx) = oneshot::channel();
         let store = self.store.clone();
         match frame {
-            Frame::GroupGet { offset, limit, .. } => {
+            Frame::GroupGet(wire::GroupGet { offset, limit, .. }) => {
                 let cap = (self.limits.max_envelope_bytes / 16).clamp(1, 16384) as u32;
                 let members = match self.store.group_members(group) {
                     Ok(m) => m,
-                    Err(e) => {
-                        return self.refuse(
-                            req_id,
-                            ErrorCode::Internal,
-                            100,
-                            format!("storage: {e}"),
-                        )
-                    }
+                    Err(e) => return self.storage_failure(req_id, &e),
                 };
                 match members {
                     None => {
-                        return self.refuse(
-                            req_id,
-                            ErrorCode::NoSuchGroup,
-                            0,
-                            "no such group".into(),
-                        )
+                        let msg = "no such group";
+                        return self.refuse(req_id, Refusal::new(ErrorCode::NoSuchGroup, msg));
                     }
                     Some(m) if m.binary_search(&actor).is_err() => {
                         let msg = "only members may read a group".to_string();
-                        return self.refuse(req_id, ErrorCode::NotAMember, 0, msg);
+                        return self.refuse(req_id, Refusal::new(ErrorCode::NotAMember, msg));
                     }
                     Some(_) => {}
                 }
                 return match self.store.group_info(group, offset, limit.min(cap)) {
-                    Ok(Some((st, page))) => SendReply::Now(Frame::GroupInfo {
+                    Ok(Some((st, page))) => SendReply::Now(Frame::GroupInfo(wire::GroupInfo {
                         req_id,
                         group,
                         version: st.version,
@@ -920,16 +876,15 @@ impl Router {
                                 (a, role)
                             })
                             .collect(),
-                    }),
-                    Ok(None) => {
-                        self.refuse(req_id, ErrorCode::NoSuchGroup, 0, "no such group".into())
-                    }
-                    Err(e) => {
-                        self.refuse(req_id, ErrorCode::Internal, 100, format!("storage: {e}"))
-                    }
+                    })),
+                    Ok(None) => self.refuse(
+                        req_id,
+                        Refusal::new(ErrorCode::NoSuchGroup, "no such group"),
+                    ),
+                    Err(e) => self.storage_failure(req_id, &e),
                 };
             }
-            Frame::GroupCreate { members, .. } => {
+            Frame::GroupCreate(wire::GroupCreate { members, .. }) => {
                 tokio::spawn(async move {
                     let r = store
                         .create_group(group, actor, &members, max, now_ms)
@@ -937,7 +892,7 @@ impl Router {
                     let _ = tx.send(group_answer(req_id, r));
                 });
             }
-            Frame::GroupUpdate { op, accounts, .. } => {
+            Frame::GroupUpdate(wire::GroupUpdate { op, accounts, .. }) => {
                 let op = match op {
                     group_op::ADD_MEMBERS => GroupOp::AddMembers(accounts),
                     group_op::REMOVE_MEMBERS => GroupOp::RemoveMembers(accounts),
@@ -946,11 +901,11 @@ impl Router {
                     group_op::DELETE if accounts.is_empty() => GroupOp::Delete,
                     group_op::DELETE => {
                         let msg = "DELETE lists no accounts".to_string();
-                        return self.refuse(req_id, ErrorCode::InvalidRequest, 0, msg);
+                        return self.refuse(req_id, Refusal::new(ErrorCode::InvalidRequest, msg));
                     }
                     other => {
                         let msg = format!("unknown group operation {other}");
-                        return self.refuse(req_id, ErrorCode::InvalidRequest, 0, msg);
+                        return self.refuse(req_id, Refusal::new(ErrorCode::InvalidRequest, msg));
                     }
                 };
                 tokio::spawn(async move {
@@ -964,53 +919,43 @@ impl Router {
     }
 
     /// Delete acknowledged entries (not waiting for them to be durable: a lost ack only
-    /// means a redelivery).
-    pub fn ack(self: &Arc<Self>, key: DeviceKey, seqs: Vec<u64>) {
+    /// means a redelivery). The task ends once the store has applied them.
+    pub fn ack(self: &Arc<Self>, key: DeviceKey, seqs: Vec<u64>) -> tokio::task::JoinHandle<()> {
         let router = self.clone();
         tokio::spawn(async move {
             match router.store.ack(key, &seqs).await {
                 Ok(n) => Metrics::add(&router.metrics.acked, n),
                 Err(e) => tracing::error!(error = %e, "ack failed"),
             }
-        });
+        })
     }
 }
 
 /// The frame answering a group create or update.
 fn group_answer(req_id: MessageId, r: Result<GroupState, GroupError>) -> Frame {
-    let (code, message) = match r {
+    let refusal = match r {
         Ok(st) => {
-            return Frame::GroupOk {
+            return Frame::GroupOk(wire::GroupOk {
                 req_id,
                 group: st.group,
                 version: st.version,
                 members: st.members,
-            }
+            })
         }
-        Err(GroupError::NoSuchGroup) => (ErrorCode::NoSuchGroup, "no such group".to_string()),
-        Err(GroupError::Exists) => (
-            ErrorCode::GroupExists,
-            "the group already exists".to_string(),
-        ),
-        Err(GroupError::NotMember) => (
-            ErrorCode::NotAMember,
-            "not a member of the group".to_string(),
-        ),
-        Err(GroupError::NotAdmin) => (ErrorCode::NotAdmin, "only admins may do that".to_string()),
-        Err(GroupError::TooLarge) => (
-            ErrorCode::GroupTooLarge,
-            "the group would be too large".to_string(),
-        ),
-        Err(GroupError::Invalid(why)) => (ErrorCode::InvalidRequest, why),
+        Err(GroupError::NoSuchGroup) => Refusal::new(ErrorCode::NoSuchGroup, "no such group"),
+        Err(GroupError::Exists) => Refusal::new(ErrorCode::GroupExists, "the group already exists"),
+        Err(GroupError::NotMember) => {
+            Refusal::new(ErrorCode::NotAMember, "not a member of the group")
+        }
+        Err(GroupError::NotAdmin) => Refusal::new(ErrorCode::NotAdmin, "only admins may do that"),
+        Err(GroupError::TooLarge) => {
+            Refusal::new(ErrorCode::GroupTooLarge, "the group would be too large")
+        }
+        Err(GroupError::Invalid(why)) => Refusal::new(ErrorCode::InvalidRequest, why),
         Err(GroupError::Storage(e)) => {
             tracing::error!(error = %e, "group update failed");
-            (ErrorCode::Internal, "storage failure".to_string())
+            Refusal::internal()
         }
     };
-    Frame::Error {
-        msg_id: req_id,
-        code,
-        retry_after_ms: 0,
-        message,
-    }
+    refusal.answer(req_id)
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hearth_protocol::{reach, ErrorCode, Frame, MessageId, PolicyChange};
+use hearth_protocol::{self as wire, reach, ErrorCode, Frame, MessageId, PolicyChange, Refusal};
 use hearth_storage::{DeviceKey, ListKind, Reach};
 use tokio::sync::oneshot;
 
@@ -34,21 +34,16 @@ impl Router {
         now_ms: u64,
     ) -> SendReply {
         let invalid =
-            |msg: &str| self.refuse(req_id, ErrorCode::InvalidRequest, 0, msg.to_string());
+            |msg: &'static str| self.refuse(req_id, Refusal::new(ErrorCode::InvalidRequest, msg));
         let account = origin.key.account;
         let device = origin.key;
         let store = self.store.clone();
         let (tx, rx) = oneshot::channel();
         let answer = move |r: Result<(), hearth_storage::StorageError>| match r {
-            Ok(()) => Frame::Ok { req_id },
+            Ok(()) => Frame::Ok(wire::RequestOk { req_id }),
             Err(e) => {
                 tracing::error!(error = %e, "policy update failed");
-                Frame::Error {
-                    msg_id: req_id,
-                    code: ErrorCode::Internal,
-                    retry_after_ms: 100,
-                    message: "storage failure".into(),
-                }
+                Refusal::internal().answer(req_id)
             }
         };
         match change {
@@ -102,7 +97,7 @@ impl Router {
                 }
                 if let Some(n) = names.iter().find(|n| !self.privacy.networks.contains(n)) {
                     let msg = format!("unknown network {n:?}");
-                    return self.refuse(req_id, ErrorCode::InvalidRequest, 0, msg);
+                    return self.refuse(req_id, Refusal::new(ErrorCode::InvalidRequest, msg));
                 }
                 tokio::spawn(async move {
                     let _ = tx.send(answer(store.set_networks(account, names).await));
@@ -142,7 +137,7 @@ impl Router {
         if account != origin.key.account && self.first_report(origin.key.account, account, now_ms) {
             self.safety.note_report(account, now_ms);
         }
-        SendReply::Now(Frame::Ok { req_id })
+        SendReply::Now(Frame::Ok(wire::RequestOk { req_id }))
     }
 
     /// Handle `SEND_SEALED`: authorised by the recipient's delivery access key, delivered without
@@ -162,22 +157,20 @@ impl Router {
     ) -> SendReply {
         let mut env = match self.envelope(origin.key, msg_id, ttl_secs, flags, payload, now_ms) {
             Ok(env) => env,
-            Err((code, msg)) => return self.refuse(msg_id, code, 0, msg),
+            Err(r) => return self.refuse(msg_id, r),
         };
         (env.from_account, env.from_device) = (0, 0);
         let devices = match self.addressed(to_account, to_device, origin.key) {
             Ok(d) => d,
-            Err((code, retry, msg)) => return self.refuse(msg_id, code, retry, msg),
+            Err(r) => return self.refuse(msg_id, r),
         };
         let record = match self.store.account(to_account) {
             Ok(r) => r,
-            Err(e) => {
-                return self.refuse(msg_id, ErrorCode::Internal, 100, format!("storage: {e}"))
-            }
+            Err(e) => return self.storage_failure(msg_id, &e),
         };
         if record.as_ref().is_some_and(|r| r.reach == Reach::Nobody) {
             let msg = "the recipient accepts no envelopes".to_string();
-            return self.refuse(msg_id, ErrorCode::RecipientUnreachable, 0, msg);
+            return self.refuse(msg_id, Refusal::new(ErrorCode::RecipientUnreachable, msg));
         }
         // Every attempt that gets this far counts, whether or not its key matches.
         if let Err(r) = self.safety.check_sealed(to_account) {
@@ -186,7 +179,7 @@ impl Router {
         let hash = record.and_then(|r| r.access_key_hash);
         if !hash.is_some_and(|h| constant_time_eq(&h, &sha256(&access_key))) {
             let msg = "the delivery access key does not match".to_string();
-            return self.refuse(msg_id, ErrorCode::BadAccessKey, 0, msg);
+            return self.refuse(msg_id, Refusal::new(ErrorCode::BadAccessKey, msg));
         }
         let sender = (origin.key.account, origin.key.device);
         if let Err(r) = self

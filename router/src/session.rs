@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use hearth_protocol::{encode, Decoded, Decoder, ErrorCode, Frame, PROTOCOL_VERSION};
+use hearth_protocol::{
+    self as wire, encode, Decoded, Decoder, ErrorCode, Frame, Refusal, PROTOCOL_VERSION,
+};
 use hearth_storage::{DeviceKey, QueueEntry};
 use tokio::sync::{mpsc, watch};
 
@@ -49,6 +51,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
         decoder: Decoder::new(router.limits.max_frame()),
         out: BytesMut::new(),
         out_tx,
+        acks: Vec::new(),
     };
     let end = match session.authenticate(&shared).await {
         Ok(origin) => {
@@ -80,6 +83,9 @@ struct Session {
     decoder: Decoder,
     out: BytesMut,
     out_tx: mpsc::Sender<Bytes>,
+    /// `ACK`s being applied (and `PONG`s waiting for them): a `PONG` goes out only after every
+    /// `ACK` read before its `PING` was applied (PROTOCOL.md §6.9).
+    acks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Session {
@@ -93,9 +99,18 @@ impl Session {
             }
             match self.recv.read_chunk(READ_CHUNK, true).await {
                 Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),
-                Ok(None) => return Err(End::Close(ErrorCode::Normal, "stream finished".into())),
+                Ok(None) => return Err(self.finished()),
                 Err(_) => return Err(End::Lost),
             }
+        }
+    }
+
+    /// How the session ends when the client finished its stream: normally between frames,
+    /// `MALFORMED_FRAME` inside one.
+    fn finished(&self) -> End {
+        match self.decoder.finish(&self.buf) {
+            Ok(()) => End::Close(ErrorCode::Normal, "stream finished".into()),
+            Err(e) => End::Close(e.code(), e.to_string()),
         }
     }
 
@@ -103,7 +118,7 @@ impl Session {
         let first = tokio::time::timeout(self.router.limits.hello_timeout(), self.read_item())
             .await
             .map_err(|_| End::Close(ErrorCode::ProtocolViolation, "no HELLO in time".into()))??;
-        let Decoded::Frame(Frame::Hello { version, token }) = first else {
+        let Decoded::Frame(Frame::Hello(wire::Hello { version, token })) = first else {
             return Err(End::Close(
                 ErrorCode::ProtocolViolation,
                 "first frame must be HELLO".into(),
@@ -161,13 +176,15 @@ impl Session {
             .await
             .map_err(storage_failure)?;
         let l = &self.router.limits;
-        let welcome = Frame::Welcome {
+        let welcome = Frame::Welcome(wire::Welcome {
             account: key.account,
             device: key.device,
             server_time_ms: now,
             max_envelope: l.max_envelope_bytes as u32,
             max_inflight: l.max_inflight,
-        };
+            idle_timeout_ms: crate::tls::IDLE_TIMEOUT.as_millis() as u32,
+            max_pending_sends: u32::try_from(l.max_pending_sends).unwrap_or(u32::MAX),
+        });
         encode(&welcome, &mut self.out);
         self.flush().await?;
         Ok(Origin {
@@ -187,7 +204,13 @@ impl Session {
         let mut state = DeliveryState::new(self.router.limits.max_inflight as usize);
         let mut pending = FuturesUnordered::new();
         let max_pending = self.router.limits.max_pending_sends;
+        // Frames that arrived with HELLO (pipelined behind it) are handled now, in order, not
+        // when the next bytes arrive.
+        let mut first = self.on_input(origin, &mut state, &mut pending).err();
         let end = loop {
+            if let Some(end) = first.take() {
+                break end;
+            }
             if let Err(end) = self.pump(key, &mut state) {
                 break end;
             }
@@ -219,7 +242,7 @@ impl Session {
                 chunk = self.recv.read_chunk(READ_CHUNK, true), if pending.len() < max_pending => {
                     match chunk {
                         Ok(Some(c)) => self.buf.extend_from_slice(&c.bytes),
-                        Ok(None) => break End::Close(ErrorCode::Normal, "stream finished".into()),
+                        Ok(None) => break self.finished(),
                         Err(_) => break End::Lost,
                     }
                     if let Err(end) = self.on_input(origin, &mut state, &mut pending) {
@@ -263,34 +286,44 @@ impl Session {
             };
             let frame = match item {
                 Decoded::Frame(f) => f,
+                Decoded::OversizedSend { msg_id, .. } if msg_id.is_none() => {
+                    Metrics::inc(&self.router.metrics.refused);
+                    encode(&zero_id(true).answer(msg_id), &mut self.out);
+                    continue;
+                }
                 Decoded::OversizedSend { msg_id, len } => {
                     Metrics::inc(&self.router.metrics.refused);
                     let message = format!(
                         "frame of {len} bytes exceeds the envelope limit of {} bytes",
                         self.router.limits.max_envelope_bytes
                     );
-                    let code = ErrorCode::EnvelopeTooLarge;
-                    encode(
-                        &Frame::Error {
-                            msg_id,
-                            code,
-                            retry_after_ms: 0,
-                            message,
-                        },
-                        &mut self.out,
-                    );
+                    let refusal = Refusal::new(ErrorCode::EnvelopeTooLarge, message);
+                    encode(&refusal.answer(msg_id), &mut self.out);
                     continue;
                 }
             };
+            if let Some(id) = frame.request_id().filter(|id| id.is_none()) {
+                // Zero is the "no request" id of ERROR: refused, whatever the request.
+                Metrics::inc(&self.router.metrics.refused);
+                let send = matches!(
+                    frame,
+                    Frame::Send(_)
+                        | Frame::SendGroup(_)
+                        | Frame::SendMulti(_)
+                        | Frame::SendSealed(_)
+                );
+                encode(&zero_id(send).answer(id), &mut self.out);
+                continue;
+            }
             match frame {
-                Frame::Send {
+                Frame::Send(wire::Send {
                     msg_id,
                     to_account,
                     to_device,
                     ttl_secs,
                     flags,
                     payload,
-                } => {
+                }) => {
                     let reply = self.router.send(
                         origin,
                         msg_id,
@@ -303,13 +336,13 @@ impl Session {
                     );
                     Self::answer(reply, &mut self.out, pending);
                 }
-                Frame::SendGroup {
+                Frame::SendGroup(wire::SendGroup {
                     msg_id,
                     group,
                     ttl_secs,
                     flags,
                     payload,
-                } => {
+                }) => {
                     let reply = self.router.send_group(
                         origin,
                         msg_id,
@@ -321,13 +354,13 @@ impl Session {
                     );
                     Self::answer(reply, &mut self.out, pending);
                 }
-                Frame::SendMulti {
+                Frame::SendMulti(wire::SendMulti {
                     msg_id,
                     ttl_secs,
                     flags,
                     recipients,
                     payload,
-                } => {
+                }) => {
                     let reply = self.router.send_multi(
                         origin,
                         msg_id,
@@ -339,13 +372,11 @@ impl Session {
                     );
                     Self::answer(reply, &mut self.out, pending);
                 }
-                f @ (Frame::GroupCreate { .. }
-                | Frame::GroupUpdate { .. }
-                | Frame::GroupGet { .. }) => {
+                f @ (Frame::GroupCreate(_) | Frame::GroupUpdate(_) | Frame::GroupGet(_)) => {
                     let reply = self.router.group_request(key, f, now_ms());
                     Self::answer(reply, &mut self.out, pending);
                 }
-                Frame::SendSealed {
+                Frame::SendSealed(wire::SendSealed {
                     msg_id,
                     to_account,
                     to_device,
@@ -353,7 +384,7 @@ impl Session {
                     flags,
                     access_key,
                     payload,
-                } => {
+                }) => {
                     let reply = self.router.send_sealed(
                         origin,
                         msg_id,
@@ -367,21 +398,40 @@ impl Session {
                     );
                     Self::answer(reply, &mut self.out, pending);
                 }
-                Frame::PolicySet { req_id, change } => {
+                Frame::PolicySet(wire::PolicySet { req_id, change }) => {
                     let reply = self.router.policy_set(origin, req_id, change, now_ms());
                     Self::answer(reply, &mut self.out, pending);
                 }
-                Frame::Report { req_id, account } => {
+                Frame::Report(wire::Report { req_id, account }) => {
                     let reply = self.router.report(origin, req_id, account, now_ms());
                     Self::answer(reply, &mut self.out, pending);
                 }
-                Frame::Ack { seqs } => {
+                Frame::Ack(wire::Ack { seqs }) => {
                     state.on_ack(&seqs);
                     if !seqs.is_empty() {
-                        self.router.ack(key, seqs);
+                        self.acks.retain(|a| !a.is_finished());
+                        self.acks.push(self.router.ack(key, seqs));
                     }
                 }
-                Frame::Ping { nonce } => encode(&Frame::Pong { nonce }, &mut self.out),
+                Frame::Ping(wire::Ping { nonce }) => {
+                    let pong = Frame::Pong(wire::Pong { nonce });
+                    self.acks.retain(|a| !a.is_finished());
+                    if self.acks.is_empty() {
+                        encode(&pong, &mut self.out);
+                    } else {
+                        // Answer once the ACKs read before this PING are applied; later PINGs
+                        // wait for this one in turn.
+                        let applying = std::mem::take(&mut self.acks);
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        self.acks.push(tokio::spawn(async move {
+                            for a in applying {
+                                let _ = a.await;
+                            }
+                            let _ = tx.send(pong);
+                        }));
+                        pending.push(rx);
+                    }
+                }
                 other => {
                     let why = format!("frame type 0x{:02x} is not allowed here", other.type_byte());
                     return Err(End::Close(ErrorCode::ProtocolViolation, why));
@@ -466,24 +516,19 @@ impl Session {
     }
 }
 
+/// The refusal of a send (`msg_id`) or request (`req_id`) whose id is all zero.
+fn zero_id(send: bool) -> Refusal {
+    let what = if send { "message" } else { "request" };
+    Refusal::new(
+        ErrorCode::InvalidMessageId,
+        format!("the {what} id must not be zero"),
+    )
+}
+
 /// The frame carrying a stored or live envelope: `DELIVER_SHARED` when it has a group or a
 /// per-recipient header, else `DELIVER`.
 fn deliver(seq: u64, e: &hearth_storage::StoredEnvelope, group: u64, header: &Bytes) -> Frame {
-    if group != 0 || !header.is_empty() {
-        return Frame::DeliverShared {
-            seq,
-            msg_id: e.msg_id,
-            from_account: e.from_account,
-            from_device: e.from_device,
-            accepted_at_ms: e.accepted_at_ms,
-            expires_at_ms: e.expires_at_ms,
-            flags: e.flags,
-            group,
-            header: header.clone(),
-            payload: e.payload.clone(),
-        };
-    }
-    Frame::Deliver {
+    let meta = wire::DeliverMeta {
         seq,
         msg_id: e.msg_id,
         from_account: e.from_account,
@@ -491,8 +536,18 @@ fn deliver(seq: u64, e: &hearth_storage::StoredEnvelope, group: u64, header: &By
         accepted_at_ms: e.accepted_at_ms,
         expires_at_ms: e.expires_at_ms,
         flags: e.flags,
-        payload: e.payload.clone(),
+    };
+    let payload = e.payload.clone();
+    if group != 0 || !header.is_empty() {
+        let header = header.clone();
+        return Frame::DeliverShared(wire::DeliverShared {
+            meta,
+            group,
+            header,
+            payload,
+        });
     }
+    Frame::Deliver(wire::Deliver { meta, payload })
 }
 
 /// Write queued chunks to the stream, many per write; finish the stream when the session ends.
