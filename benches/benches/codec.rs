@@ -12,7 +12,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use hearth_protocol::{
-    encode, Decoded, Decoder, Frame, MessageId, MultiRecipient, PolicyChange, DEFAULT_MAX_ENVELOPE,
+    encode, Decoded, Decoder, Deliver, DeliverMeta, DeliverShared, Frame, MessageId,
+    MultiRecipient, PolicyChange, PolicySet, Send, SendMulti, DEFAULT_MAX_ENVELOPE,
 };
 
 const PAYLOAD: usize = 512;
@@ -28,31 +29,33 @@ const HEADER: usize = 48;
 const LIMIT: usize = DEFAULT_MAX_ENVELOPE + 64 + 1000 * (14 + 256);
 
 fn send() -> Frame {
-    Frame::Send {
+    Frame::Send(Send {
         msg_id: MessageId::from_u128(0x0011_2233_4455_6677_8899_aabb_ccdd_eeff),
         to_account: 43,
         to_device: 0,
         ttl_secs: 3600,
         flags: 0,
         payload: Bytes::from(vec![0xa5; PAYLOAD]),
-    }
+    })
 }
 
 fn deliver(seq: u64) -> Frame {
-    Frame::Deliver {
-        seq,
-        msg_id: MessageId::from_u128(seq as u128),
-        from_account: 42,
-        from_device: 7,
-        accepted_at_ms: 1_700_000_000_123,
-        expires_at_ms: 1_700_003_600_123,
-        flags: 0,
+    Frame::Deliver(Deliver {
+        meta: DeliverMeta {
+            seq,
+            msg_id: MessageId::from_u128(seq as u128),
+            from_account: 42,
+            from_device: 7,
+            accepted_at_ms: 1_700_000_000_123,
+            expires_at_ms: 1_700_003_600_123,
+            flags: 0,
+        },
         payload: Bytes::from(vec![0x5a; PAYLOAD]),
-    }
+    })
 }
 
 fn send_multi() -> Frame {
-    Frame::SendMulti {
+    Frame::SendMulti(SendMulti {
         msg_id: MessageId::from_u128(0x0011_2233_4455_6677_8899_aabb_ccdd_eeff),
         ttl_secs: 3600,
         flags: 0,
@@ -64,32 +67,34 @@ fn send_multi() -> Frame {
             })
             .collect(),
         payload: Bytes::from(vec![0xa5; PAYLOAD]),
-    }
+    })
 }
 
 fn deliver_shared(seq: u64) -> Frame {
-    Frame::DeliverShared {
-        seq,
-        msg_id: MessageId::from_u128(seq as u128),
-        from_account: 42,
-        from_device: 7,
-        accepted_at_ms: 1_700_000_000_123,
-        expires_at_ms: 1_700_003_600_123,
-        flags: 0,
+    Frame::DeliverShared(DeliverShared {
+        meta: DeliverMeta {
+            seq,
+            msg_id: MessageId::from_u128(seq as u128),
+            from_account: 42,
+            from_device: 7,
+            accepted_at_ms: 1_700_000_000_123,
+            expires_at_ms: 1_700_003_600_123,
+            flags: 0,
+        },
         group: 0,
         header: Bytes::from(vec![0x3c; HEADER]),
         payload: Bytes::from(vec![0x5a; PAYLOAD]),
-    }
+    })
 }
 
 fn policy_set() -> Frame {
-    Frame::PolicySet {
+    Frame::PolicySet(PolicySet {
         req_id: MessageId::from_u128(7),
         change: PolicyChange::Block {
             add: true,
             accounts: (0..POLICY_ACCOUNTS).map(|i| 1_000_000 + i * 7).collect(),
         },
-    }
+    })
 }
 
 fn encoded(frames: &[Frame]) -> BytesMut {

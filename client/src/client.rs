@@ -111,8 +111,10 @@ impl Client {
         }
     }
 
-    /// Stops reconnecting and closes the live connection (code NORMAL). [`Deliveries`] ends
-    /// after what was already received.
+    /// Stops reconnecting and closes the live connection (code NORMAL) in the background,
+    /// after flushing it like [`Connection::shutdown`] so acknowledgements already given are
+    /// not lost. [`Client::stopped`] returns once that is done. [`Deliveries`] ends after what
+    /// was already received.
     pub fn close(&self) {
         self.stop.send_replace(true);
     }
@@ -165,7 +167,8 @@ async fn run(
                 let err = tokio::select! {
                     e = conn.closed() => e,
                     _ = stop_requested(&mut stop) => {
-                        conn.close();
+                        // Flush queued acknowledgements before closing (PING round trip).
+                        conn.shutdown().await;
                         break stopped_error();
                     }
                 };

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use hearth_protocol::{
-    encode, Decoded, Decoder, ErrorCode, Frame, MessageId, PolicyChange, PROTOCOL_VERSION,
+    self as wire, encode, Decoded, Decoder, ErrorCode, Frame, MessageId, PolicyChange,
+    PROTOCOL_VERSION,
 };
 use quinn::{Endpoint, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
@@ -158,14 +159,14 @@ impl Connection {
     /// The payload is not checked against `welcome().max_envelope`: the node decides (and
     /// answers `ENVELOPE_TOO_LARGE`). Dropping the future forgets the answer, not the `SEND`.
     pub async fn send(&self, out: Outgoing) -> Result<Accepted, ClientError> {
-        let frame = Frame::Send {
+        let frame = Frame::Send(wire::Send {
             msg_id: out.msg_id,
             to_account: out.to_account,
             to_device: out.to_device,
             ttl_secs: out.ttl_secs,
             flags: out.flags(),
             payload: out.payload,
-        };
+        });
         self.send_frame(out.msg_id, frame).await
     }
 
@@ -173,30 +174,38 @@ impl Connection {
     /// like [`Connection::send`]. `recipients` in the answer counts device queues.
     pub async fn send_group(&self, out: OutgoingGroup) -> Result<Accepted, ClientError> {
         let flags = out.flags();
-        let frame = Frame::SendGroup {
+        let frame = Frame::SendGroup(wire::SendGroup {
             msg_id: out.msg_id,
             group: out.group,
             ttl_secs: out.ttl_secs,
             flags,
             payload: out.payload,
-        };
+        });
         self.send_frame(out.msg_id, frame).await
     }
 
     /// Sends one payload to a list of recipients with per-recipient headers (`SEND_MULTI`).
     pub async fn send_multi(&self, out: OutgoingMulti) -> Result<Accepted, ClientError> {
         let flags = out.flags();
-        let frame = Frame::SendMulti {
+        let frame = Frame::SendMulti(wire::SendMulti {
             msg_id: out.msg_id,
             ttl_secs: out.ttl_secs,
             flags,
             recipients: out.recipients,
             payload: out.payload,
-        };
+        });
         self.send_frame(out.msg_id, frame).await
     }
 
     async fn send_frame(&self, id: MessageId, frame: Frame) -> Result<Accepted, ClientError> {
+        if id.is_none() {
+            // The node would refuse it with an ERROR whose msg_id (zero) names no request.
+            return Err(ClientError::Refused {
+                code: ErrorCode::InvalidMessageId,
+                retry_after_ms: 0,
+                message: "msg_id must not be all zero (refused locally)".into(),
+            });
+        }
         let shared = &self.inner.shared;
         let (token, rx) = shared.add_send(id)?;
         let mut guard = Forget(Some(|| shared.forget_send(id, token)));
@@ -214,11 +223,11 @@ impl Connection {
     /// Creates a group with this account as creator and admin (`GROUP_CREATE`).
     pub async fn create_group(&self, group: u64, members: &[u64]) -> Result<GroupOk, ClientError> {
         let req_id = random_message_id();
-        let frame = Frame::GroupCreate {
+        let frame = Frame::GroupCreate(wire::GroupCreate {
             req_id,
             group,
             members: members.to_vec(),
-        };
+        });
         match self.request(req_id, frame).await? {
             GroupReply::Ok(ok) => Ok(ok),
             _ => Err(ClientError::Protocol(
@@ -235,12 +244,12 @@ impl Connection {
         accounts: &[u64],
     ) -> Result<GroupOk, ClientError> {
         let req_id = random_message_id();
-        let frame = Frame::GroupUpdate {
+        let frame = Frame::GroupUpdate(wire::GroupUpdate {
             req_id,
             group,
             op,
             accounts: accounts.to_vec(),
-        };
+        });
         match self.request(req_id, frame).await? {
             GroupReply::Ok(ok) => Ok(ok),
             _ => Err(ClientError::Protocol(
@@ -257,12 +266,12 @@ impl Connection {
         limit: u32,
     ) -> Result<GroupInfo, ClientError> {
         let req_id = random_message_id();
-        let frame = Frame::GroupGet {
+        let frame = Frame::GroupGet(wire::GroupGet {
             req_id,
             group,
             offset,
             limit,
-        };
+        });
         match self.request(req_id, frame).await? {
             GroupReply::Info(info) => Ok(info),
             _ => Err(ClientError::Protocol(
@@ -274,20 +283,20 @@ impl Connection {
     /// Sends like [`Connection::send`] with the `URGENT` flag: an offline recipient device is
     /// woken through its push token even if it was woken recently.
     pub async fn send_urgent(&self, out: Outgoing) -> Result<Accepted, ClientError> {
-        let frame = Frame::Send {
+        let frame = Frame::Send(wire::Send {
             msg_id: out.msg_id,
             to_account: out.to_account,
             to_device: out.to_device,
             ttl_secs: out.ttl_secs,
             flags: out.flags() | hearth_protocol::flags::URGENT,
             payload: out.payload,
-        };
+        });
         self.send_frame(out.msg_id, frame).await
     }
 
     /// Sends an envelope without the sender's identity (`SEND_SEALED`).
     pub async fn send_sealed(&self, out: OutgoingSealed) -> Result<Accepted, ClientError> {
-        let frame = Frame::SendSealed {
+        let frame = Frame::SendSealed(wire::SendSealed {
             msg_id: out.msg_id,
             to_account: out.to_account,
             to_device: out.to_device,
@@ -295,7 +304,7 @@ impl Connection {
             flags: 0,
             access_key: out.access_key,
             payload: out.payload,
-        };
+        });
         self.send_frame(out.msg_id, frame).await
     }
 
@@ -303,7 +312,7 @@ impl Connection {
     pub async fn set_policy(&self, change: PolicyChange) -> Result<(), ClientError> {
         let req_id = random_message_id();
         match self
-            .request(req_id, Frame::PolicySet { req_id, change })
+            .request(req_id, Frame::PolicySet(wire::PolicySet { req_id, change }))
             .await?
         {
             GroupReply::Done => Ok(()),
@@ -317,7 +326,7 @@ impl Connection {
     pub async fn report(&self, account: u64) -> Result<(), ClientError> {
         let req_id = random_message_id();
         match self
-            .request(req_id, Frame::Report { req_id, account })
+            .request(req_id, Frame::Report(wire::Report { req_id, account }))
             .await?
         {
             GroupReply::Done => Ok(()),
@@ -358,7 +367,7 @@ impl Connection {
         if self
             .inner
             .tx
-            .send(Out::Frame(Frame::Ping { nonce }))
+            .send(Out::Frame(Frame::Ping(wire::Ping { nonce })))
             .await
             .is_err()
         {
@@ -412,8 +421,10 @@ impl Connection {
             .close(close_code(ErrorCode::Normal), b"closed by client");
     }
 
-    /// Flushes (one `PING` round trip, at most 5 s, so the node has read every queued frame,
-    /// acknowledgements included), then closes like [`Connection::close`].
+    /// Flushes, then closes like [`Connection::close`]. `ACK` has no answer and closing a QUIC
+    /// connection discards stream data not yet delivered, so queued acknowledgements would be
+    /// lost (and redelivered later): one `PING` round trip (at most 5 s) first proves the node
+    /// has read and applied every frame written before it (PROTOCOL.md §6.9).
     pub async fn shutdown(&self) {
         let _ = tokio::time::timeout(SHUTDOWN_WAIT, self.ping()).await;
         self.close();
@@ -450,10 +461,10 @@ async fn handshake(
     let (mut send, mut recv) = quic.open_bi().await?;
     let mut buf = BytesMut::new();
     encode(
-        &Frame::Hello {
+        &Frame::Hello(wire::Hello {
             version: PROTOCOL_VERSION,
             token: token.to_string(),
-        },
+        }),
         &mut buf,
     );
     send.write_all(&buf).await?;
@@ -464,32 +475,14 @@ async fn handshake(
             .decode(&mut buf)
             .map_err(|e| ClientError::Protocol(format!("before WELCOME: {e}")))?;
         match decoded {
-            Some(Decoded::Frame(Frame::Welcome {
-                account,
-                device,
-                server_time_ms,
-                max_envelope,
-                max_inflight,
-            })) => {
-                let welcome = Welcome {
-                    account,
-                    device,
-                    server_time_ms,
-                    max_envelope,
-                    max_inflight,
-                };
-                return Ok((send, recv, buf, welcome));
+            Some(Decoded::Frame(Frame::Welcome(w))) => {
+                return Ok((send, recv, buf, w.into()));
             }
-            Some(Decoded::Frame(Frame::Error {
-                code,
-                retry_after_ms,
-                message,
-                ..
-            })) => {
+            Some(Decoded::Frame(Frame::Error(wire::Refused { refusal, .. }))) => {
                 return Err(ClientError::Refused {
-                    code,
-                    retry_after_ms,
-                    message,
+                    code: refusal.code,
+                    retry_after_ms: refusal.retry_after_ms,
+                    message: refusal.message.into_owned(),
                 });
             }
             Some(Decoded::Frame(other)) => {

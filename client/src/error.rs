@@ -7,7 +7,8 @@ use hearth_protocol::ErrorCode;
 /// Why a client operation failed. Cheap to clone: every waiter of a dead connection gets a copy.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
-    /// The node answered with an `ERROR` frame (to `HELLO` or to a `SEND`).
+    /// The node answered with an `ERROR` frame (to `HELLO` or to a request). A send with an
+    /// all-zero `msg_id` is refused by the client itself, with `INVALID_MESSAGE_ID`.
     #[error("refused by node: {code}: {message}")]
     Refused {
         /// The node's error code.
@@ -18,8 +19,9 @@ pub enum ClientError {
         message: String,
     },
     /// The connection ended. `code` is the node's close code (or the fatal `ERROR` code sent
-    /// before it); `None` when the connection was lost without one (timeout, reset, transport
-    /// error) or the code is unknown to this version.
+    /// before it; a code unknown to this version is [`ErrorCode::Unknown`]); `None` when the
+    /// connection was lost without one (timeout, reset, transport error) or the close code
+    /// does not fit in a `u16`.
     #[error("connection closed ({}): {reason}", .code.map_or("no code".to_string(), |c| c.to_string()))]
     Closed {
         /// The Hearth close code, if any.
@@ -56,18 +58,24 @@ impl ClientError {
         }
     }
 
-    /// Whether reconnecting cannot help: the token or the device is no longer valid, or the
-    /// node does not speak our protocol version.
+    /// Whether reconnecting cannot help: the token or the device is no longer valid, the
+    /// node does not speak our protocol version or may not hold the account
+    /// ([`ErrorCode::is_permanent`]; codes unknown to this version by their range, PROTOCOL.md
+    /// §3).
     pub fn is_permanent(&self) -> bool {
-        matches!(
-            self.code(),
-            Some(
-                ErrorCode::BadToken
-                    | ErrorCode::TokenExpired
-                    | ErrorCode::DeviceRemoved
-                    | ErrorCode::UnsupportedVersion
-            )
-        )
+        self.code().is_some_and(ErrorCode::is_permanent)
+    }
+
+    /// Whether sending the same request again may succeed: the node refused it with a
+    /// retryable code (`OVERLOADED`, `RATE_LIMITED`, `INTERNAL`, or an unknown code of the
+    /// retryable range; wait [`ClientError::retry_after_ms`] first), or the connection ended
+    /// before the answer and not for good (resend on the next connection, same `msg_id`).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Refused { code, .. } => code.is_retryable(),
+            ClientError::Closed { .. } | ClientError::NotConnected(_) => !self.is_permanent(),
+            _ => false,
+        }
     }
 
     /// The node's `retry_after_ms` hint, if it gave one.
@@ -103,11 +111,11 @@ impl From<&quinn::ConnectionError> for ClientError {
         match e {
             E::ApplicationClosed(close) => {
                 let raw = close.error_code.into_inner();
-                let code = u16::try_from(raw).ok().and_then(ErrorCode::from_u16);
+                let code = u16::try_from(raw).ok().map(ErrorCode::from_u16);
                 let text = String::from_utf8_lossy(&close.reason).into_owned();
                 let reason = match code {
-                    Some(_) => text,
-                    None => format!("unknown close code {raw}: {text}"),
+                    Some(c) if c.is_known() => text,
+                    _ => format!("unknown close code {raw}: {text}"),
                 };
                 ClientError::Closed { code, reason }
             }
@@ -137,7 +145,7 @@ impl From<quinn::ReadError> for ClientError {
             quinn::ReadError::Reset(code) => ClientError::Closed {
                 code: u16::try_from(code.into_inner())
                     .ok()
-                    .and_then(ErrorCode::from_u16),
+                    .map(ErrorCode::from_u16),
                 reason: "stream reset by node".into(),
             },
             other => ClientError::Protocol(other.to_string()),
@@ -152,7 +160,7 @@ impl From<quinn::WriteError> for ClientError {
             quinn::WriteError::Stopped(code) => ClientError::Closed {
                 code: u16::try_from(code.into_inner())
                     .ok()
-                    .and_then(ErrorCode::from_u16),
+                    .map(ErrorCode::from_u16),
                 reason: "stream stopped by node".into(),
             },
             other => ClientError::Protocol(other.to_string()),
@@ -190,12 +198,36 @@ mod tests {
     }
 
     #[test]
-    fn unknown_close_code_keeps_the_number() {
+    fn unknown_close_codes_keep_the_number_and_are_classified_by_range() {
         let e = ClientError::from(app_close(999, "what"));
-        match e {
-            ClientError::Closed { code: None, reason } => assert!(reason.contains("999")),
+        match &e {
+            ClientError::Closed { code, reason } => {
+                assert_eq!(*code, Some(ErrorCode::Unknown(999)));
+                assert!(reason.contains("999"), "{reason}");
+            }
             other => panic!("unexpected {other:?}"),
         }
+        // 999 % 64 = 39: fatal, reconnect with backoff.
+        assert!(!e.is_permanent());
+        // 6..=15: fatal, reconnecting does not help.
+        assert!(ClientError::from(app_close(12, "new auth failure")).is_permanent());
+        let e = ClientError::from(app_close(70_000, "beyond u16"));
+        assert_eq!(e.code(), None);
+        assert!(!e.is_permanent());
+    }
+
+    #[test]
+    fn unknown_refusal_codes_are_classified_by_range() {
+        let refused = |v: u16| ClientError::Refused {
+            code: ErrorCode::from_u16(v),
+            retry_after_ms: 0,
+            message: String::new(),
+        };
+        assert!(refused(50).is_retryable()); // 48..=63: retryable
+        assert!(!refused(40 + 64).is_retryable()); // 32..=47 (mod 64)
+        assert!(!refused(21).is_retryable()); // INVALID_MESSAGE_ID
+        assert!(!refused(16 + 64).is_retryable()); // 16..=31 (mod 64): final
+        assert!(refused(20).is_retryable()); // OVERLOADED
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use hearth_protocol::{encode, Decoded, Decoder, ErrorCode, Frame, MessageId};
+use hearth_protocol::{self as wire, encode, Decoded, Decoder, ErrorCode, Frame, MessageId};
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,9 +33,9 @@ pub(crate) enum Out {
 pub(crate) fn encode_acks(seqs: &[u64], buf: &mut BytesMut) {
     for chunk in seqs.chunks(MAX_ACK_SEQS) {
         encode(
-            &Frame::Ack {
+            &Frame::Ack(wire::Ack {
                 seqs: chunk.to_vec(),
-            },
+            }),
             buf,
         );
     }
@@ -180,67 +180,25 @@ fn on_frame(
     deliveries: &mpsc::UnboundedSender<Delivery>,
 ) -> Result<(), &'static str> {
     match frame {
-        Frame::Deliver {
-            seq,
-            msg_id,
-            from_account,
-            from_device,
-            accepted_at_ms,
-            expires_at_ms,
-            flags,
-            payload,
-        } => {
-            // If the application dropped its Deliveries, the envelope stays unacknowledged
-            // and the node redelivers it later.
-            let _ = deliveries.send(Delivery {
-                seq,
-                msg_id,
-                from_account,
-                from_device,
-                accepted_at_ms,
-                expires_at_ms,
-                flags,
-                group: 0,
-                header: Bytes::new(),
-                payload,
-            });
+        // If the application dropped its Deliveries, the envelope stays unacknowledged and the
+        // node redelivers it later.
+        Frame::Deliver(d) => {
+            let _ = deliveries.send(Delivery::new(d.meta, 0, Bytes::new(), d.payload));
         }
-        Frame::DeliverShared {
-            seq,
-            msg_id,
-            from_account,
-            from_device,
-            accepted_at_ms,
-            expires_at_ms,
-            flags,
-            group,
-            header,
-            payload,
-        } => {
-            let _ = deliveries.send(Delivery {
-                seq,
-                msg_id,
-                from_account,
-                from_device,
-                accepted_at_ms,
-                expires_at_ms,
-                flags,
-                group,
-                header,
-                payload,
-            });
+        Frame::DeliverShared(d) => {
+            let _ = deliveries.send(Delivery::new(d.meta, d.group, d.header, d.payload));
         }
-        Frame::Ok { req_id } => {
+        Frame::Ok(wire::RequestOk { req_id }) => {
             if !shared.resolve_request(req_id, Ok(GroupReply::Done)) {
                 tracing::debug!(?req_id, "OK for no outstanding request");
             }
         }
-        Frame::GroupOk {
+        Frame::GroupOk(wire::GroupOk {
             req_id,
             group,
             version,
             members,
-        } => {
+        }) => {
             let ok = GroupReply::Ok(GroupOk {
                 group,
                 version,
@@ -250,7 +208,7 @@ fn on_frame(
                 tracing::debug!(?req_id, "GROUP_OK for no outstanding request");
             }
         }
-        Frame::GroupInfo {
+        Frame::GroupInfo(wire::GroupInfo {
             req_id,
             group,
             version,
@@ -258,7 +216,7 @@ fn on_frame(
             total,
             offset,
             members,
-        } => {
+        }) => {
             let info = GroupInfo {
                 group,
                 version,
@@ -271,11 +229,11 @@ fn on_frame(
                 tracing::debug!(?req_id, "GROUP_INFO for no outstanding request");
             }
         }
-        Frame::Accepted {
+        Frame::Accepted(wire::Accepted {
             msg_id,
             accepted_at_ms,
             recipients,
-        } => {
+        }) => {
             let accepted = Accepted {
                 msg_id,
                 accepted_at_ms,
@@ -285,12 +243,13 @@ fn on_frame(
                 tracing::debug!(?msg_id, "ACCEPTED for no outstanding SEND");
             }
         }
-        Frame::Error {
-            msg_id,
-            code,
-            retry_after_ms,
-            message,
-        } => {
+        Frame::Error(wire::Refused { msg_id, refusal }) => {
+            let wire::Refusal {
+                code,
+                retry_after_ms,
+                message,
+            } = refusal;
+            let message = message.into_owned();
             if msg_id != MessageId::NONE {
                 let refused = ClientError::Refused {
                     code,
@@ -303,7 +262,8 @@ fn on_frame(
                     tracing::debug!(?msg_id, %code, "ERROR for no outstanding SEND");
                 }
             } else if code.is_fatal() {
-                // The node closes the connection next; this is the better reason.
+                // The node closes the connection next; this is the better reason. (A code this
+                // version does not know is fatal by its range, PROTOCOL.md §3.)
                 shared.fail(ClientError::Closed {
                     code: Some(code),
                     reason: message,
@@ -312,22 +272,22 @@ fn on_frame(
                 tracing::warn!(%code, %message, "error from node");
             }
         }
-        Frame::Pong { nonce } => {
+        Frame::Pong(wire::Pong { nonce }) => {
             shared.resolve_ping(nonce);
         }
-        Frame::Welcome { .. } => return Err("second WELCOME"),
-        Frame::Hello { .. }
-        | Frame::Send { .. }
-        | Frame::Ack { .. }
-        | Frame::Ping { .. }
-        | Frame::GroupCreate { .. }
-        | Frame::GroupUpdate { .. }
-        | Frame::GroupGet { .. }
-        | Frame::SendGroup { .. }
-        | Frame::SendMulti { .. }
-        | Frame::PolicySet { .. }
-        | Frame::Report { .. }
-        | Frame::SendSealed { .. } => {
+        Frame::Welcome(_) => return Err("second WELCOME"),
+        Frame::Hello(_)
+        | Frame::Send(_)
+        | Frame::Ack(_)
+        | Frame::Ping(_)
+        | Frame::GroupCreate(_)
+        | Frame::GroupUpdate(_)
+        | Frame::GroupGet(_)
+        | Frame::SendGroup(_)
+        | Frame::SendMulti(_)
+        | Frame::PolicySet(_)
+        | Frame::Report(_)
+        | Frame::SendSealed(_) => {
             return Err("client frame type");
         }
     }
@@ -357,7 +317,7 @@ mod tests {
         let sizes: Vec<usize> = frames
             .iter()
             .map(|f| match f {
-                Frame::Ack { seqs } => seqs.len(),
+                Frame::Ack(a) => a.seqs.len(),
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
@@ -365,7 +325,7 @@ mod tests {
         let back: Vec<u64> = frames
             .into_iter()
             .flat_map(|f| match f {
-                Frame::Ack { seqs } => seqs,
+                Frame::Ack(a) => a.seqs,
                 _ => unreachable!(),
             })
             .collect();
@@ -387,28 +347,30 @@ mod tests {
         let (_, mut waiter) = shared.add_send(id).unwrap();
         let (nonce, mut pong) = shared.add_ping().unwrap();
         on_frame(
-            Frame::Accepted {
+            Frame::Accepted(wire::Accepted {
                 msg_id: id,
                 accepted_at_ms: 3,
                 recipients: 2,
-            },
+            }),
             &shared,
             &tx,
         )
         .unwrap();
         assert_eq!(waiter.try_recv().unwrap().unwrap().recipients, 2);
-        on_frame(Frame::Pong { nonce }, &shared, &tx).unwrap();
+        on_frame(Frame::Pong(wire::Pong { nonce }), &shared, &tx).unwrap();
         pong.try_recv().unwrap();
-        let deliver = Frame::Deliver {
-            seq: 4,
-            msg_id: id,
-            from_account: 1,
-            from_device: 2,
-            accepted_at_ms: 3,
-            expires_at_ms: 5,
-            flags: 0,
+        let deliver = Frame::Deliver(wire::Deliver {
+            meta: wire::DeliverMeta {
+                seq: 4,
+                msg_id: id,
+                from_account: 1,
+                from_device: 2,
+                accepted_at_ms: 3,
+                expires_at_ms: 5,
+                flags: 0,
+            },
             payload: Bytes::from_static(b"x"),
-        };
+        });
         on_frame(deliver, &shared, &tx).unwrap();
         assert_eq!(rx.try_recv().unwrap().seq, 4);
         // A non-fatal ERROR not tied to a SEND changes nothing; a fatal one ends the connection.
@@ -418,6 +380,6 @@ mod tests {
         let err = shared.close_error().unwrap();
         assert_eq!(err.code(), Some(ErrorCode::Replaced));
         assert!(err.to_string().contains("replaced"));
-        assert!(on_frame(Frame::Ping { nonce: 1 }, &shared, &tx).is_err());
+        assert!(on_frame(Frame::Ping(wire::Ping { nonce: 1 }), &shared, &tx).is_err());
     }
 }

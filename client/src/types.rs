@@ -2,7 +2,7 @@
 //! accepted, what was delivered.
 
 use bytes::Bytes;
-use hearth_protocol::{flags, MessageId, MultiRecipient};
+use hearth_protocol::{flags, DeliverMeta, MessageId, MultiRecipient};
 use tokio::sync::mpsc;
 
 /// The node's `WELCOME`: who we are and the limits of this connection.
@@ -18,6 +18,36 @@ pub struct Welcome {
     pub max_envelope: u32,
     /// Unacknowledged `DELIVER`s the node keeps in flight to this device.
     pub max_inflight: u32,
+    /// The node's QUIC idle timeout in milliseconds: without traffic for this long the
+    /// connection ends (the smaller of both sides' timeouts applies). 0: not announced (an
+    /// older node).
+    pub idle_timeout_ms: u32,
+    /// Unanswered sends (of all kinds) after which the node stops reading this connection
+    /// until it answers some; keep fewer outstanding. 0: not announced (an older node).
+    pub max_pending_sends: u32,
+}
+
+impl From<hearth_protocol::Welcome> for Welcome {
+    fn from(w: hearth_protocol::Welcome) -> Welcome {
+        let hearth_protocol::Welcome {
+            account,
+            device,
+            server_time_ms,
+            max_envelope,
+            max_inflight,
+            idle_timeout_ms,
+            max_pending_sends,
+        } = w;
+        Welcome {
+            account,
+            device,
+            server_time_ms,
+            max_envelope,
+            max_inflight,
+            idle_timeout_ms,
+            max_pending_sends,
+        }
+    }
 }
 
 /// One envelope to send.
@@ -205,6 +235,31 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// The delivery of a `DELIVER` (group 0, no header) or `DELIVER_SHARED`.
+    pub(crate) fn new(meta: DeliverMeta, group: u64, header: Bytes, payload: Bytes) -> Delivery {
+        let DeliverMeta {
+            seq,
+            msg_id,
+            from_account,
+            from_device,
+            accepted_at_ms,
+            expires_at_ms,
+            flags,
+        } = meta;
+        Delivery {
+            seq,
+            msg_id,
+            from_account,
+            from_device,
+            accepted_at_ms,
+            expires_at_ms,
+            flags,
+            group,
+            header,
+            payload,
+        }
+    }
+
     /// Whether this is an ephemeral envelope (seq 0, not to be acknowledged).
     pub fn is_ephemeral(&self) -> bool {
         self.flags & flags::EPHEMERAL != 0

@@ -10,7 +10,10 @@ use bytes::{Bytes, BytesMut};
 use hearth_client::{
     Client, ClientConfig, ClientError, Connection, Deliveries, ErrorCode, MessageId, Outgoing,
 };
-use hearth_protocol::{encode, Decoded, Decoder, Frame, ALPN};
+use hearth_protocol::{
+    encode, Accepted, Ack, Decoded, Decoder, Deliver, DeliverMeta, Frame, Hello, Ping, Pong,
+    Refusal, Refused, Welcome, ALPN,
+};
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, VarInt};
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer};
@@ -131,6 +134,10 @@ impl Peer {
         self.rd.read_raw(n).await
     }
 
+    async fn write_raw(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
+    }
+
     async fn write(&mut self, frames: &[Frame]) {
         let mut buf = BytesMut::new();
         for f in frames {
@@ -142,7 +149,7 @@ impl Peer {
     /// Expects HELLO, answers WELCOME.
     async fn welcome(&mut self, max_envelope: u32) {
         match self.read_frame().await {
-            Frame::Hello { version: 1, token } => assert_eq!(token, "ht1.test-token"),
+            Frame::Hello(Hello { version: 1, token }) => assert_eq!(token, "ht1.test-token"),
             other => panic!("expected HELLO, got {other:?}"),
         }
         self.write(&[welcome(max_envelope)]).await;
@@ -163,26 +170,30 @@ impl Peer {
 }
 
 fn welcome(max_envelope: u32) -> Frame {
-    Frame::Welcome {
+    Frame::Welcome(Welcome {
         account: 7,
         device: 2,
         server_time_ms: 1_700_000_000_000,
         max_envelope,
         max_inflight: 64,
-    }
+        idle_timeout_ms: 30_000,
+        max_pending_sends: 512,
+    })
 }
 
 fn deliver(seq: u64) -> Frame {
-    Frame::Deliver {
-        seq,
-        msg_id: MessageId::from_u128(1000 + seq as u128),
-        from_account: 9,
-        from_device: 1,
-        accepted_at_ms: 5,
-        expires_at_ms: 6,
-        flags: 0,
+    Frame::Deliver(Deliver {
+        meta: DeliverMeta {
+            seq,
+            msg_id: MessageId::from_u128(1000 + seq as u128),
+            from_account: 9,
+            from_device: 1,
+            accepted_at_ms: 5,
+            expires_at_ms: 6,
+            flags: 0,
+        },
         payload: Bytes::from(format!("payload {seq}")),
-    }
+    })
 }
 
 async fn connected(node: &FakeNode) -> (Connection, Deliveries, Peer) {
@@ -205,6 +216,8 @@ async fn handshake_then_pipelined_sends_matched_by_id() {
         assert_eq!(conn.welcome().device, 2);
         assert_eq!(conn.welcome().max_envelope, 1024);
         assert_eq!(conn.welcome().max_inflight, 64);
+        assert_eq!(conn.welcome().idle_timeout_ms, 30_000);
+        assert_eq!(conn.welcome().max_pending_sends, 512);
 
         let ids: Vec<MessageId> = (1..=3).map(MessageId::from_u128).collect();
         let sends = ids.iter().map(|id| {
@@ -223,14 +236,14 @@ async fn handshake_then_pipelined_sends_matched_by_id() {
         let mut seen = Vec::new();
         for _ in 0..3 {
             match peer.read_frame().await {
-                Frame::Send {
+                Frame::Send(hearth_protocol::Send {
                     msg_id,
                     to_account,
                     to_device,
                     ttl_secs,
                     flags,
                     payload,
-                } => {
+                }) => {
                     assert_eq!((to_account, ttl_secs, &payload[..]), (9, 60, &b"hello"[..]));
                     assert_eq!(to_device as u128, msg_id.as_u128());
                     assert_eq!(flags, if msg_id.as_u128() == 3 { 1 } else { 0 });
@@ -243,22 +256,24 @@ async fn handshake_then_pipelined_sends_matched_by_id() {
         assert_eq!(seen, ids);
         // Answer in reverse order; one is refused.
         peer.write(&[
-            Frame::Accepted {
+            Frame::Accepted(Accepted {
                 msg_id: ids[2],
                 accepted_at_ms: 30,
                 recipients: 0,
-            },
-            Frame::Error {
+            }),
+            Frame::Error(Refused {
                 msg_id: ids[1],
-                code: ErrorCode::QueueFull,
-                retry_after_ms: 0,
-                message: "queue full".into(),
-            },
-            Frame::Accepted {
+                refusal: Refusal {
+                    code: ErrorCode::QueueFull,
+                    retry_after_ms: 0,
+                    message: "queue full".into(),
+                },
+            }),
+            Frame::Accepted(Accepted {
                 msg_id: ids[0],
                 accepted_at_ms: 10,
                 recipients: 2,
-            },
+            }),
         ])
         .await;
         let results: Vec<_> = futures_join(sends).await;
@@ -298,7 +313,11 @@ async fn deliveries_arrive_in_order_and_acks_are_coalesced() {
         let node = FakeNode::start();
         let (conn, mut deliveries, mut peer) = connected(&node).await;
         let mut ephemeral = deliver(0);
-        if let Frame::Deliver { flags, .. } = &mut ephemeral {
+        if let Frame::Deliver(Deliver {
+            meta: DeliverMeta { flags, .. },
+            ..
+        }) = &mut ephemeral
+        {
             *flags = 1;
         }
         peer.write(&[
@@ -332,16 +351,19 @@ async fn deliveries_arrive_in_order_and_acks_are_coalesced() {
         });
         assert_eq!(
             peer.read_frame().await,
-            Frame::Ack {
+            Frame::Ack(Ack {
                 seqs: vec![1, 2, 3, 4, 5]
-            }
+            })
         );
         let nonce = match peer.read_frame().await {
-            Frame::Ping { nonce } => nonce,
+            Frame::Ping(Ping { nonce }) => nonce,
             other => panic!("expected PING, got {other:?}"),
         };
-        peer.write(&[Frame::Pong { nonce: nonce + 1 }, Frame::Pong { nonce }])
-            .await;
+        peer.write(&[
+            Frame::Pong(Pong { nonce: nonce + 1 }),
+            Frame::Pong(Pong { nonce }),
+        ])
+        .await;
         ping.await.unwrap().unwrap();
         assert!(deliveries.try_next().is_none());
     })
@@ -365,17 +387,19 @@ async fn oversized_send_still_goes_to_the_node() {
             async move { conn.send(out).await }
         });
         match peer.read_frame().await {
-            Frame::Send {
+            Frame::Send(hearth_protocol::Send {
                 msg_id, payload, ..
-            } => assert_eq!((msg_id, payload), (id, big)),
+            }) => assert_eq!((msg_id, payload), (id, big)),
             other => panic!("expected SEND, got {other:?}"),
         }
-        peer.write(&[Frame::Error {
+        peer.write(&[Frame::Error(Refused {
             msg_id: id,
-            code: ErrorCode::EnvelopeTooLarge,
-            retry_after_ms: 0,
-            message: "too large".into(),
-        }])
+            refusal: Refusal {
+                code: ErrorCode::EnvelopeTooLarge,
+                retry_after_ms: 0,
+                message: "too large".into(),
+            },
+        })])
         .await;
         let err = send.await.unwrap().unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::EnvelopeTooLarge));
@@ -405,7 +429,7 @@ async fn refused_hello_is_reported_with_its_code() {
         let cfg = node.config();
         let (res, code) = tokio::join!(Connection::connect(&cfg), async {
             let mut peer = node.accept().await;
-            assert!(matches!(peer.read_frame().await, Frame::Hello { .. }));
+            assert!(matches!(peer.read_frame().await, Frame::Hello(_)));
             peer.write(&[Frame::error(ErrorCode::TokenExpired, "expired")])
                 .await;
             peer.client_close_code().await
@@ -425,7 +449,7 @@ async fn refused_hello_is_reported_with_its_code() {
         // Only a connection close: the code comes from it.
         let (res, _) = tokio::join!(Connection::connect(&cfg), async {
             let mut peer = node.accept().await;
-            assert!(matches!(peer.read_frame().await, Frame::Hello { .. }));
+            assert!(matches!(peer.read_frame().await, Frame::Hello(_)));
             peer.close(ErrorCode::BadToken, "bad signature");
         });
         let err = res.unwrap_err();
@@ -477,7 +501,7 @@ async fn node_close_fails_pending_sends_and_ends_deliveries() {
             let conn = conn.clone();
             async move { conn.send(Outgoing::new(9, "x")).await }
         });
-        assert!(matches!(peer.read_frame().await, Frame::Send { .. }));
+        assert!(matches!(peer.read_frame().await, Frame::Send(_)));
         peer.write(&[deliver(1)]).await;
         assert_eq!(deliveries.next().await.unwrap().seq, 1);
         peer.close(ErrorCode::GoingAway, "shutting down");
@@ -518,7 +542,7 @@ async fn fatal_error_frame_is_the_close_reason() {
             let conn = conn.clone();
             async move { conn.send(Outgoing::new(9, "x")).await }
         });
-        assert!(matches!(peer.read_frame().await, Frame::Send { .. }));
+        assert!(matches!(peer.read_frame().await, Frame::Send(_)));
         // The frame alone (no connection close yet) ends the connection for the client.
         peer.write(&[Frame::error(
             ErrorCode::Replaced,
@@ -559,14 +583,14 @@ async fn many_pipelined_sends_and_acks_under_flow_control() {
             let (mut sends, mut acked) = (0, Vec::new());
             while sends < N || acked.len() < N as usize {
                 match rd.read_frame().await {
-                    Frame::Send {
+                    Frame::Send(hearth_protocol::Send {
                         msg_id, payload, ..
-                    } => {
+                    }) => {
                         assert_eq!(payload.len(), 1024);
                         ids_tx.send(msg_id).unwrap();
                         sends += 1;
                     }
-                    Frame::Ack { seqs } => acked.extend(seqs),
+                    Frame::Ack(Ack { seqs }) => acked.extend(seqs),
                     other => panic!("unexpected {other:?}"),
                 }
             }
@@ -593,11 +617,11 @@ async fn many_pipelined_sends_and_acks_under_flow_control() {
                 for id in ids.into_iter().rev() {
                     let recipients = id.as_u128() as u32 % 1000;
                     encode(
-                        &Frame::Accepted {
+                        &Frame::Accepted(Accepted {
                             msg_id: id,
                             accepted_at_ms: 1,
                             recipients,
-                        },
+                        }),
                         &mut buf,
                     );
                     answered += 1;
@@ -611,7 +635,8 @@ async fn many_pipelined_sends_and_acks_under_flow_control() {
             .map(|i| {
                 let conn = conn.clone();
                 let out = Outgoing {
-                    msg_id: MessageId::from_u128(i as u128),
+                    // Never the all-zero id (refused).
+                    msg_id: MessageId::from_u128(i as u128 + 1),
                     payload: Bytes::from(vec![1u8; 1024]),
                     ..Outgoing::new(9, "")
                 };
@@ -630,8 +655,8 @@ async fn many_pipelined_sends_and_acks_under_flow_control() {
         assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
         for (i, send) in sends.into_iter().enumerate() {
             let accepted = send.await.unwrap().unwrap();
-            assert_eq!(accepted.msg_id, MessageId::from_u128(i as u128));
-            assert_eq!(accepted.recipients, i as u32 % 1000);
+            assert_eq!(accepted.msg_id, MessageId::from_u128(i as u128 + 1));
+            assert_eq!(accepted.recipients, (i as u32 + 1) % 1000);
         }
         let acked = node_reader.await.unwrap();
         assert_eq!(acked, (1..=N as u64).collect::<Vec<_>>());
@@ -688,11 +713,14 @@ async fn shutdown_flushes_acks_before_closing() {
         let (conn, _deliveries, mut peer) = connected(&node).await;
         conn.ack(&[41, 42]).unwrap();
         let shutdown = tokio::spawn(async move { conn.shutdown().await });
-        assert_eq!(peer.read_frame().await, Frame::Ack { seqs: vec![41, 42] });
-        let Frame::Ping { nonce } = peer.read_frame().await else {
+        assert_eq!(
+            peer.read_frame().await,
+            Frame::Ack(Ack { seqs: vec![41, 42] })
+        );
+        let Frame::Ping(Ping { nonce }) = peer.read_frame().await else {
             panic!("expected PING")
         };
-        peer.write(&[Frame::Pong { nonce }]).await;
+        peer.write(&[Frame::Pong(Pong { nonce })]).await;
         shutdown.await.unwrap();
         assert_eq!(
             peer.client_close_code().await,
@@ -744,18 +772,18 @@ async fn client_reconnects_and_keeps_one_delivery_stream() {
             let client = client.clone();
             async move { client.send(Outgoing::new(9, "via client")).await }
         });
-        let Frame::Send { msg_id, .. } = p1.read_frame().await else {
+        let Frame::Send(hearth_protocol::Send { msg_id, .. }) = p1.read_frame().await else {
             panic!("expected SEND")
         };
-        p1.write(&[Frame::Accepted {
+        p1.write(&[Frame::Accepted(Accepted {
             msg_id,
             accepted_at_ms: 1,
             recipients: 1,
-        }])
+        })])
         .await;
         assert_eq!(send.await.unwrap().unwrap().msg_id, msg_id);
         client.ack(&[1]).unwrap();
-        assert_eq!(p1.read_frame().await, Frame::Ack { seqs: vec![1] });
+        assert_eq!(p1.read_frame().await, Frame::Ack(Ack { seqs: vec![1] }));
 
         // The node goes away; the client comes back on its own.
         p1.close(ErrorCode::GoingAway, "restart");
@@ -769,7 +797,16 @@ async fn client_reconnects_and_keeps_one_delivery_stream() {
             client.current().unwrap().quic().stable_id()
         );
 
+        // Closing flushes first: acknowledgements queued before it, then a PING; the close
+        // follows the PONG.
+        client.ack(&[2]).unwrap();
         client.close();
+        assert_eq!(p2.read_frame().await, Frame::Ack(Ack { seqs: vec![2] }));
+        let Frame::Ping(ping) = p2.read_frame().await else {
+            panic!("expected PING")
+        };
+        assert!(p2.conn.close_reason().is_none(), "closed before the PONG");
+        p2.write(&[Frame::Pong(Pong { nonce: ping.nonce })]).await;
         assert_eq!(
             p2.client_close_code().await,
             ErrorCode::Normal.as_u16() as u64
@@ -787,7 +824,7 @@ async fn client_stops_on_a_bad_token() {
         let node = FakeNode::start();
         let (client, mut deliveries) = Client::new(node.config());
         let mut peer = node.accept().await;
-        assert!(matches!(peer.read_frame().await, Frame::Hello { .. }));
+        assert!(matches!(peer.read_frame().await, Frame::Hello(_)));
         peer.write(&[Frame::error(ErrorCode::BadToken, "bad signature")])
             .await;
         peer.close(ErrorCode::BadToken, "bad signature");
@@ -817,4 +854,72 @@ async fn client_stops_when_its_device_is_removed() {
         assert!(deliveries.next().await.is_none());
     })
     .await
+}
+
+/// A node of an earlier revision sends the 29-byte WELCOME (no idle timeout, no pending-send
+/// limit); a later one may add fields this client does not know. Both are accepted.
+#[tokio::test]
+async fn shorter_and_longer_welcomes_are_accepted() {
+    bounded(async {
+        let mut full = BytesMut::new();
+        encode(&welcome(2048), &mut full);
+        assert_eq!(full.len(), 4 + 37);
+        let mut old = full[..4 + 29].to_vec();
+        old[3] = 29;
+        let mut newer = full.to_vec();
+        newer.extend_from_slice(&[0xee; 8]);
+        newer[3] = 37 + 8;
+        for (bytes, idle, pending) in [(old, 0, 0), (newer, 30_000, 512)] {
+            let node = FakeNode::start();
+            let cfg = node.config();
+            let (client, _peer) = tokio::join!(Connection::connect(&cfg), async {
+                let mut peer = node.accept().await;
+                assert!(matches!(peer.read_frame().await, Frame::Hello(_)));
+                peer.write_raw(&bytes).await;
+                peer
+            });
+            let (conn, _deliveries) = client.unwrap();
+            assert_eq!(conn.welcome().max_envelope, 2048);
+            assert_eq!(conn.welcome().max_inflight, 64);
+            assert_eq!(conn.welcome().idle_timeout_ms, idle);
+            assert_eq!(conn.welcome().max_pending_sends, pending);
+        }
+    })
+    .await;
+}
+
+/// An ERROR with a code this version does not know answers its request (not malformed), and
+/// the client classifies it by range.
+#[tokio::test]
+async fn unknown_error_codes_answer_their_request() {
+    bounded(async {
+        let node = FakeNode::start();
+        let (conn, _deliveries, mut peer) = connected(&node).await;
+        let send = tokio::spawn({
+            let conn = conn.clone();
+            async move { conn.send(Outgoing::new(9, Bytes::from_static(b"x"))).await }
+        });
+        let Frame::Send(hearth_protocol::Send { msg_id, .. }) = peer.read_frame().await else {
+            panic!("expected SEND");
+        };
+        // 50: the retryable range (48..=63).
+        peer.write(&[Refusal::new(ErrorCode::from_u16(50), "new in 1.2")
+            .retry_after(20)
+            .answer(msg_id)])
+            .await;
+        let err = send.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unknown(50)));
+        assert!(err.is_retryable(), "{err}");
+        assert_eq!(err.retry_after_ms(), 20);
+        assert!(!conn.is_closed());
+        // An all-zero msg_id is refused without asking the node (its answer would name no
+        // request).
+        let zero = Outgoing {
+            msg_id: MessageId::NONE,
+            ..Outgoing::new(9, "")
+        };
+        let err = conn.send(zero).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidMessageId));
+    })
+    .await;
 }

@@ -73,6 +73,9 @@ pub enum Command {
     /// Groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// The cluster: CA and node certificates of the inter-node link.
+    #[command(subcommand)]
+    Cluster(crate::cluster_ca::ClusterCommand),
 }
 
 /// `hearthctl token ...`
@@ -94,7 +97,7 @@ pub struct TokenIssueArgs {
     /// Lifetime: 90s, 15m, 12h, 30d, or plain seconds.
     #[arg(long, default_value = "30d", value_parser = parse_ttl)]
     pub ttl: Duration,
-    /// The node's token key (PKCS#8 DER Ed25519).
+    /// The node's token key (PKCS#8 DER Ed25519, v1 or v2).
     #[arg(long, env = "HEARTH_TOKEN_KEY", default_value = DEFAULT_KEY_PATH)]
     pub key: PathBuf,
     /// Network (app) the device speaks for, one of the node's `[privacy] networks`. With
@@ -277,6 +280,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Group(GroupCommand::Members(a)) => {
             crate::admin::group_members(admin, a.group, a.offset, a.limit, json, out)
         }
+        Command::Cluster(c) => crate::cluster_ca::run_cluster(c, json, out),
     }?;
     out.flush()?;
     Ok(())

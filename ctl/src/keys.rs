@@ -95,13 +95,13 @@ fn load_key(path: &Path) -> anyhow::Result<SigningKey> {
     })?;
     SigningKey::from_pkcs8(&der).map_err(|_| {
         anyhow::anyhow!(
-            "{} is not a token key (expected PKCS#8 DER Ed25519)",
+            "{} is not a token key (expected PKCS#8 v1 or v2 DER Ed25519)",
             path.display()
         )
     })
 }
 
-/// Create a new token signing key at `path` (PKCS#8 DER Ed25519, mode 0600). Refuses to
+/// Create a new token signing key at `path` (PKCS#8 v1 DER Ed25519, mode 0600). Refuses to
 /// overwrite an existing file: tokens signed by the old key would stop working.
 pub fn key_generate(path: &Path, json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let key = SigningKey::generate();

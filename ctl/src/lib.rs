@@ -11,6 +11,7 @@
 
 mod admin;
 mod cli;
+mod cluster_ca;
 mod keys;
 mod render;
 mod ttl;
@@ -24,6 +25,9 @@ pub use cli::{
     DeviceRemoveArgs, GroupCommand, GroupMembersArgs, GroupShowArgs, KeyCommand, KeyGenerateArgs,
     QueueCommand, QueueStatsArgs, TokenCommand, TokenIssueArgs, DEFAULT_ADMIN,
     DEFAULT_ADMIN_TOKEN_PATH, DEFAULT_KEY_PATH,
+};
+pub use cluster_ca::{
+    ca_init, ca_node, run_cluster, CaCommand, CaInitArgs, CaNodeArgs, ClusterCommand,
 };
 pub use keys::{key_generate, token_issue};
 pub use render::{

@@ -286,3 +286,72 @@ fn refuses_bad_network_and_zone_names() {
     let v = issue_scoped(&key_path, &["--network", &"n".repeat(64)]).unwrap();
     assert_eq!(v["network"].as_str().unwrap().len(), 64);
 }
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// `openssl pkey` reads `path` as a DER private key; `None` when openssl is not installed.
+fn openssl_reads(path: &Path) -> Option<Result<(), String>> {
+    let out = std::process::Command::new("openssl")
+        .args(["pkey", "-inform", "DER", "-noout", "-in"])
+        .arg(path)
+        .output();
+    match out {
+        Err(e) => {
+            eprintln!("skipping the openssl check: openssl is not installed ({e})");
+            None
+        }
+        Ok(o) if o.status.success() => Some(Ok(())),
+        Ok(o) => Some(Err(String::from_utf8_lossy(&o.stderr).into_owned())),
+    }
+}
+
+/// Key files are PKCS#8 v1 (RFC 5208), which OpenSSL 3 reads; v2 files (RFC 5958, what ring
+/// and earlier versions wrote) still sign tokens.
+#[test]
+fn key_files_are_pkcs8_v1_and_v2_files_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token.key");
+    let key = generate(&path);
+    let der = std::fs::read(&path).unwrap();
+    assert_eq!(der.len(), 48);
+    assert_eq!(der[..16], unhex("302e020100300506032b657004220420")[..]);
+    if let Some(r) = openssl_reads(&path) {
+        r.expect("openssl pkey reads the generated key");
+    }
+    assert_eq!(
+        SigningKey::from_pkcs8(&der).unwrap().verifying_key(),
+        key.verifying_key()
+    );
+
+    // A v2 file: RFC 8032 7.1 TEST 1's seed and public key.
+    let seed = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+    let public = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+    let v2_hex = format!("3053020101300506032b657004220420{seed}a123032100{public}");
+    let v2_path = dir.path().join("v2.key");
+    std::fs::write(&v2_path, unhex(&v2_hex)).unwrap();
+    let out = ctl(&[
+        "token",
+        "issue",
+        "--account",
+        "42",
+        "--device",
+        "7",
+        "--key",
+        v2_path.to_str().unwrap(),
+    ])
+    .unwrap();
+    let v2_key = SigningKey::from_pkcs8(&unhex(&v2_hex)).unwrap();
+    assert_eq!(v2_key.verifying_key().0[..], unhex(public)[..]);
+    let claims = v2_key
+        .verifying_key()
+        .verify(out.trim_end(), now())
+        .unwrap();
+    assert_eq!((claims.account, claims.device), (42, 7));
+    // Loaded from v2, it is written as v1 with the same seed.
+    assert_eq!(v2_key.to_pkcs8()[16..], unhex(seed)[..]);
+}

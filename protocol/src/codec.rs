@@ -3,7 +3,14 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-use crate::{ErrorCode, Frame, MessageId, MultiRecipient, PolicyChange, SEND_FIXED_LEN};
+use crate::frame::{
+    Accepted, Ack, Deliver, DeliverMeta, DeliverShared, GroupCreate, GroupGet, GroupInfo, GroupOk,
+    GroupUpdate, Hello, Ping, PolicySet, Pong, Refusal, Refused, Report, RequestOk, Send,
+    SendGroup, SendMulti, SendSealed, Welcome,
+};
+use crate::{
+    ErrorCode, Frame, MessageId, MultiRecipient, PolicyChange, DELIVER_FIXED_LEN, SEND_FIXED_LEN,
+};
 
 /// Longest `HELLO` token and `ERROR` message, in bytes.
 pub const MAX_TEXT: usize = 1024;
@@ -33,6 +40,9 @@ pub enum DecodeError {
         /// What is wrong.
         why: &'static str,
     },
+    /// The stream ended inside a frame (see [`Decoder::finish`]).
+    #[error("stream finished inside a frame")]
+    Unfinished,
 }
 
 impl DecodeError {
@@ -131,6 +141,23 @@ impl Decoder {
         let body = buf.split_to(len).freeze();
         parse(body).map(|f| Some(Decoded::Frame(f)))
     }
+
+    /// Whether the bytes seen so far end inside a frame: `buf` (what [`Decoder::decode`] left)
+    /// holds part of one, or an oversized send is still being skipped. Meaningful after
+    /// `decode` returned `Ok(None)`.
+    pub fn is_mid_frame(&self, buf: &[u8]) -> bool {
+        self.skip > 0 || !buf.is_empty()
+    }
+
+    /// Check that the stream may end here (the peer finished it after `decode` returned
+    /// `Ok(None)`): [`DecodeError::Unfinished`] if it ends inside a frame.
+    pub fn finish(&self, buf: &[u8]) -> Result<(), DecodeError> {
+        if self.is_mid_frame(buf) {
+            Err(DecodeError::Unfinished)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
@@ -170,24 +197,18 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             need(&b, n, k)?;
             let token = text(b.split_to(n), k)?;
             end(&b, k)?;
-            Frame::Hello { version, token }
+            Frame::Hello(Hello { version, token })
         }
         0x02 => {
-            let k = "SEND";
-            need(&b, SEND_FIXED_LEN, k)?;
-            let msg_id = id(&mut b);
-            let to_account = b.get_u64();
-            let to_device = b.get_u32();
-            let ttl_secs = b.get_u32();
-            let flags = b.get_u8();
-            Frame::Send {
-                msg_id,
-                to_account,
-                to_device,
-                ttl_secs,
-                flags,
+            need(&b, SEND_FIXED_LEN, "SEND")?;
+            Frame::Send(Send {
+                msg_id: id(&mut b),
+                to_account: b.get_u64(),
+                to_device: b.get_u32(),
+                ttl_secs: b.get_u32(),
+                flags: b.get_u8(),
                 payload: b,
-            }
+            })
         }
         0x03 => {
             let k = "ACK";
@@ -203,14 +224,14 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             for _ in 0..n {
                 seqs.push(b.get_u64());
             }
-            Frame::Ack { seqs }
+            Frame::Ack(Ack { seqs })
         }
         0x04 => {
             let k = "PING";
             need(&b, 8, k)?;
             let nonce = b.get_u64();
             end(&b, k)?;
-            Frame::Ping { nonce }
+            Frame::Ping(Ping { nonce })
         }
         0x05 | 0x06 => {
             let k = if ty == 0x05 {
@@ -231,46 +252,41 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             }
             let accounts: Vec<u64> = (0..n).map(|_| b.get_u64()).collect();
             if ty == 0x05 {
-                Frame::GroupCreate {
+                Frame::GroupCreate(GroupCreate {
                     req_id,
                     group,
                     members: accounts,
-                }
+                })
             } else {
-                Frame::GroupUpdate {
+                Frame::GroupUpdate(GroupUpdate {
                     req_id,
                     group,
                     op,
                     accounts,
-                }
+                })
             }
         }
         0x07 => {
             let k = "GROUP_GET";
             need(&b, 16 + 8 + 4 + 4, k)?;
-            let f = Frame::GroupGet {
+            let f = GroupGet {
                 req_id: id(&mut b),
                 group: b.get_u64(),
                 offset: b.get_u32(),
                 limit: b.get_u32(),
             };
             end(&b, k)?;
-            f
+            Frame::GroupGet(f)
         }
         0x08 => {
-            let k = "SEND_GROUP";
-            need(&b, 16 + 8 + 4 + 1, k)?;
-            let msg_id = id(&mut b);
-            let group = b.get_u64();
-            let ttl_secs = b.get_u32();
-            let flags = b.get_u8();
-            Frame::SendGroup {
-                msg_id,
-                group,
-                ttl_secs,
-                flags,
+            need(&b, 16 + 8 + 4 + 1, "SEND_GROUP")?;
+            Frame::SendGroup(SendGroup {
+                msg_id: id(&mut b),
+                group: b.get_u64(),
+                ttl_secs: b.get_u32(),
+                flags: b.get_u8(),
                 payload: b,
-            }
+            })
         }
         0x09 => {
             let k = "SEND_MULTI";
@@ -293,13 +309,13 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
                     header: b.split_to(h),
                 });
             }
-            Frame::SendMulti {
+            Frame::SendMulti(SendMulti {
                 msg_id,
                 ttl_secs,
                 flags,
                 recipients,
                 payload: b,
-            }
+            })
         }
         0x0A => {
             let k = "POLICY_SET";
@@ -362,17 +378,17 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
                 }
             };
             end(&b, k)?;
-            Frame::PolicySet { req_id, change }
+            Frame::PolicySet(PolicySet { req_id, change })
         }
         0x0B => {
             let k = "REPORT";
             need(&b, 16 + 8, k)?;
-            let f = Frame::Report {
+            let f = Report {
                 req_id: id(&mut b),
                 account: b.get_u64(),
             };
             end(&b, k)?;
-            f
+            Frame::Report(f)
         }
         0x0C => {
             let k = "SEND_SEALED";
@@ -385,7 +401,7 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             let n = b.get_u8() as usize;
             need(&b, n, k)?;
             let access_key = b.split_to(n);
-            Frame::SendSealed {
+            Frame::SendSealed(SendSealed {
                 msg_id,
                 to_account,
                 to_device,
@@ -393,55 +409,50 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
                 flags,
                 access_key,
                 payload: b,
-            }
+            })
         }
+        // Node → client frames of fixed size may grow trailing fields (PROTOCOL.md §2):
+        // bytes after the fields known here are ignored.
         0x81 => {
-            let k = "WELCOME";
-            need(&b, 8 + 4 + 8 + 4 + 4, k)?;
-            let f = Frame::Welcome {
+            need(&b, 8 + 4 + 8 + 4 + 4, "WELCOME")?;
+            let mut f = Welcome {
                 account: b.get_u64(),
                 device: b.get_u32(),
                 server_time_ms: b.get_u64(),
                 max_envelope: b.get_u32(),
                 max_inflight: b.get_u32(),
+                idle_timeout_ms: 0,
+                max_pending_sends: 0,
             };
-            end(&b, k)?;
-            f
+            // Added in revision 1.1; absent (0) from an older node.
+            if b.remaining() >= 4 {
+                f.idle_timeout_ms = b.get_u32();
+            }
+            if b.remaining() >= 4 {
+                f.max_pending_sends = b.get_u32();
+            }
+            Frame::Welcome(f)
         }
         0x82 => {
-            let k = "ACCEPTED";
-            need(&b, 16 + 8 + 4, k)?;
-            let f = Frame::Accepted {
+            need(&b, 16 + 8 + 4, "ACCEPTED")?;
+            Frame::Accepted(Accepted {
                 msg_id: id(&mut b),
                 accepted_at_ms: b.get_u64(),
                 recipients: b.get_u32(),
-            };
-            end(&b, k)?;
-            f
+            })
         }
         0x83 => {
-            let k = "DELIVER";
-            need(&b, crate::DELIVER_FIXED_LEN, k)?;
-            Frame::Deliver {
-                seq: b.get_u64(),
-                msg_id: id(&mut b),
-                from_account: b.get_u64(),
-                from_device: b.get_u32(),
-                accepted_at_ms: b.get_u64(),
-                expires_at_ms: b.get_u64(),
-                flags: b.get_u8(),
+            need(&b, DELIVER_FIXED_LEN, "DELIVER")?;
+            Frame::Deliver(Deliver {
+                meta: meta(&mut b),
                 payload: b,
-            }
+            })
         }
         0x84 => {
             let k = "ERROR";
             need(&b, 16 + 2 + 4 + 2, k)?;
             let msg_id = id(&mut b);
-            let raw = b.get_u16();
-            let code = ErrorCode::from_u16(raw).ok_or(DecodeError::Malformed {
-                kind: k,
-                why: "unknown error code",
-            })?;
+            let code = ErrorCode::from_u16(b.get_u16());
             let retry_after_ms = b.get_u32();
             let n = b.get_u16() as usize;
             if n > MAX_TEXT {
@@ -452,39 +463,31 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
             }
             need(&b, n, k)?;
             let message = text(b.split_to(n), k)?;
-            end(&b, k)?;
-            Frame::Error {
+            Frame::Error(Refused {
                 msg_id,
-                code,
-                retry_after_ms,
-                message,
-            }
+                refusal: Refusal {
+                    code,
+                    retry_after_ms,
+                    message: message.into(),
+                },
+            })
         }
         0x85 => {
-            let k = "PONG";
-            need(&b, 8, k)?;
-            let nonce = b.get_u64();
-            end(&b, k)?;
-            Frame::Pong { nonce }
+            need(&b, 8, "PONG")?;
+            Frame::Pong(Pong { nonce: b.get_u64() })
         }
         0x89 => {
-            let k = "OK";
-            need(&b, 16, k)?;
-            let f = Frame::Ok { req_id: id(&mut b) };
-            end(&b, k)?;
-            f
+            need(&b, 16, "OK")?;
+            Frame::Ok(RequestOk { req_id: id(&mut b) })
         }
         0x86 => {
-            let k = "GROUP_OK";
-            need(&b, 16 + 8 + 8 + 4, k)?;
-            let f = Frame::GroupOk {
+            need(&b, 16 + 8 + 8 + 4, "GROUP_OK")?;
+            Frame::GroupOk(GroupOk {
                 req_id: id(&mut b),
                 group: b.get_u64(),
                 version: b.get_u64(),
                 members: b.get_u32(),
-            };
-            end(&b, k)?;
-            f
+            })
         }
         0x87 => {
             let k = "GROUP_INFO";
@@ -503,7 +506,7 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
                 });
             }
             let members = (0..n).map(|_| (b.get_u64(), b.get_u8())).collect();
-            Frame::GroupInfo {
+            Frame::GroupInfo(GroupInfo {
                 req_id,
                 group,
                 version,
@@ -511,34 +514,22 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
                 total,
                 offset,
                 members,
-            }
+            })
         }
         0x88 => {
             let k = "DELIVER_SHARED";
-            need(&b, crate::DELIVER_FIXED_LEN + 8 + 2, k)?;
-            let seq = b.get_u64();
-            let msg_id = id(&mut b);
-            let from_account = b.get_u64();
-            let from_device = b.get_u32();
-            let accepted_at_ms = b.get_u64();
-            let expires_at_ms = b.get_u64();
-            let flags = b.get_u8();
+            need(&b, DELIVER_FIXED_LEN + 8 + 2, k)?;
+            let meta = meta(&mut b);
             let group = b.get_u64();
             let h = b.get_u16() as usize;
             need(&b, h, k)?;
             let header = b.split_to(h);
-            Frame::DeliverShared {
-                seq,
-                msg_id,
-                from_account,
-                from_device,
-                accepted_at_ms,
-                expires_at_ms,
-                flags,
+            Frame::DeliverShared(DeliverShared {
+                meta,
                 group,
                 header,
                 payload: b,
-            }
+            })
         }
         other => return Err(DecodeError::UnknownType(other)),
     };
@@ -549,6 +540,29 @@ fn id(b: &mut Bytes) -> MessageId {
     let mut id = [0u8; 16];
     b.copy_to_slice(&mut id);
     MessageId(id)
+}
+
+/// The fields `DELIVER` and `DELIVER_SHARED` share (the caller checked their length).
+fn meta(b: &mut Bytes) -> DeliverMeta {
+    DeliverMeta {
+        seq: b.get_u64(),
+        msg_id: id(b),
+        from_account: b.get_u64(),
+        from_device: b.get_u32(),
+        accepted_at_ms: b.get_u64(),
+        expires_at_ms: b.get_u64(),
+        flags: b.get_u8(),
+    }
+}
+
+fn put_meta(out: &mut BytesMut, m: &DeliverMeta) {
+    out.put_u64(m.seq);
+    out.put_slice(&m.msg_id.0);
+    out.put_u64(m.from_account);
+    out.put_u32(m.from_device);
+    out.put_u64(m.accepted_at_ms);
+    out.put_u64(m.expires_at_ms);
+    out.put_u8(m.flags);
 }
 
 fn text(b: Bytes, kind: &'static str) -> Result<String, DecodeError> {
@@ -568,103 +582,79 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
     out.put_u32(0); // patched below
     out.put_u8(frame.type_byte());
     match frame {
-        Frame::Hello { version, token } => {
-            out.put_u8(*version);
-            put_text(out, token);
+        Frame::Hello(f) => {
+            out.put_u8(f.version);
+            put_text(out, &f.token);
         }
-        Frame::Send {
-            msg_id,
-            to_account,
-            to_device,
-            ttl_secs,
-            flags,
-            payload,
-        } => {
-            out.reserve(SEND_FIXED_LEN + payload.len());
-            out.put_slice(&msg_id.0);
-            out.put_u64(*to_account);
-            out.put_u32(*to_device);
-            out.put_u32(*ttl_secs);
-            out.put_u8(*flags);
-            out.put_slice(payload);
+        Frame::Send(f) => {
+            out.reserve(SEND_FIXED_LEN + f.payload.len());
+            out.put_slice(&f.msg_id.0);
+            out.put_u64(f.to_account);
+            out.put_u32(f.to_device);
+            out.put_u32(f.ttl_secs);
+            out.put_u8(f.flags);
+            out.put_slice(&f.payload);
         }
-        Frame::Ack { seqs } => {
-            let n = seqs.len().min(u16::MAX as usize);
+        Frame::Ack(f) => {
+            let n = f.seqs.len().min(u16::MAX as usize);
             out.put_u16(n as u16);
-            for s in &seqs[..n] {
+            for s in &f.seqs[..n] {
                 out.put_u64(*s);
             }
         }
-        Frame::Ping { nonce } | Frame::Pong { nonce } => out.put_u64(*nonce),
-        Frame::GroupCreate {
+        Frame::Ping(Ping { nonce }) | Frame::Pong(Pong { nonce }) => out.put_u64(*nonce),
+        Frame::GroupCreate(GroupCreate {
             req_id,
             group,
             members: accounts,
-        }
-        | Frame::GroupUpdate {
+        })
+        | Frame::GroupUpdate(GroupUpdate {
             req_id,
             group,
             accounts,
             ..
-        } => {
+        }) => {
             out.put_slice(&req_id.0);
             out.put_u64(*group);
-            if let Frame::GroupUpdate { op, .. } = frame {
-                out.put_u8(*op);
+            if let Frame::GroupUpdate(f) = frame {
+                out.put_u8(f.op);
             }
             out.put_u32(accounts.len() as u32);
             for a in accounts {
                 out.put_u64(*a);
             }
         }
-        Frame::GroupGet {
-            req_id,
-            group,
-            offset,
-            limit,
-        } => {
-            out.put_slice(&req_id.0);
-            out.put_u64(*group);
-            out.put_u32(*offset);
-            out.put_u32(*limit);
+        Frame::GroupGet(f) => {
+            out.put_slice(&f.req_id.0);
+            out.put_u64(f.group);
+            out.put_u32(f.offset);
+            out.put_u32(f.limit);
         }
-        Frame::SendGroup {
-            msg_id,
-            group,
-            ttl_secs,
-            flags,
-            payload,
-        } => {
-            out.reserve(16 + 8 + 4 + 1 + payload.len());
-            out.put_slice(&msg_id.0);
-            out.put_u64(*group);
-            out.put_u32(*ttl_secs);
-            out.put_u8(*flags);
-            out.put_slice(payload);
+        Frame::SendGroup(f) => {
+            out.reserve(16 + 8 + 4 + 1 + f.payload.len());
+            out.put_slice(&f.msg_id.0);
+            out.put_u64(f.group);
+            out.put_u32(f.ttl_secs);
+            out.put_u8(f.flags);
+            out.put_slice(&f.payload);
         }
-        Frame::SendMulti {
-            msg_id,
-            ttl_secs,
-            flags,
-            recipients,
-            payload,
-        } => {
-            out.put_slice(&msg_id.0);
-            out.put_u32(*ttl_secs);
-            out.put_u8(*flags);
-            let n = recipients.len().min(u16::MAX as usize);
+        Frame::SendMulti(f) => {
+            out.put_slice(&f.msg_id.0);
+            out.put_u32(f.ttl_secs);
+            out.put_u8(f.flags);
+            let n = f.recipients.len().min(u16::MAX as usize);
             out.put_u16(n as u16);
-            for r in &recipients[..n] {
+            for r in &f.recipients[..n] {
                 out.put_u64(r.account);
                 out.put_u32(r.device);
                 let h = r.header.len().min(u16::MAX as usize);
                 out.put_u16(h as u16);
                 out.put_slice(&r.header[..h]);
             }
-            out.put_slice(payload);
+            out.put_slice(&f.payload);
         }
-        Frame::PolicySet { req_id, change } => {
-            out.put_slice(&req_id.0);
+        Frame::PolicySet(f) => {
+            out.put_slice(&f.req_id.0);
             let put_accounts = |out: &mut BytesMut, kind: u8, accounts: &[u64]| {
                 out.put_u8(kind);
                 out.put_u32(accounts.len() as u32);
@@ -672,7 +662,7 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
                     out.put_u64(*a);
                 }
             };
-            match change {
+            match &f.change {
                 PolicyChange::Reach(mode) => {
                     out.put_u8(1);
                     out.put_u8(*mode);
@@ -710,141 +700,75 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
                 }
             }
         }
-        Frame::Report { req_id, account } => {
-            out.put_slice(&req_id.0);
-            out.put_u64(*account);
+        Frame::Report(f) => {
+            out.put_slice(&f.req_id.0);
+            out.put_u64(f.account);
         }
-        Frame::SendSealed {
-            msg_id,
-            to_account,
-            to_device,
-            ttl_secs,
-            flags,
-            access_key,
-            payload,
-        } => {
-            out.reserve(16 + 8 + 4 + 4 + 2 + access_key.len() + payload.len());
-            out.put_slice(&msg_id.0);
-            out.put_u64(*to_account);
-            out.put_u32(*to_device);
-            out.put_u32(*ttl_secs);
-            out.put_u8(*flags);
-            let len = access_key.len().min(u8::MAX as usize);
+        Frame::SendSealed(f) => {
+            out.reserve(16 + 8 + 4 + 4 + 2 + f.access_key.len() + f.payload.len());
+            out.put_slice(&f.msg_id.0);
+            out.put_u64(f.to_account);
+            out.put_u32(f.to_device);
+            out.put_u32(f.ttl_secs);
+            out.put_u8(f.flags);
+            let len = f.access_key.len().min(u8::MAX as usize);
             out.put_u8(len as u8);
-            out.put_slice(&access_key[..len]);
-            out.put_slice(payload);
+            out.put_slice(&f.access_key[..len]);
+            out.put_slice(&f.payload);
         }
-        Frame::Ok { req_id } => out.put_slice(&req_id.0),
-        Frame::GroupOk {
-            req_id,
-            group,
-            version,
-            members,
-        } => {
-            out.put_slice(&req_id.0);
-            out.put_u64(*group);
-            out.put_u64(*version);
-            out.put_u32(*members);
+        Frame::Ok(f) => out.put_slice(&f.req_id.0),
+        Frame::GroupOk(f) => {
+            out.put_slice(&f.req_id.0);
+            out.put_u64(f.group);
+            out.put_u64(f.version);
+            out.put_u32(f.members);
         }
-        Frame::GroupInfo {
-            req_id,
-            group,
-            version,
-            creator,
-            total,
-            offset,
-            members,
-        } => {
-            out.put_slice(&req_id.0);
-            out.put_u64(*group);
-            out.put_u64(*version);
-            out.put_u64(*creator);
-            out.put_u32(*total);
-            out.put_u32(*offset);
-            out.put_u32(members.len() as u32);
-            for (a, r) in members {
+        Frame::GroupInfo(f) => {
+            out.put_slice(&f.req_id.0);
+            out.put_u64(f.group);
+            out.put_u64(f.version);
+            out.put_u64(f.creator);
+            out.put_u32(f.total);
+            out.put_u32(f.offset);
+            out.put_u32(f.members.len() as u32);
+            for (a, r) in &f.members {
                 out.put_u64(*a);
                 out.put_u8(*r);
             }
         }
-        Frame::DeliverShared {
-            seq,
-            msg_id,
-            from_account,
-            from_device,
-            accepted_at_ms,
-            expires_at_ms,
-            flags,
-            group,
-            header,
-            payload,
-        } => {
-            out.reserve(crate::DELIVER_FIXED_LEN + 10 + header.len() + payload.len());
-            out.put_u64(*seq);
-            out.put_slice(&msg_id.0);
-            out.put_u64(*from_account);
-            out.put_u32(*from_device);
-            out.put_u64(*accepted_at_ms);
-            out.put_u64(*expires_at_ms);
-            out.put_u8(*flags);
-            out.put_u64(*group);
-            let h = header.len().min(u16::MAX as usize);
+        Frame::DeliverShared(f) => {
+            out.reserve(DELIVER_FIXED_LEN + 10 + f.header.len() + f.payload.len());
+            put_meta(out, &f.meta);
+            out.put_u64(f.group);
+            let h = f.header.len().min(u16::MAX as usize);
             out.put_u16(h as u16);
-            out.put_slice(&header[..h]);
-            out.put_slice(payload);
+            out.put_slice(&f.header[..h]);
+            out.put_slice(&f.payload);
         }
-        Frame::Welcome {
-            account,
-            device,
-            server_time_ms,
-            max_envelope,
-            max_inflight,
-        } => {
-            out.put_u64(*account);
-            out.put_u32(*device);
-            out.put_u64(*server_time_ms);
-            out.put_u32(*max_envelope);
-            out.put_u32(*max_inflight);
+        Frame::Welcome(f) => {
+            out.put_u64(f.account);
+            out.put_u32(f.device);
+            out.put_u64(f.server_time_ms);
+            out.put_u32(f.max_envelope);
+            out.put_u32(f.max_inflight);
+            out.put_u32(f.idle_timeout_ms);
+            out.put_u32(f.max_pending_sends);
         }
-        Frame::Accepted {
-            msg_id,
-            accepted_at_ms,
-            recipients,
-        } => {
-            out.put_slice(&msg_id.0);
-            out.put_u64(*accepted_at_ms);
-            out.put_u32(*recipients);
+        Frame::Accepted(f) => {
+            out.put_slice(&f.msg_id.0);
+            out.put_u64(f.accepted_at_ms);
+            out.put_u32(f.recipients);
         }
-        Frame::Deliver {
-            seq,
-            msg_id,
-            from_account,
-            from_device,
-            accepted_at_ms,
-            expires_at_ms,
-            flags,
-            payload,
-        } => {
-            out.reserve(crate::DELIVER_FIXED_LEN + payload.len());
-            out.put_u64(*seq);
-            out.put_slice(&msg_id.0);
-            out.put_u64(*from_account);
-            out.put_u32(*from_device);
-            out.put_u64(*accepted_at_ms);
-            out.put_u64(*expires_at_ms);
-            out.put_u8(*flags);
-            out.put_slice(payload);
+        Frame::Deliver(f) => {
+            out.reserve(DELIVER_FIXED_LEN + f.payload.len());
+            put_meta(out, &f.meta);
+            out.put_slice(&f.payload);
         }
-        Frame::Error {
-            msg_id,
-            code,
-            retry_after_ms,
-            message,
-        } => {
-            out.put_slice(&msg_id.0);
-            out.put_u16(code.as_u16());
-            out.put_u32(*retry_after_ms);
-            put_text(out, message);
+        Frame::Error(f) => {
+            out.put_slice(&f.msg_id.0);
+            out.put_u16(f.refusal.code.as_u16());
+            out.put_u32(f.refusal.retry_after_ms);
+            put_text(out, &f.refusal.message);
         }
     }
     let len = (out.len() - start - 4) as u32;

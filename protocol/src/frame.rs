@@ -1,5 +1,7 @@
 //! The frames exchanged on a Hearth stream.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 
 use crate::ErrorCode;
@@ -20,6 +22,11 @@ impl MessageId {
     /// The id as a number.
     pub fn as_u128(self) -> u128 {
         u128::from_be_bytes(self.0)
+    }
+
+    /// Whether this is the all-zero id, which no request may carry.
+    pub fn is_none(self) -> bool {
+        self == MessageId::NONE
     }
 }
 
@@ -106,280 +113,460 @@ pub mod role {
     pub const ADMIN: u8 = 2;
 }
 
+/// `HELLO` (0x01): first frame of a connection, authenticates the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version the client speaks.
+    pub version: u8,
+    /// The device token as text (`ht1.` or `ht2.` + base64url).
+    pub token: String,
+}
+
+/// `SEND` (0x02): one opaque envelope for an account or one of its devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Send {
+    /// Sender-chosen id, never all zero; retries with the same id are stored once.
+    pub msg_id: MessageId,
+    /// Recipient account.
+    pub to_account: u64,
+    /// Recipient device, or 0 for every device of the account (except the sender's own).
+    pub to_device: u32,
+    /// Time to live in seconds; 0 means the node's default.
+    pub ttl_secs: u32,
+    /// See [`flags`].
+    pub flags: u8,
+    /// Ciphertext, never inspected by the node.
+    pub payload: Bytes,
+}
+
+/// `ACK` (0x03): the device has durably processed these queue sequence numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// Queue sequence numbers from `DELIVER` and `DELIVER_SHARED` frames.
+    pub seqs: Vec<u64>,
+}
+
+/// `PING` (0x04): liveness probe and flush; answered by `PONG` with the same nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ping {
+    /// Echoed in the `PONG`.
+    pub nonce: u64,
+}
+
+/// `PONG` (0x85): answer to `PING`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pong {
+    /// The `PING`'s nonce.
+    pub nonce: u64,
+}
+
+/// `GROUP_CREATE` (0x05): create a server-managed group; the sender becomes creator and admin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupCreate {
+    /// Request id, never all zero, echoed in the answer.
+    pub req_id: MessageId,
+    /// Client-chosen group id, never 0.
+    pub group: u64,
+    /// Initial members besides the creator.
+    pub members: Vec<u64>,
+}
+
+/// `GROUP_UPDATE` (0x06): change membership; see [`group_op`](crate::group_op).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupUpdate {
+    /// Request id, never all zero, echoed in the answer.
+    pub req_id: MessageId,
+    /// The group.
+    pub group: u64,
+    /// One of [`group_op`](crate::group_op).
+    pub op: u8,
+    /// Accounts the operation applies to.
+    pub accounts: Vec<u64>,
+}
+
+/// `GROUP_GET` (0x07): read a page of a group's members (members only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupGet {
+    /// Request id, never all zero, echoed in the answer.
+    pub req_id: MessageId,
+    /// The group.
+    pub group: u64,
+    /// First member index of the page.
+    pub offset: u32,
+    /// Most members in the page (the node may cap it).
+    pub limit: u32,
+}
+
+/// `SEND_GROUP` (0x08): one envelope to every device of every member but the sending device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendGroup {
+    /// Sender-chosen id, never all zero; retries with the same id are stored once.
+    pub msg_id: MessageId,
+    /// The group.
+    pub group: u64,
+    /// Time to live in seconds; 0 means the node's default.
+    pub ttl_secs: u32,
+    /// See [`flags`].
+    pub flags: u8,
+    /// Ciphertext, stored once however many recipients.
+    pub payload: Bytes,
+}
+
+/// `SEND_MULTI` (0x09): one payload to a client-kept list of recipients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendMulti {
+    /// Sender-chosen id, never all zero; retries with the same id are stored once.
+    pub msg_id: MessageId,
+    /// Time to live in seconds; 0 means the node's default.
+    pub ttl_secs: u32,
+    /// See [`flags`].
+    pub flags: u8,
+    /// The recipients and their opaque headers.
+    pub recipients: Vec<MultiRecipient>,
+    /// Ciphertext shared by all recipients, stored once.
+    pub payload: Bytes,
+}
+
+/// `POLICY_SET` (0x0A): change the sending account's privacy settings; answered `OK`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySet {
+    /// Request id, never all zero, echoed in the answer.
+    pub req_id: MessageId,
+    /// The change.
+    pub change: PolicyChange,
+}
+
+/// `REPORT` (0x0B): report an account as abusive (metadata only; answered `OK`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Request id, never all zero, echoed in the answer.
+    pub req_id: MessageId,
+    /// The reported account.
+    pub account: u64,
+}
+
+/// `SEND_SEALED` (0x0C): a `SEND` that does not reveal the sender, authorised by the
+/// recipient's delivery access key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendSealed {
+    /// Sender-chosen id, never all zero.
+    pub msg_id: MessageId,
+    /// Recipient account.
+    pub to_account: u64,
+    /// Recipient device, or 0 for every device of the account.
+    pub to_device: u32,
+    /// Time to live in seconds; 0 means the node's default.
+    pub ttl_secs: u32,
+    /// See [`flags`].
+    pub flags: u8,
+    /// The recipient's delivery access key (1 to 64 bytes).
+    pub access_key: Bytes,
+    /// Ciphertext.
+    pub payload: Bytes,
+}
+
+/// `WELCOME` (0x81): the token was accepted; the session's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Welcome {
+    /// Authenticated account.
+    pub account: u64,
+    /// Authenticated device.
+    pub device: u32,
+    /// The node's clock, milliseconds since the Unix epoch.
+    pub server_time_ms: u64,
+    /// Largest payload the node accepts in a `SEND`.
+    pub max_envelope: u32,
+    /// How many unacknowledged `DELIVER`s the node keeps in flight to this device.
+    pub max_inflight: u32,
+    /// The node's QUIC idle timeout in milliseconds (0: not announced, e.g. an older node).
+    pub idle_timeout_ms: u32,
+    /// Unanswered sends after which the node stops reading the stream (0: not announced).
+    pub max_pending_sends: u32,
+}
+
+/// `ACCEPTED` (0x82): the envelope is durable (or, if ephemeral, was handed to live devices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The send's message id.
+    pub msg_id: MessageId,
+    /// Acceptance time, milliseconds since the Unix epoch.
+    pub accepted_at_ms: u64,
+    /// Device queues the envelope was stored in (ephemeral: devices it was pushed to).
+    pub recipients: u32,
+}
+
+/// The fields `DELIVER` and `DELIVER_SHARED` share, in their wire order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliverMeta {
+    /// Queue sequence number to `ACK`; 0 for ephemeral envelopes (never acknowledged).
+    pub seq: u64,
+    /// The sender's message id.
+    pub msg_id: MessageId,
+    /// Sending account (0 for a sealed send).
+    pub from_account: u64,
+    /// Sending device (0 for a sealed send).
+    pub from_device: u32,
+    /// Acceptance time, milliseconds since the Unix epoch.
+    pub accepted_at_ms: u64,
+    /// Expiry time, milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+    /// See [`flags`].
+    pub flags: u8,
+}
+
+/// `DELIVER` (0x83): an envelope for this device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deliver {
+    /// Sequence number, sender, times and flags.
+    pub meta: DeliverMeta,
+    /// The sender's ciphertext.
+    pub payload: Bytes,
+}
+
+/// `DELIVER_SHARED` (0x88): a group or multi-recipient envelope for this device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliverShared {
+    /// Sequence number, sender, times and flags, as in `DELIVER`.
+    pub meta: DeliverMeta,
+    /// The group, or 0 for a `SEND_MULTI`.
+    pub group: u64,
+    /// This recipient's opaque header (empty for groups).
+    pub header: Bytes,
+    /// The shared ciphertext.
+    pub payload: Bytes,
+}
+
+/// Why the node refused a request or closes a connection: the content of an `ERROR` frame
+/// besides its message id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why.
+    pub code: ErrorCode,
+    /// When to retry, in milliseconds; 0 when there is no hint.
+    pub retry_after_ms: u32,
+    /// Human-readable detail (UTF-8, at most 1024 bytes on the wire), for logs only.
+    pub message: Cow<'static, str>,
+}
+
+impl Refusal {
+    /// A refusal with `code` and no retry hint.
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Refusal {
+        Refusal {
+            code,
+            retry_after_ms: 0,
+            message: message.into(),
+        }
+    }
+
+    /// The same refusal with a retry hint of `ms` milliseconds.
+    pub fn retry_after(self, ms: u32) -> Refusal {
+        Refusal {
+            retry_after_ms: ms,
+            ..self
+        }
+    }
+
+    /// A failure inside the node (e.g. storage): `INTERNAL`, "storage failure", retry after
+    /// 100 ms. Log the real error where it happens; it never goes to the client.
+    pub fn internal() -> Refusal {
+        Refusal::new(ErrorCode::Internal, "storage failure").retry_after(100)
+    }
+
+    /// The `ERROR` frame answering the request `msg_id` (a `msg_id` or `req_id`) with this
+    /// refusal.
+    pub fn answer(self, msg_id: MessageId) -> Frame {
+        Frame::Error(Refused {
+            msg_id,
+            refusal: self,
+        })
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// `ERROR` (0x84): a refusal of one request, or (with [`MessageId::NONE`]) of the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The refused request's `msg_id` or `req_id`, or [`MessageId::NONE`].
+    pub msg_id: MessageId,
+    /// Code, retry hint and message.
+    pub refusal: Refusal,
+}
+
+/// `OK` (0x89): a `POLICY_SET` or `REPORT` took effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestOk {
+    /// The request's id.
+    pub req_id: MessageId,
+}
+
+/// `GROUP_OK` (0x86): a group create or update succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupOk {
+    /// The request's id.
+    pub req_id: MessageId,
+    /// The group.
+    pub group: u64,
+    /// Membership version after the request (bumps only on change).
+    pub version: u64,
+    /// Member count.
+    pub members: u32,
+}
+
+/// `GROUP_INFO` (0x87): a page of a group's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The request's id.
+    pub req_id: MessageId,
+    /// The group.
+    pub group: u64,
+    /// Membership version.
+    pub version: u64,
+    /// The creator's account.
+    pub creator: u64,
+    /// Member count.
+    pub total: u32,
+    /// Index of the first member in this page.
+    pub offset: u32,
+    /// (account, role) pairs in account order; see [`role`](crate::role).
+    pub members: Vec<(u64, u8)>,
+}
+
 /// One protocol frame. Client-to-node frames have types below 0x80, node-to-client above.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// `HELLO` (0x01): first frame of a connection, authenticates the device.
-    Hello {
-        /// Protocol version the client speaks.
-        version: u8,
-        /// The device token as text (`ht1.` + base64url).
-        token: String,
-    },
-    /// `SEND` (0x02): one opaque envelope for an account or one of its devices.
-    Send {
-        /// Sender-chosen id; retries with the same id are stored once.
-        msg_id: MessageId,
-        /// Recipient account.
-        to_account: u64,
-        /// Recipient device, or 0 for every device of the account (except the sender's own).
-        to_device: u32,
-        /// Time to live in seconds; 0 means the node's default.
-        ttl_secs: u32,
-        /// See [`flags`].
-        flags: u8,
-        /// Ciphertext, never inspected by the node.
-        payload: Bytes,
-    },
-    /// `ACK` (0x03): the device has durably processed these queue sequence numbers.
-    Ack {
-        /// Queue sequence numbers from `DELIVER` frames.
-        seqs: Vec<u64>,
-    },
-    /// `PING` (0x04): liveness probe; answered by `PONG` with the same nonce.
-    Ping {
-        /// Echoed in the `PONG`.
-        nonce: u64,
-    },
-    /// `GROUP_CREATE` (0x05): create a server-managed group; the sender becomes creator and admin.
-    GroupCreate {
-        /// Request id, echoed in the answer.
-        req_id: MessageId,
-        /// Client-chosen group id, never 0.
-        group: u64,
-        /// Initial members besides the creator.
-        members: Vec<u64>,
-    },
-    /// `GROUP_UPDATE` (0x06): change membership; see [`group_op`].
-    GroupUpdate {
-        /// Request id, echoed in the answer.
-        req_id: MessageId,
-        /// The group.
-        group: u64,
-        /// One of [`group_op`].
-        op: u8,
-        /// Accounts the operation applies to.
-        accounts: Vec<u64>,
-    },
-    /// `GROUP_GET` (0x07): read a page of a group's members (members only).
-    GroupGet {
-        /// Request id, echoed in the answer.
-        req_id: MessageId,
-        /// The group.
-        group: u64,
-        /// First member index of the page.
-        offset: u32,
-        /// Most members in the page (the node may cap it).
-        limit: u32,
-    },
-    /// `SEND_GROUP` (0x08): one envelope to every device of every member but the sending device.
-    SendGroup {
-        /// Sender-chosen id; retries with the same id are stored once.
-        msg_id: MessageId,
-        /// The group.
-        group: u64,
-        /// Time to live in seconds; 0 means the node's default.
-        ttl_secs: u32,
-        /// See [`flags`].
-        flags: u8,
-        /// Ciphertext, stored once however many recipients.
-        payload: Bytes,
-    },
-    /// `SEND_MULTI` (0x09): one payload to a client-kept list of recipients.
-    SendMulti {
-        /// Sender-chosen id; retries with the same id are stored once.
-        msg_id: MessageId,
-        /// Time to live in seconds; 0 means the node's default.
-        ttl_secs: u32,
-        /// See [`flags`].
-        flags: u8,
-        /// The recipients and their opaque headers.
-        recipients: Vec<MultiRecipient>,
-        /// Ciphertext shared by all recipients, stored once.
-        payload: Bytes,
-    },
-    /// `POLICY_SET` (0x0A): change the sending account's privacy settings; answered `OK`.
-    PolicySet {
-        /// Request id, echoed in the answer.
-        req_id: MessageId,
-        /// The change.
-        change: PolicyChange,
-    },
-    /// `REPORT` (0x0B): report an account as abusive (metadata only; answered `OK`).
-    Report {
-        /// Request id, echoed in the answer.
-        req_id: MessageId,
-        /// The reported account.
-        account: u64,
-    },
-    /// `SEND_SEALED` (0x0C): a `SEND` that does not reveal the sender, authorised by the
-    /// recipient's delivery access key.
-    SendSealed {
-        /// Sender-chosen id.
-        msg_id: MessageId,
-        /// Recipient account.
-        to_account: u64,
-        /// Recipient device, or 0 for every device of the account.
-        to_device: u32,
-        /// Time to live in seconds; 0 means the node's default.
-        ttl_secs: u32,
-        /// See [`flags`].
-        flags: u8,
-        /// The recipient's delivery access key (1 to 64 bytes).
-        access_key: Bytes,
-        /// Ciphertext.
-        payload: Bytes,
-    },
-    /// `WELCOME` (0x81): the token was accepted.
-    Welcome {
-        /// Authenticated account.
-        account: u64,
-        /// Authenticated device.
-        device: u32,
-        /// The node's clock, milliseconds since the Unix epoch.
-        server_time_ms: u64,
-        /// Largest payload the node accepts in a `SEND`.
-        max_envelope: u32,
-        /// How many unacknowledged `DELIVER`s the node keeps in flight to this device.
-        max_inflight: u32,
-    },
-    /// `ACCEPTED` (0x82): the envelope is durable (or, if ephemeral, was handed to live devices).
-    Accepted {
-        /// The `SEND`'s message id.
-        msg_id: MessageId,
-        /// Acceptance time, milliseconds since the Unix epoch.
-        accepted_at_ms: u64,
-        /// Device queues the envelope was stored in (ephemeral: devices it was pushed to).
-        recipients: u32,
-    },
-    /// `DELIVER` (0x83): an envelope for this device.
-    Deliver {
-        /// Queue sequence number to `ACK`; 0 for ephemeral envelopes (never acknowledged).
-        seq: u64,
-        /// The sender's message id.
-        msg_id: MessageId,
-        /// Sending account.
-        from_account: u64,
-        /// Sending device.
-        from_device: u32,
-        /// Acceptance time, milliseconds since the Unix epoch.
-        accepted_at_ms: u64,
-        /// Expiry time, milliseconds since the Unix epoch.
-        expires_at_ms: u64,
-        /// See [`flags`].
-        flags: u8,
-        /// The sender's ciphertext.
-        payload: Bytes,
-    },
-    /// `ERROR` (0x84): a refusal; fatal codes are followed by the connection closing.
-    Error {
-        /// The refused `SEND`'s id, or [`MessageId::NONE`].
-        msg_id: MessageId,
-        /// Why.
-        code: ErrorCode,
-        /// When to retry, in milliseconds; 0 when retrying will not help.
-        retry_after_ms: u32,
-        /// Human-readable detail (UTF-8, at most 1024 bytes).
-        message: String,
-    },
-    /// `PONG` (0x85): answer to `PING`.
-    Pong {
-        /// The `PING`'s nonce.
-        nonce: u64,
-    },
-    /// `OK` (0x89): a `POLICY_SET` or `REPORT` took effect.
-    Ok {
-        /// The request's id.
-        req_id: MessageId,
-    },
-    /// `GROUP_OK` (0x86): a group request succeeded.
-    GroupOk {
-        /// The request's id.
-        req_id: MessageId,
-        /// The group.
-        group: u64,
-        /// Membership version after the request (bumps only on change).
-        version: u64,
-        /// Member count.
-        members: u32,
-    },
-    /// `GROUP_INFO` (0x87): a page of a group's members.
-    GroupInfo {
-        /// The request's id.
-        req_id: MessageId,
-        /// The group.
-        group: u64,
-        /// Membership version.
-        version: u64,
-        /// The creator's account.
-        creator: u64,
-        /// Member count.
-        total: u32,
-        /// Index of the first member in this page.
-        offset: u32,
-        /// (account, role) pairs in account order; see [`role`].
-        members: Vec<(u64, u8)>,
-    },
-    /// `DELIVER_SHARED` (0x88): a group or multi-recipient envelope for this device.
-    DeliverShared {
-        /// Queue sequence number to `ACK` (0 for ephemeral).
-        seq: u64,
-        /// The sender's message id.
-        msg_id: MessageId,
-        /// Sending account.
-        from_account: u64,
-        /// Sending device.
-        from_device: u32,
-        /// Acceptance time, milliseconds since the Unix epoch.
-        accepted_at_ms: u64,
-        /// Expiry time, milliseconds since the Unix epoch.
-        expires_at_ms: u64,
-        /// See [`flags`].
-        flags: u8,
-        /// The group, or 0 for a `SEND_MULTI`.
-        group: u64,
-        /// This recipient's opaque header (empty for groups).
-        header: Bytes,
-        /// The shared ciphertext.
-        payload: Bytes,
-    },
+    /// `HELLO` (0x01).
+    Hello(Hello),
+    /// `SEND` (0x02).
+    Send(Send),
+    /// `ACK` (0x03).
+    Ack(Ack),
+    /// `PING` (0x04).
+    Ping(Ping),
+    /// `GROUP_CREATE` (0x05).
+    GroupCreate(GroupCreate),
+    /// `GROUP_UPDATE` (0x06).
+    GroupUpdate(GroupUpdate),
+    /// `GROUP_GET` (0x07).
+    GroupGet(GroupGet),
+    /// `SEND_GROUP` (0x08).
+    SendGroup(SendGroup),
+    /// `SEND_MULTI` (0x09).
+    SendMulti(SendMulti),
+    /// `POLICY_SET` (0x0A).
+    PolicySet(PolicySet),
+    /// `REPORT` (0x0B).
+    Report(Report),
+    /// `SEND_SEALED` (0x0C).
+    SendSealed(SendSealed),
+    /// `WELCOME` (0x81).
+    Welcome(Welcome),
+    /// `ACCEPTED` (0x82).
+    Accepted(Accepted),
+    /// `DELIVER` (0x83).
+    Deliver(Deliver),
+    /// `ERROR` (0x84): fatal codes are followed by the connection closing.
+    Error(Refused),
+    /// `PONG` (0x85).
+    Pong(Pong),
+    /// `GROUP_OK` (0x86).
+    GroupOk(GroupOk),
+    /// `GROUP_INFO` (0x87).
+    GroupInfo(GroupInfo),
+    /// `DELIVER_SHARED` (0x88).
+    DeliverShared(DeliverShared),
+    /// `OK` (0x89).
+    Ok(RequestOk),
 }
+
+macro_rules! frame_from {
+    ($($variant:ident($payload:ident)),* $(,)?) => {
+        $(
+            impl From<$payload> for Frame {
+                fn from(p: $payload) -> Frame {
+                    Frame::$variant(p)
+                }
+            }
+        )*
+    };
+}
+
+frame_from!(
+    Hello(Hello),
+    Send(Send),
+    Ack(Ack),
+    Ping(Ping),
+    GroupCreate(GroupCreate),
+    GroupUpdate(GroupUpdate),
+    GroupGet(GroupGet),
+    SendGroup(SendGroup),
+    SendMulti(SendMulti),
+    PolicySet(PolicySet),
+    Report(Report),
+    SendSealed(SendSealed),
+    Welcome(Welcome),
+    Accepted(Accepted),
+    Deliver(Deliver),
+    Error(Refused),
+    Pong(Pong),
+    GroupOk(GroupOk),
+    GroupInfo(GroupInfo),
+    DeliverShared(DeliverShared),
+    Ok(RequestOk),
+);
 
 impl Frame {
     /// The frame's type byte.
     pub fn type_byte(&self) -> u8 {
         match self {
-            Frame::Hello { .. } => 0x01,
-            Frame::Send { .. } => 0x02,
-            Frame::Ack { .. } => 0x03,
-            Frame::Ping { .. } => 0x04,
-            Frame::GroupCreate { .. } => 0x05,
-            Frame::GroupUpdate { .. } => 0x06,
-            Frame::GroupGet { .. } => 0x07,
-            Frame::SendGroup { .. } => 0x08,
-            Frame::SendMulti { .. } => 0x09,
-            Frame::PolicySet { .. } => 0x0A,
-            Frame::Report { .. } => 0x0B,
-            Frame::SendSealed { .. } => 0x0C,
-            Frame::Welcome { .. } => 0x81,
-            Frame::Accepted { .. } => 0x82,
-            Frame::Deliver { .. } => 0x83,
-            Frame::Error { .. } => 0x84,
-            Frame::Pong { .. } => 0x85,
-            Frame::GroupOk { .. } => 0x86,
-            Frame::GroupInfo { .. } => 0x87,
-            Frame::DeliverShared { .. } => 0x88,
-            Frame::Ok { .. } => 0x89,
+            Frame::Hello(_) => 0x01,
+            Frame::Send(_) => 0x02,
+            Frame::Ack(_) => 0x03,
+            Frame::Ping(_) => 0x04,
+            Frame::GroupCreate(_) => 0x05,
+            Frame::GroupUpdate(_) => 0x06,
+            Frame::GroupGet(_) => 0x07,
+            Frame::SendGroup(_) => 0x08,
+            Frame::SendMulti(_) => 0x09,
+            Frame::PolicySet(_) => 0x0A,
+            Frame::Report(_) => 0x0B,
+            Frame::SendSealed(_) => 0x0C,
+            Frame::Welcome(_) => 0x81,
+            Frame::Accepted(_) => 0x82,
+            Frame::Deliver(_) => 0x83,
+            Frame::Error(_) => 0x84,
+            Frame::Pong(_) => 0x85,
+            Frame::GroupOk(_) => 0x86,
+            Frame::GroupInfo(_) => 0x87,
+            Frame::DeliverShared(_) => 0x88,
+            Frame::Ok(_) => 0x89,
         }
     }
 
-    /// An `ERROR` frame not tied to a `SEND`.
-    pub fn error(code: ErrorCode, message: impl Into<String>) -> Frame {
-        Frame::Error {
-            msg_id: MessageId::NONE,
-            code,
-            retry_after_ms: 0,
-            message: message.into(),
+    /// The id a client → node request carries and its answer echoes: the `msg_id` of the four
+    /// send kinds, the `req_id` of group requests, `POLICY_SET` and `REPORT`. `None` for
+    /// `HELLO`, `ACK`, `PING` and node → client frames.
+    pub fn request_id(&self) -> Option<MessageId> {
+        match self {
+            Frame::Send(Send { msg_id, .. })
+            | Frame::SendGroup(SendGroup { msg_id, .. })
+            | Frame::SendMulti(SendMulti { msg_id, .. })
+            | Frame::SendSealed(SendSealed { msg_id, .. }) => Some(*msg_id),
+            Frame::GroupCreate(GroupCreate { req_id, .. })
+            | Frame::GroupUpdate(GroupUpdate { req_id, .. })
+            | Frame::GroupGet(GroupGet { req_id, .. })
+            | Frame::PolicySet(PolicySet { req_id, .. })
+            | Frame::Report(Report { req_id, .. }) => Some(*req_id),
+            _ => None,
         }
+    }
+
+    /// An `ERROR` frame not tied to a request (msg_id all zero).
+    pub fn error(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Frame {
+        Refusal::new(code, message).answer(MessageId::NONE)
     }
 }

@@ -59,9 +59,18 @@ pub enum TokenError {
     InvalidDevice,
 }
 
+/// DER of a PKCS#8 v1 (RFC 5208, RFC 8410) Ed25519 private key before its 32-byte seed:
+/// SEQUENCE { INTEGER 0, AlgorithmIdentifier { id-Ed25519 }, OCTET STRING { OCTET STRING } }.
+const PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+/// Bytes of a PKCS#8 v1 Ed25519 key file: the prefix and the seed.
+const PKCS8_V1_LEN: usize = 16 + 32;
+
 /// The private key that issues tokens (kept by the node operator).
 pub struct SigningKey {
     pair: Ed25519KeyPair,
+    /// The PKCS#8 v1 encoding (prefix and seed).
     pkcs8: Vec<u8>,
 }
 
@@ -74,21 +83,43 @@ impl std::fmt::Debug for SigningKey {
 impl SigningKey {
     /// A fresh random key.
     pub fn generate() -> SigningKey {
-        let rng = ring::rand::SystemRandom::new();
-        let doc = Ed25519KeyPair::generate_pkcs8(&rng).expect("system randomness is available");
-        SigningKey::from_pkcs8(doc.as_ref()).expect("ring produced a valid key")
+        use ring::rand::SecureRandom;
+        let mut seed = [0u8; 32];
+        ring::rand::SystemRandom::new()
+            .fill(&mut seed)
+            .expect("system randomness is available");
+        SigningKey::from_seed(&seed).expect("any 32 bytes are an Ed25519 seed")
     }
 
-    /// A key from its PKCS#8 v2 DER bytes (as written by [`SigningKey::to_pkcs8`]).
+    fn from_seed(seed: &[u8]) -> Result<SigningKey, TokenError> {
+        let pair = Ed25519KeyPair::from_seed_unchecked(seed).map_err(|_| TokenError::Malformed)?;
+        let mut pkcs8 = Vec::with_capacity(PKCS8_V1_LEN);
+        pkcs8.extend_from_slice(&PKCS8_V1_PREFIX);
+        pkcs8.extend_from_slice(seed);
+        Ok(SigningKey { pair, pkcs8 })
+    }
+
+    /// A key from its PKCS#8 DER bytes: version 1 (RFC 5208, as [`SigningKey::to_pkcs8`] and
+    /// `openssl genpkey -algorithm ed25519` write it) or version 2 (RFC 5958, with the public
+    /// key, as earlier versions of Hearth and ring wrote it; the public key must match).
     pub fn from_pkcs8(der: &[u8]) -> Result<SigningKey, TokenError> {
+        if der.len() == PKCS8_V1_LEN && der[..16] == PKCS8_V1_PREFIX {
+            return SigningKey::from_seed(&der[16..]);
+        }
         let pair = Ed25519KeyPair::from_pkcs8(der).map_err(|_| TokenError::Malformed)?;
-        Ok(SigningKey {
-            pair,
-            pkcs8: der.to_vec(),
-        })
+        // ring's v2 layout: the same AlgorithmIdentifier and seed at bytes 16..48, then the
+        // public key. Keep the seed only, in the v1 form.
+        let seed = der.get(16..48).ok_or(TokenError::Malformed)?;
+        let key = SigningKey::from_seed(seed)?;
+        if key.pair.public_key().as_ref() != pair.public_key().as_ref() {
+            return Err(TokenError::Malformed);
+        }
+        Ok(key)
     }
 
-    /// The PKCS#8 v2 DER encoding, for storing the key in a file.
+    /// The PKCS#8 v1 (RFC 5208) DER encoding, for storing the key in a file: 48 bytes, the
+    /// fixed prefix `302e020100300506032b657004220420` then the 32-byte seed. OpenSSL reads it
+    /// (`openssl pkey -inform DER`).
     pub fn to_pkcs8(&self) -> &[u8] {
         &self.pkcs8
     }
@@ -262,6 +293,52 @@ mod tests {
         assert_eq!(k.verifying_key().verify(&t, 1_000).unwrap(), claims());
         let k2 = SigningKey::from_pkcs8(k.to_pkcs8()).unwrap();
         assert_eq!(k2.verifying_key(), k.verifying_key());
+    }
+
+    #[test]
+    fn key_files_are_pkcs8_v1_and_v2_files_still_load() {
+        let k = SigningKey::generate();
+        let der = k.to_pkcs8();
+        assert_eq!(der.len(), 48);
+        assert_eq!(der[..16], PKCS8_V1_PREFIX);
+        // A v2 document as ring (and earlier Hearth versions) wrote it loads as the same key,
+        // and is then written as v1.
+        let rng = ring::rand::SystemRandom::new();
+        let v2 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let from_v2 = SigningKey::from_pkcs8(v2.as_ref()).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(v2.as_ref()).unwrap();
+        assert_eq!(from_v2.verifying_key().0, pair.public_key().as_ref());
+        assert_eq!(from_v2.to_pkcs8()[16..], v2.as_ref()[16..48]);
+        let again = SigningKey::from_pkcs8(from_v2.to_pkcs8()).unwrap();
+        assert_eq!(again.verifying_key(), from_v2.verifying_key());
+        // A v2 document whose public key does not match its seed is refused.
+        let mut bad = v2.as_ref().to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert!(SigningKey::from_pkcs8(&bad).is_err());
+        assert!(SigningKey::from_pkcs8(&der[..47]).is_err());
+    }
+
+    #[test]
+    fn openssl_reads_the_key_file() {
+        let dir = std::env::temp_dir().join(format!("hearth-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token.key");
+        let key = SigningKey::generate();
+        std::fs::write(&path, key.to_pkcs8()).unwrap();
+        let out = std::process::Command::new("openssl")
+            .args(["pkey", "-inform", "DER", "-noout", "-in"])
+            .arg(&path)
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+        match out {
+            Err(e) => eprintln!("skipped: openssl is not installed ({e})"),
+            Ok(out) => assert!(
+                out.status.success(),
+                "openssl pkey refused the key file: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
     }
 
     #[test]

@@ -7,8 +7,10 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::*;
 use hearth_protocol::{
-    flags, group_op, reach, role, DecodeError, Decoded, Decoder, ErrorCode, Frame, MessageId,
-    PolicyChange, DEFAULT_MAX_ENVELOPE, DELIVER_FIXED_LEN, FRAME_HEADER_LEN, SEND_FIXED_LEN,
+    flags, group_op, reach, role, Ack, DecodeError, Decoded, Decoder, Deliver, DeliverMeta,
+    DeliverShared, ErrorCode, Frame, GroupCreate, GroupInfo, GroupUpdate, Hello, MessageId,
+    PolicyChange, PolicySet, Refusal, Refused, Send, SendGroup, SendMulti, SendSealed,
+    DEFAULT_MAX_ENVELOPE, DELIVER_FIXED_LEN, FRAME_HEADER_LEN, SEND_FIXED_LEN,
 };
 use proptest::prelude::*;
 
@@ -46,27 +48,27 @@ fn samples_cover_every_variant() {
     let mut seen = std::collections::BTreeSet::new();
     for f in samples() {
         let ty = match &f {
-            Frame::Hello { .. } => 0x01,
-            Frame::Send { .. } => 0x02,
-            Frame::Ack { .. } => 0x03,
-            Frame::Ping { .. } => 0x04,
-            Frame::Welcome { .. } => 0x81,
-            Frame::Accepted { .. } => 0x82,
-            Frame::Deliver { .. } => 0x83,
-            Frame::Error { .. } => 0x84,
-            Frame::Pong { .. } => 0x85,
-            Frame::GroupCreate { .. } => 0x05,
-            Frame::GroupUpdate { .. } => 0x06,
-            Frame::GroupGet { .. } => 0x07,
-            Frame::SendGroup { .. } => 0x08,
-            Frame::SendMulti { .. } => 0x09,
-            Frame::GroupOk { .. } => 0x86,
-            Frame::GroupInfo { .. } => 0x87,
-            Frame::DeliverShared { .. } => 0x88,
-            Frame::PolicySet { .. } => 0x0A,
-            Frame::Report { .. } => 0x0B,
-            Frame::SendSealed { .. } => 0x0C,
-            Frame::Ok { .. } => 0x89,
+            Frame::Hello(_) => 0x01,
+            Frame::Send(_) => 0x02,
+            Frame::Ack(_) => 0x03,
+            Frame::Ping(_) => 0x04,
+            Frame::Welcome(_) => 0x81,
+            Frame::Accepted(_) => 0x82,
+            Frame::Deliver(_) => 0x83,
+            Frame::Error(_) => 0x84,
+            Frame::Pong(_) => 0x85,
+            Frame::GroupCreate(_) => 0x05,
+            Frame::GroupUpdate(_) => 0x06,
+            Frame::GroupGet(_) => 0x07,
+            Frame::SendGroup(_) => 0x08,
+            Frame::SendMulti(_) => 0x09,
+            Frame::GroupOk(_) => 0x86,
+            Frame::GroupInfo(_) => 0x87,
+            Frame::DeliverShared(_) => 0x88,
+            Frame::PolicySet(_) => 0x0A,
+            Frame::Report(_) => 0x0B,
+            Frame::SendSealed(_) => 0x0C,
+            Frame::Ok(_) => 0x89,
         };
         assert_eq!(f.type_byte(), ty);
         seen.insert(ty);
@@ -141,23 +143,30 @@ fn encoded_sizes_follow_the_layout() {
     let body_len = |f: &Frame| enc(f).len() - FRAME_HEADER_LEN;
     for f in samples() {
         let expected = match &f {
-            Frame::Hello { token, .. } => 1 + 2 + token.len(),
-            Frame::Send { payload, .. } => SEND_FIXED_LEN + payload.len(),
-            Frame::Ack { seqs } => 2 + 8 * seqs.len(),
-            Frame::Ping { .. } | Frame::Pong { .. } => 8,
-            Frame::Welcome { .. } => 28,
-            Frame::Accepted { .. } => 28,
-            Frame::Deliver { payload, .. } => DELIVER_FIXED_LEN + payload.len(),
-            Frame::Error { message, .. } => 16 + 2 + 4 + 2 + message.len(),
-            Frame::GroupCreate { members, .. } => GROUP_CREATE_FIXED_LEN + 8 * members.len(),
-            Frame::GroupUpdate { accounts, .. } => GROUP_UPDATE_FIXED_LEN + 8 * accounts.len(),
-            Frame::GroupGet { .. } => GROUP_GET_LEN,
-            Frame::SendGroup { payload, .. } => SEND_GROUP_FIXED_LEN + payload.len(),
-            Frame::SendMulti {
+            Frame::Hello(Hello { token, .. }) => 1 + 2 + token.len(),
+            Frame::Send(Send { payload, .. }) => SEND_FIXED_LEN + payload.len(),
+            Frame::Ack(Ack { seqs }) => 2 + 8 * seqs.len(),
+            Frame::Ping(_) | Frame::Pong(_) => 8,
+            Frame::Welcome(_) => 36,
+            Frame::Accepted(_) => 28,
+            Frame::Deliver(Deliver { payload, .. }) => DELIVER_FIXED_LEN + payload.len(),
+            Frame::Error(Refused {
+                refusal: Refusal { message, .. },
+                ..
+            }) => 16 + 2 + 4 + 2 + message.len(),
+            Frame::GroupCreate(GroupCreate { members, .. }) => {
+                GROUP_CREATE_FIXED_LEN + 8 * members.len()
+            }
+            Frame::GroupUpdate(GroupUpdate { accounts, .. }) => {
+                GROUP_UPDATE_FIXED_LEN + 8 * accounts.len()
+            }
+            Frame::GroupGet(_) => GROUP_GET_LEN,
+            Frame::SendGroup(SendGroup { payload, .. }) => SEND_GROUP_FIXED_LEN + payload.len(),
+            Frame::SendMulti(SendMulti {
                 recipients,
                 payload,
                 ..
-            } => {
+            }) => {
                 SEND_MULTI_FIXED_LEN
                     + recipients
                         .iter()
@@ -165,14 +174,14 @@ fn encoded_sizes_follow_the_layout() {
                         .sum::<usize>()
                     + payload.len()
             }
-            Frame::GroupOk { .. } => GROUP_OK_LEN,
-            Frame::GroupInfo { members, .. } => {
+            Frame::GroupOk(_) => GROUP_OK_LEN,
+            Frame::GroupInfo(GroupInfo { members, .. }) => {
                 GROUP_INFO_FIXED_LEN + GROUP_INFO_ENTRY_LEN * members.len()
             }
-            Frame::DeliverShared {
+            Frame::DeliverShared(DeliverShared {
                 header, payload, ..
-            } => DELIVER_SHARED_FIXED_LEN + header.len() + payload.len(),
-            Frame::PolicySet { change, .. } => {
+            }) => DELIVER_SHARED_FIXED_LEN + header.len() + payload.len(),
+            Frame::PolicySet(PolicySet { change, .. }) => {
                 POLICY_SET_FIXED_LEN
                     + match change {
                         PolicyChange::Reach(_) => 1,
@@ -185,13 +194,13 @@ fn encoded_sizes_follow_the_layout() {
                         PolicyChange::PushToken(t) => 2 + t.len(),
                     }
             }
-            Frame::Report { .. } => REPORT_LEN,
-            Frame::SendSealed {
+            Frame::Report(_) => REPORT_LEN,
+            Frame::SendSealed(SendSealed {
                 access_key,
                 payload,
                 ..
-            } => SEND_SEALED_FIXED_LEN + access_key.len() + payload.len(),
-            Frame::Ok { .. } => OK_LEN,
+            }) => SEND_SEALED_FIXED_LEN + access_key.len() + payload.len(),
+            Frame::Ok(_) => OK_LEN,
         };
         assert_eq!(body_len(&f), expected, "{f:?}");
     }
@@ -298,7 +307,7 @@ fn policy_values_and_sealed_keys_are_truncated_to_their_length_fields() {
         ])),
         policy(PolicyChange::AccessKey(Bytes::from(vec![1; 256]))),
         policy(PolicyChange::PushToken(Bytes::from(vec![2; 70_000]))),
-        Frame::SendSealed {
+        Frame::SendSealed(SendSealed {
             msg_id: id(),
             to_account: 1,
             to_device: 0,
@@ -306,7 +315,7 @@ fn policy_values_and_sealed_keys_are_truncated_to_their_length_fields() {
             flags: 0,
             access_key: Bytes::from(vec![3; 300]),
             payload: Bytes::from_static(b"pay"),
-        },
+        }),
     ];
     for f in cases {
         let want = normalized(&f);
@@ -316,30 +325,30 @@ fn policy_values_and_sealed_keys_are_truncated_to_their_length_fields() {
         assert_eq!(got, Some(Decoded::Frame(want.clone())));
         assert!(buf.is_empty());
         match want {
-            Frame::PolicySet {
+            Frame::PolicySet(PolicySet {
                 change: PolicyChange::Networks(n),
                 ..
-            } if n.len() == 255 => assert_eq!(n[..], names[..255]),
-            Frame::PolicySet {
+            }) if n.len() == 255 => assert_eq!(n[..], names[..255]),
+            Frame::PolicySet(PolicySet {
                 change: PolicyChange::Networks(n),
                 ..
-            } => {
+            }) => {
                 // 'é' would end at byte 256: the name stops before it.
                 assert_eq!((n[0].len(), n[1].len()), (254, 255));
             }
-            Frame::PolicySet {
+            Frame::PolicySet(PolicySet {
                 change: PolicyChange::AccessKey(k),
                 ..
-            } => assert_eq!(k.len(), 255),
-            Frame::PolicySet {
+            }) => assert_eq!(k.len(), 255),
+            Frame::PolicySet(PolicySet {
                 change: PolicyChange::PushToken(t),
                 ..
-            } => assert_eq!(t.len(), 65_535),
-            Frame::SendSealed {
+            }) => assert_eq!(t.len(), 65_535),
+            Frame::SendSealed(SendSealed {
                 access_key,
                 payload,
                 ..
-            } => assert_eq!((access_key.len(), &payload[..]), (255, &b"pay"[..])),
+            }) => assert_eq!((access_key.len(), &payload[..]), (255, &b"pay"[..])),
             other => panic!("{other:?}"),
         }
     }
@@ -349,14 +358,16 @@ fn policy_values_and_sealed_keys_are_truncated_to_their_length_fields() {
 /// fits the node limit; an oversized one is skipped like a `SEND`.
 #[test]
 fn largest_send_sealed_fits_the_node_limit() {
-    let sealed = |key: usize, payload: usize| Frame::SendSealed {
-        msg_id: id(),
-        to_account: 43,
-        to_device: 0,
-        ttl_secs: 0,
-        flags: 0,
-        access_key: Bytes::from(vec![9; key]),
-        payload: Bytes::from(vec![7; payload]),
+    let sealed = |key: usize, payload: usize| {
+        Frame::SendSealed(SendSealed {
+            msg_id: id(),
+            to_account: 43,
+            to_device: 0,
+            ttl_secs: 0,
+            flags: 0,
+            access_key: Bytes::from(vec![9; key]),
+            payload: Bytes::from(vec![7; payload]),
+        })
     };
     let f = sealed(MAX_ACCESS_KEY, DEFAULT_MAX_ENVELOPE);
     let mut buf = enc(&f);
@@ -422,21 +433,26 @@ fn error_text_is_truncated_at_1024_bytes_on_a_char_boundary() {
         (String::new(), 0),
     ];
     for (text, want) in cases {
-        let err = Frame::Error {
+        let err = Frame::Error(Refused {
             msg_id: id(),
-            code: ErrorCode::Internal,
-            retry_after_ms: 7,
-            message: text.clone(),
-        };
-        let hello = Frame::Hello {
+            refusal: Refusal {
+                code: ErrorCode::Internal,
+                retry_after_ms: 7,
+                message: text.clone().into(),
+            },
+        });
+        let hello = Frame::Hello(Hello {
             version: 1,
             token: text.clone(),
-        };
+        });
         for (f, kind) in [(err, "ERROR"), (hello, "HELLO")] {
             let mut buf = enc(&f);
             let got = match Decoder::new(CLIENT_LIMIT).decode(&mut buf).unwrap() {
-                Some(Decoded::Frame(Frame::Error { message, .. })) => message,
-                Some(Decoded::Frame(Frame::Hello { token, .. })) => token,
+                Some(Decoded::Frame(Frame::Error(Refused {
+                    refusal: Refusal { message, .. },
+                    ..
+                }))) => message.into_owned(),
+                Some(Decoded::Frame(Frame::Hello(Hello { token, .. }))) => token,
                 other => panic!("{kind}: {other:?}"),
             };
             assert_eq!(got.len(), want, "{kind} text of {} bytes", text.len());
@@ -449,14 +465,14 @@ fn error_text_is_truncated_at_1024_bytes_on_a_char_boundary() {
 #[test]
 fn ack_is_truncated_to_65535_seqs() {
     let seqs: Vec<u64> = (1..=70_000).collect();
-    let mut buf = enc(&Frame::Ack { seqs: seqs.clone() });
+    let mut buf = enc(&Frame::Ack(Ack { seqs: seqs.clone() }));
     assert_eq!(buf.len(), FRAME_HEADER_LEN + 2 + 8 * 65_535);
     let got = Decoder::new(buf.len()).decode(&mut buf).unwrap();
     assert_eq!(
         got,
-        Some(Decoded::Frame(Frame::Ack {
+        Some(Decoded::Frame(Frame::Ack(Ack {
             seqs: seqs[..65_535].to_vec()
-        }))
+        })))
     );
 }
 
@@ -466,25 +482,29 @@ fn ack_is_truncated_to_65535_seqs() {
 fn every_encodable_ack_fits_the_node_limit() {
     assert!((NODE_LIMIT - 3) / 8 >= u16::MAX as usize);
     let seqs = vec![5; u16::MAX as usize];
-    let mut buf = enc(&Frame::Ack { seqs: seqs.clone() });
+    let mut buf = enc(&Frame::Ack(Ack { seqs: seqs.clone() }));
     let got = Decoder::new(NODE_LIMIT).decode(&mut buf).unwrap();
-    assert_eq!(got, Some(Decoded::Frame(Frame::Ack { seqs })));
+    assert_eq!(got, Some(Decoded::Frame(Frame::Ack(Ack { seqs }))));
 }
 
 /// The largest `GROUP_CREATE` / `GROUP_UPDATE` the default node limit admits (PROTOCOL.md says
 /// 66 522 accounts); one account more is a fatal `TooLong`, not a skip.
 #[test]
 fn group_member_lists_are_bounded_by_the_frame_limit() {
-    let create = |n: usize| Frame::GroupCreate {
-        req_id: id(),
-        group: 7,
-        members: (1..=n as u64).collect(),
+    let create = |n: usize| {
+        Frame::GroupCreate(GroupCreate {
+            req_id: id(),
+            group: 7,
+            members: (1..=n as u64).collect(),
+        })
     };
-    let update = |n: usize| Frame::GroupUpdate {
-        req_id: id(),
-        group: 7,
-        op: group_op::ADD_MEMBERS,
-        accounts: (1..=n as u64).collect(),
+    let update = |n: usize| {
+        Frame::GroupUpdate(GroupUpdate {
+            req_id: id(),
+            group: 7,
+            op: group_op::ADD_MEMBERS,
+            accounts: (1..=n as u64).collect(),
+        })
     };
     let max_create = (NODE_LIMIT - 1 - GROUP_CREATE_FIXED_LEN) / 8;
     let max_update = (NODE_LIMIT - 1 - GROUP_UPDATE_FIXED_LEN) / 8;
@@ -513,27 +533,27 @@ fn group_member_lists_are_bounded_by_the_frame_limit() {
 #[test]
 fn largest_send_and_deliver_fit_their_limits() {
     let payload = Bytes::from(vec![7u8; DEFAULT_MAX_ENVELOPE]);
-    let send = Frame::Send {
+    let send = Frame::Send(Send {
         msg_id: id(),
         to_account: 1,
         to_device: 2,
         ttl_secs: 0,
         flags: 0,
         payload: payload.clone(),
-    };
+    });
     let mut buf = enc(&send);
     assert_eq!(buf.len() - 4, SEND_LIMIT);
     assert_eq!(SEND_LIMIT, 262_178);
     let got = Decoder::new(NODE_LIMIT).decode(&mut buf).unwrap();
     assert_eq!(got, Some(Decoded::Frame(send)));
 
-    let send_group = Frame::SendGroup {
+    let send_group = Frame::SendGroup(SendGroup {
         msg_id: id(),
         group: 1,
         ttl_secs: 0,
         flags: 0,
         payload: payload.clone(),
-    };
+    });
     let mut buf = enc(&send_group);
     assert_eq!(
         buf.len() - 4,
@@ -543,16 +563,18 @@ fn largest_send_and_deliver_fit_their_limits() {
     let got = Decoder::new(NODE_LIMIT).decode(&mut buf).unwrap();
     assert_eq!(got, Some(Decoded::Frame(send_group)));
 
-    let deliver = Frame::Deliver {
-        seq: 9,
-        msg_id: id(),
-        from_account: 1,
-        from_device: 2,
-        accepted_at_ms: 3,
-        expires_at_ms: 4,
-        flags: 0,
+    let deliver = Frame::Deliver(Deliver {
+        meta: DeliverMeta {
+            seq: 9,
+            msg_id: id(),
+            from_account: 1,
+            from_device: 2,
+            accepted_at_ms: 3,
+            expires_at_ms: 4,
+            flags: 0,
+        },
         payload,
-    };
+    });
     let mut buf = enc(&deliver);
     assert_eq!(buf.len() - 4, DELIVER_LIMIT);
     assert_eq!(DELIVER_LIMIT, 262_198);
@@ -561,7 +583,7 @@ fn largest_send_and_deliver_fit_their_limits() {
 }
 
 fn largest_send_multi(payload_len: usize) -> Frame {
-    Frame::SendMulti {
+    Frame::SendMulti(SendMulti {
         msg_id: id(),
         ttl_secs: 0,
         flags: 0,
@@ -569,7 +591,7 @@ fn largest_send_multi(payload_len: usize) -> Frame {
             .map(|a| rcpt(a, 0, &[0xee; DEFAULT_MAX_HEADER]))
             .collect(),
         payload: Bytes::from(vec![7u8; payload_len]),
-    }
+    })
 }
 
 /// The node's default frame limit admits the largest `SEND_MULTI` it accepts (1000 recipients
@@ -590,7 +612,7 @@ fn largest_send_multi_fits_the_node_limit() {
     let mut at = enc(&largest_send_multi(DEFAULT_MAX_ENVELOPE + spare));
     assert!(matches!(
         Decoder::new(NODE_LIMIT).decode(&mut at),
-        Ok(Some(Decoded::Frame(Frame::SendMulti { .. })))
+        Ok(Some(Decoded::Frame(Frame::SendMulti(_))))
     ));
     let mut over = enc(&largest_send_multi(DEFAULT_MAX_ENVELOPE + spare + 1));
     assert_eq!(
@@ -607,18 +629,20 @@ fn largest_send_multi_fits_the_node_limit() {
 /// 262 464 bytes (PROTOCOL.md §4).
 #[test]
 fn largest_deliver_shared_is_the_client_limit() {
-    let f = Frame::DeliverShared {
-        seq: 1,
-        msg_id: id(),
-        from_account: 1,
-        from_device: 2,
-        accepted_at_ms: 3,
-        expires_at_ms: 4,
-        flags: 0,
+    let f = Frame::DeliverShared(DeliverShared {
+        meta: DeliverMeta {
+            seq: 1,
+            msg_id: id(),
+            from_account: 1,
+            from_device: 2,
+            accepted_at_ms: 3,
+            expires_at_ms: 4,
+            flags: 0,
+        },
         group: 0,
         header: Bytes::from(vec![1u8; DEFAULT_MAX_HEADER]),
         payload: Bytes::from(vec![2u8; DEFAULT_MAX_ENVELOPE]),
-    };
+    });
     let mut buf = enc(&f);
     assert_eq!(buf.len() - 4, CLIENT_LIMIT);
     assert_eq!(CLIENT_LIMIT, 262_464);
@@ -631,14 +655,16 @@ fn largest_deliver_shared_is_the_client_limit() {
 #[test]
 fn largest_group_info_page_fits_a_deliver() {
     assert_eq!(MAX_PAGE, 29_127);
-    let page = |n: usize| Frame::GroupInfo {
-        req_id: id(),
-        group: 7,
-        version: 1,
-        creator: 42,
-        total: 100_000,
-        offset: 0,
-        members: (0..n as u64).map(|a| (a, role::MEMBER)).collect(),
+    let page = |n: usize| {
+        Frame::GroupInfo(GroupInfo {
+            req_id: id(),
+            group: 7,
+            version: 1,
+            creator: 42,
+            total: 100_000,
+            offset: 0,
+            members: (0..n as u64).map(|a| (a, role::MEMBER)).collect(),
+        })
     };
     let f = page(MAX_PAGE);
     let mut buf = enc(&f);
@@ -652,32 +678,34 @@ fn largest_group_info_page_fits_a_deliver() {
 /// at 65535 and the decoder yields the truncated frame.
 #[test]
 fn recipients_and_headers_are_truncated_to_65535() {
-    let many = Frame::SendMulti {
+    let many = Frame::SendMulti(SendMulti {
         msg_id: id(),
         ttl_secs: 1,
         flags: 0,
         recipients: (0..70_000u64).map(|a| rcpt(a, 1, b"")).collect(),
         payload: Bytes::from_static(b"pay"),
-    };
-    let long_header = Frame::SendMulti {
+    });
+    let long_header = Frame::SendMulti(SendMulti {
         msg_id: id(),
         ttl_secs: 1,
         flags: 0,
         recipients: vec![rcpt(1, 0, &[9; 70_000]), rcpt(2, 0, b"x")],
         payload: Bytes::from_static(b"pay"),
-    };
-    let shared = Frame::DeliverShared {
-        seq: 1,
-        msg_id: id(),
-        from_account: 1,
-        from_device: 1,
-        accepted_at_ms: 1,
-        expires_at_ms: 2,
-        flags: 0,
+    });
+    let shared = Frame::DeliverShared(DeliverShared {
+        meta: DeliverMeta {
+            seq: 1,
+            msg_id: id(),
+            from_account: 1,
+            from_device: 1,
+            accepted_at_ms: 1,
+            expires_at_ms: 2,
+            flags: 0,
+        },
         group: 0,
         header: Bytes::from(vec![9; 70_000]),
         payload: Bytes::from_static(b"pay"),
-    };
+    });
     for f in [many, long_header, shared] {
         let mut buf = enc(&f);
         let want = normalized(&f);
@@ -693,26 +721,28 @@ fn recipients_and_headers_are_truncated_to_65535() {
 #[test]
 fn payloads_and_headers_are_not_copied() {
     let frames = [
-        Frame::SendMulti {
+        Frame::SendMulti(SendMulti {
             msg_id: id(),
             ttl_secs: 1,
             flags: 0,
             recipients: vec![rcpt(1, 0, &[1; 40]), rcpt(2, 3, &[2; 40])],
             payload: Bytes::from(vec![3; 500]),
-        },
-        Frame::DeliverShared {
-            seq: 1,
-            msg_id: id(),
-            from_account: 1,
-            from_device: 1,
-            accepted_at_ms: 1,
-            expires_at_ms: 2,
-            flags: 0,
+        }),
+        Frame::DeliverShared(DeliverShared {
+            meta: DeliverMeta {
+                seq: 1,
+                msg_id: id(),
+                from_account: 1,
+                from_device: 1,
+                accepted_at_ms: 1,
+                expires_at_ms: 2,
+                flags: 0,
+            },
             group: 0,
             header: Bytes::from(vec![4; 40]),
             payload: Bytes::from(vec![5; 500]),
-        },
-        Frame::SendSealed {
+        }),
+        Frame::SendSealed(SendSealed {
             msg_id: id(),
             to_account: 1,
             to_device: 0,
@@ -720,7 +750,7 @@ fn payloads_and_headers_are_not_copied() {
             flags: 0,
             access_key: Bytes::from(vec![6; 32]),
             payload: Bytes::from(vec![7; 500]),
-        },
+        }),
         policy(PolicyChange::AccessKey(Bytes::from(vec![8; 32]))),
         policy(PolicyChange::PushToken(Bytes::from(vec![9; 200]))),
     ];
@@ -737,26 +767,26 @@ fn payloads_and_headers_are_not_copied() {
         };
         assert_eq!(got, f);
         match got {
-            Frame::SendMulti {
+            Frame::SendMulti(SendMulti {
                 recipients,
                 payload,
                 ..
-            } => {
+            }) => {
                 assert!(inside(&payload));
                 assert!(recipients.iter().all(|r| inside(&r.header)));
             }
-            Frame::DeliverShared {
+            Frame::DeliverShared(DeliverShared {
                 header, payload, ..
-            } => assert!(inside(&header) && inside(&payload)),
-            Frame::SendSealed {
+            }) => assert!(inside(&header) && inside(&payload)),
+            Frame::SendSealed(SendSealed {
                 access_key,
                 payload,
                 ..
-            } => assert!(inside(&access_key) && inside(&payload)),
-            Frame::PolicySet {
+            }) => assert!(inside(&access_key) && inside(&payload)),
+            Frame::PolicySet(PolicySet {
                 change: PolicyChange::AccessKey(b) | PolicyChange::PushToken(b),
                 ..
-            } => assert!(inside(&b)),
+            }) => assert!(inside(&b)),
             other => panic!("{other:?}"),
         }
     }
@@ -771,11 +801,14 @@ fn message_id_is_big_endian() {
     let e = Frame::error(ErrorCode::ProtocolViolation, "x");
     assert!(matches!(
         e,
-        Frame::Error {
+        Frame::Error(Refused {
             msg_id: MessageId::NONE,
-            retry_after_ms: 0,
+            refusal: Refusal {
+                retry_after_ms: 0,
+                ..
+            },
             ..
-        }
+        })
     ));
 }
 
@@ -810,4 +843,76 @@ proptest! {
         let want: Vec<Frame> = frames.iter().map(normalized).collect();
         prop_assert_eq!(decode_in_pieces(&stream, &cuts), want);
     }
+}
+
+/// A stream may end only between frames: `Decoder::finish` tells a peer that finished its
+/// stream inside one (the node answers MALFORMED_FRAME, PROTOCOL.md §1).
+#[test]
+fn a_stream_may_end_only_between_frames() {
+    for f in samples() {
+        let bytes = enc(&f);
+        for cut in 0..=bytes.len() {
+            let mut d = Decoder::new(NODE_LIMIT);
+            let mut buf = BytesMut::from(&bytes[..cut]);
+            while d.decode(&mut buf).unwrap().is_some() {}
+            let whole = cut == 0 || cut == bytes.len();
+            assert_eq!(d.is_mid_frame(&buf), !whole, "{f:?} cut {cut}");
+            let want = if whole {
+                Ok(())
+            } else {
+                Err(DecodeError::Unfinished)
+            };
+            assert_eq!(d.finish(&buf), want, "{f:?} cut {cut}");
+        }
+    }
+    // Inside an oversized SEND being skipped, the buffer is empty but the frame is not over.
+    let big = enc(&Frame::Send(Send {
+        msg_id: id(),
+        to_account: 1,
+        to_device: 0,
+        ttl_secs: 0,
+        flags: 0,
+        payload: Bytes::from(vec![7u8; 100]),
+    }));
+    let mut d = Decoder::new(64);
+    let mut buf = BytesMut::from(&big[..80]);
+    assert!(matches!(
+        d.decode(&mut buf),
+        Ok(Some(Decoded::OversizedSend { .. }))
+    ));
+    assert!(buf.is_empty());
+    assert_eq!(d.finish(&buf), Err(DecodeError::Unfinished));
+    buf.extend_from_slice(&big[80..]);
+    assert_eq!(d.decode(&mut buf), Ok(None));
+    assert_eq!(d.finish(&buf), Ok(()));
+    assert_eq!(
+        DecodeError::Unfinished.to_string(),
+        "stream finished inside a frame"
+    );
+    assert_eq!(DecodeError::Unfinished.code(), ErrorCode::MalformedFrame);
+}
+
+/// `Frame::request_id` names the id every client request carries and its answer echoes.
+#[test]
+fn request_ids_of_client_frames() {
+    for f in samples() {
+        let want = match &f {
+            Frame::Send(x) => Some(x.msg_id),
+            Frame::SendGroup(x) => Some(x.msg_id),
+            Frame::SendMulti(x) => Some(x.msg_id),
+            Frame::SendSealed(x) => Some(x.msg_id),
+            Frame::GroupCreate(x) => Some(x.req_id),
+            Frame::GroupUpdate(x) => Some(x.req_id),
+            Frame::GroupGet(x) => Some(x.req_id),
+            Frame::PolicySet(x) => Some(x.req_id),
+            Frame::Report(x) => Some(x.req_id),
+            _ => None,
+        };
+        assert_eq!(f.request_id(), want, "{f:?}");
+        if f.type_byte() < 0x80 && !matches!(f, Frame::Hello(_) | Frame::Ack(_) | Frame::Ping(_)) {
+            assert!(want.is_some(), "{f:?}");
+        }
+    }
+    assert!(MessageId::NONE.is_none());
+    assert!(!MessageId::from_u128(1).is_none());
 }

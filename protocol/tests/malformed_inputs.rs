@@ -7,8 +7,9 @@ mod common;
 use bytes::{Bytes, BytesMut};
 use common::*;
 use hearth_protocol::{
-    flags, DecodeError, Decoded, Decoder, ErrorCode, Frame, MessageId, PolicyChange,
-    DELIVER_FIXED_LEN, SEND_FIXED_LEN,
+    flags, Ack, DecodeError, Decoded, Decoder, Deliver, DeliverMeta, DeliverShared, ErrorCode,
+    Frame, GroupCreate, GroupInfo, GroupUpdate, Hello, MessageId, Ping, PolicyChange, PolicySet,
+    Send, SendGroup, SendMulti, SendSealed, Welcome, DELIVER_FIXED_LEN, SEND_FIXED_LEN,
 };
 use proptest::prelude::*;
 
@@ -34,30 +35,34 @@ fn frame_of(bytes: &[u8]) -> Frame {
 /// frame; `None` for the others.
 fn payload_offset(f: &Frame) -> Option<usize> {
     match f {
-        Frame::Send { .. } => Some(SEND_FIXED_LEN),
-        Frame::Deliver { .. } => Some(DELIVER_FIXED_LEN),
-        Frame::SendGroup { .. } => Some(SEND_GROUP_FIXED_LEN),
-        Frame::SendMulti { recipients, .. } => Some(
+        Frame::Send(_) => Some(SEND_FIXED_LEN),
+        Frame::Deliver(_) => Some(DELIVER_FIXED_LEN),
+        Frame::SendGroup(_) => Some(SEND_GROUP_FIXED_LEN),
+        Frame::SendMulti(SendMulti { recipients, .. }) => Some(
             SEND_MULTI_FIXED_LEN
                 + recipients
                     .iter()
                     .map(|r| RECIPIENT_FIXED_LEN + r.header.len())
                     .sum::<usize>(),
         ),
-        Frame::DeliverShared { header, .. } => Some(DELIVER_SHARED_FIXED_LEN + header.len()),
-        Frame::SendSealed { access_key, .. } => Some(SEND_SEALED_FIXED_LEN + access_key.len()),
+        Frame::DeliverShared(DeliverShared { header, .. }) => {
+            Some(DELIVER_SHARED_FIXED_LEN + header.len())
+        }
+        Frame::SendSealed(SendSealed { access_key, .. }) => {
+            Some(SEND_SEALED_FIXED_LEN + access_key.len())
+        }
         _ => None,
     }
 }
 
 fn payload_of(f: &Frame) -> &Bytes {
     match f {
-        Frame::Send { payload, .. }
-        | Frame::Deliver { payload, .. }
-        | Frame::SendGroup { payload, .. }
-        | Frame::SendMulti { payload, .. }
-        | Frame::DeliverShared { payload, .. }
-        | Frame::SendSealed { payload, .. } => payload,
+        Frame::Send(Send { payload, .. })
+        | Frame::Deliver(Deliver { payload, .. })
+        | Frame::SendGroup(SendGroup { payload, .. })
+        | Frame::SendMulti(SendMulti { payload, .. })
+        | Frame::DeliverShared(DeliverShared { payload, .. })
+        | Frame::SendSealed(SendSealed { payload, .. }) => payload,
         other => panic!("{other:?} has no payload"),
     }
 }
@@ -67,14 +72,14 @@ fn payload_of(f: &Frame) -> &Bytes {
 /// `POLICY_SET`).
 fn counted_list_offset(f: &Frame) -> Option<usize> {
     match f {
-        Frame::Ack { .. } => Some(2),
-        Frame::GroupCreate { .. } => Some(GROUP_CREATE_FIXED_LEN),
-        Frame::GroupUpdate { .. } => Some(GROUP_UPDATE_FIXED_LEN),
-        Frame::GroupInfo { .. } => Some(GROUP_INFO_FIXED_LEN),
-        Frame::PolicySet {
+        Frame::Ack(_) => Some(2),
+        Frame::GroupCreate(_) => Some(GROUP_CREATE_FIXED_LEN),
+        Frame::GroupUpdate(_) => Some(GROUP_UPDATE_FIXED_LEN),
+        Frame::GroupInfo(_) => Some(GROUP_INFO_FIXED_LEN),
+        Frame::PolicySet(PolicySet {
             change: PolicyChange::Allow { .. } | PolicyChange::Block { .. },
             ..
-        } => Some(POLICY_LIST_FIXED_LEN),
+        }) => Some(POLICY_LIST_FIXED_LEN),
         _ => None,
     }
 }
@@ -136,6 +141,19 @@ fn truncated_bodies_are_errors() {
                     malformed(kind(ty), "count does not match length"),
                     "{f:?} cut {cut}"
                 )
+            } else if let (Frame::Welcome(w), true) = (&f, cut >= WELCOME_V1_0_LEN) {
+                // A WELCOME of an older node (revision 1.0) ends after max_inflight: the
+                // fields added later read as 0 (PROTOCOL.md §2).
+                let want = Welcome {
+                    idle_timeout_ms: if cut >= WELCOME_V1_0_LEN + 4 {
+                        w.idle_timeout_ms
+                    } else {
+                        0
+                    },
+                    max_pending_sends: 0,
+                    ..*w
+                };
+                assert_eq!(got, Ok(Some(Decoded::Frame(want.into()))), "cut {cut}");
             } else {
                 assert_eq!(
                     got,
@@ -172,7 +190,10 @@ fn trailing_bytes_are_errors() {
         let (ty, mut body) = (bytes[4], bytes[5..].to_vec());
         body.push(0);
         let got = decode(&raw(ty, &body));
-        if payload_offset(&f).is_some() {
+        if GROWING.contains(&ty) {
+            // Node → client frames that may grow trailing fields: extra bytes are ignored.
+            assert_eq!(got, Ok(Some(Decoded::Frame(f.clone()))), "{f:?}");
+        } else if payload_offset(&f).is_some() {
             // Extra bytes of a frame that ends with its payload are payload.
             match got {
                 Ok(Some(Decoded::Frame(g))) => {
@@ -208,11 +229,11 @@ fn ack_count_must_match_length() {
     assert_eq!(ack(u16::MAX, &[], &[]), bad);
     assert_eq!(
         ack(0, &[], &[]),
-        Ok(Some(Decoded::Frame(Frame::Ack { seqs: vec![] })))
+        Ok(Some(Decoded::Frame(Frame::Ack(Ack { seqs: vec![] }))))
     );
     assert_eq!(
         ack(2, &[5, 6], &[]),
-        Ok(Some(Decoded::Frame(Frame::Ack { seqs: vec![5, 6] })))
+        Ok(Some(Decoded::Frame(Frame::Ack(Ack { seqs: vec![5, 6] }))))
     );
     assert_eq!(decode(&raw(0x03, &[0])), malformed("ACK", "body too short"));
 }
@@ -252,18 +273,18 @@ fn group_create_and_update_counts_must_match_length() {
         assert_eq!(go(16, &[1, 2], &[]), bad);
         let want = |accounts: Vec<u64>| {
             Ok(Some(Decoded::Frame(if ty == 0x05 {
-                Frame::GroupCreate {
+                Frame::GroupCreate(GroupCreate {
                     req_id: id(),
                     group: 7,
                     members: accounts,
-                }
+                })
             } else {
-                Frame::GroupUpdate {
+                Frame::GroupUpdate(GroupUpdate {
                     req_id: id(),
                     group: 7,
                     op: hearth_protocol::group_op::REMOVE_MEMBERS,
                     accounts,
-                }
+                })
             })))
         };
         assert_eq!(go(0, &[], &[]), want(vec![]));
@@ -306,7 +327,7 @@ fn group_info_count_must_match_length() {
     assert_eq!(decode(&group_info(9, &eight, &[])), bad);
     assert_eq!(
         decode(&group_info(2, &[(1, 1), (2, 2)], &[])),
-        Ok(Some(Decoded::Frame(Frame::GroupInfo {
+        Ok(Some(Decoded::Frame(Frame::GroupInfo(GroupInfo {
             req_id: id(),
             group: 7,
             version: 3,
@@ -314,7 +335,7 @@ fn group_info_count_must_match_length() {
             total: 10,
             offset: 0,
             members: vec![(1, 1), (2, 2)],
-        })))
+        }))))
     );
 }
 
@@ -378,34 +399,34 @@ fn send_multi_recipient_list_must_be_complete() {
     // Complete lists decode; what follows the last recipient is the payload.
     assert_eq!(
         frame_of(&send_multi(2, &[&both[..], b"pay"].concat())),
-        Frame::SendMulti {
+        Frame::SendMulti(SendMulti {
             msg_id: id(),
             ttl_secs: 60,
             flags: 0,
             recipients: vec![rcpt(43, 0, b"key-43"), rcpt(44, 2, b"")],
             payload: Bytes::from_static(b"pay"),
-        }
+        })
     );
     // With a count of 1 the second entry is just payload bytes.
     assert_eq!(
         frame_of(&send_multi(1, &both)),
-        Frame::SendMulti {
+        Frame::SendMulti(SendMulti {
             msg_id: id(),
             ttl_secs: 60,
             flags: 0,
             recipients: vec![rcpt(43, 0, b"key-43")],
             payload: Bytes::from(r2),
-        }
+        })
     );
     assert_eq!(
         frame_of(&send_multi(0, &[])),
-        Frame::SendMulti {
+        Frame::SendMulti(SendMulti {
             msg_id: id(),
             ttl_secs: 60,
             flags: 0,
             recipients: vec![],
             payload: Bytes::new(),
-        }
+        })
     );
 }
 
@@ -430,13 +451,13 @@ fn deliver_shared_header_must_fit_the_body() {
         assert_eq!(decode(&raw(0x88, &fixed[5..5 + cut])), short, "cut {cut}");
     }
     let parts = |bytes: &[u8]| match frame_of(bytes) {
-        Frame::DeliverShared {
-            seq,
+        Frame::DeliverShared(DeliverShared {
+            meta: DeliverMeta { seq, .. },
             group,
             header,
             payload,
             ..
-        } => (seq, group, header, payload),
+        }) => (seq, group, header, payload),
         other => panic!("{other:?}"),
     };
     let b = Bytes::from_static;
@@ -471,10 +492,18 @@ fn fixed_size_group_and_privacy_frames_must_be_exact() {
             decode(&raw(ty, &vec![0; len - 1])),
             malformed(kind(ty), "body too short")
         );
-        assert_eq!(
-            decode(&raw(ty, &vec![0; len + 1])),
-            malformed(kind(ty), "trailing bytes")
-        );
+        if GROWING.contains(&ty) {
+            // A later revision may add fields at the end: ignored.
+            assert_eq!(
+                decode(&raw(ty, &vec![0; len + 1])),
+                decode(&raw(ty, &vec![0; len]))
+            );
+        } else {
+            assert_eq!(
+                decode(&raw(ty, &vec![0; len + 1])),
+                malformed(kind(ty), "trailing bytes")
+            );
+        }
     }
 }
 
@@ -525,29 +554,29 @@ fn pending_frame_reserves_at_most_the_limit() {
 fn send_of_type(ty: u8, payload_len: usize) -> Frame {
     let payload = Bytes::from(vec![1u8; payload_len]);
     match ty {
-        0x02 => Frame::Send {
+        0x02 => Frame::Send(Send {
             msg_id: id(),
             to_account: 1,
             to_device: 0,
             ttl_secs: 0,
             flags: 0,
             payload,
-        },
-        0x08 => Frame::SendGroup {
+        }),
+        0x08 => Frame::SendGroup(SendGroup {
             msg_id: id(),
             group: 1,
             ttl_secs: 0,
             flags: 0,
             payload,
-        },
-        0x09 => Frame::SendMulti {
+        }),
+        0x09 => Frame::SendMulti(SendMulti {
             msg_id: id(),
             ttl_secs: 0,
             flags: 0,
             recipients: vec![rcpt(1, 0, b"k1"), rcpt(2, 3, b"k2")],
             payload,
-        },
-        0x0C => Frame::SendSealed {
+        }),
+        0x0C => Frame::SendSealed(SendSealed {
             msg_id: id(),
             to_account: 1,
             to_device: 0,
@@ -555,7 +584,7 @@ fn send_of_type(ty: u8, payload_len: usize) -> Frame {
             flags: 0,
             access_key: Bytes::from_static(b"access-key"),
             payload,
-        },
+        }),
         _ => unreachable!(),
     }
 }
@@ -589,10 +618,10 @@ fn huge_sends_are_skipped_exactly_then_the_next_frame_decodes() {
             left -= CHUNK;
         }
         buf.extend_from_slice(&zeros[..left]);
-        buf.extend_from_slice(&enc(&Frame::Ping { nonce: 77 }));
+        buf.extend_from_slice(&enc(&Frame::Ping(Ping { nonce: 77 })));
         assert_eq!(
             dec.decode(&mut buf),
-            Ok(Some(Decoded::Frame(Frame::Ping { nonce: 77 })))
+            Ok(Some(Decoded::Frame(Frame::Ping(Ping { nonce: 77 }))))
         );
         assert!(buf.is_empty());
         assert!(
@@ -615,13 +644,13 @@ fn oversized_sends_fed_byte_by_byte_are_reported_once() {
             msg_id: id(),
             len: bytes.len() - 4,
         });
-        stream.extend_from_slice(&enc(&Frame::Ack { seqs: vec![3] }));
-        want.push(Decoded::Frame(Frame::Ack { seqs: vec![3] }));
+        stream.extend_from_slice(&enc(&Frame::Ack(Ack { seqs: vec![3] })));
+        want.push(Decoded::Frame(Frame::Ack(Ack { seqs: vec![3] })));
         stream.extend_from_slice(&bytes); // oversized again, right after the ACK
         want.push(want[want.len() - 2].clone());
     }
-    stream.extend_from_slice(&enc(&Frame::Ping { nonce: 1 }));
-    want.push(Decoded::Frame(Frame::Ping { nonce: 1 }));
+    stream.extend_from_slice(&enc(&Frame::Ping(Ping { nonce: 1 })));
+    want.push(Decoded::Frame(Frame::Ping(Ping { nonce: 1 })));
     assert_eq!(want.len(), 3 * SEND_TYPES.len() + 1);
 
     let mut dec = Decoder::new(limit);
@@ -672,7 +701,7 @@ fn sends_at_the_limit_are_frames_and_one_more_byte_is_oversized() {
 #[test]
 fn oversized_send_multi_is_skipped_without_reading_the_list() {
     let mut bytes = send_multi(u16::MAX, &[0xff; 300]);
-    bytes.extend_from_slice(&enc(&Frame::Ping { nonce: 5 }));
+    bytes.extend_from_slice(&enc(&Frame::Ping(Ping { nonce: 5 })));
     let mut dec = Decoder::new(100);
     let mut buf = BytesMut::from(&bytes[..]);
     assert_eq!(
@@ -684,7 +713,7 @@ fn oversized_send_multi_is_skipped_without_reading_the_list() {
     );
     assert_eq!(
         dec.decode(&mut buf),
-        Ok(Some(Decoded::Frame(Frame::Ping { nonce: 5 })))
+        Ok(Some(Decoded::Frame(Frame::Ping(Ping { nonce: 5 }))))
     );
 }
 
@@ -967,7 +996,7 @@ fn sealed_access_key_must_fit_the_body() {
         assert_eq!(decode(&raw(0x0C, &whole[5..5 + cut])), short, "cut {cut}");
     }
     let parts = |bytes: &[u8]| match frame_of(bytes) {
-        Frame::SendSealed {
+        Frame::SendSealed(SendSealed {
             msg_id,
             to_account,
             to_device,
@@ -975,7 +1004,7 @@ fn sealed_access_key_must_fit_the_body() {
             flags,
             access_key,
             payload,
-        } => {
+        }) => {
             assert_eq!(
                 (msg_id, to_account, to_device, ttl_secs, flags),
                 (id(), 43, 2, 60, flags::URGENT)
@@ -997,7 +1026,7 @@ fn sealed_access_key_must_fit_the_body() {
 #[test]
 fn oversized_send_sealed_is_skipped_without_reading_the_key() {
     let mut bytes = send_sealed(255, &[0xff; 10]);
-    bytes.extend_from_slice(&enc(&Frame::Ping { nonce: 5 }));
+    bytes.extend_from_slice(&enc(&Frame::Ping(Ping { nonce: 5 })));
     let mut dec = Decoder::new(30);
     let mut buf = BytesMut::from(&bytes[..]);
     assert_eq!(
@@ -1009,7 +1038,7 @@ fn oversized_send_sealed_is_skipped_without_reading_the_key() {
     );
     assert_eq!(
         dec.decode(&mut buf),
-        Ok(Some(Decoded::Frame(Frame::Ping { nonce: 5 })))
+        Ok(Some(Decoded::Frame(Frame::Ping(Ping { nonce: 5 }))))
     );
     assert!(buf.is_empty());
 }
@@ -1040,10 +1069,10 @@ fn text_must_be_utf8_and_at_most_1024_bytes() {
                 .copied()
                 .collect::<Vec<_>>()
         )),
-        Frame::Hello {
+        Frame::Hello(Hello {
             version: 1,
             token: "z".repeat(1024)
-        }
+        })
     );
 
     let error = |len: u16, text: &[u8]| {
@@ -1063,25 +1092,30 @@ fn text_must_be_utf8_and_at_most_1024_bytes() {
     assert_eq!(error(5, b"full"), malformed("ERROR", "body too short"));
     assert!(matches!(
         error(4, b"full"),
-        Ok(Some(Decoded::Frame(Frame::Error { .. })))
+        Ok(Some(Decoded::Frame(Frame::Error(_))))
     ));
 }
 
 #[test]
-fn unknown_error_codes_are_malformed() {
+fn every_error_code_decodes_and_unknown_ones_keep_their_value() {
     let mut known = 0;
     for code in 0..=u16::MAX {
         let mut body = MessageId::NONE.0.to_vec();
         body.extend_from_slice(&code.to_be_bytes());
         body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
         let got = decode(&raw(0x84, &body));
-        match ErrorCode::from_u16(code) {
-            Some(c) => {
-                known += 1;
-                assert_eq!(got, Ok(Some(Decoded::Frame(Frame::error(c, "")))));
-            }
-            None => assert_eq!(got, malformed("ERROR", "unknown error code"), "code {code}"),
+        let c = ErrorCode::from_u16(code);
+        assert_eq!(c.as_u16(), code);
+        if c.is_known() {
+            known += 1;
+        } else {
+            assert_eq!(c, ErrorCode::Unknown(code));
         }
+        assert_eq!(
+            got,
+            Ok(Some(Decoded::Frame(Frame::error(c, "")))),
+            "code {code}"
+        );
     }
     assert_eq!(known, ErrorCode::ALL.len());
 }

@@ -11,8 +11,10 @@ use base64::Engine;
 use bytes::Bytes;
 use common::*;
 use hearth_protocol::{
-    flags, group_op, reach, role, slot_of, ErrorCode, Frame, PolicyChange, Scope, SigningKey,
-    TokenClaims, TokenError,
+    flags, group_op, reach, role, slot_of, Accepted, Ack, Deliver, DeliverMeta, DeliverShared,
+    ErrorCode, Frame, GroupCreate, GroupGet, GroupInfo, GroupOk, GroupUpdate, Hello, MessageId,
+    Ping, PolicyChange, Pong, Refusal, Refused, Report, RequestOk, Scope, Send, SendGroup,
+    SendMulti, SendSealed, SigningKey, TokenClaims, TokenError, Welcome,
 };
 
 fn protocol_md() -> String {
@@ -71,7 +73,8 @@ const SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae
 const PUBLIC: &str = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
 
 fn test_key() -> SigningKey {
-    // PKCS#8 v2 (RFC 5958) wrapping of the seed and public key, as ring expects it.
+    // PKCS#8 v2 (RFC 5958) wrapping of the seed and public key, as earlier versions wrote key
+    // files: still accepted (keys are written as v1 now).
     let mut der = unhex("3053020101300506032b657004220420");
     der.extend_from_slice(&unhex(SEED));
     der.extend_from_slice(&unhex("a123032100"));
@@ -102,10 +105,10 @@ fn examples() -> Vec<(&'static str, String)> {
     };
     add(
         "HELLO",
-        Frame::Hello {
+        Frame::Hello(Hello {
             version: 1,
             token: token.clone(),
-        },
+        }),
         &|b| {
             let mut v = header(b, "HELLO (0x01)");
             v.push((1, "version = 1".into()));
@@ -116,13 +119,15 @@ fn examples() -> Vec<(&'static str, String)> {
     );
     add(
         "WELCOME",
-        Frame::Welcome {
+        Frame::Welcome(Welcome {
             account: 42,
             device: 7,
             server_time_ms: 1_700_000_000_000,
             max_envelope: 262_144,
             max_inflight: 256,
-        },
+            idle_timeout_ms: 30_000,
+            max_pending_sends: 1024,
+        }),
         &|b| {
             let mut v = header(b, "WELCOME (0x81)");
             v.push((8, "account = 42".into()));
@@ -130,19 +135,21 @@ fn examples() -> Vec<(&'static str, String)> {
             v.push((8, "server_time_ms = 1700000000000".into()));
             v.push((4, "max_envelope = 262144".into()));
             v.push((4, "max_inflight = 256".into()));
+            v.push((4, "idle_timeout_ms = 30000".into()));
+            v.push((4, "max_pending_sends = 1024".into()));
             v
         },
     );
     add(
         "SEND",
-        Frame::Send {
+        Frame::Send(Send {
             msg_id: id(),
             to_account: 43,
             to_device: 0,
             ttl_secs: 3600,
             flags: 0,
             payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
-        },
+        }),
         &|b| {
             let mut v = header(b, "SEND (0x02)");
             v.push((16, "msg_id".into()));
@@ -156,11 +163,11 @@ fn examples() -> Vec<(&'static str, String)> {
     );
     add(
         "ACCEPTED",
-        Frame::Accepted {
+        Frame::Accepted(Accepted {
             msg_id: id(),
             accepted_at_ms: 1_700_000_000_123,
             recipients: 2,
-        },
+        }),
         &|b| {
             let mut v = header(b, "ACCEPTED (0x82)");
             v.push((16, "msg_id (of the SEND)".into()));
@@ -171,16 +178,18 @@ fn examples() -> Vec<(&'static str, String)> {
     );
     add(
         "DELIVER",
-        Frame::Deliver {
-            seq: 1,
-            msg_id: id(),
-            from_account: 42,
-            from_device: 7,
-            accepted_at_ms: 1_700_000_000_123,
-            expires_at_ms: 1_700_003_600_123,
-            flags: 0,
+        Frame::Deliver(Deliver {
+            meta: DeliverMeta {
+                seq: 1,
+                msg_id: id(),
+                from_account: 42,
+                from_device: 7,
+                accepted_at_ms: 1_700_000_000_123,
+                expires_at_ms: 1_700_003_600_123,
+                flags: 0,
+            },
             payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
-        },
+        }),
         &|b| {
             let mut v = header(b, "DELIVER (0x83)");
             v.push((8, "seq = 1".into()));
@@ -194,7 +203,7 @@ fn examples() -> Vec<(&'static str, String)> {
             v
         },
     );
-    add("ACK", Frame::Ack { seqs: vec![1, 2] }, &|b| {
+    add("ACK", Frame::Ack(Ack { seqs: vec![1, 2] }), &|b| {
         let mut v = header(b, "ACK (0x03)");
         v.push((2, "count = 2".into()));
         v.push((8, "seq = 1".into()));
@@ -203,12 +212,14 @@ fn examples() -> Vec<(&'static str, String)> {
     });
     add(
         "ERROR",
-        Frame::Error {
+        Frame::Error(Refused {
             msg_id: id(),
-            code: ErrorCode::Overloaded,
-            retry_after_ms: 500,
-            message: "overloaded".into(),
-        },
+            refusal: Refusal {
+                code: ErrorCode::Overloaded,
+                retry_after_ms: 500,
+                message: "overloaded".into(),
+            },
+        }),
         &|b| {
             let mut v = header(b, "ERROR (0x84)");
             v.push((16, "msg_id (of the refused SEND)".into()));
@@ -232,12 +243,25 @@ fn examples() -> Vec<(&'static str, String)> {
             v
         },
     );
-    add("PING", Frame::Ping { nonce: 1 }, &|b| {
+    add(
+        "ERROR (zero msg_id)",
+        Refusal::new(ErrorCode::InvalidMessageId, "msg_id is all zero").answer(MessageId::NONE),
+        &|b| {
+            let mut v = header(b, "ERROR (0x84)");
+            v.push((16, "msg_id = the refused SEND's (all zero)".into()));
+            v.push((2, "code = 21 (INVALID_MESSAGE_ID)".into()));
+            v.push((4, "retry_after_ms = 0".into()));
+            v.push((2, "message_len = 18".into()));
+            v.push((18, "message = \"msg_id is all zero\"".into()));
+            v
+        },
+    );
+    add("PING", Frame::Ping(Ping { nonce: 1 }), &|b| {
         let mut v = header(b, "PING (0x04)");
         v.push((8, "nonce = 1".into()));
         v
     });
-    add("PONG", Frame::Pong { nonce: 1 }, &|b| {
+    add("PONG", Frame::Pong(Pong { nonce: 1 }), &|b| {
         let mut v = header(b, "PONG (0x85)");
         v.push((8, "nonce = 1".into()));
         v
@@ -255,11 +279,11 @@ const GROUP: u64 = 1001;
 fn group_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     add(
         "GROUP_CREATE",
-        Frame::GroupCreate {
+        Frame::GroupCreate(GroupCreate {
             req_id: id(),
             group: GROUP,
             members: vec![43, 44],
-        },
+        }),
         &|b| {
             let mut v = header(b, "GROUP_CREATE (0x05)");
             v.push((16, "req_id".into()));
@@ -272,12 +296,12 @@ fn group_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     );
     add(
         "GROUP_UPDATE",
-        Frame::GroupUpdate {
+        Frame::GroupUpdate(GroupUpdate {
             req_id: id(),
             group: GROUP,
             op: group_op::ADD_MEMBERS,
             accounts: vec![45],
-        },
+        }),
         &|b| {
             let mut v = header(b, "GROUP_UPDATE (0x06)");
             v.push((16, "req_id".into()));
@@ -290,12 +314,12 @@ fn group_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     );
     add(
         "GROUP_OK",
-        Frame::GroupOk {
+        Frame::GroupOk(GroupOk {
             req_id: id(),
             group: GROUP,
             version: 2,
             members: 4,
-        },
+        }),
         &|b| {
             let mut v = header(b, "GROUP_OK (0x86)");
             v.push((16, "req_id (of the GROUP_UPDATE)".into()));
@@ -307,12 +331,12 @@ fn group_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     );
     add(
         "GROUP_GET",
-        Frame::GroupGet {
+        Frame::GroupGet(GroupGet {
             req_id: id(),
             group: GROUP,
             offset: 0,
             limit: 100,
-        },
+        }),
         &|b| {
             let mut v = header(b, "GROUP_GET (0x07)");
             v.push((16, "req_id".into()));
@@ -324,7 +348,7 @@ fn group_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     );
     add(
         "GROUP_INFO",
-        Frame::GroupInfo {
+        Frame::GroupInfo(GroupInfo {
             req_id: id(),
             group: GROUP,
             version: 2,
@@ -337,7 +361,7 @@ fn group_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
                 (44, role::MEMBER),
                 (45, role::MEMBER),
             ],
-        },
+        }),
         &|b| {
             let mut v = header(b, "GROUP_INFO (0x87)");
             v.push((16, "req_id (of the GROUP_GET)".into()));
@@ -356,13 +380,13 @@ fn group_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     );
     add(
         "SEND_GROUP",
-        Frame::SendGroup {
+        Frame::SendGroup(SendGroup {
             msg_id: id(),
             group: GROUP,
             ttl_secs: 3600,
             flags: 0,
             payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
-        },
+        }),
         &|b| {
             let mut v = header(b, "SEND_GROUP (0x08)");
             v.push((16, "msg_id".into()));
@@ -375,18 +399,20 @@ fn group_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     );
     add(
         "DELIVER_SHARED (group)",
-        Frame::DeliverShared {
-            seq: 2,
-            msg_id: id(),
-            from_account: 42,
-            from_device: 7,
-            accepted_at_ms: 1_700_000_000_123,
-            expires_at_ms: 1_700_003_600_123,
-            flags: 0,
+        Frame::DeliverShared(DeliverShared {
+            meta: DeliverMeta {
+                seq: 2,
+                msg_id: id(),
+                from_account: 42,
+                from_device: 7,
+                accepted_at_ms: 1_700_000_000_123,
+                expires_at_ms: 1_700_003_600_123,
+                flags: 0,
+            },
             group: GROUP,
             header: Bytes::new(),
             payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
-        },
+        }),
         &|b| {
             let mut v = header(b, "DELIVER_SHARED (0x88)");
             v.push((8, "seq = 2".into()));
@@ -405,13 +431,13 @@ fn group_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     );
     add(
         "SEND_MULTI",
-        Frame::SendMulti {
+        Frame::SendMulti(SendMulti {
             msg_id: id(),
             ttl_secs: 3600,
             flags: 0,
             recipients: vec![rcpt(43, 0, b"\x0a\x0b\x0c\x0d"), rcpt(44, 2, b"\x1a\x1b")],
             payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
-        },
+        }),
         &|b| {
             let mut v = header(b, "SEND_MULTI (0x09)");
             v.push((16, "msg_id".into()));
@@ -432,18 +458,20 @@ fn group_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     );
     add(
         "DELIVER_SHARED (multi)",
-        Frame::DeliverShared {
-            seq: 5,
-            msg_id: id(),
-            from_account: 42,
-            from_device: 7,
-            accepted_at_ms: 1_700_000_000_123,
-            expires_at_ms: 1_700_003_600_123,
-            flags: 0,
+        Frame::DeliverShared(DeliverShared {
+            meta: DeliverMeta {
+                seq: 5,
+                msg_id: id(),
+                from_account: 42,
+                from_device: 7,
+                accepted_at_ms: 1_700_000_000_123,
+                expires_at_ms: 1_700_003_600_123,
+                flags: 0,
+            },
             group: 0,
             header: Bytes::from_static(b"\x1a\x1b"),
             payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
-        },
+        }),
         &|b| {
             let mut v = header(b, "DELIVER_SHARED (0x88)");
             v.push((8, "seq = 5".into()));
@@ -462,12 +490,14 @@ fn group_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     );
     add(
         "ERROR (group)",
-        Frame::Error {
+        Frame::Error(Refused {
             msg_id: id(),
-            code: ErrorCode::NotAMember,
-            retry_after_ms: 0,
-            message: "not a member".into(),
-        },
+            refusal: Refusal {
+                code: ErrorCode::NotAMember,
+                retry_after_ms: 0,
+                message: "not a member".into(),
+            },
+        }),
         &|b| {
             let mut v = header(b, "ERROR (0x84)");
             v.push((16, "msg_id (of the refused SEND_GROUP)".into()));
@@ -568,17 +598,17 @@ fn privacy_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
             v
         },
     );
-    add("OK", Frame::Ok { req_id: id() }, &|b| {
+    add("OK", Frame::Ok(RequestOk { req_id: id() }), &|b| {
         let mut v = header(b, "OK (0x89)");
         v.push((16, "req_id (of the POLICY_SET or REPORT)".into()));
         v
     });
     add(
         "REPORT",
-        Frame::Report {
+        Frame::Report(Report {
             req_id: id(),
             account: 666,
-        },
+        }),
         &|b| {
             let mut v = header(b, "REPORT (0x0B)");
             v.push((16, "req_id".into()));
@@ -588,7 +618,7 @@ fn privacy_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     );
     add(
         "SEND_SEALED",
-        Frame::SendSealed {
+        Frame::SendSealed(SendSealed {
             msg_id: id(),
             to_account: 43,
             to_device: 0,
@@ -596,7 +626,7 @@ fn privacy_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
             flags: flags::URGENT,
             access_key: Bytes::from_static(&ACCESS_KEY),
             payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
-        },
+        }),
         &|b| {
             let mut v = header(b, "SEND_SEALED (0x0C)");
             v.push((16, "msg_id (random)".into()));
@@ -612,16 +642,18 @@ fn privacy_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     );
     add(
         "DELIVER (sealed)",
-        Frame::Deliver {
-            seq: 3,
-            msg_id: id(),
-            from_account: 0,
-            from_device: 0,
-            accepted_at_ms: 1_700_000_000_123,
-            expires_at_ms: 1_700_003_600_123,
-            flags: flags::URGENT,
+        Frame::Deliver(Deliver {
+            meta: DeliverMeta {
+                seq: 3,
+                msg_id: id(),
+                from_account: 0,
+                from_device: 0,
+                accepted_at_ms: 1_700_000_000_123,
+                expires_at_ms: 1_700_003_600_123,
+                flags: flags::URGENT,
+            },
             payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
-        },
+        }),
         &|b| {
             let mut v = header(b, "DELIVER (0x83)");
             v.push((8, "seq = 3".into()));
@@ -637,12 +669,14 @@ fn privacy_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     );
     add(
         "ERROR (unreachable)",
-        Frame::Error {
+        Frame::Error(Refused {
             msg_id: id(),
-            code: ErrorCode::RecipientUnreachable,
-            retry_after_ms: 0,
-            message: "unreachable".into(),
-        },
+            refusal: Refusal {
+                code: ErrorCode::RecipientUnreachable,
+                retry_after_ms: 0,
+                message: "unreachable".into(),
+            },
+        }),
         &|b| {
             let mut v = header(b, "ERROR (0x84)");
             v.push((16, "msg_id (of the refused SEND)".into()));
@@ -655,12 +689,14 @@ fn privacy_examples(add: &mut dyn FnMut(&'static str, Frame, &Layout<'_>)) {
     );
     add(
         "ERROR (rate limited)",
-        Frame::Error {
+        Frame::Error(Refused {
             msg_id: id(),
-            code: ErrorCode::RateLimited,
-            retry_after_ms: 250,
-            message: "rate limited".into(),
-        },
+            refusal: Refusal {
+                code: ErrorCode::RateLimited,
+                retry_after_ms: 250,
+                message: "rate limited".into(),
+            },
+        }),
         &|b| {
             let mut v = header(b, "ERROR (0x84)");
             v.push((16, "msg_id (of the refused SEND)".into()));

@@ -29,7 +29,8 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key matching `tls_cert`.
     pub tls_key: Option<PathBuf>,
-    /// Ed25519 token key (PKCS#8 DER); default `data_dir/token.key`, created when missing.
+    /// Ed25519 token key (PKCS#8 DER: written as v1, read as v1 or v2); default
+    /// `data_dir/token.key`, created when missing.
     pub token_key: Option<PathBuf>,
     /// Name in the development certificate (clients verify it).
     pub server_name: String,

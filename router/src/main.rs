@@ -33,7 +33,7 @@ struct Args {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Token signing key (PKCS#8 DER).
+    /// Token signing key (PKCS#8 DER; written as v1, v1 and v2 read).
     #[arg(long)]
     token_key: Option<PathBuf>,
     /// `sync` (default) or `none` (no fsync: benchmarks only, unsafe).

@@ -76,6 +76,7 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(p)
 }
 
+
 /// The QUIC server configuration: TLS 1.3 only, ALPN `hearth/1`, bounded windows, stateless
 /// session tickets (a reconnect resumes and skips the certificate signature; `resumed` counts
 /// the tickets accepted), no 0-RTT (see PROTOCOL.md §1), bounded handshake queue.
@@ -254,4 +255,62 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The node writes its token key as PKCS#8 v1 (RFC 5208), which OpenSSL 3 reads; a v2 file
+    /// (RFC 5958, as earlier versions wrote it) still loads, and is left as it is.
+    #[test]
+    fn token_key_files_are_pkcs8_v1_and_v2_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.key");
+        let key = load_or_create_token_key(&path).unwrap();
+        let der = std::fs::read(&path).unwrap();
+        assert_eq!(der.len(), 48, "PKCS#8 v1: 16-byte prefix and the seed");
+        assert_eq!(der[..16], hex("302e020100300506032b657004220420")[..]);
+        match std::process::Command::new("openssl")
+            .args(["pkey", "-inform", "DER", "-noout", "-in"])
+            .arg(&path)
+            .output()
+        {
+            Err(e) => eprintln!("skipping the openssl check: openssl is not installed ({e})"),
+            Ok(o) => assert!(
+                o.status.success(),
+                "openssl pkey refused the node's key: {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+        }
+        let again = load_or_create_token_key(&path).unwrap();
+        assert_eq!(again.verifying_key(), key.verifying_key());
+
+        // RFC 8032 7.1 TEST 1 as a v2 document.
+        let v2 = hex(concat!(
+            "3053020101300506032b657004220420",
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+            "a123032100",
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+        ));
+        let v2_path = dir.path().join("v2.key");
+        std::fs::write(&v2_path, &v2).unwrap();
+        let key = load_or_create_token_key(&v2_path).unwrap();
+        assert_eq!(
+            key.verifying_key().0[..],
+            hex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")[..]
+        );
+        assert_eq!(
+            std::fs::read(&v2_path).unwrap(),
+            v2,
+            "an existing file is not rewritten"
+        );
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
 }

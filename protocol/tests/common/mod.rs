@@ -4,8 +4,11 @@
 
 use bytes::{Bytes, BytesMut};
 use hearth_protocol::{
-    encode, flags, group_op, reach, role, ErrorCode, Frame, MessageId, MultiRecipient,
-    PolicyChange, DEFAULT_MAX_ENVELOPE, DELIVER_FIXED_LEN, SEND_FIXED_LEN,
+    encode, flags, group_op, reach, role, Accepted, Ack, Deliver, DeliverMeta, DeliverShared,
+    ErrorCode, Frame, GroupCreate, GroupGet, GroupInfo, GroupOk, GroupUpdate, Hello, MessageId,
+    MultiRecipient, Ping, PolicyChange, PolicySet, Pong, Refusal, Refused, Report, RequestOk, Send,
+    SendGroup, SendMulti, SendSealed, Welcome, DEFAULT_MAX_ENVELOPE, DELIVER_FIXED_LEN,
+    SEND_FIXED_LEN,
 };
 use proptest::prelude::*;
 
@@ -43,6 +46,10 @@ pub const REPORT_LEN: usize = 16 + 8;
 /// Fixed bytes of a `SEND_SEALED` body before its access key (msg_id, account, device, ttl,
 /// flags, key_len).
 pub const SEND_SEALED_FIXED_LEN: usize = 16 + 8 + 4 + 4 + 1 + 1;
+/// Bytes of a `WELCOME` body of revision 1.0 (account, device, server time, max_envelope,
+/// max_inflight); revision 1.1 adds idle_timeout_ms and max_pending_sends.
+pub const WELCOME_V1_0_LEN: usize = 8 + 4 + 8 + 4 + 4;
+
 /// Bytes of an `OK` body (req_id).
 pub const OK_LEN: usize = 16;
 
@@ -164,166 +171,174 @@ pub fn samples() -> Vec<Frame> {
 
 fn issue2_and_group_samples() -> Vec<Frame> {
     vec![
-        Frame::Hello {
+        Frame::Hello(Hello {
             version: 1,
             token: "ht1.AAAA".into(),
-        },
-        Frame::Hello {
+        }),
+        Frame::Hello(Hello {
             version: 0xff,
             token: String::new(),
-        },
-        Frame::Send {
+        }),
+        Frame::Send(Send {
             msg_id: id(),
             to_account: 43,
             to_device: 0,
             ttl_secs: 3600,
             flags: 0,
             payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
-        },
-        Frame::Send {
+        }),
+        Frame::Send(Send {
             msg_id: MessageId([0xff; 16]),
             to_account: u64::MAX,
             to_device: u32::MAX,
             ttl_secs: u32::MAX,
             flags: flags::EPHEMERAL,
             payload: Bytes::new(),
-        },
-        Frame::Ack {
+        }),
+        Frame::Ack(Ack {
             seqs: vec![1, 2, u64::MAX],
-        },
-        Frame::Ack { seqs: vec![] },
-        Frame::Ping {
+        }),
+        Frame::Ack(Ack { seqs: vec![] }),
+        Frame::Ping(Ping {
             nonce: 0x0102_0304_0506_0708,
-        },
-        Frame::Welcome {
+        }),
+        Frame::Welcome(Welcome {
             account: 42,
             device: 7,
             server_time_ms: 1_700_000_000_000,
             max_envelope: DEFAULT_MAX_ENVELOPE as u32,
             max_inflight: 256,
-        },
-        Frame::Accepted {
+            idle_timeout_ms: 30_000,
+            max_pending_sends: 1024,
+        }),
+        Frame::Accepted(Accepted {
             msg_id: id(),
             accepted_at_ms: 1_700_000_000_123,
             recipients: 2,
-        },
-        Frame::Deliver {
-            seq: 1,
-            msg_id: id(),
-            from_account: 42,
-            from_device: 7,
-            accepted_at_ms: 1_700_000_000_123,
-            expires_at_ms: 1_700_003_600_123,
-            flags: 0,
+        }),
+        Frame::Deliver(Deliver {
+            meta: DeliverMeta {
+                seq: 1,
+                msg_id: id(),
+                from_account: 42,
+                from_device: 7,
+                accepted_at_ms: 1_700_000_000_123,
+                expires_at_ms: 1_700_003_600_123,
+                flags: 0,
+            },
             payload: Bytes::from(vec![0x5a; 300]),
-        },
-        Frame::Deliver {
-            seq: 0,
-            msg_id: MessageId::NONE,
-            from_account: 0,
-            from_device: 0,
-            accepted_at_ms: 0,
-            expires_at_ms: u64::MAX,
-            flags: flags::EPHEMERAL,
+        }),
+        Frame::Deliver(Deliver {
+            meta: DeliverMeta {
+                seq: 0,
+                msg_id: MessageId::NONE,
+                from_account: 0,
+                from_device: 0,
+                accepted_at_ms: 0,
+                expires_at_ms: u64::MAX,
+                flags: flags::EPHEMERAL,
+            },
             payload: Bytes::new(),
-        },
-        Frame::Error {
+        }),
+        Frame::Error(Refused {
             msg_id: id(),
-            code: ErrorCode::Overloaded,
-            retry_after_ms: 500,
-            message: "overloaded".into(),
-        },
+            refusal: Refusal {
+                code: ErrorCode::Overloaded,
+                retry_after_ms: 500,
+                message: "overloaded".into(),
+            },
+        }),
         Frame::error(ErrorCode::BadToken, "token signature is invalid: ünïcödé ✓"),
-        Frame::Pong { nonce: u64::MAX },
-        Frame::GroupCreate {
+        Frame::Pong(Pong { nonce: u64::MAX }),
+        Frame::GroupCreate(GroupCreate {
             req_id: id(),
             group: 7,
             members: vec![43, 44, u64::MAX],
-        },
-        Frame::GroupCreate {
+        }),
+        Frame::GroupCreate(GroupCreate {
             req_id: MessageId::NONE,
             group: 0,
             members: vec![],
-        },
-        Frame::GroupUpdate {
+        }),
+        Frame::GroupUpdate(GroupUpdate {
             req_id: id(),
             group: 7,
             op: group_op::ADD_MEMBERS,
             accounts: vec![45],
-        },
-        Frame::GroupUpdate {
+        }),
+        Frame::GroupUpdate(GroupUpdate {
             req_id: MessageId([0xff; 16]),
             group: u64::MAX,
             op: group_op::DELETE,
             accounts: vec![],
-        },
-        Frame::GroupUpdate {
+        }),
+        Frame::GroupUpdate(GroupUpdate {
             // Unknown ops decode: the node, not the codec, refuses them (INVALID_REQUEST).
             req_id: id(),
             group: 1,
             op: 0xff,
             accounts: vec![0, 1, 2, 3],
-        },
-        Frame::GroupGet {
+        }),
+        Frame::GroupGet(GroupGet {
             req_id: id(),
             group: 7,
             offset: 0,
             limit: 100,
-        },
-        Frame::GroupGet {
+        }),
+        Frame::GroupGet(GroupGet {
             req_id: MessageId::NONE,
             group: u64::MAX,
             offset: u32::MAX,
             limit: u32::MAX,
-        },
-        Frame::SendGroup {
+        }),
+        Frame::SendGroup(SendGroup {
             msg_id: id(),
             group: 7,
             ttl_secs: 3600,
             flags: 0,
             payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
-        },
-        Frame::SendGroup {
+        }),
+        Frame::SendGroup(SendGroup {
             msg_id: MessageId([0xff; 16]),
             group: u64::MAX,
             ttl_secs: u32::MAX,
             flags: flags::EPHEMERAL,
             payload: Bytes::new(),
-        },
-        Frame::SendMulti {
+        }),
+        Frame::SendMulti(SendMulti {
             msg_id: id(),
             ttl_secs: 3600,
             flags: 0,
             recipients: vec![rcpt(43, 0, b"\x01\x02\x03"), rcpt(44, 2, b"")],
             payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
-        },
-        Frame::SendMulti {
+        }),
+        Frame::SendMulti(SendMulti {
             msg_id: MessageId([0xff; 16]),
             ttl_secs: u32::MAX,
             flags: flags::EPHEMERAL,
             recipients: vec![rcpt(u64::MAX, u32::MAX, &[0xee; 256])],
             payload: Bytes::new(),
-        },
-        Frame::SendMulti {
+        }),
+        Frame::SendMulti(SendMulti {
             msg_id: id(),
             ttl_secs: 0,
             flags: 0,
             recipients: vec![],
             payload: Bytes::from_static(b"no recipients"),
-        },
-        Frame::GroupOk {
+        }),
+        Frame::GroupOk(GroupOk {
             req_id: id(),
             group: 7,
             version: 3,
             members: 4,
-        },
-        Frame::GroupOk {
+        }),
+        Frame::GroupOk(GroupOk {
             req_id: MessageId([0xff; 16]),
             group: u64::MAX,
             version: u64::MAX,
             members: u32::MAX,
-        },
-        Frame::GroupInfo {
+        }),
+        Frame::GroupInfo(GroupInfo {
             req_id: id(),
             group: 7,
             version: 3,
@@ -331,8 +346,8 @@ fn issue2_and_group_samples() -> Vec<Frame> {
             total: 4,
             offset: 1,
             members: vec![(43, role::MEMBER), (44, role::ADMIN), (u64::MAX, 0xff)],
-        },
-        Frame::GroupInfo {
+        }),
+        Frame::GroupInfo(GroupInfo {
             req_id: MessageId::NONE,
             group: u64::MAX,
             version: u64::MAX,
@@ -340,52 +355,58 @@ fn issue2_and_group_samples() -> Vec<Frame> {
             total: u32::MAX,
             offset: u32::MAX,
             members: vec![],
-        },
-        Frame::DeliverShared {
-            seq: 2,
-            msg_id: id(),
-            from_account: 42,
-            from_device: 7,
-            accepted_at_ms: 1_700_000_000_123,
-            expires_at_ms: 1_700_003_600_123,
-            flags: 0,
+        }),
+        Frame::DeliverShared(DeliverShared {
+            meta: DeliverMeta {
+                seq: 2,
+                msg_id: id(),
+                from_account: 42,
+                from_device: 7,
+                accepted_at_ms: 1_700_000_000_123,
+                expires_at_ms: 1_700_003_600_123,
+                flags: 0,
+            },
             group: 7,
             header: Bytes::new(),
             payload: Bytes::from(vec![0x5a; 300]),
-        },
-        Frame::DeliverShared {
-            seq: u64::MAX,
-            msg_id: id(),
-            from_account: u64::MAX,
-            from_device: u32::MAX,
-            accepted_at_ms: u64::MAX,
-            expires_at_ms: u64::MAX,
-            flags: 0xff,
+        }),
+        Frame::DeliverShared(DeliverShared {
+            meta: DeliverMeta {
+                seq: u64::MAX,
+                msg_id: id(),
+                from_account: u64::MAX,
+                from_device: u32::MAX,
+                accepted_at_ms: u64::MAX,
+                expires_at_ms: u64::MAX,
+                flags: 0xff,
+            },
             group: 0,
             header: Bytes::from(vec![0xee; 256]),
             payload: Bytes::new(),
-        },
-        Frame::DeliverShared {
-            seq: 0,
-            msg_id: MessageId::NONE,
-            from_account: 0,
-            from_device: 0,
-            accepted_at_ms: 0,
-            expires_at_ms: 0,
-            flags: flags::EPHEMERAL,
+        }),
+        Frame::DeliverShared(DeliverShared {
+            meta: DeliverMeta {
+                seq: 0,
+                msg_id: MessageId::NONE,
+                from_account: 0,
+                from_device: 0,
+                accepted_at_ms: 0,
+                expires_at_ms: 0,
+                flags: flags::EPHEMERAL,
+            },
             group: u64::MAX,
             header: Bytes::from_static(b"h"),
             payload: Bytes::from_static(b"p"),
-        },
+        }),
     ]
 }
 
 /// A `POLICY_SET` with the sample request id.
 pub fn policy(change: PolicyChange) -> Frame {
-    Frame::PolicySet {
+    Frame::PolicySet(PolicySet {
         req_id: id(),
         change,
-    }
+    })
 }
 
 /// Frames of the privacy extension: every `POLICY_SET` kind (empty and full-width values, a
@@ -393,10 +414,10 @@ pub fn policy(change: PolicyChange) -> Frame {
 pub fn privacy_samples() -> Vec<Frame> {
     vec![
         policy(PolicyChange::Reach(reach::CONTACTS)),
-        Frame::PolicySet {
+        Frame::PolicySet(PolicySet {
             req_id: MessageId([0xff; 16]),
             change: PolicyChange::Reach(0xff),
-        },
+        }),
         policy(PolicyChange::Allow {
             add: true,
             accounts: vec![43, 44, u64::MAX],
@@ -431,15 +452,15 @@ pub fn privacy_samples() -> Vec<Frame> {
             MAX_PUSH_TOKEN
         ]))),
         policy(PolicyChange::PushToken(Bytes::new())),
-        Frame::Report {
+        Frame::Report(Report {
             req_id: id(),
             account: 666,
-        },
-        Frame::Report {
+        }),
+        Frame::Report(Report {
             req_id: MessageId::NONE,
             account: u64::MAX,
-        },
-        Frame::SendSealed {
+        }),
+        Frame::SendSealed(SendSealed {
             msg_id: id(),
             to_account: 43,
             to_device: 0,
@@ -447,8 +468,8 @@ pub fn privacy_samples() -> Vec<Frame> {
             flags: flags::URGENT,
             access_key: Bytes::from(vec![0x44; 32]),
             payload: Bytes::from_static(b"\xde\xad\xbe\xef"),
-        },
-        Frame::SendSealed {
+        }),
+        Frame::SendSealed(SendSealed {
             msg_id: MessageId([0xff; 16]),
             to_account: u64::MAX,
             to_device: u32::MAX,
@@ -456,8 +477,8 @@ pub fn privacy_samples() -> Vec<Frame> {
             flags: 0xff,
             access_key: Bytes::from(vec![0x55; 255]),
             payload: Bytes::new(),
-        },
-        Frame::SendSealed {
+        }),
+        Frame::SendSealed(SendSealed {
             // An empty key decodes; the node refuses it (BAD_ACCESS_KEY).
             msg_id: MessageId::NONE,
             to_account: 0,
@@ -466,11 +487,11 @@ pub fn privacy_samples() -> Vec<Frame> {
             flags: flags::EPHEMERAL,
             access_key: Bytes::new(),
             payload: Bytes::from(vec![0x5a; 300]),
-        },
-        Frame::Ok { req_id: id() },
-        Frame::Ok {
+        }),
+        Frame::Ok(RequestOk { req_id: id() }),
+        Frame::Ok(RequestOk {
             req_id: MessageId([0xff; 16]),
-        },
+        }),
     ]
 }
 
@@ -503,68 +524,78 @@ pub fn truncated(s: &str) -> String {
 /// access keys and 65535-byte push tokens.
 pub fn normalized(f: &Frame) -> Frame {
     match f.clone() {
-        Frame::Hello { version, token } => Frame::Hello {
+        Frame::Hello(Hello { version, token }) => Frame::Hello(Hello {
             version,
             token: truncated(&token),
-        },
-        Frame::Error {
+        }),
+        Frame::Error(Refused {
             msg_id,
-            code,
-            retry_after_ms,
-            message,
-        } => Frame::Error {
+            refusal:
+                Refusal {
+                    code,
+                    retry_after_ms,
+                    message,
+                },
+        }) => Frame::Error(Refused {
             msg_id,
-            code,
-            retry_after_ms,
-            message: truncated(&message),
-        },
-        Frame::Ack { mut seqs } => {
+            refusal: Refusal {
+                code,
+                retry_after_ms,
+                message: truncated(&message).into(),
+            },
+        }),
+        Frame::Ack(Ack { mut seqs }) => {
             seqs.truncate(u16::MAX as usize);
-            Frame::Ack { seqs }
+            Frame::Ack(Ack { seqs })
         }
-        Frame::SendMulti {
+        Frame::SendMulti(SendMulti {
             msg_id,
             ttl_secs,
             flags,
             mut recipients,
             payload,
-        } => {
+        }) => {
             recipients.truncate(u16::MAX as usize);
             for r in &mut recipients {
                 r.header = truncated_header(&r.header);
             }
-            Frame::SendMulti {
+            Frame::SendMulti(SendMulti {
                 msg_id,
                 ttl_secs,
                 flags,
                 recipients,
                 payload,
-            }
+            })
         }
-        Frame::DeliverShared {
-            seq,
-            msg_id,
-            from_account,
-            from_device,
-            accepted_at_ms,
-            expires_at_ms,
-            flags,
+        Frame::DeliverShared(DeliverShared {
+            meta:
+                DeliverMeta {
+                    seq,
+                    msg_id,
+                    from_account,
+                    from_device,
+                    accepted_at_ms,
+                    expires_at_ms,
+                    flags,
+                },
             group,
             header,
             payload,
-        } => Frame::DeliverShared {
-            seq,
-            msg_id,
-            from_account,
-            from_device,
-            accepted_at_ms,
-            expires_at_ms,
-            flags,
+        }) => Frame::DeliverShared(DeliverShared {
+            meta: DeliverMeta {
+                seq,
+                msg_id,
+                from_account,
+                from_device,
+                accepted_at_ms,
+                expires_at_ms,
+                flags,
+            },
             group,
             header: truncated_header(&header),
             payload,
-        },
-        Frame::PolicySet { req_id, change } => Frame::PolicySet {
+        }),
+        Frame::PolicySet(PolicySet { req_id, change }) => Frame::PolicySet(PolicySet {
             req_id,
             change: match change {
                 PolicyChange::Networks(mut names) => {
@@ -584,8 +615,8 @@ pub fn normalized(f: &Frame) -> Frame {
                 }
                 other => other,
             },
-        },
-        Frame::SendSealed {
+        }),
+        Frame::SendSealed(SendSealed {
             msg_id,
             to_account,
             to_device,
@@ -593,7 +624,7 @@ pub fn normalized(f: &Frame) -> Frame {
             flags,
             access_key,
             payload,
-        } => Frame::SendSealed {
+        }) => Frame::SendSealed(SendSealed {
             msg_id,
             to_account,
             to_device,
@@ -601,7 +632,7 @@ pub fn normalized(f: &Frame) -> Frame {
             flags,
             access_key: cut_bytes(&access_key, u8::MAX as usize),
             payload,
-        },
+        }),
         other => other,
     }
 }
@@ -628,7 +659,8 @@ pub fn arb_frame() -> impl Strategy<Value = Frame> {
 /// Any frame of the issue-2 set (types 0x01..=0x04, 0x81..=0x85).
 pub fn arb_v1_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u8>(), arb_text()).prop_map(|(version, token)| Frame::Hello { version, token }),
+        (any::<u8>(), arb_text())
+            .prop_map(|(version, token)| Frame::Hello(Hello { version, token })),
         (
             arb_id(),
             any::<u64>(),
@@ -638,39 +670,51 @@ pub fn arb_v1_frame() -> impl Strategy<Value = Frame> {
             arb_payload()
         )
             .prop_map(
-                |(msg_id, to_account, to_device, ttl_secs, flags, payload)| Frame::Send {
+                |(msg_id, to_account, to_device, ttl_secs, flags, payload)| Frame::Send(Send {
                     msg_id,
                     to_account,
                     to_device,
                     ttl_secs,
                     flags,
                     payload
-                }
+                })
             ),
-        prop::collection::vec(any::<u64>(), 0..100).prop_map(|seqs| Frame::Ack { seqs }),
-        any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
+        prop::collection::vec(any::<u64>(), 0..100).prop_map(|seqs| Frame::Ack(Ack { seqs })),
+        any::<u64>().prop_map(|nonce| Frame::Ping(Ping { nonce })),
         (
             any::<u64>(),
             any::<u32>(),
             any::<u64>(),
             any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
             any::<u32>()
         )
             .prop_map(
-                |(account, device, server_time_ms, max_envelope, max_inflight)| Frame::Welcome {
+                |(
                     account,
                     device,
                     server_time_ms,
                     max_envelope,
-                    max_inflight
-                }
+                    max_inflight,
+                    idle_timeout_ms,
+                    max_pending_sends,
+                )| Frame::Welcome(Welcome {
+                    account,
+                    device,
+                    server_time_ms,
+                    max_envelope,
+                    max_inflight,
+                    idle_timeout_ms,
+                    max_pending_sends,
+                })
             ),
         (arb_id(), any::<u64>(), any::<u32>()).prop_map(|(msg_id, accepted_at_ms, recipients)| {
-            Frame::Accepted {
+            Frame::Accepted(Accepted {
                 msg_id,
                 accepted_at_ms,
                 recipients,
-            }
+            })
         }),
         (
             (any::<u64>(), arb_id(), any::<u64>(), any::<u32>()),
@@ -680,30 +724,40 @@ pub fn arb_v1_frame() -> impl Strategy<Value = Frame> {
                 |(
                     (seq, msg_id, from_account, from_device),
                     (accepted_at_ms, expires_at_ms, flags, payload),
-                )| Frame::Deliver {
-                    seq,
-                    msg_id,
-                    from_account,
-                    from_device,
-                    accepted_at_ms,
-                    expires_at_ms,
-                    flags,
+                )| Frame::Deliver(Deliver {
+                    meta: DeliverMeta {
+                        seq,
+                        msg_id,
+                        from_account,
+                        from_device,
+                        accepted_at_ms,
+                        expires_at_ms,
+                        flags
+                    },
                     payload
-                }
+                })
             ),
         (
             arb_id(),
-            prop::sample::select(ErrorCode::ALL.to_vec()),
+            prop_oneof![
+                prop::sample::select(ErrorCode::ALL.to_vec()),
+                // Codes a later revision may add decode too.
+                any::<u16>().prop_map(ErrorCode::from_u16),
+            ],
             any::<u32>(),
             arb_text()
         )
-            .prop_map(|(msg_id, code, retry_after_ms, message)| Frame::Error {
-                msg_id,
-                code,
-                retry_after_ms,
-                message
-            }),
-        any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
+            .prop_map(
+                |(msg_id, code, retry_after_ms, message)| Frame::Error(Refused {
+                    msg_id,
+                    refusal: Refusal {
+                        code,
+                        retry_after_ms,
+                        message: message.into(),
+                    }
+                })
+            ),
+        any::<u64>().prop_map(|nonce| Frame::Pong(Pong { nonce })),
     ]
 }
 
@@ -732,27 +786,27 @@ fn arb_recipient() -> impl Strategy<Value = MultiRecipient> {
 pub fn arb_group_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (arb_id(), any::<u64>(), arb_accounts()).prop_map(|(req_id, group, members)| {
-            Frame::GroupCreate {
+            Frame::GroupCreate(GroupCreate {
                 req_id,
                 group,
                 members,
-            }
+            })
         }),
         (arb_id(), any::<u64>(), any::<u8>(), arb_accounts()).prop_map(
-            |(req_id, group, op, accounts)| Frame::GroupUpdate {
+            |(req_id, group, op, accounts)| Frame::GroupUpdate(GroupUpdate {
                 req_id,
                 group,
                 op,
                 accounts
-            }
+            })
         ),
         (arb_id(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
-            |(req_id, group, offset, limit)| Frame::GroupGet {
+            |(req_id, group, offset, limit)| Frame::GroupGet(GroupGet {
                 req_id,
                 group,
                 offset,
                 limit
-            }
+            })
         ),
         (
             arb_id(),
@@ -762,13 +816,13 @@ pub fn arb_group_frame() -> impl Strategy<Value = Frame> {
             arb_payload()
         )
             .prop_map(
-                |(msg_id, group, ttl_secs, flags, payload)| Frame::SendGroup {
+                |(msg_id, group, ttl_secs, flags, payload)| Frame::SendGroup(SendGroup {
                     msg_id,
                     group,
                     ttl_secs,
                     flags,
                     payload
-                }
+                })
             ),
         (
             arb_id(),
@@ -778,21 +832,21 @@ pub fn arb_group_frame() -> impl Strategy<Value = Frame> {
             arb_payload()
         )
             .prop_map(
-                |(msg_id, ttl_secs, flags, recipients, payload)| Frame::SendMulti {
+                |(msg_id, ttl_secs, flags, recipients, payload)| Frame::SendMulti(SendMulti {
                     msg_id,
                     ttl_secs,
                     flags,
                     recipients,
                     payload
-                }
+                })
             ),
         (arb_id(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
-            |(req_id, group, version, members)| Frame::GroupOk {
+            |(req_id, group, version, members)| Frame::GroupOk(GroupOk {
                 req_id,
                 group,
                 version,
                 members
-            }
+            })
         ),
         (
             (arb_id(), any::<u64>(), any::<u64>(), any::<u64>()),
@@ -804,7 +858,7 @@ pub fn arb_group_frame() -> impl Strategy<Value = Frame> {
         )
             .prop_map(
                 |((req_id, group, version, creator), (total, offset, members))| {
-                    Frame::GroupInfo {
+                    Frame::GroupInfo(GroupInfo {
                         req_id,
                         group,
                         version,
@@ -812,7 +866,7 @@ pub fn arb_group_frame() -> impl Strategy<Value = Frame> {
                         total,
                         offset,
                         members,
-                    }
+                    })
                 }
             ),
         (
@@ -835,18 +889,20 @@ pub fn arb_group_frame() -> impl Strategy<Value = Frame> {
                 |(
                     (seq, msg_id, from_account, from_device, accepted_at_ms),
                     (expires_at_ms, flags, group, header, payload),
-                )| Frame::DeliverShared {
-                    seq,
-                    msg_id,
-                    from_account,
-                    from_device,
-                    accepted_at_ms,
-                    expires_at_ms,
-                    flags,
+                )| Frame::DeliverShared(DeliverShared {
+                    meta: DeliverMeta {
+                        seq,
+                        msg_id,
+                        from_account,
+                        from_device,
+                        accepted_at_ms,
+                        expires_at_ms,
+                        flags
+                    },
                     group,
                     header,
                     payload
-                }
+                })
             ),
     ]
 }
@@ -878,15 +934,15 @@ pub fn arb_policy_change() -> impl Strategy<Value = PolicyChange> {
 pub fn arb_privacy_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         3 => (arb_id(), arb_policy_change())
-            .prop_map(|(req_id, change)| Frame::PolicySet { req_id, change }),
-        1 => (arb_id(), any::<u64>()).prop_map(|(req_id, account)| Frame::Report { req_id, account }),
+            .prop_map(|(req_id, change)| Frame::PolicySet(PolicySet { req_id, change })),
+        1 => (arb_id(), any::<u64>()).prop_map(|(req_id, account)| Frame::Report(Report { req_id, account })),
         1 => (
             (arb_id(), any::<u64>(), any::<u32>(), any::<u32>()),
             (any::<u8>(), prop_oneof![arb_bytes(70), arb_bytes(300)], arb_payload())
         )
             .prop_map(
                 |((msg_id, to_account, to_device, ttl_secs), (flags, access_key, payload))| {
-                    Frame::SendSealed {
+                    Frame::SendSealed(SendSealed {
                         msg_id,
                         to_account,
                         to_device,
@@ -894,9 +950,9 @@ pub fn arb_privacy_frame() -> impl Strategy<Value = Frame> {
                         flags,
                         access_key,
                         payload,
-                    }
+                    })
                 }
             ),
-        1 => arb_id().prop_map(|req_id| Frame::Ok { req_id }),
+        1 => arb_id().prop_map(|req_id| Frame::Ok(RequestOk { req_id })),
     ]
 }

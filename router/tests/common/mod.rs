@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hearth_client::{ClientConfig, Connection, Deliveries, Delivery, Outgoing};
-use hearth_protocol::{MessageId, SigningKey, TokenClaims};
+use hearth_protocol::{encode, Decoded, Decoder, Frame, MessageId, SigningKey, TokenClaims};
 use hearth_router::{Config, Node};
 
 /// A generous deadline for events that must happen.
@@ -66,6 +66,28 @@ impl TestNode {
         format!("Bearer {}", self.node.admin_token())
     }
 
+    /// A raw connection to the node: QUIC handshake done and the stream open, nothing written.
+    pub async fn raw(&self) -> Raw {
+        let cfg = self.client_config(0, 0);
+        let endpoint = hearth_client::client_endpoint(cfg.bind_addr()).expect("endpoint");
+        let quic_cfg = hearth_client::quic_client_config(&cfg).expect("QUIC config");
+        let conn = endpoint
+            .connect_with(quic_cfg, cfg.addr, &cfg.server_name)
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (send, recv) = conn.open_bi().await.expect("stream");
+        Raw {
+            conn,
+            send,
+            recv,
+            buf: BytesMut::new(),
+            decoder: Decoder::new(1 << 20),
+            finished: false,
+            _endpoint: endpoint,
+        }
+    }
+
     pub fn admin_get(&self, path: &str) -> serde_json::Value {
         let url = format!("http://{}{}", self.node.admin_addr(), path);
         ureq::get(&url)
@@ -78,6 +100,75 @@ impl TestNode {
 
     pub fn status(&self) -> serde_json::Value {
         self.admin_get("/v1/status")
+    }
+}
+
+/// A connection driven by hand over the real QUIC stack, for what the Rust client would hide
+/// (pipelining behind HELLO, zero ids, a stream finished inside a frame).
+pub struct Raw {
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    decoder: Decoder,
+    finished: bool,
+    _endpoint: quinn::Endpoint,
+}
+
+impl Raw {
+    /// Write `frames` in one stream write.
+    pub async fn write(&mut self, frames: &[Frame]) {
+        let mut buf = BytesMut::new();
+        for f in frames {
+            encode(f, &mut buf);
+        }
+        self.write_bytes(&buf).await;
+    }
+
+    pub async fn write_bytes(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.expect("stream write");
+    }
+
+    /// The next frame from the node within `wait`; `None` on timeout or when the node ended
+    /// its stream (see [`Raw::closed`]).
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self
+                .decoder
+                .decode(&mut self.buf)
+                .expect("node frames decode")
+            {
+                Some(Decoded::Frame(f)) => return Some(f),
+                Some(other) => panic!("unexpected {other:?}"),
+                None => {}
+            }
+            if self.finished {
+                return None;
+            }
+            let read = tokio::time::timeout_at(deadline, self.recv.read_chunk(1 << 16, true));
+            match read.await {
+                Err(_) => return None,
+                Ok(Ok(Some(c))) => self.buf.extend_from_slice(&c.bytes),
+                Ok(Ok(None)) | Ok(Err(_)) => self.finished = true,
+            }
+        }
+    }
+
+    /// The next frame, or a panic after [`DEADLINE`].
+    pub async fn next(&mut self) -> Frame {
+        self.next_within(DEADLINE)
+            .await
+            .expect("a frame from the node within the deadline")
+    }
+
+    /// The application close code the node closed the connection with.
+    pub async fn close_code(&self) -> u64 {
+        match tokio::time::timeout(DEADLINE, self.conn.closed()).await {
+            Ok(quinn::ConnectionError::ApplicationClosed(c)) => c.error_code.into_inner(),
+            Ok(other) => panic!("closed without an application code: {other:?}"),
+            Err(_) => panic!("the node did not close the connection"),
+        }
     }
 }
 
