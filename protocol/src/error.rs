@@ -63,13 +63,18 @@ pub enum ErrorCode {
     Normal,
     /// An unexpected failure inside the node (for example a storage error).
     Internal,
+    /// The account's slot is owned by another node (after a move), or is moving: resend the
+    /// same request later (its message id makes the resend safe).
+    Moved,
+    /// The account is served by another node: the preceding `REDIRECT` names it. Close code.
+    Redirected,
     /// A code not in this version's table, kept as its wire value (never a known value).
     Unknown(u16),
 }
 
 impl ErrorCode {
     /// Every code of this version's table, in increasing value.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::MalformedFrame,
         ErrorCode::ProtocolViolation,
         ErrorCode::BadToken,
@@ -97,7 +102,9 @@ impl ErrorCode {
         ErrorCode::DeviceRemoved,
         ErrorCode::Normal,
         ErrorCode::BadAccessKey,
+        ErrorCode::Redirected,
         ErrorCode::Internal,
+        ErrorCode::Moved,
     ];
 
     /// The code of a wire value; values not in the table become [`ErrorCode::Unknown`].
@@ -130,7 +137,9 @@ impl ErrorCode {
             35 => ErrorCode::DeviceRemoved,
             36 => ErrorCode::Normal,
             37 => ErrorCode::BadAccessKey,
+            39 => ErrorCode::Redirected,
             48 => ErrorCode::Internal,
+            50 => ErrorCode::Moved,
             other => ErrorCode::Unknown(other),
         }
     }
@@ -165,7 +174,9 @@ impl ErrorCode {
             ErrorCode::DeviceRemoved => 35,
             ErrorCode::Normal => 36,
             ErrorCode::BadAccessKey => 37,
+            ErrorCode::Redirected => 39,
             ErrorCode::Internal => 48,
+            ErrorCode::Moved => 50,
             ErrorCode::Unknown(v) => v,
         }
     }
@@ -199,6 +210,7 @@ impl ErrorCode {
             | ErrorCode::GoingAway
             | ErrorCode::TooManyConnections
             | ErrorCode::DeviceRemoved
+            | ErrorCode::Redirected
             | ErrorCode::Normal => true,
             ErrorCode::Unknown(_) => {
                 matches!(self.class(), Class::FatalPermanent | Class::FatalTransient)
@@ -211,7 +223,10 @@ impl ErrorCode {
     /// `retry_after_ms`, or a backoff) may succeed. Unknown codes: range 48–63 (mod 64).
     pub fn is_retryable(self) -> bool {
         match self {
-            ErrorCode::Overloaded | ErrorCode::RateLimited | ErrorCode::Internal => true,
+            ErrorCode::Overloaded
+            | ErrorCode::RateLimited
+            | ErrorCode::Internal
+            | ErrorCode::Moved => true,
             ErrorCode::Unknown(_) => self.class() == Class::Retryable,
             _ => false,
         }
@@ -263,6 +278,8 @@ impl ErrorCode {
             ErrorCode::Normal => "NORMAL",
             ErrorCode::BadAccessKey => "BAD_ACCESS_KEY",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Moved => "MOVED",
+            ErrorCode::Redirected => "REDIRECTED",
             ErrorCode::Unknown(_) => "UNKNOWN",
         }
     }

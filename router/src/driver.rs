@@ -112,10 +112,19 @@ impl Driver {
                 });
             }
             Action::Forward { node, batch } => {
+                // No cluster: nothing can answer; the core hears the node is gone.
                 tracing::error!(
                     node,
                     sends = batch.len(),
                     "a send routed to another node, but this node runs no cluster"
+                );
+                self.with(|c| c.node_lost(node));
+            }
+            Action::Return { node, batch } => {
+                tracing::error!(
+                    node,
+                    answers = batch.len(),
+                    "answers for another node, but this node runs no cluster"
                 );
             }
         }

@@ -12,7 +12,7 @@ use hearth_storage::{
     DeviceKey, GroupError, GroupOp, GroupPage, GroupState, ListKind, Reach, StorageError, WriteSet,
 };
 
-use super::routed::Routed;
+use super::forward::{Forwarded, Returned};
 use super::slots::NodeId;
 
 /// A connection, as the core knows it (never reused while the core lives).
@@ -38,8 +38,17 @@ pub(crate) enum Action {
     Wake { token: Bytes, urgent: bool },
     /// Load a group's members into memory, then call `handle_group_loaded`.
     LoadGroup { group: u64 },
-    /// Send these routed values to the node that owns their slots (cluster).
-    Forward { node: NodeId, batch: Vec<Routed> },
+    /// Send these routed values to the node that owns their slots (cluster); its answers come
+    /// back with `handle_returned`.
+    Forward {
+        node: NodeId,
+        batch: Vec<Forwarded>,
+    },
+    /// Send these answers back to the node the forwarded sends came from.
+    Return {
+        node: NodeId,
+        batch: Vec<Returned>,
+    },
 }
 
 /// Device registration to perform at HELLO, then `handle_registered`.

@@ -15,6 +15,7 @@
 mod action;
 mod conns;
 mod delivery;
+mod forward;
 mod ingress;
 mod owner;
 mod policy;
@@ -40,7 +41,9 @@ pub(crate) use action::{
     Action, ConnId, ConnOutput, JobId, QueueRead, Registration, Request, RequestOutcome, Wake,
 };
 pub(crate) use routed::{Origin, Routed, Target};
-pub(crate) use slots::{NodeId, SlotMap};
+#[allow(unused_imports)] // the cluster driver uses WireError
+pub(crate) use forward::{Forwarded, Returned, WireError};
+pub(crate) use slots::{Fence, NodeId, SlotMap};
 pub(crate) use view::{Loaded, View};
 
 use crate::config::{Limits, Privacy, Residency};
@@ -74,6 +77,8 @@ enum ReplyTo {
     Conn(ConnId),
     /// One part of a send split between owners; the whole answers once every part has.
     FanIn(u64),
+    /// A send forwarded by another node, answered with `token`.
+    Remote { node: NodeId, token: u64 },
 }
 
 /// An answer to a send or request: now, or later through [`Router`]'s answer queue.
@@ -134,6 +139,14 @@ pub(crate) struct Router {
     next_fan_in: u64,
     /// Sends waiting for their group's members to be loaded.
     parked: HashMap<u64, Vec<(ReplyTo, Routed)>>,
+    /// Sends forwarded to other nodes, by token: the node and where the answer goes.
+    remote: HashMap<u64, (NodeId, ReplyTo, MessageId)>,
+    next_token: u64,
+    /// Forwards and returns of the input being handled, one batch per node.
+    forwards: HashMap<NodeId, Vec<Forwarded>>,
+    returns: HashMap<NodeId, Vec<Returned>>,
+    /// PONGs waiting for the write that makes the acks before their PING durable.
+    pongs: Vec<(ConnId, JobId, u64)>,
     /// The latest `now_ms` seen (the rate limiters' clock never goes back).
     now_ms: u64,
 }
@@ -168,6 +181,11 @@ impl Router {
             fan_ins: HashMap::new(),
             next_fan_in: 1,
             parked: HashMap::new(),
+            remote: HashMap::new(),
+            next_token: 1,
+            forwards: HashMap::new(),
+            returns: HashMap::new(),
+            pongs: Vec::new(),
             now_ms: 0,
         }
     }
@@ -336,9 +354,14 @@ impl Router {
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
+        // Neither expired entries nor acknowledged ones whose delete is not written yet.
         let seqs: Vec<(u64, bool)> = entries
             .iter()
-            .map(|e| (e.seq, e.envelope.expires_at_ms > now_ms))
+            .map(|e| {
+                let live = e.envelope.expires_at_ms > now_ms
+                    && !self.owner.deleting(read.device, e.seq);
+                (e.seq, live)
+            })
             .collect();
         let send = c.delivery.on_read(read.max, &seqs);
         let mut next = send.iter().peekable();
@@ -377,6 +400,16 @@ impl Router {
         let now_ms = self.tick_clock(now_ms);
         let (owner, mut cx) = self.cx();
         owner.committed(&mut cx, job, result, now_ms);
+        let poisoned = self.owner.poisoned();
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pongs)
+            .into_iter()
+            .partition(|(_, barrier, _)| *barrier <= job || poisoned);
+        self.pongs = waiting;
+        for (conn, _, nonce) in due {
+            if let Some(c) = self.conns.get_mut(conn) {
+                c.send(Frame::Pong(Pong { nonce }));
+            }
+        }
         self.flush_answers();
     }
 
@@ -414,6 +447,78 @@ impl Router {
             }
         }
         self.flush_answers();
+    }
+
+    /// Sends another node forwarded here, for slots it believes this node owns.
+    pub fn handle_forwarded(&mut self, from: NodeId, batch: Vec<Forwarded>, now_ms: u64) {
+        let now_ms = self.tick_clock(now_ms);
+        for Forwarded { token, routed } in batch {
+            let reply = ReplyTo::Remote { node: from, token };
+            let msg_id = routed.msg_id();
+            let refusal = match self.slots.fence(routed.slot_key(), routed.epoch) {
+                Fence::Accept => None,
+                Fence::Moved { owner } => Some(
+                    Refusal::new(
+                        ErrorCode::Moved,
+                        format!("the slot moved to node {owner}; route again"),
+                    )
+                    .retry_after(10),
+                ),
+                Fence::Sealed => Some(
+                    Refusal::new(ErrorCode::Moved, "the slot is moving; retry shortly")
+                        .retry_after(100),
+                ),
+                Fence::Behind => Some(
+                    Refusal::new(ErrorCode::Moved, "the owner is catching up with the slot map")
+                        .retry_after(50),
+                ),
+            };
+            let answer = match refusal {
+                Some(r) => {
+                    Metrics::inc(&self.metrics.refused);
+                    Answer::Now(r.answer(msg_id))
+                }
+                None => self.route_one(reply, routed, now_ms),
+            };
+            if let Answer::Now(frame) = answer {
+                self.answer(reply, frame);
+            }
+        }
+        self.flush_answers();
+    }
+
+    /// Answers to sends this node forwarded.
+    pub fn handle_returned(&mut self, batch: Vec<Returned>) {
+        for Returned { token, frame } in batch {
+            if let Some((_, reply, _)) = self.remote.remove(&token) {
+                self.answer(reply, frame);
+            }
+        }
+        self.flush_answers();
+    }
+
+    /// The link to `node` failed with forwarded sends unanswered: answer them with a refusal
+    /// to retry (a retry with the same message id is deduplicated where it was stored).
+    pub fn node_lost(&mut self, node: NodeId) {
+        let lost: Vec<u64> = self
+            .remote
+            .iter()
+            .filter(|(_, (n, _, _))| *n == node)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in lost {
+            if let Some((_, reply, msg_id)) = self.remote.remove(&token) {
+                let r = Refusal::new(ErrorCode::Overloaded, "the owner node is unreachable")
+                    .retry_after(200);
+                self.answer(reply, r.answer(msg_id));
+            }
+        }
+        self.flush_answers();
+    }
+
+    /// The slot map changed.
+    pub fn set_slot_map(&mut self, map: SlotMap) {
+        self.slots = map;
     }
 
     /// The connection is gone (closed by either side, or lost).
@@ -623,8 +728,15 @@ impl Router {
                 owner.ack(&mut cx, auth.key, a.seqs, now_ms);
             }
             Frame::Ping(p) => {
-                let c = self.conns.get_mut(conn).expect("open");
-                c.send(Frame::Pong(Pong { nonce: p.nonce }));
+                // PONG promises that every earlier frame was applied, acks included: it waits
+                // for the write that deletes what this device acknowledged.
+                match self.owner.ack_barrier(auth.key) {
+                    Some(job) => self.pongs.push((conn, job, p.nonce)),
+                    None => {
+                        let c = self.conns.get_mut(conn).expect("open");
+                        c.send(Frame::Pong(Pong { nonce: p.nonce }));
+                    }
+                }
             }
             Frame::Report(r) => {
                 let frame = self
@@ -718,11 +830,10 @@ impl Router {
         let node = self.slots.owner_of(r.slot_key());
         if node != self.slots.local() {
             // The cluster's links carry it, and its answer, between nodes.
-            self.actions.push_back(Action::Forward {
-                node,
-                batch: vec![r],
-            });
-            let _ = reply;
+            let token = self.next_token;
+            self.next_token += 1;
+            self.remote.insert(token, (node, reply, r.msg_id()));
+            self.forwards.entry(node).or_default().push(Forwarded { token, routed: r });
             return Answer::Later;
         }
         match r.target {
@@ -813,12 +924,19 @@ impl Router {
         }))
     }
 
-    /// Deliver the later answers collected while handling an input.
+    /// Deliver the later answers collected while handling an input, and hand the driver the
+    /// batches for other nodes.
     fn flush_answers(&mut self) {
         while !self.answers.is_empty() {
             for (reply, frame) in std::mem::take(&mut self.answers) {
                 self.answer(reply, frame);
             }
+        }
+        for (node, batch) in self.forwards.drain() {
+            self.actions.push_back(Action::Forward { node, batch });
+        }
+        for (node, batch) in self.returns.drain() {
+            self.actions.push_back(Action::Return { node, batch });
         }
     }
 
@@ -829,6 +947,12 @@ impl Router {
                     c.unanswered = c.unanswered.saturating_sub(1);
                     c.send(frame);
                 }
+            }
+            ReplyTo::Remote { node, token } => {
+                self.returns
+                    .entry(node)
+                    .or_default()
+                    .push(Returned { token, frame });
             }
             ReplyTo::FanIn(id) => {
                 self.fan_in(id, frame);

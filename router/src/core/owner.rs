@@ -164,6 +164,8 @@ struct Batch {
     since_ms: Option<u64>,
     /// Payload bytes collected.
     held_bytes: u64,
+    /// The acks a write carries (kept while it is written).
+    acks_sent: Vec<(DeviceKey, Vec<u64>)>,
 }
 
 impl Batch {
@@ -192,6 +194,9 @@ pub(super) struct Owner {
     pending_bytes: u64,
     /// Set once a write failed: the store refuses every change from then on.
     poisoned: bool,
+    /// Acknowledged entries whose delete is collected or being written: a queue read must not
+    /// hand them out again.
+    deleting: HashSet<(DeviceKey, u64)>,
 }
 
 impl Owner {
@@ -208,6 +213,7 @@ impl Owner {
             in_flight: HashMap::new(),
             pending_bytes: 0,
             poisoned: false,
+            deleting: HashSet::new(),
         }
     }
 
@@ -665,6 +671,7 @@ impl Owner {
             }
         }
         if !deletes.is_empty() {
+            self.deleting.extend(deletes.iter().map(|&s| (key, s)));
             let b = &mut self.collecting;
             b.since_ms.get_or_insert(now_ms);
             b.set.acks.push((key, deletes));
@@ -732,12 +739,14 @@ impl Owner {
         }
         let job = self.next_job;
         self.next_job += 1;
+        let acks_sent = write.acks.clone();
         cx.actions.push_back(Action::Enqueue { job, write });
         self.writing = Some((
             job,
             Batch {
                 sends: waiting,
                 counts,
+                acks_sent,
                 ..Batch::default()
             },
         ));
@@ -755,6 +764,11 @@ impl Owner {
         let Some((id, batch)) = self.writing.take() else {
             return;
         };
+        for (key, seqs) in &batch.acks_sent {
+            for seq in seqs {
+                self.deleting.remove(&(*key, *seq));
+            }
+        }
         debug_assert_eq!(id, job, "writes complete in order");
         let outcomes = match result {
             Ok(o) => {
@@ -829,6 +843,22 @@ impl Owner {
             }
         }
         self.flush(cx, now_ms);
+    }
+
+    /// Whether the delete of `(key, seq)` is collected or being written.
+    pub fn deleting(&self, key: DeviceKey, seq: u64) -> bool {
+        self.deleting.contains(&(key, seq))
+    }
+
+    /// The job whose commit makes every ack of `key` taken so far durable (None: none waits).
+    pub fn ack_barrier(&self, key: DeviceKey) -> Option<JobId> {
+        if self.collecting.set.acks.iter().any(|(k, _)| *k == key) {
+            return Some(self.next_job);
+        }
+        match &self.writing {
+            Some((job, b)) if b.acks_sent.iter().any(|(k, _)| *k == key) => Some(*job),
+            _ => None,
+        }
     }
 
     /// Forget a device that was removed.

@@ -2,6 +2,7 @@
 //! clock drive it with no sockets (`sim.rs`); the routing rules (`rules.rs`) and random
 //! interleavings against the delivery invariants (`props.rs`) run on it.
 
+mod cluster;
 mod mem;
 mod props;
 mod rules;

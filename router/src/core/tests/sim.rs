@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hearth_protocol::{
     Ack, ErrorCode, Frame, Hello, MessageId, Scope, Send, SigningKey, TokenClaims, PROTOCOL_VERSION,
 };
@@ -15,7 +15,7 @@ use hearth_storage::DeviceKey;
 
 use super::mem::MemStore;
 use crate::config::{Limits, Privacy, Residency};
-use crate::core::{Action, ConnId, CoreConfig, Router, SlotMap, Wake};
+use crate::core::{Action, ConnId, CoreConfig, NodeId, Router, SlotMap, Wake};
 use crate::metrics::Metrics;
 use crate::safety::{Safety, SafetyConfig};
 
@@ -76,6 +76,16 @@ pub(crate) struct Sim {
     pub auto_commit: bool,
     /// Let virtual time pass to the core's next timeout whenever the simulation is idle.
     pub auto_advance: bool,
+    /// Bytes for other nodes (a cluster of simulations passes them on).
+    pub outbox: Vec<(NodeId, Wire)>,
+}
+
+/// Bytes between two simulated nodes.
+pub(crate) enum Wire {
+    /// An encoded `Forwarded`.
+    Forward(Bytes),
+    /// An encoded `Returned`.
+    Return(Bytes),
 }
 
 impl Sim {
@@ -84,8 +94,12 @@ impl Sim {
     }
 
     pub fn with(setup: Setup) -> Sim {
+        Sim::node(setup, SlotMap::single(0), SigningKey::generate())
+    }
+
+    /// Node `map.local()` of a cluster whose devices hold tokens of `signing`.
+    pub fn node(setup: Setup, map: SlotMap, signing: SigningKey) -> Sim {
         let store = Arc::new(MemStore::new(setup.limits.dedup_window_secs * 1000));
-        let signing = SigningKey::generate();
         let core = Router::new(
             CoreConfig {
                 retention_ms: setup.safety.retention_secs * 1000,
@@ -97,7 +111,7 @@ impl Sim {
             },
             store.clone(),
             signing.verifying_key(),
-            SlotMap::single(0),
+            map,
             Arc::new(Safety::new(setup.safety)),
             Arc::new(Metrics::default()),
         );
@@ -110,6 +124,7 @@ impl Sim {
             wakeups: Vec::new(),
             auto_commit: true,
             auto_advance: true,
+            outbox: Vec::new(),
         };
         sim.core.tick(T0);
         sim
@@ -279,7 +294,20 @@ impl Sim {
                         .handle_group_loaded(group, Ok(members), self.now_ms);
                 }
                 Action::Wake { token, urgent } => self.wakeups.push((token, urgent)),
-                Action::Forward { .. } => panic!("a single node forwards nothing"),
+                Action::Forward { node, batch } => {
+                    for f in batch {
+                        let mut b = BytesMut::new();
+                        f.encode(&mut b);
+                        self.outbox.push((node, Wire::Forward(b.freeze())));
+                    }
+                }
+                Action::Return { node, batch } => {
+                    for r in batch {
+                        let mut b = BytesMut::new();
+                        r.encode(&mut b);
+                        self.outbox.push((node, Wire::Return(b.freeze())));
+                    }
+                }
             }
         }
         let woken: Vec<ConnId> = self
