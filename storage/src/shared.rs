@@ -86,6 +86,7 @@ pub(crate) struct Totals {
     pub pending_bytes: AtomicU64,
     pub commits: AtomicU64,
     pub payloads: AtomicU64,
+    pub batch_ops: AtomicU64,
 }
 
 impl Totals {

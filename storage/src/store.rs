@@ -646,6 +646,7 @@ impl Store {
             fsync_max_us: max,
             pending_bytes: Totals::get(&t.pending_bytes),
             payloads: Totals::get(&t.payloads),
+            batch_ops: Totals::get(&t.batch_ops),
         }
     }
 

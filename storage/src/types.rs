@@ -220,6 +220,9 @@ pub struct StoreStats {
     pub pending_bytes: u64,
     /// Shared payloads stored (committed) by `enqueue_shared` and still referenced.
     pub payloads: u64,
+    /// RocksDB operations (the records of the write batches: puts, deletes, single deletes)
+    /// written by group commits since open.
+    pub batch_ops: u64,
 }
 
 /// What one [`crate::Store::sweep_expired`] call removed.

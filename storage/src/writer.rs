@@ -974,6 +974,7 @@ impl<'a> Group<'a> {
             Ok(())
         } else {
             let start = Instant::now();
+            Totals::add(&sh.totals.batch_ops, batch.len() as u64);
             let mut wo = WriteOptions::default();
             wo.set_sync(self.sync);
             let gate = sh.gate.write().unwrap_or_else(|e| e.into_inner());
