@@ -29,7 +29,9 @@ mod account_api;
 
 mod batch;
 mod commit;
+mod dedup;
 mod error;
+mod expiry;
 mod group_api;
 mod groups;
 mod keys;

@@ -1,6 +1,8 @@
 //! RocksDB operations per stored envelope over its whole life (written by `Store::write` as the
 //! routing core does, with its dedup identity; acknowledged; swept once everything expired),
-//! counted from the records of the write batches (`StoreStats::batch_ops`).
+//! counted from the records of the write batches (`StoreStats::batch_ops`): one put and one
+//! delete per entry (and per shared payload), nothing else; a device record once per block of
+//! seqs.
 
 mod common;
 
@@ -142,11 +144,74 @@ fn operations_per_stored_envelope() {
         "1:1 envelope: {w} to write, {a} to ack, {s} to sweep: {}",
         w + a + s
     );
+    assert_eq!((w, a, s), (1.0, 1.0, 0.0));
     let (gw, ga, gs) = group(&rt, &store);
     eprintln!(
         "group envelope to {GROUP} devices: {gw} to write, {ga} to ack, {gs} to sweep: {}",
         gw + ga + gs
     );
+    let n = f64::from(GROUP);
+    assert_eq!((gw, ga, gs), (n + 1.0, n + 1.0, 0.0));
+}
+
+/// The seq ceiling in a device record (registered_at_ms u64 | ceiling u64), read raw.
+fn ceiling(store: &Store, d: DeviceKey) -> u64 {
+    let key = [
+        &d.slot().to_be_bytes()[..],
+        &d.account.to_be_bytes(),
+        &d.device.to_be_bytes(),
+    ]
+    .concat();
+    let (_, _, v) = store
+        .scan_all()
+        .unwrap()
+        .into_iter()
+        .find(|(cf, k, _)| cf == "devices" && *k == key)
+        .unwrap();
+    u64::from_be_bytes(v[8..16].try_into().unwrap())
+}
+
+/// The device record reserves seqs by blocks: written at registration, again only by the
+/// write whose seq reaches the ceiling, and with the exact next seq at a clean shutdown.
+#[test]
+fn device_records_are_written_once_per_block_of_seqs() {
+    const BLOCK: u64 = 4096;
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    let (sender, to) = (DeviceKey::new(1, 1), DeviceKey::new(2, 1));
+    rt.block_on(store.register_device(to, T0)).unwrap();
+    assert_eq!(ceiling(&store, to), 1 + BLOCK);
+    let send = |seq: u64| SendWrite {
+        env: env(u128::from(seq), T0, 60_000, b"x"),
+        shared: None,
+        entries: vec![EntryWrite {
+            device: to,
+            seq,
+            header: Bytes::new(),
+        }],
+        dedup: Some((sender, 1)),
+    };
+    let before = ops(&store);
+    for first in (1..=BLOCK + 10).step_by(100) {
+        let set = WriteSet {
+            sends: (first..(first + 100).min(BLOCK + 11)).map(send).collect(),
+            acks: vec![],
+        };
+        write(&rt, &store, set);
+    }
+    // One put per entry, and one device record: seq 1 + BLOCK reached the ceiling.
+    assert_eq!(ops(&store) - before, BLOCK + 10 + 1);
+    assert_eq!(ceiling(&store, to), 2 + 2 * BLOCK);
+    assert_eq!(store.queue_state(to).unwrap().next_seq, BLOCK + 11);
+    store.close();
+    let store = Store::open(dir.path(), opts()).unwrap();
+    assert_eq!(
+        ceiling(&store, to),
+        BLOCK + 11,
+        "exact after a clean shutdown"
+    );
+    assert_eq!(store.queue_state(to).unwrap().next_seq, BLOCK + 11);
 }
 
 /// User + system CPU time of this process so far, in microseconds (from /proc/self/stat).
