@@ -560,7 +560,7 @@ impl<'a> Group<'a> {
     /// leaves the batch untouched (but the seq ceilings: seqs were handed out) and gives every
     /// counter back. Duplicates are decided in order, each send seeing the ones before it.
     fn write(&mut self, job: WriteJob) {
-        let acked = match self.find_acks(&job.acks) {
+        let (mut acked, unknown) = match self.find_acks(&job.acks) {
             Ok(found) => found,
             Err(e) => {
                 for send in &job.sends {
@@ -604,6 +604,19 @@ impl<'a> Group<'a> {
             });
             self.put_send(send);
         }
+        // Acks apply after the sends: those of entries the sends just wrote too.
+        for (device, seq) in unknown {
+            let key = keys::queue_key(device, seq);
+            if let Some(Some(meta)) = self.queue_overlay.get(&key) {
+                let meta = *meta;
+                acked.push(Found {
+                    key,
+                    device,
+                    seq,
+                    meta,
+                });
+            }
+        }
         let mut acks = 0;
         for found in acked {
             acks += u64::from(self.delete_entry(found));
@@ -627,13 +640,31 @@ impl<'a> Group<'a> {
         });
     }
 
-    /// The acked entries that exist, as of the end of this group so far.
-    fn find_acks(&self, acks: &[(DeviceKey, Vec<u64>)]) -> Result<Vec<Found>, StorageError> {
+    /// The acked entries that exist as of the end of this group so far, and the (device, seq)
+    /// of the others.
+    #[allow(clippy::type_complexity)]
+    fn find_acks(
+        &self,
+        acks: &[(DeviceKey, Vec<u64>)],
+    ) -> Result<(Vec<Found>, Vec<(DeviceKey, u64)>), StorageError> {
         let mut acked = Vec::new();
+        let mut unknown = Vec::new();
         for (device, seqs) in acks {
-            acked.extend(self.find_acked(*device, seqs.clone())?);
+            // In seq order.
+            let found = self.find_acked(*device, seqs.clone())?;
+            if found.len() < seqs.len() {
+                let mut seqs = seqs.clone();
+                seqs.sort_unstable();
+                seqs.dedup();
+                unknown.extend(
+                    seqs.into_iter()
+                        .filter(|s| found.binary_search_by_key(s, |f| f.seq).is_err())
+                        .map(|s| (*device, s)),
+                );
+            }
+            acked.extend(found);
         }
-        Ok(acked)
+        Ok((acked, unknown))
     }
 
     fn put_records(&mut self, records: &[(keys::DevicePrefix, DeviceRecord)]) {

@@ -665,3 +665,106 @@ fn handles_and_futures_are_send() {
     send(&store.ack(d, &[1]));
     send(&store.sweep_expired(T0, 1));
 }
+
+/// A store written by the previous layout (an expiry index, a dedup record per send, device
+/// records holding the exact next seq) opens: the index is deleted, the dedup records are kept
+/// as records of their own until their window ends, entries expire at their time.
+#[test]
+fn data_of_the_previous_layout_opens() {
+    use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+    let dir = tempfile::tempdir().unwrap();
+    let (sender, d) = (DeviceKey::new(1, 1), DeviceKey::new(2, 1));
+    let prefix = |d: DeviceKey| {
+        [
+            &d.slot().to_be_bytes()[..],
+            &d.account.to_be_bytes(),
+            &d.device.to_be_bytes(),
+        ]
+        .concat()
+    };
+    let envelope = |msg: u128, expires: u64| {
+        let mut v = vec![1u8];
+        v.extend_from_slice(&msg.to_be_bytes());
+        v.extend_from_slice(&1u64.to_be_bytes());
+        v.extend_from_slice(&1u32.to_be_bytes());
+        v.extend_from_slice(&T0.to_be_bytes());
+        v.extend_from_slice(&expires.to_be_bytes());
+        v.push(0);
+        v.extend_from_slice(b"old");
+        v
+    };
+    {
+        let mut o = Options::default();
+        o.create_if_missing(true);
+        o.create_missing_column_families(true);
+        let names = [
+            "queues",
+            "devices",
+            "dedup",
+            "expiry",
+            "groups",
+            "members",
+            "payloads",
+            "accounts",
+            "lists",
+            "push",
+            "memberships",
+        ];
+        let cfs = names.map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&o, dir.path(), cfs).unwrap();
+        let cf = |n: &str| db.cf_handle(n).unwrap();
+        let record = [T0.to_be_bytes(), 3u64.to_be_bytes()].concat();
+        db.put_cf(cf("devices"), prefix(d), record).unwrap();
+        let mut index = Vec::new();
+        for (seq, expires) in [(1u64, T0 + 100), (2, T0 + 10_000)] {
+            let key = [prefix(d), seq.to_be_bytes().to_vec()].concat();
+            db.put_cf(cf("queues"), &key, envelope(u128::from(seq), expires))
+                .unwrap();
+            index.push([&expires.to_be_bytes()[..], &[0], &key].concat());
+        }
+        let dedup_key = [prefix(sender), 1u128.to_be_bytes().to_vec()].concat();
+        let expires = T0 + 60_000;
+        let value = [
+            &T0.to_be_bytes()[..],
+            &1u32.to_be_bytes(),
+            &expires.to_be_bytes(),
+        ]
+        .concat();
+        db.put_cf(cf("dedup"), &dedup_key, value).unwrap();
+        index.push([&expires.to_be_bytes()[..], &[1], &dedup_key].concat());
+        for k in index {
+            db.put_cf(cf("expiry"), k, []).unwrap();
+        }
+        db.put(b"hearth-clean-shutdown", []).unwrap();
+    }
+    let rt = rt();
+    let store = store_with(dir.path(), opts());
+    let c = counts(&store);
+    assert_eq!((c["queues"], c["dedup"], c["expiry"]), (2, 1, 0));
+    assert_eq!(store.queue_state(d).unwrap().next_seq, 3);
+    let rec = DedupRecord {
+        accepted_at_ms: T0,
+        recipients: 1,
+    };
+    let lookup = |store: &Store| store.dedup_lookup(sender, MessageId::from_u128(1)).unwrap();
+    assert_eq!(lookup(&store), Some(rec));
+    let s = rt.block_on(store.sweep_expired(T0 + 100, 10)).unwrap();
+    assert_eq!((s.expired, s.dedup_removed), (vec![(d, 1)], 0));
+    // The record outlives its envelope (it has no copy to go with), until its window ends.
+    assert_eq!(lookup(&store), Some(rec));
+    let e = store
+        .enqueue(&[d], &env(1, T0 + 200, 1_000, b"retry"), Some((sender, 1)))
+        .unwrap();
+    rt.block_on(e.commit).unwrap();
+    assert_eq!(seqs(&store, d), [2], "a duplicate");
+    let s = rt.block_on(store.sweep_expired(T0 + 60_000, 10)).unwrap();
+    assert_eq!((s.expired, s.dedup_removed), (vec![(d, 2)], 1));
+    assert_eq!(lookup(&store), None);
+    let c = counts(&store);
+    assert_eq!((c["queues"], c["dedup"], c["expiry"]), (0, 0, 0));
+    // The old entries' seqs are not given again.
+    let e = store
+        .enqueue(&[d], &env(9, T0, 1_000, b"new"), None)
+        .unwrap();
+    assert_eq!(e.seqs, [(d, 4)]);
+}
