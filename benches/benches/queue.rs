@@ -2,6 +2,10 @@
 //! one payload to 1,000 devices, shared (one payload, pointer entries) or inline (a copy per
 //! entry).
 //!
+//! `stored_acked` is the routing core's path: `Store::write` of envelopes with their dedup
+//! identity, then their acks, then a sweep once everything expired (the whole life of an
+//! envelope a device fetched from its queue).
+//!
 //! `cargo bench -p hearth-benches --bench queue`. Each group is kept short: the machine has
 //! two cores shared with other work. Sync figures measure this disk's fsync more than our code.
 
@@ -10,7 +14,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use hearth_protocol::MessageId;
-use hearth_storage::{DeviceKey, Durability, SharedRecipient, Store, StoreOptions, StoredEnvelope};
+use hearth_storage::{
+    DeviceKey, Durability, EntryWrite, SendWrite, SharedRecipient, Store, StoreOptions,
+    StoredEnvelope, WriteSet,
+};
 
 const PAYLOAD: usize = 512;
 const BATCH: usize = 64;
@@ -270,12 +277,134 @@ fn fan_out(c: &mut Criterion) {
     store.close();
 }
 
+/// The whole life of stored envelopes on the core's path (Durability::None, so the CPU of the
+/// writer is measured, not the disk): one `Store::write` of BATCH 1:1 envelopes (each with its
+/// dedup identity, to one of DEVICES queues), or of one group envelope to GROUP devices, then
+/// one write of their acks; every SWEEP_EVERY such cycles (timed too) a sweep at a time when
+/// every envelope and dedup window has expired deletes what the writes left behind, if
+/// anything (a sweep per cycle would mostly measure the walk over the tombstones that earlier
+/// sweeps left in the old expiry index). Throughput counts envelopes (1:1) or entries (group).
+fn stored_acked(c: &mut Criterion) {
+    const GROUP: u32 = 100;
+    const SWEEP_EVERY: u64 = 64;
+    let mut g = c.benchmark_group("stored_acked");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir, Durability::None);
+    let rt = rt();
+    register(&rt, &store);
+    let members: Vec<DeviceKey> = (0..GROUP)
+        .map(|i| DeviceKey::new(200_000 + u64::from(i), 1))
+        .collect();
+    for d in &members {
+        rt.block_on(store.register_device(*d, 1)).unwrap();
+    }
+    let sender = DeviceKey::new(1, 1);
+    let mut n = 0u128;
+    let mut next_seq = std::collections::HashMap::<DeviceKey, u64>::new();
+    let mut seq = move |d: DeviceKey| {
+        let s = next_seq.entry(d).or_insert(1);
+        *s += 1;
+        *s - 1
+    };
+    let end = envelope(0).expires_at_ms + 24 * 3_600_000;
+    let mut cycles = 0u64;
+    let mut cycle = |set: WriteSet, acks: Vec<(DeviceKey, Vec<u64>)>| {
+        let o = rt.block_on(store.write(set).unwrap()).unwrap();
+        assert!(o
+            .sends
+            .iter()
+            .all(|s| matches!(s, hearth_storage::SendOutcome::Written { .. })));
+        let acked = rt
+            .block_on(
+                store
+                    .write(WriteSet {
+                        sends: vec![],
+                        acks,
+                    })
+                    .unwrap(),
+            )
+            .unwrap()
+            .acked;
+        cycles += 1;
+        if cycles % SWEEP_EVERY == 0 {
+            rt.block_on(store.sweep_expired(end, usize::MAX)).unwrap();
+        }
+        acked
+    };
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function(format!("one_to_one/batch{BATCH}"), |b| {
+        b.iter(|| {
+            let mut set = WriteSet::default();
+            let mut acks: Vec<(DeviceKey, Vec<u64>)> = Vec::new();
+            for i in 0..BATCH {
+                n += 1;
+                let d = device(i as u32 % DEVICES);
+                let s = seq(d);
+                acks.push((d, vec![s]));
+                set.sends.push(SendWrite {
+                    env: envelope(n),
+                    shared: None,
+                    entries: vec![EntryWrite {
+                        device: d,
+                        seq: s,
+                        header: Bytes::new(),
+                    }],
+                    dedup: Some((sender, 1)),
+                });
+            }
+            assert_eq!(cycle(set, acks), BATCH as u64);
+        })
+    });
+    g.throughput(Throughput::Elements(GROUP.into()));
+    g.bench_function(format!("group/{GROUP}"), |b| {
+        b.iter(|| {
+            n += 1;
+            let mut acks: Vec<(DeviceKey, Vec<u64>)> = Vec::new();
+            let entries = members
+                .iter()
+                .map(|&device| {
+                    let s = seq(device);
+                    acks.push((device, vec![s]));
+                    EntryWrite {
+                        device,
+                        seq: s,
+                        header: Bytes::new(),
+                    }
+                })
+                .collect();
+            let set = WriteSet {
+                sends: vec![SendWrite {
+                    env: envelope(n),
+                    shared: Some(9),
+                    entries,
+                    dedup: Some((sender, GROUP)),
+                }],
+                acks: vec![],
+            };
+            assert_eq!(cycle(set, acks), u64::from(GROUP));
+        })
+    });
+    g.finish();
+    assert_eq!(store.stats().queued, 0);
+    store.close();
+}
+
 /// The criterion group (criterion's macro generates an undocumented `pub fn`).
 #[allow(missing_docs)]
 mod group {
     use super::*;
 
-    criterion_group!(benches, enqueue_commit, read_queue_drain, ack, fan_out);
+    criterion_group!(
+        benches,
+        enqueue_commit,
+        read_queue_drain,
+        ack,
+        fan_out,
+        stored_acked
+    );
 }
 
 criterion_main!(group::benches);

@@ -15,13 +15,12 @@ use rocksdb::{IteratorMode, ReadOptions};
 use tokio::sync::oneshot;
 
 use crate::account::{
-    self, check_name, normalize_networks, AccountRecord, ListKind, PurgeReport, Reach,
-    MAX_PUSH_TOKEN,
+    check_name, normalize_networks, AccountRecord, ListKind, PurgeReport, Reach, MAX_PUSH_TOKEN,
 };
 use crate::commit::reply;
 use crate::error::StorageError;
-use crate::keys::{self, DeviceRecord};
-use crate::shared::{Shared, Totals, COLUMN_FAMILIES, EXPIRY};
+use crate::keys::{self, DeviceRecord, Mark, QueueKey};
+use crate::shared::{Shared, Totals, COLUMN_FAMILIES, PAYLOADS, QUEUES};
 use crate::store::Store;
 use crate::types::DeviceKey;
 use crate::writer::{AccountChange, Job};
@@ -204,10 +203,11 @@ impl Store {
     /// Erases everything the store holds about `account` and reports what it removed: its
     /// devices and their queues (dropping their references to shared payloads, the last of
     /// which deletes the payload), its account record, the lists it owns, its devices' push
-    /// tokens, the dedup records of its sends, and its group memberships (it leaves every
-    /// group; a group it created is deleted, with every member). Then the expiry index keys
-    /// its acknowledged entries left behind are deleted too (one scan of the `expiry` column
-    /// family, on a thread of its own, not holding up the writer). Resolves once durable.
+    /// tokens, the dedup identities of its sends (forgotten at once; then taken out of the
+    /// values of other accounts' queue entries and shared payloads that carry them, found by
+    /// one scan of the `queues` and `payloads` column families on a thread of its own, not
+    /// holding up the writer), and its group memberships (it leaves every group; a group it
+    /// created is deleted, with every member). Resolves once durable.
     ///
     /// Not erased, see [`PurgeReport`]: entries of OTHER accounts' lists that name it (they
     /// belong to those accounts, and keep a purged account that comes back blocked), and
@@ -262,14 +262,16 @@ impl Store {
         std::thread::Builder::new()
             .name("hearth-storage-purge".into())
             .spawn(move || {
-                let _ = tx.send(index_keys_of(&sh, account));
+                let _ = tx.send(identities_of(&sh, account));
             })
             .map_err(|e| StorageError::Db(format!("spawning the purge scan: {e}")))?;
-        let stale = reply(rx).await?;
-        if !stale.is_empty() {
+        let (entries, payloads) = reply(rx).await?;
+        if !entries.is_empty() || !payloads.is_empty() {
             let (tx, rx) = oneshot::channel();
-            self.submit(Job::CleanIndex {
-                keys: stale,
+            self.submit(Job::Strip {
+                account,
+                entries,
+                payloads,
                 reply: tx,
             })?;
             reply(rx).await?;
@@ -297,23 +299,43 @@ impl Store {
     }
 }
 
-/// The expiry index keys of the account's queue entries and dedup records (the key each
-/// points to starts with the account's prefix).
-fn index_keys_of(sh: &Shared, account: u64) -> Result<Vec<Box<[u8]>>, StorageError> {
-    let prefix = account::account_key(account);
+/// The queue entries and shared payloads whose value carries the dedup identity of one of
+/// `account`'s sends.
+#[allow(clippy::type_complexity)]
+fn identities_of(sh: &Shared, account: u64) -> Result<(Vec<QueueKey>, Vec<u64>), StorageError> {
     let mut ro = ReadOptions::default();
     ro.fill_cache(false);
-    let mut out = Vec::new();
+    let ours = |mark: Mark| matches!(mark, Mark::Remembered(id, _) if id.account == account);
+    let mut entries = Vec::new();
     for item in sh
         .db
-        .iterator_cf_opt(sh.cf(EXPIRY), ro, IteratorMode::Start)
+        .iterator_cf_opt(sh.cf(QUEUES), ro, IteratorMode::Start)
     {
-        let (k, _) = item?;
-        let (_, _, key) = keys::decode_expiry_key(&k)
-            .ok_or_else(|| StorageError::Corrupt("expiry key".into()))?;
-        if key.starts_with(&prefix) {
-            out.push(k);
+        let (k, v) = item?;
+        // Pointers carry no identity (their payload does).
+        if let Ok((mark, _)) = keys::split_marked(&v) {
+            if ours(mark) {
+                let key: QueueKey = (*k)
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("queue key".into()))?;
+                entries.push(key);
+            }
         }
     }
-    Ok(out)
+    let mut ro = ReadOptions::default();
+    ro.fill_cache(false);
+    let mut payloads = Vec::new();
+    for item in sh
+        .db
+        .iterator_cf_opt(sh.cf(PAYLOADS), ro, IteratorMode::Start)
+    {
+        let (k, v) = item?;
+        if ours(keys::split_payload(&v)?.1) {
+            payloads.push(
+                keys::decode_payload_key(&k)
+                    .ok_or_else(|| StorageError::Corrupt("payload key".into()))?,
+            );
+        }
+    }
+    Ok((entries, payloads))
 }

@@ -1,26 +1,69 @@
 //! Key layouts and value encodings of the column families (all integers big-endian).
 //!
 //! - `queues`:  slot u16 | account u64 | device u32 | seq u64 -> an inline envelope (tag 1, see
-//!   [`encode_envelope`]) or a pointer to a shared payload (tag 2, see [`encode_pointer`])
-//! - `devices`: slot u16 | account u64 | device u32 -> registered_at_ms u64 | next_seq u64
+//!   [`encode_inline`]), an inline envelope with its send's dedup identity (tag 3, see
+//!   [`encode_inline`]), an inline envelope whose identity a purge took out (tag 4, see
+//!   [`stripped`]) or a pointer to a shared payload (tag 2, see [`encode_pointer`])
+//! - `devices`: slot u16 | account u64 | device u32 -> registered_at_ms u64 | seq ceiling u64
+//!   (every seq handed out is below it; the exact next seq after a clean shutdown)
 //! - `dedup`:   slot u16 | account u64 | device u32 | msg_id [16] (the sender)
-//!   -> accepted_at_ms u64 | recipients u32 | expires_at_ms u64
-//! - `expiry`:  expires_at_ms u64 | kind u8 | the queue or dedup key -> empty
+//!   -> accepted_at_ms u64 | recipients u32 | expires_at_ms u64: only sends stored nowhere
+//!   (no queue entry written); the others' identity is in their envelope's value
+//! - `expiry`:  no longer written (emptied at open: an index of older versions)
 //! - `groups`:  slot(group) u16 | group u64 -> creator u64 | version u64 | created_at_ms u64 |
 //!   member_count u32
 //! - `members`: slot(group) u16 | group u64 | account u64 -> role u8 (1 member, 2 admin)
-//! - `payloads`: payload_id u64 -> refs u32 (pointers written) | encoded envelope
+//! - `payloads`: payload_id u64 -> refs u32 (pointers written) | an envelope marked like an
+//!   inline queue value (tag 1, 3 or 4 first)
 //! - `accounts`, `lists`, `push`, `memberships`: see the `account` module
 //!
 //! Queue values start with a tag byte. Inline envelopes always started with their format
 //! version, 1, so that byte is their tag and data written before pointers existed reads as is;
-//! pointers take tag 2.
+//! pointers take tag 2. Tag 3 puts the send's dedup identity before the envelope: tag | sender
+//! account u64 | sender device u32 | recipients u32 (the message id is the envelope's). Tag 4
+//! marks a value written a second time (a purge took its identity out): such a key is deleted
+//! with Delete, never SingleDelete (which allows one put per key).
 
 use bytes::Bytes;
 use hearth_protocol::MessageId;
 
 use crate::error::StorageError;
 use crate::types::{DedupRecord, DeviceKey, StoredEnvelope};
+
+/// A send's dedup identity: the sending device (as the caller names it) and the message id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct DedupId {
+    pub account: u64,
+    pub device: u32,
+    pub msg: [u8; 16],
+}
+
+impl DedupId {
+    pub(crate) fn new(sender: DeviceKey, msg: MessageId) -> DedupId {
+        DedupId {
+            account: sender.account,
+            device: sender.device,
+            msg: msg.0,
+        }
+    }
+
+    /// Its key in the `dedup` column family.
+    pub(crate) fn key(&self) -> [u8; DEDUP_KEY_LEN] {
+        dedup_key(
+            DeviceKey::new(self.account, self.device),
+            MessageId(self.msg),
+        )
+    }
+
+    /// The identity of a `dedup` key.
+    pub(crate) fn from_key(k: &[u8]) -> Option<DedupId> {
+        if k.len() != DEDUP_KEY_LEN {
+            return None;
+        }
+        let d = decode_device(k)?;
+        Some(DedupId::new(d, MessageId(k[DEVICE_LEN..].try_into().ok()?)))
+    }
+}
 
 /// Length of a device prefix (slot | account | device).
 pub(crate) const DEVICE_LEN: usize = 2 + 8 + 4;
@@ -34,15 +77,17 @@ pub(crate) type QueueKey = [u8; QUEUE_KEY_LEN];
 /// A device prefix, also the key of the device record.
 pub(crate) type DevicePrefix = [u8; DEVICE_LEN];
 
-/// Expiry index kind of a queue entry.
-pub(crate) const KIND_QUEUE: u8 = 0;
-/// Expiry index kind of a dedup record.
-pub(crate) const KIND_DEDUP: u8 = 1;
-
 /// Format version of a stored envelope, also the tag of an inline queue value.
 const ENVELOPE_VERSION: u8 = 1;
 /// Tag of a queue value that points to a shared payload.
 const POINTER_TAG: u8 = 2;
+/// Tag of an envelope preceded by its send's dedup identity.
+const REMEMBERED_TAG: u8 = 3;
+/// Tag of an envelope whose value was written a second time (its identity taken out).
+const STRIPPED_TAG: u8 = 4;
+/// Bytes of the identity before a remembered envelope: tag | account u64 | device u32 |
+/// recipients u32.
+const IDENTITY_LEN: usize = 1 + 8 + 4 + 4;
 /// Bytes of a pointer before its header: tag | payload_id u64 | expires_at_ms u64 |
 /// payload_len u32 | group u64.
 pub(crate) const POINTER_HEADER_LEN: usize = 1 + 8 + 8 + 4 + 8;
@@ -99,29 +144,6 @@ pub(crate) fn dedup_key(sender: DeviceKey, msg_id: MessageId) -> [u8; DEDUP_KEY_
     k[..DEVICE_LEN].copy_from_slice(&device_prefix(sender));
     k[DEVICE_LEN..].copy_from_slice(&msg_id.0);
     k
-}
-
-pub(crate) fn expiry_key(expires_at_ms: u64, kind: u8, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9 + key.len());
-    k.extend_from_slice(&expires_at_ms.to_be_bytes());
-    k.push(kind);
-    k.extend_from_slice(key);
-    k
-}
-
-/// The expiry index key of a queue entry (no allocation: one per recipient of a fan-out).
-pub(crate) fn queue_expiry_key(expires_at_ms: u64, key: &QueueKey) -> [u8; 9 + QUEUE_KEY_LEN] {
-    let mut k = [0u8; 9 + QUEUE_KEY_LEN];
-    k[..8].copy_from_slice(&expires_at_ms.to_be_bytes());
-    k[8] = KIND_QUEUE;
-    k[9..].copy_from_slice(key);
-    k
-}
-
-/// Splits an expiry index key into (expires_at_ms, kind, the other key).
-pub(crate) fn decode_expiry_key(k: &[u8]) -> Option<(u64, u8, &[u8])> {
-    let expires = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
-    Some((expires, *k.get(8)?, &k[9..]))
 }
 
 /// The smallest key greater than every key starting with `prefix` (None: no such key).
@@ -191,14 +213,26 @@ pub(crate) fn decode_dedup(v: &[u8]) -> Result<(DedupRecord, u64), StorageError>
     ))
 }
 
-/// version u8 | msg_id [16] | from_account u64 | from_device u32 | accepted_at_ms u64 |
-/// expires_at_ms u64 | flags u8 | payload.
-pub(crate) fn encode_envelope(env: &StoredEnvelope) -> Vec<u8> {
-    let mut v = Vec::with_capacity(ENVELOPE_HEADER_LEN + env.payload.len());
-    encode_envelope_into(env, &mut v);
+/// An inline queue value: the envelope (tag 1) or, with `identity` (the sender and the
+/// recipients of its dedup record), the identity then the envelope (tag 3).
+pub(crate) fn encode_inline(env: &StoredEnvelope, identity: Option<(DeviceKey, u32)>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(IDENTITY_LEN + ENVELOPE_HEADER_LEN + env.payload.len());
+    encode_marked_into(env, identity, &mut v);
     v
 }
 
+fn encode_marked_into(env: &StoredEnvelope, identity: Option<(DeviceKey, u32)>, v: &mut Vec<u8>) {
+    if let Some((sender, recipients)) = identity {
+        v.push(REMEMBERED_TAG);
+        v.extend_from_slice(&sender.account.to_be_bytes());
+        v.extend_from_slice(&sender.device.to_be_bytes());
+        v.extend_from_slice(&recipients.to_be_bytes());
+    }
+    encode_envelope_into(env, v);
+}
+
+/// version u8 | msg_id [16] | from_account u64 | from_device u32 | accepted_at_ms u64 |
+/// expires_at_ms u64 | flags u8 | payload.
 fn encode_envelope_into(env: &StoredEnvelope, v: &mut Vec<u8>) {
     v.push(ENVELOPE_VERSION);
     v.extend_from_slice(&env.msg_id.0);
@@ -235,8 +269,57 @@ pub(crate) fn decode_envelope(v: &[u8]) -> Result<StoredEnvelope, StorageError> 
     })
 }
 
+/// What precedes an envelope in an inline queue value or a payload value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mark {
+    /// Nothing (tag 1: the envelope's own version byte).
+    Plain,
+    /// The send's dedup identity and record (tag 3).
+    Remembered(DedupId, DedupRecord),
+    /// Written a second time, its identity taken out (tag 4): delete it with Delete.
+    Stripped,
+}
+
+/// Splits a marked envelope (an inline queue value, or a payload value after its refs) into
+/// its mark and the encoded envelope (checked).
+pub(crate) fn split_marked(v: &[u8]) -> Result<(Mark, &[u8]), StorageError> {
+    let corrupt = || StorageError::Corrupt(format!("marked envelope of {} bytes", v.len()));
+    let (mark, env) = match v.first() {
+        Some(&REMEMBERED_TAG) => {
+            let env = v.get(IDENTITY_LEN..).ok_or_else(corrupt)?;
+            check_envelope(env)?;
+            let account = u64::from_be_bytes(v[1..9].try_into().expect("8 bytes"));
+            let device = u32::from_be_bytes(v[9..13].try_into().expect("4 bytes"));
+            let recipients = u32::from_be_bytes(v[13..17].try_into().expect("4 bytes"));
+            let id = DedupId {
+                account,
+                device,
+                msg: env[1..17].try_into().expect("16 bytes"),
+            };
+            let rec = DedupRecord {
+                accepted_at_ms: u64::from_be_bytes(env[29..37].try_into().expect("8 bytes")),
+                recipients,
+            };
+            (Mark::Remembered(id, rec), env)
+        }
+        Some(&STRIPPED_TAG) => (Mark::Stripped, &v[1..]),
+        _ => (Mark::Plain, v),
+    };
+    check_envelope(env)?;
+    Ok((mark, env))
+}
+
+/// The value to write over a marked envelope to take its identity out (tag 4).
+pub(crate) fn stripped(env: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + env.len());
+    v.push(STRIPPED_TAG);
+    v.extend_from_slice(env);
+    v
+}
+
 /// What the writer needs to know of a queue entry: the bytes it counts against its queue,
-/// its expiry and, for a pointer, the shared payload it holds a reference to.
+/// its expiry, for a pointer the shared payload it holds a reference to, for an inline entry
+/// the dedup identity it carries, and how its key is deleted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct EntryMeta {
     /// Payload bytes (plus the header for a pointer).
@@ -244,9 +327,13 @@ pub(crate) struct EntryMeta {
     pub expires_at_ms: u64,
     /// The payload id of a pointer.
     pub payload: Option<u64>,
+    /// The dedup identity an inline entry carries (a pointer's is its payload's).
+    pub dedup: Option<DedupId>,
+    /// The value was written twice: delete the key with Delete, not SingleDelete.
+    pub overwritten: bool,
 }
 
-/// The meta data of a queue value of either kind.
+/// The meta data of a queue value of any kind.
 pub(crate) fn entry_meta(v: &[u8]) -> Result<EntryMeta, StorageError> {
     if v.first() == Some(&POINTER_TAG) {
         let p = decode_pointer_fixed(v)?;
@@ -254,17 +341,24 @@ pub(crate) fn entry_meta(v: &[u8]) -> Result<EntryMeta, StorageError> {
             bytes: u64::from(p.payload_len) + (v.len() - POINTER_HEADER_LEN) as u64,
             expires_at_ms: p.expires_at_ms,
             payload: Some(p.payload_id),
+            dedup: None,
+            overwritten: false,
         });
     }
-    check_envelope(v)?;
+    let (mark, env) = split_marked(v)?;
     Ok(EntryMeta {
-        bytes: (v.len() - ENVELOPE_HEADER_LEN) as u64,
+        bytes: (env.len() - ENVELOPE_HEADER_LEN) as u64,
         expires_at_ms: u64::from_be_bytes(
-            v[EXPIRES_OFFSET..EXPIRES_OFFSET + 8]
+            env[EXPIRES_OFFSET..EXPIRES_OFFSET + 8]
                 .try_into()
                 .expect("8 bytes"),
         ),
         payload: None,
+        dedup: match mark {
+            Mark::Remembered(id, _) => Some(id),
+            _ => None,
+        },
+        overwritten: mark == Mark::Stripped,
     })
 }
 
@@ -316,7 +410,7 @@ pub(crate) fn decode_queue_value(v: &[u8]) -> Result<QueueValue, StorageError> {
         let header = Bytes::copy_from_slice(&v[POINTER_HEADER_LEN..]);
         return Ok(QueueValue::Pointer { pointer, header });
     }
-    decode_envelope(v).map(QueueValue::Inline)
+    decode_envelope(split_marked(v)?.1).map(QueueValue::Inline)
 }
 
 /// The key of a shared payload.
@@ -328,21 +422,39 @@ pub(crate) fn decode_payload_key(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(k.try_into().ok()?))
 }
 
-/// refs u32 | encoded envelope.
-pub(crate) fn encode_payload(refs: u32, env: &StoredEnvelope) -> Vec<u8> {
-    let mut v = Vec::with_capacity(4 + ENVELOPE_HEADER_LEN + env.payload.len());
+/// refs u32 | the envelope, marked like an inline value (see [`encode_inline`]).
+pub(crate) fn encode_payload(
+    refs: u32,
+    env: &StoredEnvelope,
+    identity: Option<(DeviceKey, u32)>,
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + IDENTITY_LEN + ENVELOPE_HEADER_LEN + env.payload.len());
     v.extend_from_slice(&refs.to_be_bytes());
-    encode_envelope_into(env, &mut v);
+    encode_marked_into(env, identity, &mut v);
     v
 }
 
-/// Decodes a payload value into its refs field and envelope.
-pub(crate) fn decode_payload(v: &[u8]) -> Result<(u32, StoredEnvelope), StorageError> {
+/// Splits a payload value into its refs field and marked envelope.
+pub(crate) fn split_payload(v: &[u8]) -> Result<(u32, Mark, &[u8]), StorageError> {
     let refs = v
         .get(..4)
         .ok_or_else(|| StorageError::Corrupt("payload record".into()))?;
     let refs = u32::from_be_bytes(refs.try_into().expect("4 bytes"));
-    Ok((refs, decode_envelope(&v[4..])?))
+    let (mark, env) = split_marked(&v[4..])?;
+    Ok((refs, mark, env))
+}
+
+/// Decodes a payload value into its refs field and envelope.
+pub(crate) fn decode_payload(v: &[u8]) -> Result<(u32, StoredEnvelope), StorageError> {
+    let (refs, _, env) = split_payload(v)?;
+    Ok((refs, decode_envelope(env)?))
+}
+
+/// The value to write over a payload value to take its identity out.
+pub(crate) fn stripped_payload(refs: u32, env: &[u8]) -> Vec<u8> {
+    let mut v = refs.to_be_bytes().to_vec();
+    v.extend_from_slice(&stripped(env));
+    v
 }
 
 /// slot(group) | group.
@@ -416,27 +528,76 @@ mod tests {
             flags: 0x80,
             payload: Bytes::from_static(b"ciphertext"),
         };
-        let v = encode_envelope(&env);
+        let v = encode_inline(&env, None);
         assert_eq!(v.len(), ENVELOPE_HEADER_LEN + 10);
         assert_eq!(decode_envelope(&v).unwrap(), env);
         let meta = entry_meta(&v).unwrap();
-        assert_eq!(
-            meta,
-            EntryMeta {
-                bytes: 10,
-                expires_at_ms: env.expires_at_ms,
-                payload: None,
-            }
-        );
+        let plain = EntryMeta {
+            bytes: 10,
+            expires_at_ms: env.expires_at_ms,
+            payload: None,
+            dedup: None,
+            overwritten: false,
+        };
+        assert_eq!(meta, plain);
         assert!(decode_envelope(&v[..ENVELOPE_HEADER_LEN - 1]).is_err());
         assert_eq!(
             decode_queue_value(&v).unwrap(),
             QueueValue::Inline(env.clone())
         );
 
-        let p = encode_payload(7, &env);
-        assert_eq!(decode_payload(&p).unwrap(), (7, env));
+        // With the send's identity: the same envelope, the same bytes counted.
+        let sender = DeviceKey::new(9, 3);
+        let r = encode_inline(&env, Some((sender, 5)));
+        assert_eq!(r.len(), IDENTITY_LEN + v.len());
+        let id = DedupId::new(sender, env.msg_id);
+        let rec = DedupRecord {
+            accepted_at_ms: env.accepted_at_ms,
+            recipients: 5,
+        };
+        assert_eq!(
+            split_marked(&r).unwrap(),
+            (Mark::Remembered(id, rec), &v[..])
+        );
+        assert_eq!(
+            entry_meta(&r).unwrap(),
+            EntryMeta {
+                dedup: Some(id),
+                ..plain
+            }
+        );
+        assert_eq!(
+            decode_queue_value(&r).unwrap(),
+            QueueValue::Inline(env.clone())
+        );
+        assert!(split_marked(&r[..IDENTITY_LEN + 3]).is_err());
+        // Taken out again.
+        let s = stripped(split_marked(&r).unwrap().1);
+        assert_eq!(split_marked(&s).unwrap(), (Mark::Stripped, &v[..]));
+        assert_eq!(
+            entry_meta(&s).unwrap(),
+            EntryMeta {
+                overwritten: true,
+                ..plain
+            }
+        );
+        assert_eq!(
+            decode_queue_value(&s).unwrap(),
+            QueueValue::Inline(env.clone())
+        );
+        assert_eq!(DedupId::from_key(&id.key()), Some(id));
+        assert_eq!(id.key(), dedup_key(sender, env.msg_id));
+
+        let p = encode_payload(7, &env, None);
+        assert_eq!(decode_payload(&p).unwrap(), (7, env.clone()));
         assert!(decode_payload(&p[..3]).is_err());
+        let p = encode_payload(7, &env, Some((sender, 5)));
+        assert_eq!(decode_payload(&p).unwrap(), (7, env.clone()));
+        let (refs, mark, bytes) = split_payload(&p).unwrap();
+        assert_eq!((refs, mark, bytes), (7, Mark::Remembered(id, rec), &v[..]));
+        let s = stripped_payload(refs, bytes);
+        assert_eq!(split_payload(&s).unwrap(), (7, Mark::Stripped, &v[..]));
+        assert_eq!(decode_payload(&s).unwrap(), (7, env));
     }
 
     #[test]
@@ -457,6 +618,8 @@ mod tests {
                 bytes: 1003,
                 expires_at_ms: pointer.expires_at_ms,
                 payload: Some(pointer.payload_id),
+                dedup: None,
+                overwritten: false,
             }
         );
         assert_eq!(
@@ -470,6 +633,9 @@ mod tests {
         // Neither kind decodes as the other.
         assert!(decode_envelope(&v).is_err());
         assert_ne!(POINTER_TAG, ENVELOPE_VERSION);
+        for tag in [REMEMBERED_TAG, STRIPPED_TAG] {
+            assert!(![POINTER_TAG, ENVELOPE_VERSION].contains(&tag));
+        }
         assert!(entry_meta(&[3; 60]).is_err());
     }
 
@@ -509,15 +675,5 @@ mod tests {
         assert!(queue_key(DeviceKey::new(42, 8), 0).as_slice() >= end.as_slice());
         assert_eq!(prefix_end(&[1, 0xff, 0xff]), Some(vec![2]));
         assert_eq!(prefix_end(&[0xff]), None);
-    }
-
-    #[test]
-    fn expiry_keys_sort_by_time() {
-        let q = queue_key(DeviceKey::new(1, 1), 9);
-        let early = expiry_key(1000, KIND_QUEUE, &q);
-        let late = expiry_key(1001, KIND_QUEUE, &q);
-        assert!(early < late);
-        assert_eq!(decode_expiry_key(&late), Some((1001, KIND_QUEUE, &q[..])));
-        assert_eq!(queue_expiry_key(1001, &q).to_vec(), late);
     }
 }

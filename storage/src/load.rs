@@ -1,8 +1,8 @@
-//! Opening the database and loading the in-memory state: every device's counters, the
-//! devices of each account, the reference counts of shared payloads, account records, lists
-//! and push tokens; the memberships index is verified (and rebuilt if needed).
+//! Opening the database and loading the in-memory state: every device's counters, seq ceiling
+//! and expiry state, the devices of each account, the reference counts of shared payloads, the
+//! dedup identities of queued sends and the records of sends stored nowhere, account records,
+//! lists and push tokens; the memberships index is verified (and rebuilt if needed).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,23 +13,26 @@ use rocksdb::{
 };
 
 use crate::account;
+use crate::dedup::{Held, Remembered};
 use crate::error::StorageError;
-use crate::keys::{self, DeviceRecord};
+use crate::expiry::DevExpiry;
+use crate::keys::{self, DedupId, DeviceRecord, Mark};
 use crate::memberships;
 use crate::shared::{
     Accounts, DeviceState, Devices, Lists, PushTokens, Records, Totals, ACCOUNTS, COLUMN_FAMILIES,
-    DEVICES, LISTS, PAYLOADS, PUSH, QUEUES,
+    DEDUP, DEVICES, EXPIRY, LISTS, PAYLOADS, PUSH, QUEUES,
 };
 use crate::types::StoreOptions;
-use crate::writer::CLEAN_SHUTDOWN_KEY;
+use crate::writer::{WriterState, CLEAN_SHUTDOWN_KEY};
 
 /// What `load` found.
 pub(crate) struct Loaded {
     pub devices: Devices,
     pub accounts: Accounts,
     pub totals: Totals,
-    /// Pointer entries per shared payload id.
-    pub refs: HashMap<u64, u32>,
+    /// What only the writer keeps (reference counts, expiry order, ...).
+    pub writer: WriterState,
+    pub remembered: Remembered,
     pub next_payload_id: u64,
     pub records: Records,
     pub lists: Lists,
@@ -53,9 +56,10 @@ pub(crate) fn open_db(path: &Path) -> Result<DB, StorageError> {
     Ok(DB::open_cf_descriptors(&db_opts, path, cfs)?)
 }
 
-/// Reads the state to keep in memory; after an unclean shutdown, moves every device's
-/// `next_seq` ahead first. Deletes shared payloads no pointer refers to (none should exist:
-/// a payload and its pointers are written and deleted in the same batches).
+/// Reads the state to keep in memory; after an unclean shutdown, moves every device's seqs
+/// ahead first. Deletes shared payloads no pointer refers to (none should exist: a payload
+/// and its pointers are written and deleted in the same batches), and the expiry index of
+/// older versions.
 pub(crate) fn load(db: &DB, opts: &StoreOptions) -> Result<Loaded, StorageError> {
     let clean = db.get_pinned(CLEAN_SHUTDOWN_KEY)?.is_some();
     let mut wo = WriteOptions::default();
@@ -81,6 +85,8 @@ pub(crate) fn load(db: &DB, opts: &StoreOptions) -> Result<Loaded, StorageError>
         let (k, v) = item?;
         let key =
             keys::decode_device(&k).ok_or_else(|| StorageError::Corrupt("device key".into()))?;
+        // Its ceiling: exact after a clean shutdown, else above every seq handed out but those
+        // handed out live and never written.
         let mut rec = DeviceRecord::decode(&v)?;
         if skip > 0 {
             rec.next_seq = rec.next_seq.saturating_add(skip);
@@ -91,6 +97,8 @@ pub(crate) fn load(db: &DB, opts: &StoreOptions) -> Result<Loaded, StorageError>
             DeviceState {
                 registered_at_ms: rec.registered_at_ms,
                 next_seq: rec.next_seq,
+                ceiling: rec.next_seq,
+                exp: DevExpiry::EMPTY,
                 queued: 0,
                 bytes: 0,
                 reserved: 0,
@@ -109,7 +117,19 @@ pub(crate) fn load(db: &DB, opts: &StoreOptions) -> Result<Loaded, StorageError>
         );
     }
 
-    let mut refs: HashMap<u64, u32> = HashMap::new();
+    let expiry_cf = db.cf_handle(EXPIRY).expect("opened");
+    if db
+        .iterator_cf(expiry_cf, IteratorMode::Start)
+        .next()
+        .is_some()
+    {
+        tracing::info!("deleting the expiry index of an older version");
+        fixes.delete_range_cf(expiry_cf, &[][..], &[0xff; 64][..]);
+    }
+
+    let mut w = WriterState::default();
+    let mut remembered = Remembered::default();
+    // Keys sort by device then seq: each queue is read in seq order.
     for item in db.iterator_cf(db.cf_handle(QUEUES).expect("opened"), IteratorMode::Start) {
         let (k, v) = item?;
         let (device, seq) =
@@ -121,9 +141,15 @@ pub(crate) fn load(db: &DB, opts: &StoreOptions) -> Result<Loaded, StorageError>
             st.queued += 1;
             st.bytes += meta.bytes;
             st.next_seq = st.next_seq.max(seq + 1);
+            st.exp.put(seq, meta.expires_at_ms);
         }
         if let Some(id) = meta.payload {
-            *refs.entry(id).or_default() += 1;
+            *w.refs.entry(id).or_default() += 1;
+        }
+        if meta.dedup.is_some() {
+            if let (Mark::Remembered(id, rec), _) = keys::split_marked(&v)? {
+                hold(&mut remembered, id, rec);
+            }
         }
     }
 
@@ -131,24 +157,49 @@ pub(crate) fn load(db: &DB, opts: &StoreOptions) -> Result<Loaded, StorageError>
     let mut next_payload_id = 1;
     let mut found = 0;
     for item in db.iterator_cf(payloads_cf, IteratorMode::Start) {
-        let (k, _) = item?;
+        let (k, v) = item?;
         let id = keys::decode_payload_key(&k)
             .ok_or_else(|| StorageError::Corrupt("payload key".into()))?;
         next_payload_id = next_payload_id.max(id + 1);
-        if refs.contains_key(&id) {
+        if w.refs.contains_key(&id) {
             found += 1;
+            match keys::split_payload(&v)?.1 {
+                Mark::Remembered(dedup, rec) => {
+                    hold(&mut remembered, dedup, rec);
+                    w.payload_dedup.insert(id, dedup);
+                }
+                Mark::Stripped => {
+                    w.overwritten_payloads.insert(id);
+                }
+                Mark::Plain => {}
+            }
         } else {
             tracing::warn!(id, "deleting a shared payload no entry points to");
             fixes.delete_cf(payloads_cf, k);
         }
     }
-    if found != refs.len() {
+    if found != w.refs.len() {
         tracing::error!(
-            missing = refs.len() - found,
+            missing = w.refs.len() - found,
             "queue entries point to missing shared payloads"
         );
     }
     Totals::add(&totals.payloads, found as u64);
+
+    // Records of sends stored nowhere (and, from older versions, of every send).
+    for item in db.iterator_cf(db.cf_handle(DEDUP).expect("opened"), IteratorMode::Start) {
+        let (k, v) = item?;
+        let id = DedupId::from_key(&k).ok_or_else(|| StorageError::Corrupt("dedup key".into()))?;
+        let (rec, expires) = keys::decode_dedup(&v)?;
+        remembered.standalone.insert(id, (rec, expires));
+        w.standalone_by_expiry.insert((expires, id));
+    }
+    for (key, st) in &devices {
+        if st.exp.bound != u64::MAX {
+            w.due.insert((st.exp.bound, *key));
+        }
+    }
+
     if !fixes.is_empty() {
         db.write_opt(fixes, &wo)?;
     }
@@ -158,12 +209,27 @@ pub(crate) fn load(db: &DB, opts: &StoreOptions) -> Result<Loaded, StorageError>
         devices,
         accounts,
         totals,
-        refs,
+        writer: w,
+        remembered,
         next_payload_id,
         records,
         lists,
         push,
     })
+}
+
+/// Counts one more value carrying `id` (the newest record wins: two sends with one identity
+/// are queued together only if the first was forgotten by a purge, or written by an older
+/// version).
+fn hold(remembered: &mut Remembered, id: DedupId, rec: crate::types::DedupRecord) {
+    let held = remembered.queued.entry(id).or_insert(Held {
+        record: rec,
+        holders: 0,
+    });
+    held.holders += 1;
+    if rec.accepted_at_ms > held.record.accepted_at_ms {
+        held.record = rec;
+    }
 }
 
 /// Reads every account record, list entry and push token.

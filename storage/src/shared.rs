@@ -10,7 +10,9 @@ use rocksdb::{ColumnFamily, Direction, IteratorMode, ReadOptions, DB};
 use tokio::sync::Notify;
 
 use crate::account::{AccountLists, AccountRecord};
+use crate::dedup::Remembered;
 use crate::error::StorageError;
+use crate::expiry::DevExpiry;
 use crate::groups::GroupEntry;
 use crate::keys;
 use crate::keys::GroupRecord;
@@ -48,6 +50,11 @@ pub(crate) const COLUMN_FAMILIES: [&str; 11] = [
 pub(crate) struct DeviceState {
     pub registered_at_ms: u64,
     pub next_seq: u64,
+    /// The seq ceiling in its device record, as submitted: every seq handed out is below it
+    /// (a write that hands out one at or above it raises it by a block, in the same batch).
+    pub ceiling: u64,
+    /// Its queue's expiry state (committed entries; changed by the writer only).
+    pub exp: DevExpiry,
     /// Committed entries and their bytes.
     pub queued: u64,
     pub bytes: u64,
@@ -86,6 +93,7 @@ pub(crate) struct Totals {
     pub pending_bytes: AtomicU64,
     pub commits: AtomicU64,
     pub payloads: AtomicU64,
+    pub batch_ops: AtomicU64,
 }
 
 impl Totals {
@@ -252,6 +260,8 @@ pub(crate) struct Shared {
     pub latency: Mutex<Latency>,
     /// Set once a write failed: every later change is refused (see `Store::is_poisoned`).
     pub poisoned: AtomicBool,
+    /// The dedup identities remembered (see the `dedup` module).
+    pub dedup: RwLock<Remembered>,
 }
 
 impl Shared {
@@ -345,6 +355,10 @@ impl Shared {
 
     pub(crate) fn read_push(&self) -> RwLockReadGuard<'_, PushTokens> {
         self.push.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn read_dedup(&self) -> RwLockReadGuard<'_, Remembered> {
+        self.dedup.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn lock_payloads(&self) -> MutexGuard<'_, PayloadCache> {

@@ -14,21 +14,26 @@ use tokio::sync::{oneshot, Notify};
 use crate::batch::column_family_id;
 use crate::commit::{reply, Commit, Enqueued};
 use crate::error::{EnqueueError, StorageError};
-use crate::keys::{self, DeviceRecord, Pointer, QueueValue};
+use crate::expiry::DevExpiry;
+use crate::keys::{self, DedupId, DeviceRecord, Pointer, QueueValue};
 use crate::load;
 use crate::shared::{
-    Devices, Latency, PayloadCache, Shared, Totals, COLUMN_FAMILIES, DEDUP, PAYLOADS, QUEUES,
+    Devices, Latency, PayloadCache, Shared, Totals, COLUMN_FAMILIES, PAYLOADS, QUEUES,
 };
 use crate::types::{
     DedupRecord, DeviceKey, DeviceStats, QueueEntry, QueueState, SharedRecipient, StoreOptions,
     StoreStats, StoredEnvelope, SweepStats,
 };
 use crate::write::{EntryWrite, WriteOutcome, WriteSet};
-use crate::writer::{self, DedupKey, Job, PreparedSend, Values, WriteJob, WriteReply};
+use crate::writer::{self, Job, PreparedSend, Values, WriteJob, WriteReply};
 use hearth_protocol::MessageId;
 
 /// Payload bytes of the shared payload cache.
 const PAYLOAD_CACHE_BYTES: usize = 64 << 20;
+
+/// Seqs a device record reserves at a time: a write that hands out a seq at or above a
+/// device's ceiling writes the record with the ceiling raised by this much.
+const SEQ_BLOCK: u64 = 4096;
 
 /// The durable store: per-device queues, device records, dedup records and their expiry.
 ///
@@ -60,8 +65,9 @@ impl Drop for Inner {
 
 impl Store {
     /// Opens (creating if needed) the store in directory `path`. Loads every device's counters
-    /// and the devices of each account into memory (one scan of the `devices` and `queues`
-    /// column families), and every account record, list entry and push token; verifies the
+    /// and expiry state, the devices of each account and the dedup identities of queued sends
+    /// into memory (one scan of the `devices`, `queues`, `payloads` and `dedup` column
+    /// families), and every account record, list entry and push token; verifies the
     /// `memberships` index against the group members (one scan of each) and rebuilds it if
     /// they differ (data written before the index existed).
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StorageError> {
@@ -87,14 +93,15 @@ impl Store {
             totals: loaded.totals,
             latency: Mutex::new(Latency::new()),
             poisoned: AtomicBool::new(false),
+            dedup: RwLock::new(loaded.remembered),
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let writer = {
             let shared = shared.clone();
-            let refs = loaded.refs;
+            let state = loaded.writer;
             std::thread::Builder::new()
                 .name("hearth-storage-writer".into())
-                .spawn(move || writer::run(shared, rx, refs))
+                .spawn(move || writer::run(shared, rx, state))
                 .map_err(|e| StorageError::Db(format!("spawning the writer thread: {e}")))?
         };
         Ok(Store {
@@ -145,9 +152,10 @@ impl Store {
             Some(_) => return Ok(Register::Exists),
             None => {}
         }
+        // Its first block of seqs is reserved with the registration.
         let record = DeviceRecord {
             registered_at_ms: now_ms,
-            next_seq: 1,
+            next_seq: 1 + SEQ_BLOCK,
         };
         let (tx, rx) = oneshot::channel();
         self.submit(Job::Register {
@@ -160,6 +168,8 @@ impl Store {
             crate::shared::DeviceState {
                 registered_at_ms: now_ms,
                 next_seq: 1,
+                ceiling: record.next_seq,
+                exp: DevExpiry::EMPTY,
                 queued: 0,
                 bytes: 0,
                 reserved: 0,
@@ -224,10 +234,11 @@ impl Store {
     }
 
     /// Allocates per-device seqs (acceptance order), checks limits all-or-nothing, submits one
-    /// write (queue entries + expiry index + dedup record when `dedup` is Some: the sender and
-    /// the number of recipients to remember) to the group-commit writer and returns at once;
-    /// `commit` resolves after fsync. A device listed twice gets two entries. If a dedup
-    /// record of `(sender, msg_id)` is already committed, nothing is written.
+    /// write (the queue entries; when `dedup` is Some, the sender and the number of recipients
+    /// to remember, carried by the entries' values or, with no recipients, a record of its
+    /// own) to the group-commit writer and returns at once; `commit` resolves after fsync. A
+    /// device listed twice gets two entries. If `(sender, msg_id)` is remembered (see
+    /// [`Store::dedup_lookup`]), nothing is written.
     pub fn enqueue(
         &self,
         devices: &[DeviceKey],
@@ -291,7 +302,7 @@ impl Store {
             })
             .collect();
         let dedup = dedup.map(|(sender, n)| (sender, u32::try_from(n).unwrap_or(u32::MAX)));
-        let send = self.prepare(&map, env, shared, entries, 0, dedup, true)?;
+        let send = self.prepare(&mut map, env, shared, entries, 0, dedup, true)?;
         let (tx, rx) = oneshot::channel();
         let job = Job::Write(WriteJob {
             sends: vec![send],
@@ -313,9 +324,11 @@ impl Store {
     /// Submits a group of changes whose seqs the caller chose (the routing core allocates them:
     /// each greater than every seq its device's queue gave before, see [`Store::queue_state`])
     /// and returns at once; the `Commit` resolves once it is written (fsync'd with
-    /// [`crate::Durability::Sync`]) with one [`crate::SendOutcome`] per send. No queue limit is checked
-    /// here (the caller did), and the queues count the entries once they are written. Entries for devices that are not registered (or are being removed) are
-    /// skipped; a send whose dedup record is already committed is not written at all.
+    /// [`crate::Durability::Sync`]) with one [`crate::SendOutcome`] per send. No queue limit
+    /// is checked here (the caller did), and the queues count the entries once they are
+    /// written. Entries for devices that are not registered (or are being removed) are
+    /// skipped; a send whose identity is remembered when the writer reaches it (see
+    /// [`Store::dedup_lookup`]; earlier sends of the same group count) is not written at all.
     pub fn write(&self, set: WriteSet) -> Result<Commit<WriteOutcome>, StorageError> {
         let sh = self.sh();
         self.check_poisoned()?;
@@ -334,7 +347,7 @@ impl Store {
                 }
             }
             let (env, shared, dedup) = (&send.env, send.shared, send.dedup);
-            sends.push(self.prepare(&map, env, shared, kept, skipped, dedup, false)?);
+            sends.push(self.prepare(&mut map, env, shared, kept, skipped, dedup, false)?);
         }
         let (tx, rx) = oneshot::channel();
         self.submit(Job::Write(WriteJob {
@@ -346,12 +359,13 @@ impl Store {
         Ok(Commit::new(rx))
     }
 
-    /// Encodes one send for the writer, under the device lock `map` (which the caller holds);
-    /// `reserved`: its entries took room in their queues (`allocate`).
+    /// Encodes one send for the writer, under the device lock `map` (which the caller holds),
+    /// and raises the seq ceilings its seqs reach; `reserved`: its entries took room in their
+    /// queues (`allocate`).
     #[allow(clippy::too_many_arguments)]
     fn prepare(
         &self,
-        map: &Devices,
+        map: &mut Devices,
         env: &StoredEnvelope,
         shared: Option<u64>,
         entries: Vec<EntryWrite>,
@@ -368,8 +382,10 @@ impl Store {
             .iter()
             .map(|e| (e.device, len + e.header.len() as u64))
             .collect();
+        // With recipients, the values carry the send's identity; without, it gets a record.
+        let identity = dedup.filter(|_| !entries.is_empty());
         let (values, payload) = match shared {
-            None => (Values::Same(keys::encode_envelope(env)), None),
+            None => (Values::Same(keys::encode_inline(env, identity)), None),
             Some(group) => {
                 let payload_id = sh.next_payload_id.fetch_add(1, Ordering::Relaxed);
                 let pointer = Pointer {
@@ -397,19 +413,24 @@ impl Store {
                     let refs = u32::try_from(entries.len()).unwrap_or(u32::MAX);
                     // Cached before the writer can see it: its deletion then always evicts it.
                     sh.lock_payloads().insert(payload_id, env.clone());
-                    (payload_id, keys::encode_payload(refs, env))
+                    (payload_id, keys::encode_payload(refs, env, identity))
                 });
                 (values, payload)
             }
         };
         let mut records: Vec<(keys::DevicePrefix, DeviceRecord)> = Vec::new();
         for e in &entries {
-            let st = &map[&e.device];
-            let rec = DeviceRecord {
-                registered_at_ms: st.registered_at_ms,
-                next_seq: st.next_seq,
-            };
-            records.push((keys::device_prefix(e.device), rec));
+            let st = map
+                .get_mut(&e.device)
+                .expect("entries are for registered devices");
+            if e.seq >= st.ceiling {
+                st.ceiling = e.seq.saturating_add(1 + SEQ_BLOCK);
+                let rec = DeviceRecord {
+                    registered_at_ms: st.registered_at_ms,
+                    next_seq: st.ceiling,
+                };
+                records.push((keys::device_prefix(e.device), rec));
+            }
         }
         let pending = len + headers as u64;
         Totals::add(&sh.totals.pending_bytes, pending);
@@ -430,12 +451,12 @@ impl Store {
         })
     }
 
-    /// The dedup key, record and expiry of an envelope.
+    /// The dedup identity, record and expiry (for a send stored nowhere) of an envelope.
     fn dedup_entry(
         &self,
         env: &StoredEnvelope,
         dedup: Option<(DeviceKey, u32)>,
-    ) -> Option<(DedupKey, DedupRecord, u64)> {
+    ) -> Option<(DedupId, DedupRecord, u64)> {
         dedup.map(|(sender, recipients)| {
             let rec = DedupRecord {
                 accepted_at_ms: env.accepted_at_ms,
@@ -444,7 +465,7 @@ impl Store {
             let expires = env
                 .accepted_at_ms
                 .saturating_add(self.sh().opts.dedup_window_ms);
-            (keys::dedup_key(sender, env.msg_id), rec, expires)
+            (DedupId::new(sender, env.msg_id), rec, expires)
         })
     }
 
@@ -473,20 +494,18 @@ impl Store {
         Ok(())
     }
 
-    /// The dedup record of (sender, msg_id), if one was committed and not yet swept.
+    /// The dedup record of `(sender, msg_id)` if it is remembered (committed), from memory:
+    /// while an envelope of that send is queued for some device (however long ago it was
+    /// accepted), or, for a send stored nowhere (no entry written: every recipient blocked or
+    /// removed), until a sweep deletes its record once the dedup window has passed. A send
+    /// whose envelopes were all acknowledged, expired or removed is forgotten.
     pub fn dedup_lookup(
         &self,
         sender: DeviceKey,
         msg_id: MessageId,
     ) -> Result<Option<DedupRecord>, StorageError> {
-        let sh = self.sh();
-        match sh
-            .db
-            .get_pinned_cf(sh.cf(DEDUP), keys::dedup_key(sender, msg_id))?
-        {
-            Some(v) => Ok(Some(keys::decode_dedup(&v)?.0)),
-            None => Ok(None),
-        }
+        let id = DedupId::new(sender, msg_id);
+        Ok(self.sh().read_dedup().get(&id).map(|(rec, _)| rec))
     }
 
     /// Up to `max` entries of the device's queue with seq >= from_seq, in seq order (committed
@@ -592,8 +611,10 @@ impl Store {
         reply(rx).await
     }
 
-    /// Deletes entries and dedup records whose expiry <= now_ms, visiting at most `max` expiry
-    /// index entries (acked entries leave theirs behind; they are deleted here too).
+    /// Deletes what expired at `now_ms` (expiry <= now_ms), at most `max` in all: the records
+    /// of sends stored nowhere whose dedup window ended (by expiry), then queue entries, by
+    /// device then seq. Only queues whose earliest expiry may have passed are read, each up to
+    /// its last entry that may have expired (see [`SweepStats`]).
     pub async fn sweep_expired(&self, now_ms: u64, max: usize) -> Result<SweepStats, StorageError> {
         if max == 0 {
             return Ok(SweepStats::default());
@@ -646,6 +667,7 @@ impl Store {
             fsync_max_us: max,
             pending_bytes: Totals::get(&t.pending_bytes),
             payloads: Totals::get(&t.payloads),
+            batch_ops: Totals::get(&t.batch_ops),
         }
     }
 

@@ -22,7 +22,9 @@ pub struct StoreOptions {
     pub max_queue_len: u64,
     /// Maximum payload bytes queued for one device.
     pub max_queue_bytes: u64,
-    /// How long a dedup record is kept after acceptance, in milliseconds.
+    /// How long the dedup record of a send stored nowhere (no queue entry written: every
+    /// recipient blocked or removed) is kept after acceptance, in milliseconds. A send stored
+    /// somewhere is remembered while any of its envelopes is queued, however long.
     pub dedup_window_ms: u64,
 }
 
@@ -220,15 +222,19 @@ pub struct StoreStats {
     pub pending_bytes: u64,
     /// Shared payloads stored (committed) by `enqueue_shared` and still referenced.
     pub payloads: u64,
+    /// RocksDB operations (the records of the write batches: puts, deletes, single deletes)
+    /// written by group commits since open.
+    pub batch_ops: u64,
 }
 
 /// What one [`crate::Store::sweep_expired`] call removed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepStats {
-    /// Queue entries deleted because they expired, in expiry order.
+    /// Queue entries deleted because they expired, by device then seq.
     pub expired: Vec<(DeviceKey, u64)>,
-    /// Dedup records deleted.
+    /// Dedup records of sends stored nowhere deleted because their window ended (those of
+    /// sends stored somewhere go with their last envelope).
     pub dedup_removed: u64,
-    /// Expiry index entries visited (and deleted); equal to `max` when more may remain.
+    /// Everything deleted (`expired` and `dedup_removed`); equal to `max` when more may remain.
     pub scanned: u64,
 }

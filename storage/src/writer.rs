@@ -13,28 +13,37 @@
 //! change of a group's membership writes the `memberships` reverse index in the same batch.
 //! Account records, lists and push tokens are changed here too (see `account_ops`), and their
 //! in-memory caches are updated once the batch is written.
+//!
+//! Dedup identities (see the `dedup` module) are checked here, against the committed ones and
+//! this group's changes; a value carrying one counts as a holder of it, and deleting the value
+//! (ack, expiry, device removal, a payload's last pointer) drops it. Expiry is swept here too
+//! (see the `expiry` module): devices whose bound has passed become ripe and are visited in
+//! device order.
 
 mod account_ops;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ops::Range;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::{Bound, Range};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use crossbeam_channel::Receiver;
-use rocksdb::{ColumnFamily, IteratorMode, ReadOptions, WriteOptions};
+use rocksdb::{ColumnFamily, WriteBatch, WriteOptions};
 use tokio::sync::oneshot;
 
 use crate::account::{self, AccountRecord, ListKind, PurgeReport};
 use crate::batch::Batch;
+use crate::dedup::Held;
 use crate::error::{GroupError, StorageError};
+use crate::expiry::{DevExpiry, Visit};
 use crate::groups::{self, Decision, GroupEntry};
-use crate::keys::{self, DeviceRecord, EntryMeta, QueueKey, DEDUP_KEY_LEN, KIND_DEDUP, KIND_QUEUE};
+use crate::keys::{self, DedupId, DeviceRecord, EntryMeta, QueueKey};
 use crate::shared::{
-    cache_group, Shared, Totals, ACCOUNTS, DEDUP, DEVICES, EXPIRY, GROUPS, LISTS, MEMBERS,
-    MEMBERSHIPS, PAYLOADS, PUSH, QUEUES,
+    cache_group, Shared, Totals, ACCOUNTS, DEDUP, DEVICES, GROUPS, LISTS, MEMBERS, MEMBERSHIPS,
+    PAYLOADS, PUSH, QUEUES,
 };
 use crate::types::{
     DedupRecord, DeviceKey, DeviceStats, Durability, GroupOp, GroupState, SweepStats,
@@ -52,9 +61,6 @@ const MAX_GROUP_JOBS: usize = 4096;
 const MAX_GROUP_BYTES: usize = 32 << 20;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StorageError>>;
-
-/// A dedup key.
-pub(crate) type DedupKey = [u8; DEDUP_KEY_LEN];
 
 /// Work for the writer.
 pub(crate) enum Job {
@@ -113,9 +119,12 @@ pub(crate) enum Job {
         devices: Vec<(DeviceKey, DeviceRecord)>,
         reply: Reply<PurgeReport>,
     },
-    /// Deletes the expiry index keys (found by a scan) whose entry or record is gone.
-    CleanIndex {
-        keys: Vec<Box<[u8]>>,
+    /// Takes the dedup identities of `account`'s sends out of the values that carry them
+    /// (found by a scan after a purge), unless remembered again since.
+    Strip {
+        account: u64,
+        entries: Vec<QueueKey>,
+        payloads: Vec<u64>,
         reply: Reply<u64>,
     },
 }
@@ -173,10 +182,11 @@ pub(crate) struct PreparedSend {
     /// Whether `counted` took room in the queues (`Store::enqueue`), to give back once the
     /// writer is done with it.
     pub reserved: bool,
-    /// Device records with their new `next_seq`.
+    /// Device records whose seq ceiling this send's seqs crossed, with their new ceiling.
     pub records: Vec<(keys::DevicePrefix, DeviceRecord)>,
-    /// Dedup key, record and expiry.
-    pub dedup: Option<(DedupKey, DedupRecord, u64)>,
+    /// The send's dedup identity, record and (if it is stored nowhere) its expiry. With
+    /// entries, the values carry the identity (inline entries, or the shared payload).
+    pub dedup: Option<(DedupId, DedupRecord, u64)>,
     /// The shared payload the entries point to: its id and `payloads` value.
     pub payload: Option<(u64, Vec<u8>)>,
     /// Bytes this send added to `pending_bytes`.
@@ -202,11 +212,28 @@ pub(crate) enum WriteReply {
     Unit(Reply<()>),
 }
 
-/// Runs until every `Store` handle is gone, then marks a clean shutdown. `refs`: pointer
-/// entries per shared payload, as loaded.
-pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<Job>, mut refs: HashMap<u64, u32>) {
+/// What only the writer keeps in memory (loaded at open).
+#[derive(Default)]
+pub(crate) struct WriterState {
+    /// Pointer entries per shared payload, as committed.
+    pub refs: HashMap<u64, u32>,
+    /// The dedup identity each shared payload carries.
+    pub payload_dedup: HashMap<u64, DedupId>,
+    /// Shared payloads whose value was written twice (delete them with Delete).
+    pub overwritten_payloads: HashSet<u64>,
+    /// (bound, device) of every queue holding entries and not ripe (see the `expiry` module).
+    pub due: BTreeSet<(u64, DeviceKey)>,
+    /// Devices whose bound has passed and that a sweep has yet to visit.
+    pub ripe: BTreeSet<DeviceKey>,
+    /// (expiry, identity) of the records of sends stored nowhere.
+    pub standalone_by_expiry: BTreeSet<(u64, DedupId)>,
+}
+
+/// Runs until every `Store` handle is gone, then writes every device's exact next seq and marks
+/// a clean shutdown (unless a write failed: the next open then moves seqs ahead).
+pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<Job>, mut state: WriterState) {
     while let Ok(first) = rx.recv() {
-        let mut group = Group::new(&sh, &mut refs);
+        let mut group = Group::new(&sh, &mut state);
         group.add(first);
         let mut jobs = 1;
         while jobs < MAX_GROUP_JOBS && group.batch.wb.size_in_bytes() < MAX_GROUP_BYTES {
@@ -218,9 +245,25 @@ pub(crate) fn run(sh: Arc<Shared>, rx: Receiver<Job>, mut refs: HashMap<u64, u32
         }
         group.commit();
     }
+    if sh.poisoned.load(Ordering::Acquire) {
+        tracing::error!("not marking a clean shutdown: a write failed");
+        return;
+    }
+    let mut wb = WriteBatch::default();
+    let devices = sh.cf(DEVICES);
+    for (key, st) in sh.lock_devices().iter() {
+        if !st.removing && st.next_seq != st.ceiling {
+            let record = DeviceRecord {
+                registered_at_ms: st.registered_at_ms,
+                next_seq: st.next_seq,
+            };
+            wb.put_cf(devices, keys::device_prefix(*key), record.encode());
+        }
+    }
+    wb.put(CLEAN_SHUTDOWN_KEY, []);
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
-    if let Err(e) = sh.db.put_opt(CLEAN_SHUTDOWN_KEY, [], &wo) {
+    if let Err(e) = sh.db.write_opt(wb, &wo) {
         tracing::error!(error = %e, "could not mark the clean shutdown");
     }
 }
@@ -229,7 +272,6 @@ struct Cfs<'a> {
     queues: &'a ColumnFamily,
     devices: &'a ColumnFamily,
     dedup: &'a ColumnFamily,
-    expiry: &'a ColumnFamily,
     groups: &'a ColumnFamily,
     members: &'a ColumnFamily,
     payloads: &'a ColumnFamily,
@@ -294,11 +336,27 @@ struct Found {
     meta: EntryMeta,
 }
 
+/// A change to a queue's expiry state, applied in the order of the group's jobs.
+enum ExpEvent {
+    /// An entry written.
+    Put {
+        device: DeviceKey,
+        seq: u64,
+        expires: u64,
+    },
+    /// A sweep read the queue (with this group's earlier changes) and deleted its expired
+    /// entries: its state after (None: it stopped at `max`, the device stays ripe).
+    Visited {
+        device: DeviceKey,
+        after: Option<DevExpiry>,
+    },
+}
+
 struct Group<'a> {
     sh: &'a Shared,
     cfs: Cfs<'a>,
-    /// Pointer entries per shared payload, as committed.
-    refs: &'a mut HashMap<u64, u32>,
+    /// What the writer keeps: reference counts, payload identities, expiry order.
+    w: &'a mut WriterState,
     /// Reference counts changed by this group.
     refs_overlay: HashMap<u64, u32>,
     /// Shared payloads written and deleted by this group.
@@ -315,18 +373,23 @@ struct Group<'a> {
     batch: Batch,
     /// Queue entries put (Some) or deleted (None) by earlier jobs of this group.
     queue_overlay: BTreeMap<QueueKey, Option<EntryMeta>>,
-    /// Dedup records put (Some(expiry)) or deleted (None) by earlier jobs of this group.
-    dedup_overlay: HashMap<DedupKey, Option<u64>>,
-    /// The records of the dedup keys this group put.
-    dedup_written: HashMap<DedupKey, DedupRecord>,
+    /// Identities of queued sends changed by earlier jobs of this group: their state as of the
+    /// end of the group so far (None: not remembered).
+    held_view: HashMap<DedupId, Option<Held>>,
+    /// Records of sends stored nowhere written (Some) or deleted (None) by this group.
+    standalone_view: HashMap<DedupId, Option<(DedupRecord, u64)>>,
+    /// Identities of shared payloads set (Some) or dropped (None) by this group.
+    payload_dedup_view: HashMap<u64, Option<DedupId>>,
+    /// Shared payloads this group wrote a second time.
+    overwritten_added: Vec<u64>,
     /// Entries this group writes (device, bytes, whether room was reserved for it).
     added: Vec<(DeviceKey, u64, bool)>,
+    /// Changes to queues' expiry states, in order.
+    exp_events: Vec<ExpEvent>,
     /// Room reserved for entries this group does not write (duplicates, failed reads).
     unreserved: Vec<(DeviceKey, u64)>,
     /// Shared payloads cached at submission that are not written.
     payloads_dropped: Vec<u64>,
-    /// Expiry index keys deleted by earlier jobs of this group.
-    index_gone: HashSet<Vec<u8>>,
     /// Entries and payload bytes removed per device.
     removed_entries: HashMap<DeviceKey, (u64, u64)>,
     /// Devices whose removal this group writes.
@@ -339,14 +402,13 @@ struct Group<'a> {
 }
 
 impl<'a> Group<'a> {
-    fn new(sh: &'a Shared, refs: &'a mut HashMap<u64, u32>) -> Group<'a> {
+    fn new(sh: &'a Shared, w: &'a mut WriterState) -> Group<'a> {
         Group {
             sh,
             cfs: Cfs {
                 queues: sh.cf(QUEUES),
                 devices: sh.cf(DEVICES),
                 dedup: sh.cf(DEDUP),
-                expiry: sh.cf(EXPIRY),
                 groups: sh.cf(GROUPS),
                 members: sh.cf(MEMBERS),
                 payloads: sh.cf(PAYLOADS),
@@ -355,7 +417,7 @@ impl<'a> Group<'a> {
                 push: sh.cf(PUSH),
                 memberships: sh.cf(MEMBERSHIPS),
             },
-            refs,
+            w,
             refs_overlay: HashMap::new(),
             payloads_created: 0,
             payloads_deleted: Vec::new(),
@@ -365,12 +427,14 @@ impl<'a> Group<'a> {
             push_overlay: HashMap::new(),
             batch: Batch::default(),
             queue_overlay: BTreeMap::new(),
-            dedup_overlay: HashMap::new(),
-            dedup_written: HashMap::new(),
+            held_view: HashMap::new(),
+            standalone_view: HashMap::new(),
+            payload_dedup_view: HashMap::new(),
+            overwritten_added: Vec::new(),
             added: Vec::new(),
+            exp_events: Vec::new(),
             unreserved: Vec::new(),
             payloads_dropped: Vec::new(),
-            index_gone: HashSet::new(),
             removed_entries: HashMap::new(),
             removed_devices: Vec::new(),
             unremoved: Vec::new(),
@@ -480,19 +544,24 @@ impl<'a> Group<'a> {
                 let own = self.purge(account, devices);
                 self.done.push(Done::other(reply, own));
             }
-            Job::CleanIndex { keys, reply } => {
-                let own = self.clean_index(keys);
+            Job::Strip {
+                account,
+                entries,
+                payloads,
+                reply,
+            } => {
+                let own = self.strip(account, entries, payloads);
                 self.done.push(Done::Count(reply, own));
             }
         }
     }
 
-    /// Writes a group of sends and acks. Reads first (dedup records, acked entries), so a
-    /// failed read leaves the batch untouched and gives every counter back.
+    /// Writes a group of sends and acks. Reads first (the acked entries), so a failed read
+    /// leaves the batch untouched (but the seq ceilings: seqs were handed out) and gives every
+    /// counter back. Duplicates are decided in order, each send seeing the ones before it.
     fn write(&mut self, job: WriteJob) {
-        let reads = self.write_reads(&job);
-        let (dups, acked) = match reads {
-            Ok(r) => r,
+        let (mut acked, unknown) = match self.find_acks(&job.acks) {
+            Ok(found) => found,
             Err(e) => {
                 for send in &job.sends {
                     self.pending_bytes += send.pending;
@@ -502,6 +571,7 @@ impl<'a> Group<'a> {
                     if let Some((id, _)) = send.payload {
                         self.payloads_dropped.push(id);
                     }
+                    self.put_records(&send.records);
                 }
                 self.done.push(match job.reply {
                     WriteReply::Outcomes(r) => Done::other(r, Err(e)),
@@ -511,8 +581,12 @@ impl<'a> Group<'a> {
             }
         };
         let mut outcomes = Vec::with_capacity(job.sends.len());
-        for (send, dup) in job.sends.into_iter().zip(dups) {
+        for send in job.sends {
             self.pending_bytes += send.pending;
+            let dup = send
+                .dedup
+                .as_ref()
+                .and_then(|(id, ..)| self.duplicate(id, send.accepted_at_ms));
             if let Some(rec) = dup {
                 if send.reserved {
                     self.unreserved.extend_from_slice(&send.counted);
@@ -521,11 +595,7 @@ impl<'a> Group<'a> {
                     self.payloads_dropped.push(id);
                 }
                 // Its seqs were given out (and maybe seen live): they are never reused.
-                for (prefix, record) in &send.records {
-                    self.batch
-                        .wb
-                        .put_cf(self.cfs.devices, prefix, record.encode());
-                }
+                self.put_records(&send.records);
                 outcomes.push(SendOutcome::Duplicate(rec));
                 continue;
             }
@@ -533,6 +603,19 @@ impl<'a> Group<'a> {
                 skipped: send.skipped,
             });
             self.put_send(send);
+        }
+        // Acks apply after the sends: those of entries the sends just wrote too.
+        for (device, seq) in unknown {
+            let key = keys::queue_key(device, seq);
+            if let Some(Some(meta)) = self.queue_overlay.get(&key) {
+                let meta = *meta;
+                acked.push(Found {
+                    key,
+                    device,
+                    seq,
+                    meta,
+                });
+            }
         }
         let mut acks = 0;
         for found in acked {
@@ -557,27 +640,80 @@ impl<'a> Group<'a> {
         });
     }
 
-    /// The reads a write job needs: each send's committed dedup record, the acked entries.
+    /// The acked entries that exist as of the end of this group so far, and the (device, seq)
+    /// of the others.
     #[allow(clippy::type_complexity)]
-    fn write_reads(
+    fn find_acks(
         &self,
-        job: &WriteJob,
-    ) -> Result<(Vec<Option<DedupRecord>>, Vec<Found>), StorageError> {
-        let mut dups = Vec::with_capacity(job.sends.len());
-        for send in &job.sends {
-            dups.push(match &send.dedup {
-                Some((key, ..)) => self
-                    .dedup_record(key)?
-                    .filter(|(_, expires)| *expires > send.accepted_at_ms)
-                    .map(|(rec, _)| rec),
-                None => None,
-            });
-        }
+        acks: &[(DeviceKey, Vec<u64>)],
+    ) -> Result<(Vec<Found>, Vec<(DeviceKey, u64)>), StorageError> {
         let mut acked = Vec::new();
-        for (device, seqs) in &job.acks {
-            acked.extend(self.find_acked(*device, seqs.clone())?);
+        let mut unknown = Vec::new();
+        for (device, seqs) in acks {
+            // In seq order.
+            let found = self.find_acked(*device, seqs.clone())?;
+            if found.len() < seqs.len() {
+                let mut seqs = seqs.clone();
+                seqs.sort_unstable();
+                seqs.dedup();
+                unknown.extend(
+                    seqs.into_iter()
+                        .filter(|s| found.binary_search_by_key(s, |f| f.seq).is_err())
+                        .map(|s| (*device, s)),
+                );
+            }
+            acked.extend(found);
         }
-        Ok((dups, acked))
+        Ok((acked, unknown))
+    }
+
+    fn put_records(&mut self, records: &[(keys::DevicePrefix, DeviceRecord)]) {
+        for (prefix, record) in records {
+            self.batch
+                .wb
+                .put_cf(self.cfs.devices, prefix, record.encode());
+        }
+    }
+
+    /// The state of a queued send's identity as of the end of this group so far.
+    fn held(&self, id: &DedupId) -> Option<Held> {
+        match self.held_view.get(id) {
+            Some(h) => *h,
+            None => self.sh.read_dedup().queued.get(id).copied(),
+        }
+    }
+
+    /// The record of a send stored nowhere, and its expiry, as of the end of this group so far.
+    fn standalone(&self, id: &DedupId) -> Option<(DedupRecord, u64)> {
+        match self.standalone_view.get(id) {
+            Some(r) => *r,
+            None => self.sh.read_dedup().standalone.get(id).copied(),
+        }
+    }
+
+    /// The record that makes a send accepted at `accepted_at_ms` a duplicate: a queued send's
+    /// with the same identity, or a send's stored nowhere whose window has not ended.
+    fn duplicate(&self, id: &DedupId, accepted_at_ms: u64) -> Option<DedupRecord> {
+        if let Some(h) = self.held(id) {
+            return Some(h.record);
+        }
+        self.standalone(id)
+            .filter(|(_, expires)| *expires > accepted_at_ms)
+            .map(|(rec, _)| rec)
+    }
+
+    /// `n` more values carry `id` (the record is the newest send's).
+    fn hold(&mut self, id: DedupId, record: DedupRecord, n: u32) {
+        let holders = self.held(&id).map_or(0, |h| h.holders) + n;
+        self.held_view.insert(id, Some(Held { record, holders }));
+    }
+
+    /// A value carrying `id` is deleted (nothing if `id` is not remembered: a purge forgot it).
+    fn release(&mut self, id: DedupId) {
+        if let Some(mut h) = self.held(&id) {
+            h.holders -= 1;
+            self.held_view.insert(id, (h.holders > 0).then_some(h));
+        }
     }
 
     fn put_send(&mut self, send: PreparedSend) {
@@ -595,10 +731,15 @@ impl<'a> Group<'a> {
                 None => keys::entry_meta(value).expect("the store encodes its values"),
             };
             self.batch.wb.put_cf(self.cfs.queues, key, value);
-            let index = keys::queue_expiry_key(meta.expires_at_ms, key);
-            self.batch.wb.put_cf(self.cfs.expiry, index, []);
             self.queue_overlay.insert(*key, Some(meta));
+            let (device, seq) = keys::decode_queue_key(key).expect("a queue key");
+            self.exp_events.push(ExpEvent::Put {
+                device,
+                seq,
+                expires: meta.expires_at_ms,
+            });
         }
+        let shared = send.payload.is_some();
         if let Some((id, value)) = &send.payload {
             if !send.entries.is_empty() {
                 self.batch
@@ -607,32 +748,37 @@ impl<'a> Group<'a> {
                 let n = u32::try_from(send.entries.len()).expect("fewer than 2^32 recipients");
                 self.refs_overlay.insert(*id, n);
                 self.payloads_created += 1;
+                if let Some((dedup, ..)) = send.dedup {
+                    self.payload_dedup_view.insert(*id, Some(dedup));
+                }
             }
         }
-        for (prefix, record) in &send.records {
-            self.batch
-                .wb
-                .put_cf(self.cfs.devices, prefix, record.encode());
-        }
-        if let Some((key, rec, expires)) = send.dedup {
-            self.batch
-                .wb
-                .put_cf(self.cfs.dedup, key, keys::encode_dedup(rec, expires));
-            self.batch.wb.put_cf(
-                self.cfs.expiry,
-                keys::expiry_key(expires, KIND_DEDUP, &key),
-                [],
-            );
-            self.dedup_overlay.insert(key, Some(expires));
-            self.dedup_written.insert(key, rec);
+        self.put_records(&send.records);
+        if let Some((id, rec, expires)) = send.dedup {
+            if send.entries.is_empty() {
+                // Stored nowhere: a record of its own, until its window ends.
+                self.batch
+                    .wb
+                    .put_cf(self.cfs.dedup, id.key(), keys::encode_dedup(rec, expires));
+                self.standalone_view.insert(id, Some((rec, expires)));
+                self.durable();
+            } else {
+                // The values written carry the identity: one payload, or each inline entry.
+                let n = match shared {
+                    true => 1,
+                    false => u32::try_from(send.entries.len()).expect("fewer than 2^32"),
+                };
+                self.hold(id, rec, n);
+            }
         }
     }
 
-    /// Drops one reference to a shared payload; the last one deletes it.
+    /// Drops one reference to a shared payload; the last one deletes it (and drops the
+    /// identity it carries).
     fn unref(&mut self, id: u64) {
         let n = match self.refs_overlay.get(&id) {
             Some(n) => *n,
-            None => self.refs.get(&id).copied().unwrap_or(0),
+            None => self.w.refs.get(&id).copied().unwrap_or(0),
         };
         let Some(n) = n.checked_sub(1) else {
             tracing::error!(id, "a pointer to a shared payload with no references");
@@ -640,10 +786,22 @@ impl<'a> Group<'a> {
         };
         self.refs_overlay.insert(id, n);
         if n == 0 {
-            // Put once, deleted once.
-            self.batch
-                .single_delete(self.sh.payloads_cf_id, &keys::payload_key(id));
+            let key = keys::payload_key(id);
+            if self.w.overwritten_payloads.contains(&id) || self.overwritten_added.contains(&id) {
+                self.batch.wb.delete_cf(self.cfs.payloads, key);
+            } else {
+                // Put once, deleted once.
+                self.batch.single_delete(self.sh.payloads_cf_id, &key);
+            }
             self.payloads_deleted.push(id);
+            let dedup = match self.payload_dedup_view.get(&id) {
+                Some(d) => *d,
+                None => self.w.payload_dedup.get(&id).copied(),
+            };
+            if let Some(dedup) = dedup {
+                self.release(dedup);
+                self.payload_dedup_view.insert(id, None);
+            }
         }
     }
 
@@ -752,34 +910,6 @@ impl<'a> Group<'a> {
         }
     }
 
-    /// The expiry of the dedup record under `key` as of the end of this group so far.
-    fn dedup_expiry(&self, key: &DedupKey) -> Result<Option<u64>, StorageError> {
-        if let Some(o) = self.dedup_overlay.get(key) {
-            return Ok(*o);
-        }
-        match self.sh.db.get_pinned_cf(self.cfs.dedup, key)? {
-            Some(v) => Ok(Some(keys::decode_dedup(&v)?.1)),
-            None => Ok(None),
-        }
-    }
-
-    /// The dedup record under `key` and its expiry, as of the end of this group so far.
-    fn dedup_record(&self, key: &DedupKey) -> Result<Option<(DedupRecord, u64)>, StorageError> {
-        match self.dedup_overlay.get(key) {
-            Some(None) => return Ok(None),
-            Some(Some(expires)) => {
-                if let Some(rec) = self.dedup_written.get(key) {
-                    return Ok(Some((*rec, *expires)));
-                }
-            }
-            None => {}
-        }
-        match self.sh.db.get_pinned_cf(self.cfs.dedup, key)? {
-            Some(v) => Ok(Some(keys::decode_dedup(&v)?)),
-            None => Ok(None),
-        }
-    }
-
     fn find_acked(
         &self,
         device: DeviceKey,
@@ -802,98 +932,169 @@ impl<'a> Group<'a> {
         Ok(found)
     }
 
-    /// Single-deletes an entry (put once, deleted once) and counts it; false if this group
-    /// deleted it already.
+    /// Deletes an entry (SingleDelete: put once, deleted once; Delete if it was written twice)
+    /// and counts it; false if this group deleted it already.
     fn delete_entry(&mut self, f: Found) -> bool {
         if self.queue_overlay.get(&f.key) == Some(&None) {
             return false;
         }
-        self.batch.single_delete(self.sh.queues_cf_id, &f.key);
+        if f.meta.overwritten {
+            self.batch.wb.delete_cf(self.cfs.queues, f.key);
+        } else {
+            self.batch.single_delete(self.sh.queues_cf_id, &f.key);
+        }
         self.queue_overlay.insert(f.key, None);
         let c = self.removed_entries.entry(f.device).or_default();
         c.0 += 1;
         c.1 += f.meta.bytes;
+        if let Some(id) = f.meta.dedup {
+            self.release(id);
+        }
         if let Some(id) = f.meta.payload {
             self.unref(id);
         }
         true
     }
 
+    /// Deletes what expired at `now_ms`, at most `max` in all: first the records of sends
+    /// stored nowhere (by expiry), then queue entries, device by device in device order
+    /// (each in seq order), visiting only ripe devices. Reads first: a failed read leaves the
+    /// group untouched.
     fn sweep(&mut self, now_ms: u64, max: usize) -> Result<SweepStats, StorageError> {
-        // Read first, then change the group: a failed read leaves the group untouched.
-        let mut ro = ReadOptions::default();
-        if let Some(end) = now_ms.checked_add(1) {
-            ro.set_iterate_upper_bound(end.to_be_bytes());
-        }
-        let mut visited = Vec::new();
-        let mut expired = Vec::new();
-        let mut dedup = Vec::new();
-        for item in self
-            .sh
-            .db
-            .iterator_cf_opt(self.cfs.expiry, ro, IteratorMode::Start)
-        {
-            if visited.len() >= max {
+        let mut records = Vec::new();
+        for &(expires, id) in &self.w.standalone_by_expiry {
+            if expires > now_ms || records.len() >= max {
                 break;
             }
-            let (index, _) = item?;
-            if self.index_gone.contains(&*index) {
-                continue;
+            // Deleted by this group, or written again with another expiry.
+            match self.standalone_view.get(&id) {
+                Some(Some((_, e))) if *e == expires => {}
+                Some(_) => continue,
+                None => {}
             }
-            let (expires, kind, key) = keys::decode_expiry_key(&index)
-                .ok_or_else(|| StorageError::Corrupt("expiry key".into()))?;
-            debug_assert!(expires <= now_ms);
-            match kind {
-                KIND_QUEUE => {
-                    let (device, seq) = keys::decode_queue_key(key)
-                        .ok_or_else(|| StorageError::Corrupt("expiry key".into()))?;
-                    let key: QueueKey = key.try_into().expect("queue key length checked");
-                    // The entry may be gone (acked) or be a newer one under a reused key.
-                    if let Some(meta) = self.entry(&key)? {
-                        if meta.expires_at_ms <= now_ms {
-                            expired.push(Found {
-                                key,
-                                device,
-                                seq,
-                                meta,
-                            });
-                        }
-                    }
-                }
-                KIND_DEDUP => {
-                    let key: DedupKey = key
-                        .try_into()
-                        .map_err(|_| StorageError::Corrupt("expiry key".into()))?;
-                    if matches!(self.dedup_expiry(&key)?, Some(e) if e <= now_ms) {
-                        dedup.push(key);
-                    }
-                }
-                _ => {}
-            }
-            visited.push(index);
+            records.push(id);
         }
-        let mut stats = SweepStats {
-            scanned: visited.len() as u64,
-            ..SweepStats::default()
-        };
-        for index in visited {
-            self.batch.wb.delete_cf(self.cfs.expiry, &index);
-            self.index_gone.insert(index.into_vec());
+        while let Some(&(bound, device)) = self.w.due.first() {
+            if bound > now_ms {
+                break;
+            }
+            self.w.due.pop_first();
+            self.w.ripe.insert(device);
+        }
+        let room = max - records.len();
+        let mut expired = Vec::new();
+        let mut visits = Vec::new();
+        let mut cursor = Bound::Unbounded;
+        while expired.len() < room {
+            let Some(&device) = self.w.ripe.range((cursor, Bound::Unbounded)).next() else {
+                break;
+            };
+            cursor = Bound::Excluded(device);
+            let start = self.sh.lock_devices().get(&device).map(|st| st.exp);
+            let after = match start {
+                Some(start) => self.visit(device, start, now_ms, room, &mut expired)?,
+                // Removed: nothing to visit.
+                None => Some(DevExpiry::EMPTY),
+            };
+            visits.push((device, after));
+        }
+        let mut stats = SweepStats::default();
+        for id in records {
+            self.batch.wb.delete_cf(self.cfs.dedup, id.key());
+            self.standalone_view.insert(id, None);
+            stats.dedup_removed += 1;
         }
         for f in expired {
-            if self.queue_overlay.get(&f.key) != Some(&None) {
-                stats.expired.push((f.device, f.seq));
-                let _ = self.delete_entry(f);
-            }
+            stats.expired.push((f.device, f.seq));
+            let deleted = self.delete_entry(f);
+            debug_assert!(deleted, "the visit skips what this group deleted");
         }
-        for key in dedup {
-            if self.dedup_overlay.get(&key) != Some(&None) {
-                self.batch.wb.delete_cf(self.cfs.dedup, key);
-                self.dedup_overlay.insert(key, None);
-                stats.dedup_removed += 1;
-            }
+        for (device, after) in visits {
+            self.exp_events.push(ExpEvent::Visited { device, after });
         }
+        stats.scanned = stats.dedup_removed + stats.expired.len() as u64;
         Ok(stats)
+    }
+
+    /// Reads a device's queue in seq order (with this group's earlier changes), adding its
+    /// expired entries to `expired` while it holds fewer than `room`, until past the last entry
+    /// that may have expired. Returns the queue's expiry state once they are deleted, or None
+    /// if it stopped at `room` with more to delete.
+    fn visit(
+        &self,
+        device: DeviceKey,
+        start: DevExpiry,
+        now_ms: u64,
+        room: usize,
+        expired: &mut Vec<Found>,
+    ) -> Result<Option<DevExpiry>, StorageError> {
+        let mut visit = Visit::new(start);
+        let stop = start.stop_after(now_ms);
+        let mut db = self.sh.scan(QUEUES, &keys::device_prefix(device));
+        let mut db_next = || -> Result<Option<(QueueKey, EntryMeta)>, StorageError> {
+            match db.next() {
+                None => Ok(None),
+                Some(item) => {
+                    let (k, v) = item?;
+                    let key: QueueKey = (*k)
+                        .try_into()
+                        .map_err(|_| StorageError::Corrupt("queue key".into()))?;
+                    Ok(Some((key, keys::entry_meta(&v)?)))
+                }
+            }
+        };
+        let range = keys::queue_key(device, 0)..=keys::queue_key(device, u64::MAX);
+        let mut overlay = self.queue_overlay.range(range);
+        let mut d = db_next()?;
+        let mut o = overlay.next();
+        loop {
+            // The next entry in key order; this group's change of a key wins.
+            let (key, meta) = match (&d, o) {
+                (None, None) => break,
+                (Some((dk, _)), Some((ok, om))) if ok <= dk => {
+                    if ok == dk {
+                        d = db_next()?;
+                    }
+                    o = overlay.next();
+                    match om {
+                        Some(meta) => (*ok, *meta),
+                        None => continue,
+                    }
+                }
+                (Some(entry), _) => {
+                    let entry = *entry;
+                    d = db_next()?;
+                    entry
+                }
+                (None, Some((ok, om))) => {
+                    o = overlay.next();
+                    match om {
+                        Some(meta) => (*ok, *meta),
+                        None => continue,
+                    }
+                }
+            };
+            let seq = keys::decode_queue_key(&key).expect("a queue key").1;
+            let expires = meta.expires_at_ms;
+            if expires <= now_ms {
+                if expired.len() >= room {
+                    return Ok(None);
+                }
+                expired.push(Found {
+                    key,
+                    device,
+                    seq,
+                    meta,
+                });
+            } else {
+                visit.stays(seq, expires);
+                if expires > stop {
+                    visit.stopped(expires);
+                    break;
+                }
+            }
+        }
+        Ok(Some(visit.result()))
     }
 
     /// Every entry of a device's queue as of the end of this group so far.
@@ -927,7 +1128,7 @@ impl<'a> Group<'a> {
             .collect())
     }
 
-    /// Deletes a device's queue (with the expiry index of each entry) and its record.
+    /// Deletes a device's queue and its record.
     fn remove(
         &mut self,
         device: DeviceKey,
@@ -938,12 +1139,12 @@ impl<'a> Group<'a> {
         for f in found {
             // Plain deletes: a removed device's keys may be written again if it re-registers.
             self.batch.wb.delete_cf(self.cfs.queues, f.key);
-            let index = keys::expiry_key(f.meta.expires_at_ms, KIND_QUEUE, &f.key);
-            self.batch.wb.delete_cf(self.cfs.expiry, &index);
-            self.index_gone.insert(index);
             self.queue_overlay.insert(f.key, None);
             queued += 1;
             bytes += f.meta.bytes;
+            if let Some(id) = f.meta.dedup {
+                self.release(id);
+            }
             if let Some(id) = f.meta.payload {
                 self.unref(id);
             }
@@ -971,9 +1172,15 @@ impl<'a> Group<'a> {
         let sh = self.sh;
         let batch = std::mem::take(&mut self.batch);
         let written = if batch.len() == 0 {
+            // Nothing to write, but memory may change (a purge forgetting identities of an
+            // account with nothing stored, a sweep learning a queue's expiry).
+            self.apply();
+            self.apply_dedup();
+            self.apply_shared();
             Ok(())
         } else {
             let start = Instant::now();
+            Totals::add(&sh.totals.batch_ops, batch.len() as u64);
             let mut wo = WriteOptions::default();
             wo.set_sync(self.sync);
             let gate = sh.gate.write().unwrap_or_else(|e| e.into_inner());
@@ -983,6 +1190,7 @@ impl<'a> Group<'a> {
                 .map_err(StorageError::from);
             if written.is_ok() {
                 self.apply();
+                self.apply_dedup();
                 self.apply_shared();
             } else {
                 self.unremoved.append(&mut self.removed_devices);
@@ -1071,9 +1279,89 @@ impl<'a> Group<'a> {
             Totals::sub(&sh.totals.queued, *n);
             Totals::sub(&sh.totals.bytes, *bytes);
         }
+        // Expiry states, in the order of the jobs; then each changed bound moves in `due`.
+        // (device -> its bound before, whether a sweep finished a visit of it)
+        let mut touched: HashMap<DeviceKey, (u64, bool)> = HashMap::new();
+        for event in self.exp_events.drain(..) {
+            let (device, visited) = match event {
+                ExpEvent::Put { device, .. } => (device, false),
+                ExpEvent::Visited { device, after } => (device, after.is_some()),
+            };
+            let Some(st) = map.get_mut(&device) else {
+                self.w.ripe.remove(&device);
+                continue;
+            };
+            let t = touched.entry(device).or_insert((st.exp.bound, false));
+            t.1 |= visited;
+            match event {
+                ExpEvent::Put { seq, expires, .. } => st.exp.put(seq, expires),
+                ExpEvent::Visited { after, .. } => {
+                    if let Some(after) = after {
+                        st.exp = after;
+                        self.w.ripe.remove(&device);
+                    }
+                }
+            }
+        }
+        for device in self.removed_entries.keys() {
+            if let Some(st) = map.get(device) {
+                touched.entry(*device).or_insert((st.exp.bound, false));
+            }
+        }
+        for (device, (before, visited)) in touched {
+            let st = map
+                .get_mut(&device)
+                .expect("touched devices are registered");
+            if st.queued == 0 {
+                // An empty queue forgets its expiry state.
+                st.exp = DevExpiry::EMPTY;
+                self.w.ripe.remove(&device);
+            }
+            let after = st.exp.bound;
+            if after == before && !visited {
+                continue;
+            }
+            self.w.due.remove(&(before, device));
+            if after != u64::MAX && !self.w.ripe.contains(&device) {
+                self.w.due.insert((after, device));
+            }
+        }
         for device in &self.removed_devices {
             let st = map.remove(device);
             debug_assert!(st.is_some_and(|s| s.removing));
+            if let Some(st) = st {
+                self.w.due.remove(&(st.exp.bound, *device));
+            }
+            self.w.ripe.remove(device);
+        }
+    }
+
+    /// Applies the dedup changes of a written batch: the remembered identities, the records
+    /// of sends stored nowhere (and their expiry order), the identities of shared payloads.
+    fn apply_dedup(&mut self) {
+        if self.held_view.is_empty() && self.standalone_view.is_empty() {
+            return;
+        }
+        let mut d = self.sh.dedup.write().unwrap_or_else(|e| e.into_inner());
+        for (id, held) in self.held_view.drain() {
+            match held {
+                Some(h) => d.queued.insert(id, h),
+                None => d.queued.remove(&id),
+            };
+        }
+        for (id, record) in self.standalone_view.drain() {
+            if let Some((_, expires)) = d.standalone.get(&id) {
+                self.w.standalone_by_expiry.remove(&(*expires, id));
+            }
+            match record {
+                Some((rec, expires)) => {
+                    d.standalone.insert(id, (rec, expires));
+                    self.w.standalone_by_expiry.insert((expires, id));
+                }
+                None => {
+                    d.standalone.remove(&id);
+                }
+            }
         }
     }
 
@@ -1082,10 +1370,22 @@ impl<'a> Group<'a> {
         let sh = self.sh;
         for (id, n) in self.refs_overlay.drain() {
             if n == 0 {
-                self.refs.remove(&id);
+                self.w.refs.remove(&id);
             } else {
-                self.refs.insert(id, n);
+                self.w.refs.insert(id, n);
             }
+        }
+        for (id, dedup) in self.payload_dedup_view.drain() {
+            match dedup {
+                Some(d) => self.w.payload_dedup.insert(id, d),
+                None => self.w.payload_dedup.remove(&id),
+            };
+        }
+        self.w
+            .overwritten_payloads
+            .extend(self.overwritten_added.drain(..));
+        for id in &self.payloads_deleted {
+            self.w.overwritten_payloads.remove(id);
         }
         Totals::add(&sh.totals.payloads, self.payloads_created);
         Totals::sub(&sh.totals.payloads, self.payloads_deleted.len() as u64);

@@ -148,6 +148,13 @@ fn one_shared_enqueue_to_a_100k_member_group() {
     }
     assert!(ptrs.windows(2).all(|w| w[0] == w[1]));
 
+    // Remembered while queued: the payload carries the identity.
+    let rec = store
+        .dedup_lookup(sender, MessageId::from_u128(42))
+        .unwrap()
+        .unwrap();
+    assert_eq!((rec.accepted_at_ms, rec.recipients), (T0, SIZE));
+
     // Acks of some keep the payload; expiry of the rest deletes it.
     for d in some {
         assert_eq!(rt.block_on(store.ack(d, &[1])).unwrap(), 1);
@@ -160,10 +167,16 @@ fn one_shared_enqueue_to_a_100k_member_group() {
     eprintln!("{} pointers expired in {:?}", s.expired.len(), t.elapsed());
     assert_eq!(s.expired.len(), SIZE as usize - some.len());
     let c = counts(&store);
-    // Only the dedup record (and its index entry) outlives the envelope.
+    // Nothing outlives the envelope: its dedup identity was in its payload.
     assert_eq!(
         (c["payloads"], c["queues"], c["expiry"], c["dedup"]),
-        (0, 0, 1, 1)
+        (0, 0, 0, 0)
+    );
+    assert_eq!(
+        store
+            .dedup_lookup(sender, MessageId::from_u128(42))
+            .unwrap(),
+        None
     );
     assert_eq!(store.stats().payloads, 0);
     eprintln!("end: VmHWM {} VmRSS {}", vm("VmHWM"), vm("VmRSS"));

@@ -1,8 +1,9 @@
 //! Random operation sequences applied to the store and to an in-memory model, compared after
 //! every step, with close-and-reopen steps in between (the habit of sled's tests/tree).
-//! Covers inline and shared (pointer) entries, shared payload lifetimes, groups with their
-//! permission rules and the memberships index, account records, lists, push tokens, and
-//! account purges.
+//! Covers inline and shared (pointer) entries, shared payload lifetimes, dedup identities
+//! (remembered while an envelope of their send is queued; sends stored nowhere get a record
+//! that expires), expiry sweeps, groups with their permission rules and the memberships
+//! index, account records, lists, push tokens, and account purges.
 
 mod common;
 
@@ -153,14 +154,19 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// One queue entry of the model: the envelope, and for a shared entry its group, header and
-/// the model's id of its shared payload.
+/// A dedup identity: the sender and the message id.
+type Ident = (DeviceKey, u128);
+
+/// One queue entry of the model: the envelope, for a shared entry its group, header and
+/// the model's id of its shared payload, and the dedup identity and record of its send if it
+/// is remembered.
 #[derive(Clone, Debug)]
 struct MEntry {
     env: StoredEnvelope,
     group: u64,
     header: Bytes,
     payload: Option<u64>,
+    dedup: Option<(Ident, DedupRecord)>,
 }
 
 impl MEntry {
@@ -233,19 +239,13 @@ impl MDevice {
     }
 }
 
-/// An expiry index entry, ordered like the store's expiry keys:
-/// (expires, kind, slot, account, device, seq or msg id).
-type IndexEntry = (u64, u8, u16, u64, u32, u128);
-
-fn index_entry(expires: u64, kind: u8, d: DeviceKey, x: u128) -> IndexEntry {
-    (expires, kind, slot_of(d.account), d.account, d.device, x)
-}
-
 struct Model {
     now: u64,
     devices: BTreeMap<DeviceKey, MDevice>,
-    dedup: BTreeMap<(DeviceKey, u128), (DedupRecord, u64)>,
-    index: BTreeSet<IndexEntry>,
+    /// Records of sends stored nowhere, with their expiry.
+    standalone: BTreeMap<Ident, (DedupRecord, u64)>,
+    /// Every identity sent with (to check that the forgotten ones are not found).
+    idents: BTreeSet<Ident>,
     next_msg: u128,
     groups: BTreeMap<u64, MGroup>,
     next_payload: u64,
@@ -270,6 +270,33 @@ fn networks(v: u8) -> Vec<String> {
 }
 
 impl Model {
+    /// The identities remembered and their records: those of queued envelopes, then those of
+    /// sends stored nowhere (a queued send's wins).
+    fn remembered(&self) -> BTreeMap<Ident, DedupRecord> {
+        let mut out: BTreeMap<Ident, DedupRecord> = self
+            .standalone
+            .iter()
+            .map(|(id, (rec, _))| (*id, *rec))
+            .collect();
+        for md in self.devices.values() {
+            for e in md.queue.values() {
+                if let Some((id, rec)) = e.dedup {
+                    out.insert(id, rec);
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether an envelope of the send `id` is queued.
+    fn queued(&self, id: Ident) -> bool {
+        self.devices.values().any(|md| {
+            md.queue
+                .values()
+                .any(|e| e.dedup.is_some_and(|d| d.0 == id))
+        })
+    }
+
     fn ensure_account(&mut self, account: u64, network: &str, zone: &str) -> AccountRecord {
         let now = self.now;
         self.accounts
@@ -308,6 +335,11 @@ impl Model {
 
     fn purge(&mut self, account: u64) -> PurgeReport {
         let mut r = PurgeReport::default();
+        let forgotten = self
+            .remembered()
+            .keys()
+            .filter(|(sender, _)| sender.account == account)
+            .count() as u64;
         let devices: Vec<DeviceKey> = self
             .devices
             .keys()
@@ -319,12 +351,19 @@ impl Model {
             r.devices += 1;
             r.envelopes += md.queue.len() as u64;
         }
-        // Index entries of its entries and dedup records, stale ones included.
-        self.index.retain(|e| e.3 != account);
-        let before = self.dedup.len();
-        self.dedup
+        // Its sends are forgotten, wherever their envelopes wait.
+        r.dedup_records = forgotten;
+        self.standalone
             .retain(|(sender, _), _| sender.account != account);
-        r.dedup_records = (before - self.dedup.len()) as u64;
+        for md in self.devices.values_mut() {
+            for e in md.queue.values_mut() {
+                if e.dedup
+                    .is_some_and(|((sender, _), _)| sender.account == account)
+                {
+                    e.dedup = None;
+                }
+            }
+        }
         let groups: Vec<u64> = self.groups.keys().copied().collect();
         for g in groups {
             let mg = self.groups.get_mut(&g).unwrap();
@@ -350,14 +389,16 @@ impl Model {
         r
     }
 
-    /// Entries of `to` (device, header); `shared`: the group of shared entries. A duplicate
-    /// (`write` false: its dedup record is committed) takes its seqs but writes nothing.
+    /// Entries of `to` (device, header); `shared`: the group of shared entries; `dedup`: the
+    /// identity and record the entries carry. A duplicate (`write` false: its identity is
+    /// remembered) takes its seqs but writes nothing.
     fn enqueue(
         &mut self,
         to: &[(DeviceKey, Bytes)],
         env: &StoredEnvelope,
         shared: Option<u64>,
         write: bool,
+        dedup: Option<(Ident, DedupRecord)>,
     ) -> Result<Vec<(DeviceKey, u64)>, EnqueueError> {
         // (entries, bytes) wanted per device so far.
         let mut wanted: BTreeMap<DeviceKey, (u64, u64)> = BTreeMap::new();
@@ -391,10 +432,9 @@ impl Model {
                 group: shared.unwrap_or(0),
                 header: header.clone(),
                 payload,
+                dedup,
             };
             md.queue.insert(seq, entry);
-            self.index
-                .insert(index_entry(env.expires_at_ms, 0, *d, seq as u128));
         }
         Ok(seqs)
     }
@@ -512,40 +552,40 @@ impl Model {
         Ok(state)
     }
 
+    /// Deletes what expired, at most `max` in all: records of sends stored nowhere by
+    /// (expiry, identity), then queue entries by device then seq.
     fn sweep(&mut self, max: usize) -> SweepStats {
         let now = self.now;
-        let due: Vec<IndexEntry> = self
-            .index
+        let mut due: Vec<(u64, Ident)> = self
+            .standalone
             .iter()
-            .take_while(|e| e.0 <= now)
-            .take(max)
-            .copied()
+            .filter(|(_, (_, expires))| *expires <= now)
+            .map(|(id, (_, expires))| (*expires, *id))
             .collect();
-        let mut stats = SweepStats {
-            scanned: due.len() as u64,
-            ..SweepStats::default()
-        };
-        for e in due {
-            self.index.remove(&e);
-            let (_, kind, _, account, device, x) = e;
-            let d = DeviceKey::new(account, device);
-            if kind == 0 {
-                let seq = x as u64;
-                if let Some(md) = self.devices.get_mut(&d) {
-                    if md
-                        .queue
-                        .get(&seq)
-                        .is_some_and(|e| e.env.expires_at_ms <= now)
-                    {
-                        md.queue.remove(&seq);
-                        stats.expired.push((d, seq));
-                    }
+        due.sort();
+        due.truncate(max);
+        let mut stats = SweepStats::default();
+        for (_, id) in due {
+            self.standalone.remove(&id);
+            stats.dedup_removed += 1;
+        }
+        let room = max - stats.dedup_removed as usize;
+        'devices: for (d, md) in self.devices.iter_mut() {
+            let seqs: Vec<u64> = md
+                .queue
+                .iter()
+                .filter(|(_, e)| e.env.expires_at_ms <= now)
+                .map(|(s, _)| *s)
+                .collect();
+            for seq in seqs {
+                if stats.expired.len() >= room {
+                    break 'devices;
                 }
-            } else if self.dedup.get(&(d, x)).is_some_and(|r| r.1 <= now) {
-                self.dedup.remove(&(d, x));
-                stats.dedup_removed += 1;
+                md.queue.remove(&seq);
+                stats.expired.push((*d, seq));
             }
         }
+        stats.scanned = stats.dedup_removed + stats.expired.len() as u64;
         stats
     }
 }
@@ -627,8 +667,8 @@ fn check(store: &Store, m: &Model) {
     let counts = common::counts(store);
     assert_eq!(counts["queues"], total.1, "queue keys");
     assert_eq!(counts["devices"], total.0, "device keys");
-    assert_eq!(counts["dedup"], m.dedup.len() as u64, "dedup keys");
-    assert_eq!(counts["expiry"], m.index.len() as u64, "expiry keys");
+    assert_eq!(counts["dedup"], m.standalone.len() as u64, "dedup keys");
+    assert_eq!(counts["expiry"], 0, "expiry keys");
     assert_eq!(counts["payloads"], m.payloads(), "payload keys");
     assert_eq!(counts["groups"], m.groups.len() as u64, "group keys");
     let members: usize = m.groups.values().map(|g| g.members.len()).sum();
@@ -682,12 +722,14 @@ fn check(store: &Store, m: &Model) {
             "push of {d:?}"
         );
     }
-    for ((sender, msg), (rec, _)) in &m.dedup {
+    let remembered = m.remembered();
+    for (sender, msg) in &m.idents {
         assert_eq!(
             store
                 .dedup_lookup(*sender, MessageId::from_u128(*msg))
                 .unwrap(),
-            Some(*rec)
+            remembered.get(&(*sender, *msg)).copied(),
+            "dedup of {msg} from {sender:?}"
         );
     }
     assert_eq!(
@@ -705,8 +747,8 @@ fn run(ops: Vec<Op>) {
     let mut m = Model {
         now: 1_000_000,
         devices: BTreeMap::new(),
-        dedup: BTreeMap::new(),
-        index: BTreeSet::new(),
+        standalone: BTreeMap::new(),
+        idents: BTreeSet::new(),
         next_msg: 1 << 64,
         groups: BTreeMap::new(),
         next_payload: 0,
@@ -842,13 +884,7 @@ fn run(ops: Vec<Op>) {
             Op::Remove(i) => {
                 let d = dev(i);
                 m.push.remove(&d);
-                let want = m.devices.remove(&d).map(|md| {
-                    for (seq, e) in &md.queue {
-                        m.index
-                            .remove(&index_entry(e.env.expires_at_ms, 0, d, *seq as u128));
-                    }
-                    md.stats(d)
-                });
+                let want = m.devices.remove(&d).map(|md| md.stats(d));
                 assert_eq!(rt.block_on(store.remove_device(d)).unwrap(), want);
             }
             Op::Read { dev: i, from, max } => {
@@ -984,12 +1020,21 @@ fn send(
         flags: (msg % 3) as u8,
         payload: Bytes::from(vec![msg as u8; len as usize]),
     };
-    // A committed, unexpired dedup record makes this send a duplicate: nothing is written.
+    // A send whose identity is remembered is a duplicate: nothing is written. Remembered: an
+    // envelope of an earlier send with it is queued (however old), or the record of an
+    // earlier send stored nowhere is within its window.
+    let id = (sender, msg);
     let duplicate = dedup.is_some()
-        && m.dedup
-            .get(&(sender, msg))
-            .is_some_and(|(_, expires)| *expires > m.now);
-    let want = m.enqueue(to, &env, shared, !duplicate);
+        && (m.queued(id)
+            || m.standalone
+                .get(&id)
+                .is_some_and(|(_, expires)| *expires > m.now));
+    let rec = DedupRecord {
+        accepted_at_ms: m.now,
+        recipients: to.len() as u32,
+    };
+    let carried = dedup.map(|_| (id, rec));
+    let want = m.enqueue(to, &env, shared, !duplicate, carried);
     let dedup_arg = dedup.map(|_| (sender, to.len() as u64));
     let got = match shared {
         None => {
@@ -1011,14 +1056,12 @@ fn send(
         (Ok(got), Ok(want)) => {
             assert_eq!(got.seqs, want);
             rt.block_on(got.commit).unwrap();
-            if dedup.is_some() && !duplicate {
-                let rec = DedupRecord {
-                    accepted_at_ms: m.now,
-                    recipients: to.len() as u32,
-                };
-                let expires = m.now + WINDOW;
-                m.dedup.insert((sender, msg), (rec, expires));
-                m.index.insert(index_entry(expires, 1, sender, msg));
+            if dedup.is_some() {
+                m.idents.insert(id);
+                // Stored nowhere: a record of its own, for the window.
+                if !duplicate && to.is_empty() {
+                    m.standalone.insert(id, (rec, m.now + WINDOW));
+                }
             }
         }
         (Err(got), Err(want)) => assert_eq!(got, want),

@@ -1,7 +1,8 @@
 //! `purge_account` erases everything about an account: an account with devices, inline and
 //! shared envelopes queued for it and sent by it, groups it created and joined, lists, push
-//! tokens, dedup records and stale expiry index keys is purged, the store is closed and
-//! reopened, and every key and value of every column family is searched for the account id.
+//! tokens and dedup identities (carried by its envelopes queued elsewhere, or a record of their
+//! own for a send stored nowhere) is purged, the store is closed and reopened, and every key
+//! and value of every column family is searched for the account id.
 
 mod common;
 
@@ -87,7 +88,7 @@ fn others(store: &Store) -> Others {
         ]
         .to_vec(),
         push: store.push_token(b1),
-        dedup: store.dedup_lookup(b1, MessageId::from_u128(100)).unwrap(),
+        dedup: store.dedup_lookup(b1, MessageId::from_u128(108)).unwrap(),
     }
 }
 
@@ -152,10 +153,13 @@ fn purge_leaves_nothing_about_the_account() {
             })
             .collect()
     };
-    // Inline, to A (with B's dedup record), from A to B and to A's other device (with A's).
+    // Inline, to A (with B's dedup identity), from A to B and to A's other device (with A's),
+    // and from B to C (with B's). One from A stored nowhere: a dedup record of its own.
     commit(store.enqueue(&[a1, a2], &env(100, b1, b"b to a"), Some((b1, 2))));
     commit(store.enqueue(&[b1], &env(101, a1, b"a to b"), Some((a1, 1))));
     commit(store.enqueue(&[a2], &env(102, a1, b"a to self"), Some((a1, 1))));
+    commit(store.enqueue(&[c1], &env(108, b1, b"b to c"), Some((b1, 1))));
+    commit(store.enqueue(&[], &env(107, a1, b"a to nobody"), Some((a1, 1))));
     // Shared: A's group message (its payload, from A, stays for B and C), B's group message
     // to A and C, and a payload only A's devices point to (deleted with them).
     commit(store.enqueue_shared(
@@ -171,8 +175,7 @@ fn purge_leaves_nothing_about_the_account() {
         None,
     ));
     commit(store.enqueue_shared(&shared(&[a1, a2]), &env(105, c1, b"c to a"), 0, None));
-    // Acked entries leave expiry index keys behind (with A's queue keys in them), so does
-    // a device removed after an ack.
+    // Acks, and a device removed after an ack.
     commit(store.enqueue(&[a3], &env(106, c1, b"c to a3"), None));
     assert_eq!(rt.block_on(store.ack(a1, &[1])).unwrap(), 1);
     assert_eq!(rt.block_on(store.ack(a3, &[1])).unwrap(), 1);
@@ -184,13 +187,31 @@ fn purge_leaves_nothing_about_the_account() {
         0
     );
 
-    // The search finds A everywhere before the purge (so it can find what a purge leaves).
+    // The search finds A everywhere before the purge (so it can find what a purge leaves),
+    // but in `expiry`, which holds nothing.
+    assert_eq!(common::count(&store, "expiry"), 0);
     let before: BTreeSet<String> = holding_a(&store).into_iter().map(|(cf, _)| cf).collect();
-    let every_cf: BTreeSet<String> = common::counts(&store).into_keys().collect();
+    let mut every_cf: BTreeSet<String> = common::counts(&store).into_keys().collect();
+    every_cf.remove("expiry");
     assert_eq!(
         before, every_cf,
-        "A's id is in every column family before the purge"
+        "A's id is in every column family but `expiry` before the purge"
     );
+    let lookup = |store: &Store, sender: DeviceKey, msg: u128| {
+        store
+            .dedup_lookup(sender, MessageId::from_u128(msg))
+            .unwrap()
+    };
+    for (sender, msg) in [
+        (b1, 100),
+        (a1, 101),
+        (a1, 102),
+        (a2, 103),
+        (a1, 107),
+        (b1, 108),
+    ] {
+        assert!(lookup(&store, sender, msg).is_some(), "{msg}");
+    }
     let queued_for_a = [a1, a2]
         .map(|d| store.device_stats(d).unwrap().unwrap().queued)
         .iter()
@@ -208,13 +229,15 @@ fn purge_leaves_nothing_about_the_account() {
             groups_left: 1,
             groups_deleted: 1,
             list_entries: 3,
-            dedup_records: 3,
+            dedup_records: 4,
             push_tokens: 2,
             account_record: true,
         }
     );
     // The payload only A's devices pointed to is gone.
     assert_eq!(store.stats().payloads, payloads_before - 1);
+    // B's send to A only is forgotten with A's queues (nothing of it is queued any more).
+    assert_eq!(lookup(&store, b1, 100), None);
     assert_eq!(store.devices(A).unwrap(), Vec::<u32>::new());
     assert_eq!(
         store
@@ -236,14 +259,16 @@ fn purge_leaves_nothing_about_the_account() {
     for kind in [ListKind::Allow, ListKind::Block] {
         assert!(store.list(A, kind).is_empty());
     }
-    for (sender, msg) in [(a1, 101), (a1, 102), (a2, 103)] {
-        assert_eq!(
-            store
-                .dedup_lookup(sender, MessageId::from_u128(msg))
-                .unwrap(),
-            None
-        );
+    // A's sends are forgotten, those whose envelope waits in B's and C's queues too (their
+    // values no longer carry A's identity).
+    for (sender, msg) in [(a1, 101), (a1, 102), (a2, 103), (a1, 107), (b1, 100)] {
+        assert_eq!(lookup(&store, sender, msg), None, "{msg}");
     }
+    assert_eq!(
+        lookup(&store, b1, 108).map(|r| r.recipients),
+        Some(1),
+        "B's send to C is remembered"
+    );
     assert_eq!(store.group_members(G_A).unwrap(), None);
     assert_eq!(store.group_members(G_B).unwrap().unwrap().to_vec(), [B, C]);
 

@@ -69,7 +69,8 @@ fn payload_is_stored_once_and_deleted_after_the_last_ack() {
     let seqs = shared(&store, &ds, &e);
     assert_eq!(seqs, [1, 1, 1]);
     let c = counts(&store);
-    assert_eq!((c["payloads"], c["queues"], c["expiry"]), (1, 3, 3));
+    // No expiry index: a payload and three pointers, nothing else.
+    assert_eq!((c["payloads"], c["queues"], c["expiry"]), (1, 3, 0));
     // Each entry counts the payload and its header against its queue.
     let st = store.device_stats(ds[0]).unwrap().unwrap();
     assert_eq!((st.queued, st.bytes), (1, 300 + 5));
@@ -138,15 +139,20 @@ fn payload_is_deleted_when_its_pointers_expire() {
         .unwrap();
     rt().block_on(inline.commit).unwrap();
     assert_eq!(payloads(&store), 2);
-    // Two of the three short pointers expire first: the payload stays.
+    // Two entries first (device then seq): ds[0]'s short pointer and its inline entry; two of
+    // the three short pointers remain, and the payload with them.
     let s = rt().block_on(store.sweep_expired(T0 + 100, 2)).unwrap();
-    assert_eq!(s.expired.len(), 2);
+    assert_eq!(s.expired, [(ds[0], 1), (ds[0], 3)]);
     assert_eq!(payloads(&store), 2);
     let s = rt().block_on(store.sweep_expired(T0 + 100, 100)).unwrap();
-    assert_eq!(s.expired.len(), 2, "the other two entries due at T0 + 100");
+    assert_eq!(
+        s.expired,
+        [(ds[1], 1), (ds[2], 1)],
+        "the other two entries due at T0 + 100"
+    );
     assert_eq!(payloads(&store), 1);
     let c = counts(&store);
-    assert_eq!((c["queues"], c["expiry"]), (2, 2));
+    assert_eq!((c["queues"], c["expiry"]), (2, 0));
     for d in &ds[..2] {
         let q = queue(&store, *d);
         assert_eq!(q.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);

@@ -139,7 +139,7 @@ fn unknown_device_is_refused_and_nothing_stored() {
 }
 
 #[test]
-fn dedup_record_is_found_until_its_window_is_swept() {
+fn a_send_is_remembered_while_its_envelope_is_queued() {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
     let store = store_with(
@@ -159,46 +159,96 @@ fn dedup_record_is_found_until_its_window_is_swept() {
         accepted_at_ms: T0,
         recipients: 3,
     };
-    assert_eq!(
+    let lookup = |store: &Store, sender, msg| {
         store
-            .dedup_lookup(sender, MessageId::from_u128(77))
-            .unwrap(),
-        Some(rec)
-    );
+            .dedup_lookup(sender, MessageId::from_u128(msg))
+            .unwrap()
+    };
+    assert_eq!(lookup(&store, sender, 77), Some(rec));
     // Keyed by sender device and message id.
-    assert_eq!(
-        store
-            .dedup_lookup(sender, MessageId::from_u128(78))
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        store
-            .dedup_lookup(DeviceKey::new(1, 2), MessageId::from_u128(77))
-            .unwrap(),
-        None
-    );
+    assert_eq!(lookup(&store, sender, 78), None);
+    assert_eq!(lookup(&store, DeviceKey::new(1, 2), 77), None);
+    // The envelope carries it: no record of its own.
+    assert_eq!(count(&store, "dedup"), 0);
     store.close();
     let store = store_with(dir.path(), opts());
+    assert_eq!(lookup(&store, sender, 77), Some(rec));
+    // Past the window it is still remembered, since its envelope is still queued.
+    let s = rt.block_on(store.sweep_expired(T0 + 5_000, 100)).unwrap();
+    assert_eq!((s.dedup_removed, s.scanned), (0, 0));
+    assert_eq!(lookup(&store, sender, 77), Some(rec));
+    let retry = store
+        .enqueue(
+            &[to],
+            &env(77, T0 + 5_000, 60_000, b"hi"),
+            Some((sender, 3)),
+        )
+        .unwrap();
+    rt.block_on(retry.commit).unwrap();
+    assert_eq!(seqs(&store, to), [1], "a duplicate writes nothing");
+    // Acknowledged: forgotten, and a retry is stored again.
+    assert_eq!(rt.block_on(store.ack(to, &[1])).unwrap(), 1);
+    assert_eq!(lookup(&store, sender, 77), None);
+    let retry = store
+        .enqueue(
+            &[to],
+            &env(77, T0 + 6_000, 60_000, b"hi"),
+            Some((sender, 3)),
+        )
+        .unwrap();
+    rt.block_on(retry.commit).unwrap();
+    assert_eq!(seqs(&store, to), [3]);
     assert_eq!(
+        lookup(&store, sender, 77).map(|r| r.accepted_at_ms),
+        Some(T0 + 6_000)
+    );
+    // Expired: forgotten with its envelope.
+    let s = rt.block_on(store.sweep_expired(T0 + 66_000, 100)).unwrap();
+    assert_eq!(s.expired, [(to, 3)]);
+    assert_eq!(lookup(&store, sender, 77), None);
+    let c = counts(&store);
+    assert_eq!((c["queues"], c["dedup"], c["expiry"]), (0, 0, 0));
+}
+
+#[test]
+fn a_send_stored_nowhere_is_remembered_until_its_window_is_swept() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let store = store_with(
+        dir.path(),
+        StoreOptions {
+            dedup_window_ms: 5_000,
+            ..opts()
+        },
+    );
+    let sender = DeviceKey::new(1, 1);
+    let e = store
+        .enqueue(&[], &env(77, T0, 60_000, b"hi"), Some((sender, 3)))
+        .unwrap();
+    rt.block_on(e.commit).unwrap();
+    let rec = DedupRecord {
+        accepted_at_ms: T0,
+        recipients: 3,
+    };
+    let lookup = |store: &Store| {
         store
             .dedup_lookup(sender, MessageId::from_u128(77))
-            .unwrap(),
-        Some(rec)
-    );
+            .unwrap()
+    };
+    assert_eq!(lookup(&store), Some(rec));
+    assert_eq!(count(&store, "dedup"), 1);
+    store.close();
+    let store = store_with(dir.path(), opts());
+    assert_eq!(lookup(&store), Some(rec));
     let s = rt.block_on(store.sweep_expired(T0 + 4_999, 100)).unwrap();
     assert_eq!((s.dedup_removed, s.scanned), (0, 0));
     let s = rt.block_on(store.sweep_expired(T0 + 5_000, 100)).unwrap();
     assert_eq!((s.dedup_removed, s.scanned, s.expired.len()), (1, 1, 0));
-    assert_eq!(
-        store
-            .dedup_lookup(sender, MessageId::from_u128(77))
-            .unwrap(),
-        None
-    );
+    assert_eq!(lookup(&store), None);
     assert_eq!(count(&store, "dedup"), 0);
-    // The envelope itself lives on.
-    assert_eq!(seqs(&store, to), [1]);
+    store.close();
+    let store = store_with(dir.path(), opts());
+    assert_eq!(lookup(&store), None);
 }
 
 #[test]
@@ -244,9 +294,10 @@ fn expired_entries_are_deleted_from_rocksdb() {
         .enqueue(&[a], &env(9, T0, 10_000, b"long"), None)
         .unwrap();
     rt.block_on(e.commit).unwrap();
-    // `b` acks one before it expires: its index entry stays until its time.
+    // `b` acks one before it expires. Nothing but the entries is stored: no expiry index.
     assert_eq!(rt.block_on(store.ack(b, &[2])).unwrap(), 1);
-    assert_eq!(counts(&store)["expiry"], 7);
+    let c = counts(&store);
+    assert_eq!((c["queues"], c["expiry"]), (6, 0));
 
     // read_queue hides nothing: the caller compares expires_at_ms.
     let q = store.read_queue(a, 0, 10).unwrap();
@@ -257,19 +308,17 @@ fn expired_entries_are_deleted_from_rocksdb() {
         [T0 + 100, T0 + 101, T0 + 102, T0 + 10_000]
     );
 
+    // At most 3, by device then seq.
     let s = rt.block_on(store.sweep_expired(T0 + 101, 3)).unwrap();
     assert_eq!(s.scanned, 3);
-    assert_eq!(s.expired, [(a, 1), (b, 1), (a, 2)]);
+    assert_eq!(s.expired, [(a, 1), (a, 2), (b, 1)]);
     let s = rt.block_on(store.sweep_expired(T0 + 1_000, 100)).unwrap();
-    assert_eq!(
-        s.scanned, 3,
-        "b's acked entry 2 leaves only its index entry"
-    );
+    assert_eq!(s.scanned, 2, "b's acked entry 2 left nothing behind");
     assert_eq!(s.expired, [(a, 3), (b, 3)]);
     assert_eq!(seqs(&store, a), [4]);
     assert_eq!(seqs(&store, b), Vec::<u64>::new());
     let c = counts(&store);
-    assert_eq!((c["queues"], c["expiry"]), (1, 1));
+    assert_eq!((c["queues"], c["expiry"]), (1, 0));
     let st = store.stats();
     assert_eq!((st.queued, st.queued_bytes), (1, 4));
     assert_eq!(store.device_stats(b).unwrap().unwrap().queued, 0);
@@ -280,8 +329,15 @@ fn expired_entries_are_deleted_from_rocksdb() {
     // Still gone after reopen (and after compaction, which the reopen may trigger).
     let store = store_with(dir.path(), opts());
     let c = counts(&store);
-    assert_eq!((c["queues"], c["expiry"]), (1, 1));
+    assert_eq!((c["queues"], c["expiry"]), (1, 0));
     assert_eq!(seqs(&store, b), Vec::<u64>::new());
+    // The long-lived one goes at its time, after a reopen too.
+    let s = rt.block_on(store.sweep_expired(T0 + 9_999, 100)).unwrap();
+    assert_eq!(s.scanned, 0);
+    let s = rt.block_on(store.sweep_expired(T0 + 10_000, 100)).unwrap();
+    assert_eq!(s.expired, [(a, 4)]);
+    assert_eq!(count(&store, "queues"), 0);
+    assert_eq!(store.stats().queued, 0);
 }
 
 #[test]
@@ -476,8 +532,8 @@ fn remove_device_deletes_its_queue_and_record() {
     assert_eq!(seqs(&store, a), Vec::<u64>::new());
     assert_eq!(rt.block_on(store.remove_device(a)).unwrap(), None);
     let c = counts(&store);
-    // b's 5 entries and index entries, plus the index entry a's acked seq 1 left behind.
-    assert_eq!((c["queues"], c["devices"], c["expiry"]), (5, 1, 6));
+    // b's 5 entries (no expiry index).
+    assert_eq!((c["queues"], c["devices"], c["expiry"]), (5, 1, 0));
     assert_eq!(
         store
             .enqueue(&[a], &env(9, T0, 1000, b"x"), None)
@@ -608,4 +664,107 @@ fn handles_and_futures_are_send() {
     send(&store.remove_device(d));
     send(&store.ack(d, &[1]));
     send(&store.sweep_expired(T0, 1));
+}
+
+/// A store written by the previous layout (an expiry index, a dedup record per send, device
+/// records holding the exact next seq) opens: the index is deleted, the dedup records are kept
+/// as records of their own until their window ends, entries expire at their time.
+#[test]
+fn data_of_the_previous_layout_opens() {
+    use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+    let dir = tempfile::tempdir().unwrap();
+    let (sender, d) = (DeviceKey::new(1, 1), DeviceKey::new(2, 1));
+    let prefix = |d: DeviceKey| {
+        [
+            &d.slot().to_be_bytes()[..],
+            &d.account.to_be_bytes(),
+            &d.device.to_be_bytes(),
+        ]
+        .concat()
+    };
+    let envelope = |msg: u128, expires: u64| {
+        let mut v = vec![1u8];
+        v.extend_from_slice(&msg.to_be_bytes());
+        v.extend_from_slice(&1u64.to_be_bytes());
+        v.extend_from_slice(&1u32.to_be_bytes());
+        v.extend_from_slice(&T0.to_be_bytes());
+        v.extend_from_slice(&expires.to_be_bytes());
+        v.push(0);
+        v.extend_from_slice(b"old");
+        v
+    };
+    {
+        let mut o = Options::default();
+        o.create_if_missing(true);
+        o.create_missing_column_families(true);
+        let names = [
+            "queues",
+            "devices",
+            "dedup",
+            "expiry",
+            "groups",
+            "members",
+            "payloads",
+            "accounts",
+            "lists",
+            "push",
+            "memberships",
+        ];
+        let cfs = names.map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&o, dir.path(), cfs).unwrap();
+        let cf = |n: &str| db.cf_handle(n).unwrap();
+        let record = [T0.to_be_bytes(), 3u64.to_be_bytes()].concat();
+        db.put_cf(cf("devices"), prefix(d), record).unwrap();
+        let mut index = Vec::new();
+        for (seq, expires) in [(1u64, T0 + 100), (2, T0 + 10_000)] {
+            let key = [prefix(d), seq.to_be_bytes().to_vec()].concat();
+            db.put_cf(cf("queues"), &key, envelope(u128::from(seq), expires))
+                .unwrap();
+            index.push([&expires.to_be_bytes()[..], &[0], &key].concat());
+        }
+        let dedup_key = [prefix(sender), 1u128.to_be_bytes().to_vec()].concat();
+        let expires = T0 + 60_000;
+        let value = [
+            &T0.to_be_bytes()[..],
+            &1u32.to_be_bytes(),
+            &expires.to_be_bytes(),
+        ]
+        .concat();
+        db.put_cf(cf("dedup"), &dedup_key, value).unwrap();
+        index.push([&expires.to_be_bytes()[..], &[1], &dedup_key].concat());
+        for k in index {
+            db.put_cf(cf("expiry"), k, []).unwrap();
+        }
+        db.put(b"hearth-clean-shutdown", []).unwrap();
+    }
+    let rt = rt();
+    let store = store_with(dir.path(), opts());
+    let c = counts(&store);
+    assert_eq!((c["queues"], c["dedup"], c["expiry"]), (2, 1, 0));
+    assert_eq!(store.queue_state(d).unwrap().next_seq, 3);
+    let rec = DedupRecord {
+        accepted_at_ms: T0,
+        recipients: 1,
+    };
+    let lookup = |store: &Store| store.dedup_lookup(sender, MessageId::from_u128(1)).unwrap();
+    assert_eq!(lookup(&store), Some(rec));
+    let s = rt.block_on(store.sweep_expired(T0 + 100, 10)).unwrap();
+    assert_eq!((s.expired, s.dedup_removed), (vec![(d, 1)], 0));
+    // The record outlives its envelope (it has no copy to go with), until its window ends.
+    assert_eq!(lookup(&store), Some(rec));
+    let e = store
+        .enqueue(&[d], &env(1, T0 + 200, 1_000, b"retry"), Some((sender, 1)))
+        .unwrap();
+    rt.block_on(e.commit).unwrap();
+    assert_eq!(seqs(&store, d), [2], "a duplicate");
+    let s = rt.block_on(store.sweep_expired(T0 + 60_000, 10)).unwrap();
+    assert_eq!((s.expired, s.dedup_removed), (vec![(d, 2)], 1));
+    assert_eq!(lookup(&store), None);
+    let c = counts(&store);
+    assert_eq!((c["queues"], c["dedup"], c["expiry"]), (0, 0, 0));
+    // The old entries' seqs are not given again.
+    let e = store
+        .enqueue(&[d], &env(9, T0, 1_000, b"new"), None)
+        .unwrap();
+    assert_eq!(e.seqs, [(d, 4)]);
 }

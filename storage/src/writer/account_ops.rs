@@ -1,21 +1,21 @@
-//! The writer's account jobs: records, lists, push tokens, purge, and the cleanup of expiry
-//! index keys left behind by acknowledged entries of a purged account.
+//! The writer's account jobs: records, lists, push tokens, purge, and taking a purged
+//! account's dedup identities out of the values of other queues that still carry them.
 //!
 //! Like the other jobs, each sees the state as of the earlier jobs of its group (committed
 //! state from the caches and the database, plus this group's overlays), and the caches are
 //! updated only once the batch is written.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{DedupKey, Found, Group};
+use super::{Found, Group};
 use crate::account::{self, AccountRecord, ListKind, PurgeReport, Reach};
 use crate::error::StorageError;
 use crate::groups::{self, Decision, GroupEntry};
-use crate::keys::{self, DeviceRecord, QueueKey, KIND_DEDUP, KIND_QUEUE};
-use crate::shared::{DEDUP, MEMBERSHIPS, PUSH};
+use crate::keys::{self, DedupId, DeviceRecord, Mark, QueueKey};
+use crate::shared::{MEMBERSHIPS, PUSH};
 use crate::types::{DeviceKey, GroupOp};
 
 /// A change to an account record.
@@ -29,8 +29,9 @@ pub(crate) enum AccountChange {
 /// What a purge found, before it changes anything.
 struct PurgeReads {
     queues: Vec<Vec<Found>>,
-    /// Dedup keys and the expiry of each.
-    dedup: BTreeMap<DedupKey, u64>,
+    /// The remembered identities of its sends: of queued sends, of sends stored nowhere.
+    held: BTreeSet<DedupId>,
+    standalone: BTreeSet<DedupId>,
     /// Groups it is a member of: the group, what to do, whether that deletes it.
     groups: Vec<(u64, GroupEntry, Decision, bool)>,
     lists: BTreeSet<(ListKind, u64)>,
@@ -158,19 +159,23 @@ impl Group<'_> {
                 return Err(e);
             }
         };
-        let mut report = PurgeReport::default();
+        // Its sends are forgotten first (their values in other queues still carry them until
+        // `strip`; releases of a forgotten identity change nothing).
+        let mut report = PurgeReport {
+            dedup_records: reads.held.union(&reads.standalone).count() as u64,
+            ..PurgeReport::default()
+        };
+        for id in reads.held {
+            self.held_view.insert(id, None);
+        }
+        for id in reads.standalone {
+            self.batch.wb.delete_cf(self.cfs.dedup, id.key());
+            self.standalone_view.insert(id, None);
+        }
         for ((device, record), found) in devices.into_iter().zip(reads.queues) {
             let st = self.remove(device, record, found);
             report.devices += 1;
             report.envelopes += st.queued;
-        }
-        for (key, expires) in reads.dedup {
-            self.batch.wb.delete_cf(self.cfs.dedup, key);
-            let index = keys::expiry_key(expires, KIND_DEDUP, &key);
-            self.batch.wb.delete_cf(self.cfs.expiry, &index);
-            self.index_gone.insert(index);
-            self.dedup_overlay.insert(key, None);
-            report.dedup_records += 1;
         }
         for (group, before, decision, deleted) in reads.groups {
             self.apply_group(group, Some(&before), decision);
@@ -213,19 +218,26 @@ impl Group<'_> {
             .map(|(d, _)| self.find_queue(*d))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let mut dedup = BTreeMap::new();
-        for item in self.sh.scan(DEDUP, &prefix) {
-            let (k, v) = item?;
-            let key: DedupKey = (*k)
-                .try_into()
-                .map_err(|_| StorageError::Corrupt("dedup key".into()))?;
-            dedup.insert(key, keys::decode_dedup(&v)?.1);
+        // Its identities (one pass over the remembered ones: a purge is rare).
+        let (mut held, mut standalone) = (BTreeSet::new(), BTreeSet::new());
+        {
+            let d = self.sh.read_dedup();
+            held.extend(d.queued.keys().filter(|id| id.account == account));
+            standalone.extend(d.standalone.keys().filter(|id| id.account == account));
         }
-        for (key, o) in self.dedup_overlay.iter() {
-            if key.starts_with(&prefix) {
-                match o {
-                    Some(expires) => dedup.insert(*key, *expires),
-                    None => dedup.remove(key),
+        for (id, h) in &self.held_view {
+            if id.account == account {
+                match h {
+                    Some(_) => held.insert(*id),
+                    None => held.remove(id),
+                };
+            }
+        }
+        for (id, r) in &self.standalone_view {
+            if id.account == account {
+                match r {
+                    Some(_) => standalone.insert(*id),
+                    None => standalone.remove(id),
                 };
             }
         }
@@ -292,42 +304,70 @@ impl Group<'_> {
 
         Ok(PurgeReads {
             queues,
-            dedup,
+            held,
+            standalone,
             groups: member_of,
             lists,
             push,
         })
     }
 
-    /// Deletes the given expiry index keys whose queue entry or dedup record is gone, or now
-    /// has another expiry (its own index key is then another one); returns how many.
-    pub(super) fn clean_index(&mut self, index_keys: Vec<Box<[u8]>>) -> Result<u64, StorageError> {
-        let mut stale = Vec::new();
-        for index in index_keys {
-            if self.index_gone.contains(&*index) {
+    /// Writes the values of `entries` and `payloads` again without the dedup identity of
+    /// `account`'s sends they carry, unless that identity is remembered again (sent anew since
+    /// the purge) or the value changed; returns how many. Reads first. Such values are written
+    /// twice: they are marked so, and their keys deleted with Delete.
+    pub(super) fn strip(
+        &mut self,
+        account: u64,
+        entries: Vec<QueueKey>,
+        payloads: Vec<u64>,
+    ) -> Result<u64, StorageError> {
+        let forgotten = |g: &Self, mark: Mark| match mark {
+            Mark::Remembered(id, _) => id.account == account && g.held(&id).is_none(),
+            _ => false,
+        };
+        let mut puts = Vec::new();
+        for key in entries {
+            // Changed by this group: not the value the scan saw.
+            if self.queue_overlay.contains_key(&key) {
                 continue;
             }
-            let corrupt = || StorageError::Corrupt("expiry key".into());
-            let (expires, kind, key) = keys::decode_expiry_key(&index).ok_or_else(corrupt)?;
-            let current = match kind {
-                KIND_QUEUE => {
-                    let key: QueueKey = key.try_into().map_err(|_| corrupt())?;
-                    self.entry(&key)?.map(|m| m.expires_at_ms)
-                }
-                KIND_DEDUP => {
-                    let key: DedupKey = key.try_into().map_err(|_| corrupt())?;
-                    self.dedup_expiry(&key)?
-                }
-                _ => continue,
+            let Some(v) = self.sh.db.get_pinned_cf(self.cfs.queues, key)? else {
+                continue;
             };
-            if current != Some(expires) {
-                stale.push(index);
+            let (mark, env) = keys::split_marked(&v)?;
+            if forgotten(self, mark) {
+                let value = keys::stripped(env);
+                let meta = keys::entry_meta(&value)?;
+                puts.push((key, value, meta));
             }
         }
-        let n = stale.len() as u64;
-        for index in stale {
-            self.batch.wb.delete_cf(self.cfs.expiry, &index);
-            self.index_gone.insert(index.into_vec());
+        let mut payload_puts = Vec::new();
+        for id in payloads {
+            if self.refs_overlay.contains_key(&id) || self.payload_dedup_view.contains_key(&id) {
+                continue;
+            }
+            let key = keys::payload_key(id);
+            let Some(v) = self.sh.db.get_pinned_cf(self.cfs.payloads, key)? else {
+                continue;
+            };
+            let (refs, mark, env) = keys::split_payload(&v)?;
+            if forgotten(self, mark) {
+                payload_puts.push((id, keys::stripped_payload(refs, env)));
+            }
+        }
+        let n = (puts.len() + payload_puts.len()) as u64;
+        for (key, value, meta) in puts {
+            debug_assert!(meta.overwritten && meta.dedup.is_none());
+            self.batch.wb.put_cf(self.cfs.queues, key, value);
+            self.queue_overlay.insert(key, Some(meta));
+        }
+        for (id, value) in payload_puts {
+            self.batch
+                .wb
+                .put_cf(self.cfs.payloads, keys::payload_key(id), value);
+            self.payload_dedup_view.insert(id, None);
+            self.overwritten_added.push(id);
         }
         if n > 0 {
             self.durable();
