@@ -323,6 +323,7 @@ fn stored_acked(c: &mut Criterion) {
                     .write(WriteSet {
                         sends: vec![],
                         acks,
+                        seen: Vec::new(),
                     })
                     .unwrap(),
             )
@@ -383,6 +384,7 @@ fn stored_acked(c: &mut Criterion) {
                     dedup: Some((sender, GROUP)),
                 }],
                 acks: vec![],
+                seen: Vec::new(),
             };
             assert_eq!(cycle(set, acks), u64::from(GROUP));
         })

@@ -76,7 +76,6 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(p)
 }
 
-
 /// The QUIC server configuration: TLS 1.3 only, ALPN `hearth/1`, bounded windows, stateless
 /// session tickets (a reconnect resumes and skips the certificate signature; `resumed` counts
 /// the tickets accepted), no 0-RTT (see PROTOCOL.md §1), bounded handshake queue.

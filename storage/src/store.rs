@@ -307,6 +307,7 @@ impl Store {
         let job = Job::Write(WriteJob {
             sends: vec![send],
             acks: Vec::new(),
+            records: Vec::new(),
             reply: WriteReply::Unit(tx),
         });
         // Submitted under the lock: the writer sees every device's entries in seq order.
@@ -349,10 +350,25 @@ impl Store {
             let (env, shared, dedup) = (&send.env, send.shared, send.dedup);
             sends.push(self.prepare(&mut map, env, shared, kept, skipped, dedup, false)?);
         }
+        let mut records = Vec::new();
+        for (device, seq) in set.seen {
+            if let Some(st) = map.get_mut(&device).filter(|s| !s.removing) {
+                st.next_seq = st.next_seq.max(seq + 1);
+                if seq >= st.ceiling {
+                    st.ceiling = seq.saturating_add(1 + SEQ_BLOCK);
+                    let rec = DeviceRecord {
+                        registered_at_ms: st.registered_at_ms,
+                        next_seq: st.ceiling,
+                    };
+                    records.push((keys::device_prefix(device), rec));
+                }
+            }
+        }
         let (tx, rx) = oneshot::channel();
         self.submit(Job::Write(WriteJob {
             sends,
             acks: set.acks,
+            records,
             reply: WriteReply::Outcomes(tx),
         }))?;
         drop(map);

@@ -13,12 +13,15 @@ pub struct WriteSet {
     pub sends: Vec<SendWrite>,
     /// Acknowledged entries to delete (applied after `sends`); unknown seqs are ignored.
     pub acks: Vec<(DeviceKey, Vec<u64>)>,
+    /// Seqs handed out by sends that are not written (every device acknowledged them first):
+    /// the store must never give them again, after a restart either.
+    pub seen: Vec<(DeviceKey, u64)>,
 }
 
 impl WriteSet {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.sends.is_empty() && self.acks.is_empty()
+        self.sends.is_empty() && self.acks.is_empty() && self.seen.is_empty()
     }
 }
 

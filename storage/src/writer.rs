@@ -201,6 +201,8 @@ pub(crate) struct PreparedSend {
 pub(crate) struct WriteJob {
     pub sends: Vec<PreparedSend>,
     pub acks: Vec<(DeviceKey, Vec<u64>)>,
+    /// Device records whose seq ceiling the job's unwritten seqs crossed.
+    pub records: Vec<(keys::DevicePrefix, DeviceRecord)>,
     pub reply: WriteReply,
 }
 
@@ -560,6 +562,8 @@ impl<'a> Group<'a> {
     /// leaves the batch untouched (but the seq ceilings: seqs were handed out) and gives every
     /// counter back. Duplicates are decided in order, each send seeing the ones before it.
     fn write(&mut self, job: WriteJob) {
+        // Seqs were handed out, written or not: their ceilings go to disk in any case.
+        self.put_records(&job.records);
         let (mut acked, unknown) = match self.find_acks(&job.acks) {
             Ok(found) => found,
             Err(e) => {

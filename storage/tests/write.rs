@@ -79,6 +79,7 @@ fn duplicates_are_decided_in_order_and_acks_apply_after_the_sends() {
                 ),
             ],
             acks: vec![(a, vec![1, 99])],
+            seen: Vec::new(),
         },
     );
     assert_eq!(
@@ -106,6 +107,7 @@ fn duplicates_are_decided_in_order_and_acks_apply_after_the_sends() {
                 sender,
             )],
             acks: vec![],
+            seen: Vec::new(),
         },
     );
     assert_eq!(o.sends, [SendOutcome::Duplicate(first)]);
@@ -123,6 +125,7 @@ fn duplicates_are_decided_in_order_and_acks_apply_after_the_sends() {
         WriteSet {
             sends: vec![retry(5)],
             acks: vec![(b, vec![1])],
+            seen: Vec::new(),
         },
     );
     assert_eq!((o.sends[0], o.acked), (SendOutcome::Duplicate(first), 1));
@@ -135,6 +138,7 @@ fn duplicates_are_decided_in_order_and_acks_apply_after_the_sends() {
         WriteSet {
             sends: vec![retry(6)],
             acks: vec![],
+            seen: Vec::new(),
         },
     );
     assert_eq!(o.sends, [WRITTEN]);
@@ -169,6 +173,7 @@ fn a_send_whose_every_entry_is_skipped_is_stored_nowhere_and_remembered_for_the_
         WriteSet {
             sends: vec![send(T0)],
             acks: vec![],
+            seen: Vec::new(),
         },
     );
     assert_eq!(o.sends, [SendOutcome::Written { skipped: 1 }]);
@@ -187,6 +192,7 @@ fn a_send_whose_every_entry_is_skipped_is_stored_nowhere_and_remembered_for_the_
                 sender,
             )],
             acks: vec![],
+            seen: Vec::new(),
         },
     );
     assert_eq!(o.sends, [SendOutcome::Duplicate(rec)]);
@@ -200,6 +206,7 @@ fn a_send_whose_every_entry_is_skipped_is_stored_nowhere_and_remembered_for_the_
                 sender,
             )],
             acks: vec![],
+            seen: Vec::new(),
         },
     );
     assert_eq!(o.sends, [WRITTEN]);
@@ -246,6 +253,7 @@ fn queues_whose_expiries_do_not_grow_are_swept_whole() {
         WriteSet {
             sends,
             acks: vec![],
+            seen: Vec::new(),
         },
     );
     assert!(o.sends.iter().all(|s| *s == WRITTEN));
@@ -304,6 +312,7 @@ fn shared_sends_carry_their_identity_in_the_payload() {
         WriteSet {
             sends: vec![send(1, 1), send(1, 2)],
             acks: vec![],
+            seen: Vec::new(),
         },
     );
     let rec = DedupRecord {
@@ -324,6 +333,7 @@ fn shared_sends_carry_their_identity_in_the_payload() {
             WriteSet {
                 sends: vec![],
                 acks: vec![(*d, vec![1])],
+                seen: Vec::new(),
             },
         );
         assert_eq!(o.acked, 1);
@@ -331,4 +341,30 @@ fn shared_sends_carry_their_identity_in_the_payload() {
     // The last pointer deleted the payload, and the identity with it.
     assert_eq!(lookup(), None);
     assert_eq!(count(&store, "payloads"), 0);
+}
+
+#[test]
+fn seqs_handed_out_but_never_written_are_never_given_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = DeviceKey::new(4, 1);
+    {
+        let store = Store::open(dir.path(), opts()).unwrap();
+        rt().block_on(store.register_device(d, T0)).unwrap();
+        // Seqs 1..=9000 went out live and were acknowledged before any write.
+        write(
+            &store,
+            WriteSet {
+                sends: vec![],
+                acks: vec![],
+                seen: vec![(d, 9000)],
+            },
+        );
+        assert_eq!(store.queue_state(d).unwrap().next_seq, 9001);
+        store.close();
+    }
+    let store = Store::open(dir.path(), opts()).unwrap();
+    assert!(
+        store.queue_state(d).unwrap().next_seq > 9000,
+        "after a restart the store starts past every seq handed out"
+    );
 }

@@ -67,6 +67,7 @@ fn one_to_one(rt: &tokio::runtime::Runtime, store: &Store) -> (f64, f64, f64) {
         let set = WriteSet {
             sends: vec![],
             acks: vec![(to, chunk.to_vec())],
+            seen: Vec::new(),
         };
         write(rt, store, set);
     }
@@ -114,6 +115,7 @@ fn group(rt: &tokio::runtime::Runtime, store: &Store) -> (f64, f64, f64) {
                 dedup: Some((sender, GROUP)),
             }],
             acks: vec![],
+            seen: Vec::new(),
         };
         write(rt, store, set);
     }
@@ -122,6 +124,7 @@ fn group(rt: &tokio::runtime::Runtime, store: &Store) -> (f64, f64, f64) {
         let set = WriteSet {
             sends: vec![],
             acks: vec![(device, vec![seq])],
+            seen: Vec::new(),
         };
         write(rt, store, set);
     }
@@ -197,6 +200,7 @@ fn device_records_are_written_once_per_block_of_seqs() {
         let set = WriteSet {
             sends: (first..(first + 100).min(BLOCK + 11)).map(send).collect(),
             acks: vec![],
+            seen: vec![],
         };
         write(&rt, &store, set);
     }
@@ -274,6 +278,7 @@ fn cpu_per_stored_envelope() {
             WriteSet {
                 sends: vec![],
                 acks,
+                seen: Vec::new(),
             },
         );
         if b % 64 == 63 {

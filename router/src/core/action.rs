@@ -40,15 +40,9 @@ pub(crate) enum Action {
     LoadGroup { group: u64 },
     /// Send these routed values to the node that owns their slots (cluster); its answers come
     /// back with `handle_returned`.
-    Forward {
-        node: NodeId,
-        batch: Vec<Forwarded>,
-    },
+    Forward { node: NodeId, batch: Vec<Forwarded> },
     /// Send these answers back to the node the forwarded sends came from.
-    Return {
-        node: NodeId,
-        batch: Vec<Returned>,
-    },
+    Return { node: NodeId, batch: Vec<Returned> },
 }
 
 /// Device registration to perform at HELLO, then `handle_registered`.

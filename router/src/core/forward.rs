@@ -320,7 +320,10 @@ mod tests {
             let bytes = out.freeze();
             assert_eq!(Forwarded::decode(&mut bytes.clone()), Ok(f));
             for cut in 0..bytes.len() {
-                assert!(Forwarded::decode(&mut bytes.slice(..cut)).is_err(), "cut {cut}");
+                assert!(
+                    Forwarded::decode(&mut bytes.slice(..cut)).is_err(),
+                    "cut {cut}"
+                );
             }
         }
     }

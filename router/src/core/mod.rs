@@ -15,6 +15,7 @@
 mod action;
 mod conns;
 mod delivery;
+#[cfg_attr(not(test), allow(dead_code))] // until the cluster driver calls it
 mod forward;
 mod ingress;
 mod owner;
@@ -40,9 +41,9 @@ use hearth_storage::{DeviceKey, QueueEntry, StorageError, WriteOutcome};
 pub(crate) use action::{
     Action, ConnId, ConnOutput, JobId, QueueRead, Registration, Request, RequestOutcome, Wake,
 };
-pub(crate) use routed::{Origin, Routed, Target};
 #[allow(unused_imports)] // the cluster driver uses WireError
 pub(crate) use forward::{Forwarded, Returned, WireError};
+pub(crate) use routed::{Origin, Routed, Target};
 pub(crate) use slots::{Fence, NodeId, SlotMap};
 pub(crate) use view::{Loaded, View};
 
@@ -78,6 +79,7 @@ enum ReplyTo {
     /// One part of a send split between owners; the whole answers once every part has.
     FanIn(u64),
     /// A send forwarded by another node, answered with `token`.
+    #[cfg_attr(not(test), allow(dead_code))] // until the cluster driver calls it
     Remote { node: NodeId, token: u64 },
 }
 
@@ -358,8 +360,8 @@ impl Router {
         let seqs: Vec<(u64, bool)> = entries
             .iter()
             .map(|e| {
-                let live = e.envelope.expires_at_ms > now_ms
-                    && !self.owner.deleting(read.device, e.seq);
+                let live =
+                    e.envelope.expires_at_ms > now_ms && !self.owner.deleting(read.device, e.seq);
                 (e.seq, live)
             })
             .collect();
@@ -450,6 +452,7 @@ impl Router {
     }
 
     /// Sends another node forwarded here, for slots it believes this node owns.
+    #[cfg_attr(not(test), allow(dead_code))] // until the cluster driver calls it
     pub fn handle_forwarded(&mut self, from: NodeId, batch: Vec<Forwarded>, now_ms: u64) {
         let now_ms = self.tick_clock(now_ms);
         for Forwarded { token, routed } in batch {
@@ -469,8 +472,11 @@ impl Router {
                         .retry_after(100),
                 ),
                 Fence::Behind => Some(
-                    Refusal::new(ErrorCode::Moved, "the owner is catching up with the slot map")
-                        .retry_after(50),
+                    Refusal::new(
+                        ErrorCode::Moved,
+                        "the owner is catching up with the slot map",
+                    )
+                    .retry_after(50),
                 ),
             };
             let answer = match refusal {
@@ -488,6 +494,7 @@ impl Router {
     }
 
     /// Answers to sends this node forwarded.
+    #[cfg_attr(not(test), allow(dead_code))] // until the cluster driver calls it
     pub fn handle_returned(&mut self, batch: Vec<Returned>) {
         for Returned { token, frame } in batch {
             if let Some((_, reply, _)) = self.remote.remove(&token) {
@@ -517,6 +524,7 @@ impl Router {
     }
 
     /// The slot map changed.
+    #[cfg_attr(not(test), allow(dead_code))] // until the cluster driver calls it
     pub fn set_slot_map(&mut self, map: SlotMap) {
         self.slots = map;
     }
@@ -833,7 +841,10 @@ impl Router {
             let token = self.next_token;
             self.next_token += 1;
             self.remote.insert(token, (node, reply, r.msg_id()));
-            self.forwards.entry(node).or_default().push(Forwarded { token, routed: r });
+            self.forwards
+                .entry(node)
+                .or_default()
+                .push(Forwarded { token, routed: r });
             return Answer::Later;
         }
         match r.target {

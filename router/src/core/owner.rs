@@ -719,9 +719,16 @@ impl Owner {
             acked,
             ..
         } = std::mem::take(&mut self.collecting);
+        // The highest seq of each device that is not written: the store must not give it again.
+        let mut seen: HashMap<DeviceKey, u64> = HashMap::new();
+        for &(key, seq) in &acked {
+            let top = seen.entry(key).or_default();
+            *top = (*top).max(seq);
+        }
         let mut write = WriteSet {
             sends: Vec::with_capacity(set.sends.len()),
             acks: set.acks,
+            seen: seen.into_iter().collect(),
         };
         let mut waiting = Vec::with_capacity(sends.len());
         for (mut send, w) in set.sends.into_iter().zip(sends) {

@@ -57,6 +57,7 @@ impl SlotMap {
     }
 
     /// The same map with the epoch at which each slot got its owner (`since[s]` <= epoch).
+    #[allow(dead_code)] // the cluster driver uses it
     pub fn with_since(mut self, since: Vec<u64>) -> SlotMap {
         assert_eq!(since.len(), SLOT_COUNT as usize, "one epoch per slot");
         self.since = since.into_boxed_slice();
@@ -64,6 +65,7 @@ impl SlotMap {
     }
 
     /// The same map with these slots sealed for a move.
+    #[allow(dead_code)] // the cluster driver uses it
     pub fn with_moving(mut self, mut slots: Vec<u16>) -> SlotMap {
         slots.sort_unstable();
         slots.dedup();
@@ -146,7 +148,11 @@ mod tests {
         since[usize::from(slot_of(mine))] = 40;
         let map = SlotMap::new(50, 1, owners).with_since(since);
         assert_eq!(map.fence(mine, 45), Fence::Accept);
-        assert_eq!(map.fence(mine, 39), Fence::Moved { owner: 1 }, "routed before it came here");
+        assert_eq!(
+            map.fence(mine, 39),
+            Fence::Moved { owner: 1 },
+            "routed before it came here"
+        );
         assert_eq!(map.fence(theirs, 50), Fence::Moved { owner: 0 });
         assert_eq!(map.fence(mine, 51), Fence::Behind);
         let sealed = map.clone().with_moving(vec![slot_of(mine)]);

@@ -13,7 +13,11 @@ use crate::core::{Forwarded, NodeId, Returned, SlotMap};
 
 /// Slot `s` belongs to node `s % 2`.
 fn map(epoch: u64, local: NodeId) -> SlotMap {
-    SlotMap::new(epoch, local, (0..SLOT_COUNT).map(|s| u32::from(s % 2)).collect())
+    SlotMap::new(
+        epoch,
+        local,
+        (0..SLOT_COUNT).map(|s| u32::from(s % 2)).collect(),
+    )
 }
 
 /// The `n`-th account whose slot node `node` owns.
@@ -105,7 +109,11 @@ fn a_send_to_an_account_on_another_node_is_stored_there_and_answered_here() {
     p.nodes[0].send(sa, DeviceKey::new(b, 0), 1, b"across");
     p.run();
     assert_eq!(answer(&p.nodes[0].take(sa), 1), Some(Ok(1)));
-    assert_eq!(p.nodes[1].store.queued(DeviceKey::new(b, 1)).len(), 1, "stored at the owner");
+    assert_eq!(
+        p.nodes[1].store.queued(DeviceKey::new(b, 1)).len(),
+        1,
+        "stored at the owner"
+    );
     assert!(p.nodes[0].store.queued(DeviceKey::new(b, 1)).is_empty());
     let sb = p.nodes[1].connect(DeviceKey::new(b, 1));
     assert_eq!(ids(&p.nodes[1].take(sb)), vec![1]);
@@ -158,7 +166,11 @@ fn a_group_with_members_on_both_nodes_is_answered_once_with_every_recipient() {
         }),
     );
     p.run();
-    assert_eq!(answer(&p.nodes[0].take(sa), 7), Some(Ok(2)), "both parts summed");
+    assert_eq!(
+        answer(&p.nodes[0].take(sa), 7),
+        Some(Ok(2)),
+        "both parts summed"
+    );
     assert_eq!(ids(&p.nodes[1].take(sb)), vec![7]);
     assert_eq!(ids(&p.nodes[1].take(sc)), vec![7]);
 }

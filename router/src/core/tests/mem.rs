@@ -31,7 +31,12 @@ struct Mem {
     groups: HashMap<u64, Group>,
     /// Groups whose members are "in memory" (the others answer NotLoaded).
     cached: HashSet<u64>,
-    queues: BTreeMap<(DeviceKey, u64), QueueEntry>,
+    /// Queue entries, with the identity (sender, msg_id) of the send that wrote them.
+    queues: BTreeMap<(DeviceKey, u64), (QueueEntry, (DeviceKey, MessageId))>,
+    /// What a retry is answered with while a copy of its first send is queued, and how many
+    /// copies are.
+    identities: HashMap<(DeviceKey, MessageId), (DedupRecord, usize)>,
+    /// Records of sends stored nowhere (every recipient blocked), kept for the window.
     dedup: HashMap<(DeviceKey, MessageId), (DedupRecord, u64)>,
     /// Writes submitted and not yet committed, in order.
     submitted: VecDeque<(JobId, WriteSet)>,
@@ -104,11 +109,16 @@ impl MemStore {
         let mut outcomes = Vec::new();
         for send in set.sends {
             let len = send.env.payload.len() as u64;
+            // As the store: a duplicate while a copy of the first send is queued, or (for a
+            // send stored nowhere) within the window.
             let dup = send.dedup.and_then(|(sender, _)| {
-                m.dedup
-                    .get(&(sender, send.env.msg_id))
-                    .filter(|(_, expires)| *expires > send.env.accepted_at_ms)
-                    .map(|(rec, _)| *rec)
+                let id = (sender, send.env.msg_id);
+                m.identities.get(&id).map(|(rec, _)| *rec).or_else(|| {
+                    m.dedup
+                        .get(&id)
+                        .filter(|(_, expires)| *expires > send.env.accepted_at_ms)
+                        .map(|(rec, _)| *rec)
+                })
             });
             let registered: Vec<_> = send
                 .entries
@@ -121,6 +131,12 @@ impl MemStore {
                 outcomes.push(SendOutcome::Duplicate(rec));
                 continue;
             }
+            let identity = send
+                .dedup
+                .map_or((DeviceKey::new(0, 0), send.env.msg_id), |(s, _)| {
+                    (s, send.env.msg_id)
+                });
+            let copies = registered.len();
             for e in registered {
                 m.written += 1;
                 let q = m.devices.get_mut(&e.device).expect("registered");
@@ -132,23 +148,28 @@ impl MemStore {
                     group: send.shared.unwrap_or(0),
                     header: e.header,
                 };
-                m.queues.insert((e.device, e.seq), entry);
+                m.queues.insert((e.device, e.seq), (entry, identity));
             }
-            if let Some((sender, recipients)) = send.dedup {
+            if let Some((_, recipients)) = send.dedup {
                 let rec = DedupRecord {
                     accepted_at_ms: send.env.accepted_at_ms,
                     recipients,
                 };
-                let expires = send.env.accepted_at_ms + self.dedup_window_ms;
-                m.dedup.insert((sender, send.env.msg_id), (rec, expires));
+                if copies > 0 {
+                    m.identities.insert(identity, (rec, copies));
+                } else {
+                    let expires = send.env.accepted_at_ms + self.dedup_window_ms;
+                    m.dedup.insert(identity, (rec, expires));
+                }
             }
             outcomes.push(SendOutcome::Written { skipped });
         }
         let mut acked = 0;
         for (device, seqs) in set.acks {
             for seq in seqs {
-                if let Some(e) = m.queues.remove(&(device, seq)) {
+                if let Some((e, id)) = m.queues.remove(&(device, seq)) {
                     acked += 1;
+                    forget_copy(&mut m, id);
                     let q = m.devices.get_mut(&device).expect("a queued device");
                     q.queued -= 1;
                     q.bytes -= e.envelope.payload.len() as u64 + e.header.len() as u64;
@@ -170,7 +191,7 @@ impl MemStore {
             .queues
             .range((key, from_seq)..=(key, u64::MAX))
             .take(max)
-            .map(|(_, e)| e.clone())
+            .map(|(_, (e, _))| e.clone())
             .collect()
     }
 
@@ -180,11 +201,13 @@ impl MemStore {
         let expired: Vec<_> = m
             .queues
             .iter()
-            .filter(|(_, e)| e.envelope.expires_at_ms <= now_ms)
-            .map(|(k, e)| (*k, e.envelope.payload.len() as u64 + e.header.len() as u64))
+            .filter(|(_, (e, _))| e.envelope.expires_at_ms <= now_ms)
+            .map(|(k, (e, _))| (*k, e.envelope.payload.len() as u64 + e.header.len() as u64))
             .collect();
         for ((device, seq), bytes) in expired {
-            m.queues.remove(&(device, seq));
+            if let Some((_, id)) = m.queues.remove(&(device, seq)) {
+                forget_copy(&mut m, id);
+            }
             let q = m.devices.get_mut(&device).expect("a queued device");
             q.queued -= 1;
             q.bytes -= bytes;
@@ -305,6 +328,16 @@ impl MemStore {
                 };
                 done(Ok(()))
             }
+        }
+    }
+}
+
+/// One copy of a send left the queues; the last one takes its identity along.
+fn forget_copy(m: &mut Mem, id: (DeviceKey, MessageId)) {
+    if let Some((_, n)) = m.identities.get_mut(&id) {
+        *n -= 1;
+        if *n == 0 {
+            m.identities.remove(&id);
         }
     }
 }
