@@ -197,7 +197,7 @@ impl Session {
         {
             error = Some((
                 ErrorCode::MalformedFrame,
-                "the stream finished inside a frame".to_string(),
+                "stream finished inside a frame".to_string(),
             ));
         }
         if self.buf.is_empty() && self.buf.capacity() > IDLE_BUFFER {
