@@ -902,13 +902,13 @@ async fn unknown_error_codes_answer_their_request() {
         let Frame::Send(hearth_protocol::Send { msg_id, .. }) = peer.read_frame().await else {
             panic!("expected SEND");
         };
-        // 50: the retryable range (48..=63).
-        peer.write(&[Refusal::new(ErrorCode::from_u16(50), "new in 1.2")
+        // 51: unassigned, in the retryable range (48..=63).
+        peer.write(&[Refusal::new(ErrorCode::from_u16(51), "new in 1.2")
             .retry_after(20)
             .answer(msg_id)])
             .await;
         let err = send.await.unwrap().unwrap_err();
-        assert_eq!(err.code(), Some(ErrorCode::Unknown(50)));
+        assert_eq!(err.code(), Some(ErrorCode::Unknown(51)));
         assert!(err.is_retryable(), "{err}");
         assert_eq!(err.retry_after_ms(), 20);
         assert!(!conn.is_closed());
