@@ -19,6 +19,7 @@ mod delivery;
 mod forward;
 mod ingress;
 mod owner;
+mod parts;
 mod policy;
 mod requests;
 mod routed;

@@ -18,6 +18,7 @@ use hearth_storage::{
 };
 
 use super::action::{Action, JobId};
+use super::parts::{Part, Parts, MAX_ENTRIES_PER_WRITE};
 use super::policy::{self, Admit};
 use super::routed::{Origin, Routed, Target};
 use super::{Answer, Cx, ReplyTo};
@@ -125,9 +126,10 @@ fn accepted(msg_id: MessageId, accepted_at_ms: u64, recipients: u32) -> Frame {
     })
 }
 
-/// A durable send waiting for its write, or for the acks that make the write unnecessary.
+/// A durable send (or a part of one, `parts.rs`) waiting for its write, or for the acks that
+/// make the write unnecessary.
 #[derive(Debug)]
-struct Waiting {
+pub(super) struct Waiting {
     id: SendId,
     msg_id: MessageId,
     accepted_at_ms: u64,
@@ -135,12 +137,14 @@ struct Waiting {
     recipients: u32,
     urgent: bool,
     /// Its entries: device and seq.
-    entries: Vec<(DeviceKey, u64)>,
+    pub entries: Vec<(DeviceKey, u64)>,
     cost: u64,
     /// Entries not acknowledged yet.
     left: usize,
     /// Every entry was acknowledged before the write: nothing of it is written.
     avoided: bool,
+    /// Its commit answers the send (false for every part of a big send but the last).
+    answers: bool,
 }
 
 /// Changes collected for one write, and the sends they answer.
@@ -185,6 +189,8 @@ pub(super) struct Owner {
     next_seq: HashMap<DeviceKey, u64>,
     /// The group being collected.
     collecting: Batch,
+    /// Parts of big sends, and sends queued behind them, each waiting for a write of its own.
+    parts: Parts,
     /// The group being written: its job, and what it answers.
     writing: Option<(JobId, Batch)>,
     next_job: JobId,
@@ -208,6 +214,7 @@ impl Owner {
             max_held_bytes,
             next_seq: HashMap::new(),
             collecting: Batch::default(),
+            parts: Parts::default(),
             writing: None,
             next_job: 0,
             in_flight: HashMap::new(),
@@ -539,9 +546,42 @@ impl Owner {
                 header: to.header(i),
             })
             .collect();
+        let waiting = Waiting {
+            id,
+            msg_id,
+            accepted_at_ms: env.accepted_at_ms,
+            recipients: n,
+            urgent: env.flags & flags::URGENT != 0,
+            entries: Vec::new(),
+            cost,
+            left: entries.len(),
+            avoided: false,
+            answers: true,
+        };
+        let write = SendWrite {
+            env,
+            shared: to.group(),
+            entries,
+            dedup: Some((id.0, n)),
+        };
+        if write.entries.len() > MAX_ENTRIES_PER_WRITE
+            || write.entries.iter().any(|e| self.parts.holds(&e.device))
+        {
+            self.split(write, waiting);
+        } else {
+            self.collect(write, waiting, &live, now_ms);
+        }
+        self.flush(cx, now_ms);
+        Answer::Later
+    }
+
+    /// Collect a send into the next group (where acks may make its write unnecessary).
+    fn collect(&mut self, write: SendWrite, mut waiting: Waiting, live: &[bool], now_ms: u64) {
         let b = &mut self.collecting;
         let index = b.sends.len();
-        for (e, live) in entries.iter().zip(&live) {
+        let entries = &write.entries;
+        let env = &write.env;
+        for (e, live) in entries.iter().zip(live) {
             let c = b.counts.entry(e.device).or_default();
             c.0 += 1;
             c.1 += env.payload.len() as u64 + e.header.len() as u64;
@@ -555,26 +595,42 @@ impl Owner {
         // Nothing to wait for (only blocked recipients): its dedup record is written at once.
         b.must_write |= entries.is_empty();
         b.since_ms.get_or_insert(now_ms);
-        b.held_bytes += cost;
-        b.sends.push(Waiting {
-            id,
-            msg_id,
-            accepted_at_ms: env.accepted_at_ms,
-            recipients: n,
-            urgent: env.flags & flags::URGENT != 0,
-            entries: entries.iter().map(|e| (e.device, e.seq)).collect(),
-            cost,
-            left: entries.len(),
-            avoided: false,
-        });
-        b.set.sends.push(SendWrite {
-            env,
-            shared: to.group(),
-            entries,
-            dedup: Some((id.0, n)),
-        });
-        self.flush(cx, now_ms);
-        Answer::Later
+        b.held_bytes += waiting.cost;
+        waiting.entries = entries.iter().map(|e| (e.device, e.seq)).collect();
+        b.sends.push(waiting);
+        b.set.sends.push(write);
+    }
+
+    /// Queue a send as parts of at most `MAX_ENTRIES_PER_WRITE` entries, each written by a
+    /// write of its own; the last part carries its dedup identity, its cost and its answer.
+    fn split(&mut self, mut write: SendWrite, waiting: Waiting) {
+        let dedup = write.dedup.take();
+        let mut rest = std::mem::take(&mut write.entries);
+        loop {
+            let tail = rest.split_off(rest.len().min(MAX_ENTRIES_PER_WRITE));
+            let entries = std::mem::replace(&mut rest, tail);
+            let last = rest.is_empty();
+            let part = Waiting {
+                entries: entries.iter().map(|e| (e.device, e.seq)).collect(),
+                left: entries.len(),
+                cost: if last { waiting.cost } else { 0 },
+                answers: last,
+                ..waiting
+            };
+            let write = SendWrite {
+                env: write.env.clone(),
+                shared: write.shared,
+                entries,
+                dedup: if last { dedup } else { None },
+            };
+            self.parts.push(Part {
+                write,
+                waiting: part,
+            });
+            if last {
+                return;
+            }
+        }
     }
 
     /// Give each recipient device its next seq, all or nothing: refused if a device is gone or
@@ -602,6 +658,9 @@ impl Owner {
             // briefly strict, never loose.)
             let p = planned.entry(key).or_insert_with(|| {
                 let (mut n, mut b) = self.collecting.count(&key);
+                let (pn, pb) = self.parts.count(&key);
+                n += pn;
+                b += pb;
                 if let Some((_, w)) = &self.writing {
                     let (wn, wb) = w.count(&key);
                     n += wn;
@@ -635,7 +694,11 @@ impl Owner {
         for seq in seqs {
             let b = &mut self.collecting;
             let Some(i) = b.index.remove(&(key, seq)) else {
-                deletes.push(seq);
+                if self.parts.ack(key, seq) {
+                    Metrics::inc(&cx.metrics.avoided);
+                } else {
+                    deletes.push(seq);
+                }
                 continue;
             };
             b.acked.insert((key, seq));
@@ -692,7 +755,7 @@ impl Owner {
     /// is collected, it is due already, or it waits for the outstanding write).
     pub fn timeout(&self) -> Option<u64> {
         let b = &self.collecting;
-        if self.writing.is_some() || self.poisoned || b.must_write {
+        if self.writing.is_some() || self.poisoned || b.must_write || !self.parts.is_empty() {
             return None;
         }
         b.since_ms.map(|t| t + self.hold_ms)
@@ -700,28 +763,31 @@ impl Owner {
 
     /// Hand the collected group to the store when it is due and no write is outstanding: at
     /// once if something in it must be written or it holds too much, else once the oldest
-    /// change has waited `hold_ms` for acks.
+    /// change has waited `hold_ms` for acks. While parts of big sends wait, every write takes
+    /// the oldest one, with everything collected so far (which must not be written after it).
     pub fn flush(&mut self, cx: &mut Cx<'_>, now_ms: u64) {
         let b = &self.collecting;
-        if self.writing.is_some() || self.poisoned || b.since_ms.is_none() {
+        if self.writing.is_some() || self.poisoned {
             return;
         }
         let due = b.must_write
             || b.held_bytes >= self.max_held_bytes
             || b.since_ms.is_some_and(|t| now_ms >= t + self.hold_ms);
-        if !due {
+        if !due && self.parts.is_empty() {
             return;
         }
         let Batch {
             set,
             sends,
-            counts,
+            mut counts,
             acked,
             ..
         } = std::mem::take(&mut self.collecting);
+        let part = self.parts.take();
         // The highest seq of each device that is not written: the store must not give it again.
         let mut seen: HashMap<DeviceKey, u64> = HashMap::new();
-        for &(key, seq) in &acked {
+        let part_unwritten = part.iter().flat_map(|t| t.unwritten.iter());
+        for &(key, seq) in acked.iter().chain(part_unwritten) {
             let top = seen.entry(key).or_default();
             *top = (*top).max(seq);
         }
@@ -740,6 +806,15 @@ impl Owner {
             }
             write.sends.push(send);
             waiting.push(w);
+        }
+        if let Some(taken) = part {
+            for (key, (n, b)) in taken.counts {
+                let c = counts.entry(key).or_default();
+                c.0 += n;
+                c.1 += b;
+            }
+            write.sends.push(taken.part.write);
+            waiting.push(taken.part.waiting);
         }
         if write.is_empty() {
             return;
@@ -787,7 +862,8 @@ impl Owner {
                 self.poisoned = true;
                 // Nothing collected will be written either: answer it now.
                 let collected = std::mem::take(&mut self.collecting);
-                for w in collected.sends {
+                let parts = self.parts.drain().into_iter().map(|p| p.waiting);
+                for w in collected.sends.into_iter().chain(parts) {
                     self.pending_bytes -= w.cost;
                     let frame = Refusal::internal().answer(w.msg_id);
                     for reply in self.in_flight.remove(&w.id).into_iter().flatten() {
@@ -804,7 +880,6 @@ impl Owner {
                 .store(self.pending_bytes, Ordering::Relaxed);
             let frame = match outcomes.get(i) {
                 Some(SendOutcome::Written { skipped }) => {
-                    Metrics::inc(&cx.metrics.accepted);
                     let stored = (w.entries.len() as u64).saturating_sub(u64::from(*skipped));
                     Metrics::add(&cx.metrics.stored, stored);
                     for &(key, seq) in &w.entries {
@@ -826,6 +901,10 @@ impl Owner {
                             }
                         }
                     }
+                    if !w.answers {
+                        continue;
+                    }
+                    Metrics::inc(&cx.metrics.accepted);
                     accepted(w.msg_id, w.accepted_at_ms, w.recipients)
                 }
                 Some(SendOutcome::Duplicate(rec)) => {
@@ -844,7 +923,10 @@ impl Owner {
         // Seqs the store now knows need no copy here.
         for (key, _) in batch.counts {
             if let (Some(q), Some(next)) = (cx.view.queue(key), self.next_seq.get(&key)) {
-                if q.next_seq >= *next && self.collecting.count(&key).0 == 0 {
+                if q.next_seq >= *next
+                    && self.collecting.count(&key).0 == 0
+                    && self.parts.count(&key).0 == 0
+                {
                     self.next_seq.remove(&key);
                 }
             }
