@@ -26,8 +26,10 @@ mod routed;
 mod slots;
 mod view;
 
-#[cfg(test)]
-mod tests;
+// The simulation harness; the `fuzzing` feature exposes it to router/fuzz.
+#[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod testing;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
