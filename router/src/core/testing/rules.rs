@@ -691,3 +691,102 @@ fn an_offline_device_with_a_push_token_is_woken_once_durable() {
     sim.run();
     assert_eq!(sim.wakeups, vec![(Bytes::from_static(b"tok"), true)]);
 }
+
+#[test]
+fn a_big_fan_out_is_written_in_parts_and_later_sends_keep_their_order() {
+    const MEMBERS: u64 = 9000; // more than one write takes (8192 entries)
+    let mut sim = Sim::new();
+    let a = sim.connect(dev(1, 1));
+    // Every member, and one stranger, registered and offline.
+    for account in (2..MEMBERS + 2).chain([50_000]) {
+        let c = sim.connect(dev(account, 1));
+        sim.disconnect(c);
+    }
+    let members: Vec<u64> = (2..MEMBERS + 2).collect();
+    for (i, chunk) in members.chunks(4000).enumerate() {
+        let req_id = MessageId::from_u128(100 + i as u128);
+        let frame = if i == 0 {
+            Frame::GroupCreate(GroupCreate {
+                req_id,
+                group: 9,
+                members: chunk.to_vec(),
+            })
+        } else {
+            Frame::GroupUpdate(GroupUpdate {
+                req_id,
+                group: 9,
+                op: group_op::ADD_MEMBERS,
+                accounts: chunk.to_vec(),
+            })
+        };
+        sim.input(a, frame);
+        sim.run();
+        assert!(
+            matches!(sim.take(a)[..], [Frame::GroupOk(_)]),
+            "group change {i}"
+        );
+    }
+    sim.run();
+    let before = sim.store.entries_written();
+    sim.auto_commit = false;
+    sim.input(
+        a,
+        Frame::SendGroup(SendGroup {
+            msg_id: MessageId::from_u128(1),
+            group: 9,
+            ttl_secs: 0,
+            flags: 0,
+            payload: Bytes::from_static(b"to everyone"),
+        }),
+    );
+    sim.run();
+    // Behind it: a stranger, a member of its first part, a member of its last part.
+    sim.send(a, dev(50_000, 1), 2, b"x");
+    sim.send(a, dev(2, 1), 3, b"x");
+    sim.send(a, dev(MEMBERS + 1, 1), 4, b"x");
+    sim.run();
+    assert!(sim.commit(), "the first part");
+    let first = sim.store.entries_written() - before;
+    assert!((1..=8192).contains(&first), "first write: {first} entries");
+    sim.run();
+    assert_eq!(
+        answer(&sim.take(a), 1),
+        None,
+        "answered once every part is durable"
+    );
+    assert!(
+        sim.commit(),
+        "the last part, with what was collected meanwhile"
+    );
+    sim.run();
+    let frames = sim.take(a);
+    assert_eq!(answer(&frames, 1), Some(Ok(MEMBERS as u32)));
+    assert_eq!(
+        answer(&frames, 2),
+        Some(Ok(1)),
+        "the stranger did not wait for the rest"
+    );
+    assert_eq!(answer(&frames, 3), Some(Ok(1)));
+    assert_eq!(
+        answer(&frames, 4),
+        None,
+        "queued behind the part holding its device"
+    );
+    assert!(sim.commit());
+    sim.run();
+    assert_eq!(answer(&sim.take(a), 4), Some(Ok(1)));
+    assert!(!sim.commit());
+    for account in [2, MEMBERS / 2, MEMBERS + 1] {
+        assert_eq!(
+            sim.store.queued(dev(account, 1)).len(),
+            1 + usize::from(account == 2 || account == MEMBERS + 1)
+        );
+    }
+    let last: Vec<u128> = sim
+        .store
+        .queued(dev(MEMBERS + 1, 1))
+        .iter()
+        .map(|e| e.envelope.msg_id.as_u128())
+        .collect();
+    assert_eq!(last, vec![1, 4], "in seq order");
+}
