@@ -69,6 +69,7 @@ fn samples_cover_every_variant() {
             Frame::Report(_) => 0x0B,
             Frame::SendSealed(_) => 0x0C,
             Frame::Ok(_) => 0x89,
+            Frame::Redirect(_) => 0x8A,
         };
         assert_eq!(f.type_byte(), ty);
         seen.insert(ty);
