@@ -435,4 +435,20 @@ mod tests {
             "typos refused"
         );
     }
+
+    #[test]
+    fn the_cluster_configs_in_deploy_are_valid_node_configs() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cluster");
+        let mut files = vec![root.join("hearthd-cluster.toml")];
+        files.extend((1..=3).map(|i| root.join(format!("compose/hearthd-{i}.toml"))));
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let c = Config::from_toml(&text).unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
+            assert!(
+                c.cluster.is_some(),
+                "{} has a [cluster] section",
+                f.display()
+            );
+        }
+    }
 }
