@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hearth_client::{ClientConfig, Connection, Deliveries, Delivery, MessageId, Outgoing};
+use hearth_client::{
+    ClientConfig, Connection, Deliveries, Delivery, ErrorCode, MessageId, Outgoing,
+};
 use hearth_cluster::etcd_client::Client as Etcd;
 use hearth_cluster::ClusterMap;
 use hearth_protocol::{slot_of, SigningKey};
@@ -75,7 +77,8 @@ fn log_file(path: &Path) -> std::fs::File {
 struct TestCluster {
     dir: tempfile::TempDir,
     etcd_url: String,
-    _etcd: Proc,
+    etcd_peer: String,
+    etcd: Proc,
     nodes: Vec<NodeProc>,
     signing: SigningKey,
     tls_pem: Vec<u8>,
@@ -124,6 +127,36 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Start etcd on `url` (client) and `peer`, data in `root/etcd`, and wait until it answers.
+async fn spawn_etcd(root: &Path, url: &str, peer: &str) -> Proc {
+    let etcd = Command::new("etcd")
+        .args(["--name", "t", "--data-dir"])
+        .arg(root.join("etcd"))
+        .args(["--listen-client-urls", url])
+        .args(["--advertise-client-urls", url])
+        .args(["--listen-peer-urls", peer])
+        .args(["--initial-advertise-peer-urls", peer])
+        .args(["--initial-cluster", &format!("t={peer}")])
+        .stdin(Stdio::null())
+        .stdout(log_file(&root.join("etcd.log")))
+        .stderr(log_file(&root.join("etcd.log")))
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot run etcd ({e}): install it with scripts/install-etcd.sh")
+        });
+    let etcd = Proc(Some(etcd));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(mut c) = Etcd::connect([url.to_owned()], None).await {
+            if c.status().await.is_ok() {
+                return etcd;
+            }
+        }
+        assert!(Instant::now() < deadline, "etcd did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 impl TestCluster {
     /// Start etcd, then node 1 alone (it must not be ready: no map exists until all three
     /// registered), then nodes 2 and 3; wait until every node is ready.
@@ -134,32 +167,7 @@ impl TestCluster {
         let (cport, pport) = (free_tcp(ip(1)), free_tcp(ip(1)));
         let etcd_url = format!("http://127.0.0.1:{cport}");
         let peer = format!("http://127.0.0.1:{pport}");
-        let etcd = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(root.join("etcd"))
-            .args(["--listen-client-urls", &etcd_url])
-            .args(["--advertise-client-urls", &etcd_url])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("t={peer}")])
-            .stdin(Stdio::null())
-            .stdout(log_file(&root.join("etcd.log")))
-            .stderr(log_file(&root.join("etcd.log")))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run etcd ({e}): install it with scripts/install-etcd.sh")
-            });
-        let etcd = Proc(Some(etcd));
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(mut c) = Etcd::connect([etcd_url.clone()], None).await {
-                if c.status().await.is_ok() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "etcd did not start");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let etcd = spawn_etcd(&root, &etcd_url, &peer).await;
 
         // Key material: the cluster CA and node certificates for the links, one client TLS
         // certificate every node presents, one token key every node verifies with.
@@ -222,7 +230,8 @@ impl TestCluster {
         let mut c = TestCluster {
             dir,
             etcd_url,
-            _etcd: etcd,
+            etcd_peer: peer,
+            etcd,
             nodes,
             signing,
             tls_pem: tls.cert.pem().into_bytes(),
@@ -295,7 +304,6 @@ impl TestCluster {
     }
 
     fn logs(&self) -> String {
-        let _ = &self.dir;
         self.nodes
             .iter()
             .map(|n| format!("--- node {} ---\n{}", n.id, n.log()))
@@ -389,4 +397,47 @@ async fn a_device_is_redirected_at_hello_to_the_node_that_serves_its_account() {
     let d = next(&mut da, "from node 3").await;
     assert_eq!((d.from_account, &d.payload[..]), (z, &b"from node 3"[..]));
     sa.ack(&[d.seq]).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_loses_its_lease_accepts_no_writes_until_it_is_registered_again() {
+    let mut c = TestCluster::start().await;
+    let a = c.account_on(1, 0).await;
+    let a2 = c.account_on(1, 1).await;
+    let (sa, _da) = c.connect(1, a, 1).await;
+    let (sa2, _da2) = c.connect(1, a2, 1).await;
+    let acc = sa.send(envelope(a2, 1, b"before")).await.unwrap();
+    assert_eq!(acc.recipients, 1);
+
+    // etcd gone: no renewal, so within a lease TTL (2 s) every node is fenced.
+    c.etcd.kill();
+    c.wait_status(0, "/readyz", 503).await;
+    let refused = sa.send(envelope(a2, 2, b"while fenced")).await;
+    match refused {
+        Err(e) => assert_eq!(
+            e.code(),
+            Some(ErrorCode::Overloaded),
+            "refused by the serving gate (retryable), not {e}"
+        ),
+        Ok(a) => panic!("a fenced node accepted a write: {a:?}"),
+    }
+
+    // etcd back (same data): the node registers again, reads the map, and serves.
+    let root = c.dir.path().to_path_buf();
+    c.etcd = spawn_etcd(&root, &c.etcd_url, &c.etcd_peer).await;
+    c.wait_status(0, "/readyz", 200).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match sa.send(envelope(a2, 2, b"while fenced")).await {
+            Ok(acc) => {
+                assert_eq!(acc.recipients, 1);
+                break;
+            }
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("after re-registering: {e}\n{}", c.logs()),
+        }
+    }
+    drop(sa2);
 }
