@@ -24,6 +24,9 @@ use crate::{
 const OUT_CAPACITY: usize = 1024;
 /// Frame limit before `WELCOME` (only `WELCOME` and `ERROR`, at most about 1 KiB, may come).
 const HANDSHAKE_MAX_FRAME: usize = 4096;
+/// Redirects (`REDIRECT` at `HELLO`, a cluster) followed in a row before giving up with
+/// [`ClientError::Redirected`].
+pub const MAX_REDIRECTS: usize = 3;
 /// How long [`Connection::shutdown`] waits for the node to confirm it read everything.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -108,14 +111,29 @@ impl Connection {
         deliveries: mpsc::UnboundedSender<Delivery>,
         own_endpoint: Option<Endpoint>,
     ) -> Result<Connection, ClientError> {
-        let quic = endpoint
-            .connect_with(quic_cfg.clone(), cfg.addr, &cfg.server_name)?
-            .await?;
-        let (send, recv, buf, welcome) = match handshake(&quic, &cfg.token).await {
-            Ok(parts) => parts,
-            Err(e) => {
-                quic.close(close_code(ErrorCode::Normal), b"handshake failed");
-                return Err(e);
+        let mut addr = cfg.addr;
+        let mut hops = 0;
+        let (quic, (send, recv, buf, welcome)) = loop {
+            let quic = endpoint
+                .connect_with(quic_cfg.clone(), addr, &cfg.server_name)?
+                .await?;
+            match handshake(&quic, &cfg.token).await {
+                Ok(Greeting::Welcome(parts)) => break (quic, parts),
+                Ok(Greeting::Redirect(to)) => {
+                    quic.close(close_code(ErrorCode::Normal), b"redirected");
+                    hops += 1;
+                    if hops > MAX_REDIRECTS {
+                        return Err(ClientError::Redirected(format!(
+                            "more than {MAX_REDIRECTS} redirects in a row (last to {to})"
+                        )));
+                    }
+                    addr = resolve(&to, addr).await?;
+                    tracing::debug!(%addr, hops, "redirected by the node");
+                }
+                Err(e) => {
+                    quic.close(close_code(ErrorCode::Normal), b"handshake failed");
+                    return Err(e);
+                }
             }
         };
         let shared = Arc::new(Shared::new());
@@ -454,10 +472,36 @@ impl<F: FnOnce()> Drop for Forget<F> {
 
 /// Opens the stream, sends `HELLO`, reads until `WELCOME`. Returns the stream halves, the
 /// bytes already received after `WELCOME`, and the welcome.
-async fn handshake(
-    quic: &quinn::Connection,
-    token: &str,
-) -> Result<(SendStream, RecvStream, BytesMut, Welcome), ClientError> {
+/// What a node answers `HELLO` with.
+enum Greeting {
+    /// `WELCOME`: the stream halves, bytes read past it, and the session parameters.
+    Welcome((SendStream, RecvStream, BytesMut, Welcome)),
+    /// `REDIRECT`: another node serves the account, at this `host:port`.
+    Redirect(String),
+}
+
+/// The address of a redirect, `host:port` (the family of `current` preferred).
+async fn resolve(
+    to: &str,
+    current: std::net::SocketAddr,
+) -> Result<std::net::SocketAddr, ClientError> {
+    if let Ok(a) = to.parse() {
+        return Ok(a);
+    }
+    let bad = |why: String| ClientError::Redirected(format!("to {to:?}: {why}"));
+    let addrs: Vec<_> = tokio::net::lookup_host(to)
+        .await
+        .map_err(|e| bad(e.to_string()))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4() == current.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| bad("no address".into()))
+}
+
+async fn handshake(quic: &quinn::Connection, token: &str) -> Result<Greeting, ClientError> {
     let (mut send, mut recv) = quic.open_bi().await?;
     let mut buf = BytesMut::new();
     encode(
@@ -476,8 +520,9 @@ async fn handshake(
             .map_err(|e| ClientError::Protocol(format!("before WELCOME: {e}")))?;
         match decoded {
             Some(Decoded::Frame(Frame::Welcome(w))) => {
-                return Ok((send, recv, buf, w.into()));
+                return Ok(Greeting::Welcome((send, recv, buf, w.into())));
             }
+            Some(Decoded::Frame(Frame::Redirect(r))) => return Ok(Greeting::Redirect(r.addr)),
             Some(Decoded::Frame(Frame::Error(wire::Refused { refusal, .. }))) => {
                 return Err(ClientError::Refused {
                     code: refusal.code,

@@ -42,6 +42,11 @@ pub enum ClientError {
     /// The node sent something that does not follow the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The nodes redirected this device (`REDIRECT`, a cluster) more than
+    /// [`MAX_REDIRECTS`](crate::MAX_REDIRECTS) times in a row, or to an address that cannot
+    /// be used. Transient: the cluster map may be changing; reconnect with backoff.
+    #[error("redirect not followed: {0}")]
+    Redirected(String),
     /// [`Client`](crate::Client) had no live connection within its wait.
     #[error("not connected: {0}")]
     NotConnected(String),
@@ -54,6 +59,7 @@ impl ClientError {
         match self {
             ClientError::Refused { code, .. } => Some(*code),
             ClientError::Closed { code, .. } => *code,
+            ClientError::Redirected(_) => Some(ErrorCode::Redirected),
             _ => None,
         }
     }
@@ -73,7 +79,9 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ClientError::Refused { code, .. } => code.is_retryable(),
-            ClientError::Closed { .. } | ClientError::NotConnected(_) => !self.is_permanent(),
+            ClientError::Closed { .. }
+            | ClientError::NotConnected(_)
+            | ClientError::Redirected(_) => !self.is_permanent(),
             _ => false,
         }
     }

@@ -276,6 +276,9 @@ fn on_frame(
             shared.resolve_ping(nonce);
         }
         Frame::Welcome(_) => return Err("second WELCOME"),
+        // After WELCOME (the account's slot moved): the close with REDIRECTED follows, and
+        // the next HELLO is redirected to the new owner.
+        Frame::Redirect(_) => {}
         Frame::Hello(_)
         | Frame::Send(_)
         | Frame::Ack(_)

@@ -29,7 +29,7 @@ pub use config::{
     client_endpoint, quic_client_config, quic_client_config_with_tickets, ClientConfig,
     CONNECTION_WINDOW, IDLE_TIMEOUT, KEEP_ALIVE, SESSION_TICKETS, STREAM_RECEIVE_WINDOW,
 };
-pub use connection::Connection;
+pub use connection::{Connection, MAX_REDIRECTS};
 pub use error::ClientError;
 pub use types::{
     random_message_id, Accepted, Deliveries, Delivery, GroupInfo, GroupOk, Outgoing, OutgoingGroup,

@@ -61,7 +61,10 @@ impl Registration {
     /// goes with it).
     pub async fn leave(self) -> Result<(), Error> {
         self.task.abort();
-        if let LeaseState::Live { lease, .. } = *self.state.borrow() {
+        // Copy the state out: the watch guard must not be held across the await (the future
+        // stays Send, so a node's shutdown can be spawned).
+        let state = *self.state.borrow();
+        if let LeaseState::Live { lease, .. } = state {
             self.client.clone().lease_revoke(lease).await?;
         }
         Ok(())

@@ -5,7 +5,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::frame::{
     Accepted, Ack, Deliver, DeliverMeta, DeliverShared, GroupCreate, GroupGet, GroupInfo, GroupOk,
-    GroupUpdate, Hello, Ping, PolicySet, Pong, Refusal, Refused, Report, RequestOk, Send,
+    GroupUpdate, Hello, Ping, PolicySet, Pong, Redirect, Refusal, Refused, Report, RequestOk, Send,
     SendGroup, SendMulti, SendSealed, Welcome,
 };
 use crate::{
@@ -531,6 +531,22 @@ fn parse(mut b: Bytes) -> Result<Frame, DecodeError> {
                 payload: b,
             })
         }
+        0x8A => {
+            let k = "REDIRECT";
+            need(&b, 8 + 2, k)?;
+            let epoch = b.get_u64();
+            let n = b.get_u16() as usize;
+            if n > MAX_TEXT {
+                return Err(DecodeError::Malformed {
+                    kind: k,
+                    why: "address too long",
+                });
+            }
+            need(&b, n, k)?;
+            let addr = text(b.split_to(n), k)?;
+            end(&b, k)?;
+            Frame::Redirect(Redirect { epoch, addr })
+        }
         other => return Err(DecodeError::UnknownType(other)),
     };
     Ok(frame)
@@ -769,6 +785,10 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) {
             out.put_u16(f.refusal.code.as_u16());
             out.put_u32(f.refusal.retry_after_ms);
             put_text(out, &f.refusal.message);
+        }
+        Frame::Redirect(f) => {
+            out.put_u64(f.epoch);
+            put_text(out, &f.addr);
         }
     }
     let len = (out.len() - start - 4) as u32;

@@ -265,6 +265,16 @@ pub struct SendSealed {
     pub payload: Bytes,
 }
 
+/// `REDIRECT` (0x8A): another node of the cluster serves this account; connect there. The
+/// node then closes the connection with `REDIRECTED`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// The cluster map epoch the node decided under (for logs and tooling; 0: unknown).
+    pub epoch: u64,
+    /// The owner's client address, `host:port` (UTF-8 text, at most 1024 bytes).
+    pub addr: String,
+}
+
 /// `WELCOME` (0x81): the token was accepted; the session's parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Welcome {
@@ -479,6 +489,8 @@ pub enum Frame {
     GroupInfo(GroupInfo),
     /// `DELIVER_SHARED` (0x88).
     DeliverShared(DeliverShared),
+    /// `REDIRECT` (0x8A): connect to another node instead (cluster).
+    Redirect(Redirect),
     /// `OK` (0x89).
     Ok(RequestOk),
 }
@@ -544,6 +556,7 @@ impl Frame {
             Frame::GroupInfo(_) => 0x87,
             Frame::DeliverShared(_) => 0x88,
             Frame::Ok(_) => 0x89,
+            Frame::Redirect(_) => 0x8A,
         }
     }
 

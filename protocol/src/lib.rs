@@ -14,8 +14,8 @@ pub use error::ErrorCode;
 pub use frame::{
     flags, group_op, reach, role, Accepted, Ack, Deliver, DeliverMeta, DeliverShared, Frame,
     GroupCreate, GroupGet, GroupInfo, GroupOk, GroupUpdate, Hello, MessageId, MultiRecipient, Ping,
-    PolicyChange, PolicySet, Pong, Refusal, Refused, Report, RequestOk, Send, SendGroup, SendMulti,
-    SendSealed, Welcome,
+    PolicyChange, PolicySet, Pong, Redirect, Refusal, Refused, Report, RequestOk, Send, SendGroup,
+    SendMulti, SendSealed, Welcome,
 };
 pub use slot::{slot_of, SLOT_COUNT};
 pub use token::{Scope, SigningKey, TokenClaims, TokenError, VerifyingKey, MAX_SCOPE_NAME};

@@ -69,6 +69,7 @@ fn samples_cover_every_variant() {
             Frame::Report(_) => 0x0B,
             Frame::SendSealed(_) => 0x0C,
             Frame::Ok(_) => 0x89,
+            Frame::Redirect(_) => 0x8A,
         };
         assert_eq!(f.type_byte(), ty);
         seen.insert(ty);
@@ -201,6 +202,8 @@ fn encoded_sizes_follow_the_layout() {
                 ..
             }) => SEND_SEALED_FIXED_LEN + access_key.len() + payload.len(),
             Frame::Ok(_) => OK_LEN,
+            // epoch, then the address as text (PROTOCOL.md: length 11 + n).
+            Frame::Redirect(r) => 8 + 2 + r.addr.len(),
         };
         assert_eq!(body_len(&f), expected, "{f:?}");
     }

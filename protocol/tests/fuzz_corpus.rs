@@ -61,6 +61,7 @@ fn name(f: &Frame) -> &'static str {
         Frame::Report(_) => "report",
         Frame::SendSealed(_) => "send-sealed",
         Frame::Ok(_) => "ok",
+        Frame::Redirect(_) => "redirect",
     }
 }
 

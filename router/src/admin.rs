@@ -193,6 +193,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 async fn readyz(State(s): S) -> Response {
     if !s.ready.load(Ordering::SeqCst) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if !s.serving.load(Ordering::SeqCst) {
+        let why = "not serving: no current cluster map under a live lease";
+        (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
     } else if s.driver.poisoned() {
         let why = "a storage write failed: the node stores nothing more; restart it";
         (StatusCode::SERVICE_UNAVAILABLE, why).into_response()

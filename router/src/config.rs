@@ -52,6 +52,9 @@ pub struct Config {
     pub safety: crate::safety::SafetyConfig,
     /// Push wake-ups through the operator's webhook.
     pub push: crate::push::PushConfig,
+    /// Cluster membership on etcd and the inter-node links. Absent: a single node that owns
+    /// every slot and talks to no etcd (the embedded default).
+    pub cluster: Option<hearth_cluster::ClusterConfig>,
 }
 
 /// Networks (apps) that share this backbone.
@@ -188,6 +191,7 @@ impl Default for Config {
             residency: Residency::default(),
             safety: Default::default(),
             push: Default::default(),
+            cluster: None,
         }
     }
 }
@@ -334,7 +338,31 @@ impl Config {
             "safety.retention_secs must be > 0"
         );
         self.push.validate()?;
+        if let Some(c) = &self.cluster {
+            c.validate().map_err(anyhow::Error::msg)?;
+            for (key, v) in [
+                ("ca_cert", &c.ca_cert),
+                ("node_cert", &c.node_cert),
+                ("node_key", &c.node_key),
+            ] {
+                anyhow::ensure!(
+                    !v.is_empty(),
+                    "cluster.{key} must name a PEM file (`hearthctl cluster ca` issues them)"
+                );
+            }
+            c.link_listen
+                .parse::<SocketAddr>()
+                .map_err(|e| anyhow::anyhow!("cluster.link_listen {:?}: {e}", c.link_listen))?;
+        }
         Ok(())
+    }
+
+    /// The region this node is in: `cluster.region` when set, else `region`.
+    pub fn node_region(&self) -> &str {
+        match &self.cluster {
+            Some(c) if !c.region.is_empty() => &c.region,
+            _ => &self.region,
+        }
     }
 
     /// The admin token file in effect.
@@ -378,5 +406,49 @@ mod tests {
         assert!(!r.residency.allows("us", "eu-west"));
         assert!(r.residency.allows("any", "eu-west"));
         assert!(!r.residency.allows("mars", "eu-west"));
+    }
+
+    #[test]
+    fn a_cluster_section_is_optional_and_checked() {
+        assert!(Config::from_toml("").unwrap().cluster.is_none());
+        let ok = "[cluster]\nnode_id = 2\netcd_endpoints = [\"http://127.0.0.1:12379\"]\n\
+                  advertise_client = \"127.0.0.2:4433\"\nlink_listen = \"127.0.0.2:4434\"\n\
+                  advertise_link = \"127.0.0.2:4434\"\nregion = \"eu-west\"\n\
+                  ca_cert = \"ca.pem\"\nnode_cert = \"n2.pem\"\nnode_key = \"n2.key\"\n";
+        let c = Config::from_toml(ok).unwrap();
+        let cl = c.cluster.as_ref().unwrap();
+        assert_eq!(cl.node_id, 2);
+        assert_eq!(cl.advertise_client, "127.0.0.2:4433");
+        assert_eq!(c.node_region(), "eu-west");
+        let no_certs = ok.replace("ca_cert = \"ca.pem\"\n", "");
+        let e = Config::from_toml(&no_certs).unwrap_err().to_string();
+        assert!(e.contains("cluster.ca_cert"), "{e}");
+        let bad_id = ok.replace("node_id = 2", "node_id = 0");
+        assert!(Config::from_toml(&bad_id).is_err());
+        let bad_listen = ok.replace(
+            "link_listen = \"127.0.0.2:4434\"",
+            "link_listen = \"n2:4434\"",
+        );
+        assert!(Config::from_toml(&bad_listen).is_err());
+        assert!(
+            Config::from_toml("[cluster]\nnodeid = 2\n").is_err(),
+            "typos refused"
+        );
+    }
+
+    #[test]
+    fn the_cluster_configs_in_deploy_are_valid_node_configs() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/cluster");
+        let mut files = vec![root.join("hearthd-cluster.toml")];
+        files.extend((1..=3).map(|i| root.join(format!("compose/hearthd-{i}.toml"))));
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let c = Config::from_toml(&text).unwrap_or_else(|e| panic!("{}: {e:#}", f.display()));
+            assert!(
+                c.cluster.is_some(),
+                "{} has a [cluster] section",
+                f.display()
+            );
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! Connection-scoped work is performed by each connection's task (`session.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use hearth_storage::{
@@ -11,6 +11,7 @@ use hearth_storage::{
 };
 use tokio::sync::{mpsc, Notify};
 
+use crate::cluster::Links;
 use crate::core::{Action, JobId, Loaded, Request, RequestOutcome, Router, View};
 use crate::metrics::Metrics;
 use crate::now_ms;
@@ -44,6 +45,8 @@ pub(crate) struct Driver {
     deadline: AtomicU64,
     /// Wakes the timer when the deadline moved earlier.
     timer: Arc<Notify>,
+    /// The inter-node links (cluster only).
+    links: OnceLock<Arc<Links>>,
 }
 
 impl Driver {
@@ -65,6 +68,7 @@ impl Driver {
             commits,
             deadline: AtomicU64::new(u64::MAX),
             timer: Arc::new(Notify::new()),
+            links: OnceLock::new(),
         });
         tokio::spawn(commit_loop(Arc::downgrade(&driver), rx));
         tokio::spawn(timer_loop(Arc::downgrade(&driver)));
@@ -93,6 +97,13 @@ impl Driver {
         r
     }
 
+    /// Perform `Forward` and `Return` actions over these links (a cluster member).
+    pub fn set_links(&self, links: Arc<Links>) {
+        if self.links.set(links).is_err() {
+            tracing::error!("the inter-node links were set twice; keeping the first");
+        }
+    }
+
     fn perform(self: &Arc<Self>, action: Action) {
         match action {
             Action::Enqueue { job, write } => {
@@ -110,6 +121,16 @@ impl Driver {
                     let result = driver.store.group_members(group);
                     driver.with(|c| c.handle_group_loaded(group, result, now_ms()));
                 });
+            }
+            Action::Forward { node, batch } if self.links.get().is_some() => {
+                let links = self.links.get().expect("checked");
+                if !links.forward(node, &batch) {
+                    // Unreachable: its unanswered sends are answered with a retry.
+                    self.with(|c| c.node_lost(node));
+                }
+            }
+            Action::Return { node, batch } if self.links.get().is_some() => {
+                self.links.get().expect("checked").give_back(node, &batch);
             }
             Action::Forward { node, batch } => {
                 // No cluster: nothing can answer; the core hears the node is gone.

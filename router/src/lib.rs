@@ -3,6 +3,7 @@
 //! [`Node::start`] runs a node from a [`Config`]; the `hearthd` binary is a thin wrapper over it.
 
 mod admin;
+mod cluster;
 mod config;
 mod core;
 mod driver;
@@ -58,6 +59,9 @@ pub(crate) struct Shared {
     pub hello_timeout: Duration,
     pub shutdown: watch::Sender<bool>,
     pub ready: AtomicBool,
+    /// Whether the node may serve its slots (always on a single node; in a cluster, while
+    /// its lease is live and its map current). `/readyz` fails while it may not.
+    pub serving: Arc<AtomicBool>,
     pub started: Instant,
     pub quic_addr: SocketAddr,
     pub durability: DurabilityMode,
@@ -80,6 +84,7 @@ pub struct Node {
     ca_pem: Vec<u8>,
     signing_key: SigningKey,
     server_name: String,
+    cluster: Option<cluster::Cluster>,
 }
 
 impl Node {
@@ -117,22 +122,39 @@ impl Node {
         let pusher = push::Pusher::spawn(cfg.push.clone())?;
         let metrics = Arc::new(Metrics::default());
         let safety = Arc::new(Safety::new(cfg.safety.clone()));
-        let core = Router::new(
+        let local = cfg.cluster.as_ref().map_or(0, |c| c.node_id);
+        let mut core = Router::new(
             CoreConfig {
                 limits: cfg.limits.clone(),
                 privacy: cfg.privacy.clone(),
                 residency: cfg.residency.clone(),
-                region: cfg.region.clone(),
+                region: cfg.node_region().to_owned(),
                 idle_timeout_ms: tls::IDLE_TIMEOUT.as_millis() as u32,
                 retention_ms: cfg.safety.retention_secs * 1000,
             },
             Arc::new(store.clone()),
             signing_key.verifying_key(),
-            SlotMap::single(0),
+            SlotMap::single(local),
             safety.clone(),
             metrics.clone(),
         );
+        // A cluster member serves nothing until it holds a current map under a live lease.
+        let serving = Arc::new(AtomicBool::new(cfg.cluster.is_none()));
+        core.set_serving(cfg.cluster.is_none());
         let driver = Driver::start(core, store, pusher, metrics, safety);
+        let cluster = match &cfg.cluster {
+            Some(c) => Some(
+                cluster::Cluster::start(
+                    c,
+                    cfg.node_region(),
+                    &cfg.residency,
+                    driver.clone(),
+                    serving.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let front_metrics = front::FrontMetrics::default();
         let server_config = tls::server_config(&tls, &cfg.limits, front_metrics.resumed.clone())?;
         let endpoints = front::bind(cfg.listen, cfg.quic_endpoints, server_config, &reset_key)?;
@@ -145,6 +167,7 @@ impl Node {
             hello_timeout: cfg.limits.hello_timeout(),
             shutdown,
             ready: AtomicBool::new(true),
+            serving,
             started: Instant::now(),
             quic_addr,
             durability: cfg.durability,
@@ -187,6 +210,7 @@ impl Node {
             ca_pem: tls.ca_pem,
             signing_key,
             server_name: cfg.server_name,
+            cluster,
         })
     }
 
@@ -229,7 +253,7 @@ impl Node {
 
     /// Graceful shutdown: stop accepting, answer the sends already taken (they become durable),
     /// close every connection with `GOING_AWAY`, then flush and close the store.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         use std::sync::atomic::Ordering;
         self.shared.ready.store(false, Ordering::SeqCst);
         // send_replace: stored even while no task has subscribed yet (a node stopped at once).
@@ -249,6 +273,9 @@ impl Node {
         }
         for ep in &self.endpoints {
             let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        }
+        if let Some(c) = self.cluster.take() {
+            c.shutdown().await;
         }
         self.background.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.background.wait()).await;

@@ -6,9 +6,9 @@ use bytes::{Bytes, BytesMut};
 use hearth_protocol::{
     encode, flags, group_op, reach, role, Accepted, Ack, Deliver, DeliverMeta, DeliverShared,
     ErrorCode, Frame, GroupCreate, GroupGet, GroupInfo, GroupOk, GroupUpdate, Hello, MessageId,
-    MultiRecipient, Ping, PolicyChange, PolicySet, Pong, Refusal, Refused, Report, RequestOk, Send,
-    SendGroup, SendMulti, SendSealed, Welcome, DEFAULT_MAX_ENVELOPE, DELIVER_FIXED_LEN,
-    SEND_FIXED_LEN,
+    MultiRecipient, Ping, PolicyChange, PolicySet, Pong, Redirect, Refusal, Refused, Report,
+    RequestOk, Send, SendGroup, SendMulti, SendSealed, Welcome, DEFAULT_MAX_ENVELOPE,
+    DELIVER_FIXED_LEN, SEND_FIXED_LEN,
 };
 use proptest::prelude::*;
 
@@ -97,9 +97,9 @@ pub const LARGEST_SEND_SEALED: usize =
     1 + SEND_SEALED_FIXED_LEN + MAX_ACCESS_KEY + DEFAULT_MAX_ENVELOPE;
 
 /// Every type byte of protocol version 1, in increasing order.
-pub const TYPES: [u8; 21] = [
+pub const TYPES: [u8; 22] = [
     0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x81, 0x82, 0x83, 0x84,
-    0x85, 0x86, 0x87, 0x88, 0x89,
+    0x85, 0x86, 0x87, 0x88, 0x89, 0x8A,
 ];
 
 /// Type bytes whose oversized frames are skipped (answered `ENVELOPE_TOO_LARGE`), not fatal.
@@ -129,6 +129,7 @@ pub fn kind(ty: u8) -> &'static str {
         0x87 => "GROUP_INFO",
         0x88 => "DELIVER_SHARED",
         0x89 => "OK",
+        0x8A => "REDIRECT",
         _ => unreachable!("type 0x{ty:02x}"),
     }
 }
@@ -491,6 +492,14 @@ pub fn privacy_samples() -> Vec<Frame> {
         Frame::Ok(RequestOk { req_id: id() }),
         Frame::Ok(RequestOk {
             req_id: MessageId([0xff; 16]),
+        }),
+        Frame::Redirect(Redirect {
+            epoch: 912,
+            addr: "n2.example:4433".into(),
+        }),
+        Frame::Redirect(Redirect {
+            epoch: 0,
+            addr: String::new(),
         }),
     ]
 }

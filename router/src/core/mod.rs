@@ -15,7 +15,6 @@
 mod action;
 mod conns;
 mod delivery;
-#[cfg_attr(not(test), allow(dead_code))] // until the cluster driver calls it
 mod forward;
 mod ingress;
 mod owner;
@@ -36,7 +35,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use hearth_protocol::{
-    Accepted, ErrorCode, Frame, Hello, MessageId, Pong, Refusal, VerifyingKey, Welcome,
+    Accepted, ErrorCode, Frame, Hello, MessageId, Pong, Redirect, Refusal, VerifyingKey, Welcome,
     PROTOCOL_VERSION,
 };
 use hearth_storage::{DeviceKey, QueueEntry, StorageError, WriteOutcome};
@@ -44,7 +43,7 @@ use hearth_storage::{DeviceKey, QueueEntry, StorageError, WriteOutcome};
 pub(crate) use action::{
     Action, ConnId, ConnOutput, JobId, QueueRead, Registration, Request, RequestOutcome, Wake,
 };
-#[allow(unused_imports)] // the cluster driver uses WireError
+#[allow(unused_imports)] // WireError: for the cluster tests
 pub(crate) use forward::{Forwarded, Returned, WireError};
 pub(crate) use routed::{Origin, Routed, Target};
 pub(crate) use slots::{Fence, NodeId, SlotMap};
@@ -82,7 +81,6 @@ enum ReplyTo {
     /// One part of a send split between owners; the whole answers once every part has.
     FanIn(u64),
     /// A send forwarded by another node, answered with `token`.
-    #[cfg_attr(not(test), allow(dead_code))] // until the cluster driver calls it
     Remote { node: NodeId, token: u64 },
 }
 
@@ -133,6 +131,9 @@ pub(crate) struct Router {
     view: Arc<dyn View>,
     verifier: VerifyingKey,
     slots: SlotMap,
+    /// Whether this node may accept writes for the slots it owns (cluster: lease live and
+    /// map current; always on a single node).
+    serving: bool,
     safety: Arc<Safety>,
     metrics: Arc<Metrics>,
     conns: Conns,
@@ -177,6 +178,7 @@ impl Router {
             view,
             verifier,
             slots,
+            serving: true,
             safety,
             metrics,
             conns,
@@ -455,7 +457,6 @@ impl Router {
     }
 
     /// Sends another node forwarded here, for slots it believes this node owns.
-    #[cfg_attr(not(test), allow(dead_code))] // until the cluster driver calls it
     pub fn handle_forwarded(&mut self, from: NodeId, batch: Vec<Forwarded>, now_ms: u64) {
         let now_ms = self.tick_clock(now_ms);
         for Forwarded { token, routed } in batch {
@@ -497,7 +498,6 @@ impl Router {
     }
 
     /// Answers to sends this node forwarded.
-    #[cfg_attr(not(test), allow(dead_code))] // until the cluster driver calls it
     pub fn handle_returned(&mut self, batch: Vec<Returned>) {
         for Returned { token, frame } in batch {
             if let Some((_, reply, _)) = self.remote.remove(&token) {
@@ -527,9 +527,15 @@ impl Router {
     }
 
     /// The slot map changed.
-    #[cfg_attr(not(test), allow(dead_code))] // until the cluster driver calls it
     pub fn set_slot_map(&mut self, map: SlotMap) {
         self.slots = map;
+    }
+
+    /// Whether this node may accept writes for its slots (cluster: its lease is live and its
+    /// map current). While not, sends to its slots are refused with a retry and new devices
+    /// are turned away with `GOING_AWAY`.
+    pub fn set_serving(&mut self, serving: bool) {
+        self.serving = serving;
     }
 
     /// The connection is gone (closed by either side, or lost).
@@ -627,6 +633,31 @@ impl Router {
 
     fn hello(&mut self, conn: ConnId, h: Hello, now_ms: u64) {
         match self.admit(h, now_ms) {
+            Ok((auth, _)) if !self.slots.is_local(auth.key.account) => {
+                // Another node serves the account: tell the device where, then close.
+                let owner = self.slots.owner_of(auth.key.account);
+                let epoch = self.slots.epoch();
+                let addr = self.slots.addr(owner).map(str::to_owned);
+                let c = self.conns.get_mut(conn).expect("checked by the caller");
+                match addr {
+                    Some(addr) => {
+                        c.send(Frame::Redirect(Redirect { epoch, addr }));
+                        c.close(
+                            ErrorCode::Redirected,
+                            format!("the account is served by node {owner}"),
+                        );
+                    }
+                    None => c.close(
+                        ErrorCode::GoingAway,
+                        "the node serving the account is unavailable; retry later",
+                    ),
+                }
+            }
+            Ok(_) if !self.serving => self.fail(
+                conn,
+                ErrorCode::GoingAway,
+                "this node is not serving yet (cluster map or lease not current)".into(),
+            ),
             Ok((auth, registration)) => {
                 let c = self.conns.get_mut(conn).expect("checked by the caller");
                 c.auth = Some(auth);
@@ -674,13 +705,6 @@ impl Router {
             return Err(Refusal::new(ErrorCode::Residency, why));
         }
         let key = DeviceKey::new(claims.account, claims.device);
-        if !self.slots.is_local(key.account) {
-            // The cluster answers with a redirect to the owner here.
-            return Err(Refusal::new(
-                ErrorCode::GoingAway,
-                "this node does not own the account",
-            ));
-        }
         let auth = Authenticated {
             key,
             network: network.as_str().into(),
@@ -849,6 +873,12 @@ impl Router {
                 .or_default()
                 .push(Forwarded { token, routed: r });
             return Answer::Later;
+        }
+        if !self.serving {
+            Metrics::inc(&self.metrics.refused);
+            let why = "this node is not serving its slots now (cluster lease or map)";
+            let refusal = Refusal::new(ErrorCode::Overloaded, why).retry_after(200);
+            return Answer::Now(refusal.answer(r.msg_id()));
         }
         match r.target {
             Target::Group { group } => match self.view.group_members(group) {

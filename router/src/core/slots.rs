@@ -57,7 +57,6 @@ impl SlotMap {
     }
 
     /// The same map with the epoch at which each slot got its owner (`since[s]` <= epoch).
-    #[allow(dead_code)] // the cluster driver uses it
     pub fn with_since(mut self, since: Vec<u64>) -> SlotMap {
         assert_eq!(since.len(), SLOT_COUNT as usize, "one epoch per slot");
         self.since = since.into_boxed_slice();
@@ -65,7 +64,6 @@ impl SlotMap {
     }
 
     /// The same map with these slots sealed for a move.
-    #[allow(dead_code)] // the cluster driver uses it
     pub fn with_moving(mut self, mut slots: Vec<u16>) -> SlotMap {
         slots.sort_unstable();
         slots.dedup();
@@ -74,7 +72,6 @@ impl SlotMap {
     }
 
     /// The same map with the nodes' client addresses.
-    #[allow(dead_code)] // the cluster's redirects use it
     pub fn with_addrs(mut self, addrs: HashMap<NodeId, String>) -> SlotMap {
         self.addrs = addrs;
         self
@@ -101,7 +98,6 @@ impl SlotMap {
     }
 
     /// The client address of `node`, if known.
-    #[allow(dead_code)] // the cluster's redirects use it
     pub fn addr(&self, node: NodeId) -> Option<&str> {
         self.addrs.get(&node).map(String::as_str)
     }
