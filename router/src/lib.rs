@@ -25,6 +25,9 @@ use hearth_storage::{Durability, Store, StoreOptions};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+/// The routing core's fuzz entry point (the `fuzzing` feature, for router/fuzz).
+#[cfg(feature = "fuzzing")]
+pub use crate::core::testing::props::fuzz_case;
 pub use config::{Config, DurabilityMode, Limits, Privacy, Residency};
 pub use push::PushConfig;
 pub use safety::SafetyConfig;

@@ -50,7 +50,7 @@ pub struct DeviceKey {
 
 impl DeviceKey {
     /// The key of `device` of `account`.
-    pub fn new(account: u64, device: u32) -> DeviceKey {
+    pub const fn new(account: u64, device: u32) -> DeviceKey {
         DeviceKey { account, device }
     }
 

@@ -1,6 +1,9 @@
 //! Random interleavings of sends, retries, acks, disconnects, reconnects, commits and time,
 //! checked against the delivery invariants. Deterministic: case `i` runs seed `i`, and a
-//! failure names its seed (rerun one with `HEARTH_SIM_SEED=<seed>`).
+//! failure names its seed (rerun one with `HEARTH_SIM_SEED=<seed>`). The same cases run on the
+//! bytes of a fuzz input ([`fuzz_case`], router/fuzz), which choose every step instead of a
+//! seeded generator; a stranger in another network adds raw frame bytes, decoded as the
+//! driver decodes them. The fuzz corpus (router/fuzz/corpus/core) is replayed by `cargo test`.
 //!
 //! Invariants, per device:
 //! - within one connection (epoch), stored envelopes arrive in strictly increasing seq order,
@@ -14,7 +17,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use hearth_protocol::{flags, Frame};
+use bytes::BytesMut;
+use hearth_protocol::{flags, Decoded, Decoder, Frame};
 use hearth_storage::DeviceKey;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -24,6 +28,63 @@ use crate::core::ConnId;
 
 const ACCOUNTS: u64 = 3;
 const DEVICES: u32 = 2;
+/// The stranger: an account in another network, which may send anything.
+const STRANGER: DeviceKey = DeviceKey::new(9, 1);
+/// The stranger's network; the case's devices never opt in to it.
+const STRANGER_NETWORK: &str = "elsewhere";
+/// Most operations one fuzz input runs.
+const FUZZ_OPS: usize = 2000;
+
+/// Where a case takes its choices from.
+enum Choices<'a> {
+    /// A seeded generator (the property test).
+    Seeded(StdRng),
+    /// A fuzz input, read a byte at a time; zeros once it runs out.
+    Bytes(&'a [u8]),
+}
+
+impl Choices<'_> {
+    /// A number in `lo..=hi`.
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        match self {
+            Choices::Seeded(rng) => rng.gen_range(lo..=hi),
+            Choices::Bytes(_) => {
+                let span = hi - lo + 1;
+                let mut n = u64::from(self.byte());
+                if span > 256 {
+                    n = n << 8 | u64::from(self.byte());
+                }
+                lo + n % span
+            }
+        }
+    }
+
+    /// True `percent` times in 100.
+    fn chance(&mut self, percent: u64) -> bool {
+        self.range(0, 99) < percent
+    }
+
+    /// Up to `n` raw bytes.
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        match self {
+            Choices::Seeded(rng) => (0..n).map(|_| rng.gen()).collect(),
+            Choices::Bytes(data) => {
+                let (head, rest) = data.split_at(n.min(data.len()));
+                *data = rest;
+                head.to_vec()
+            }
+        }
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.bytes(1).first().copied().unwrap_or(0)
+    }
+
+    /// Whether a fuzz input is used up (a seeded generator never is).
+    fn exhausted(&self) -> bool {
+        matches!(self, Choices::Bytes(data) if data.is_empty())
+    }
+}
 
 /// What the test knows of one message.
 #[derive(Debug, Clone)]
@@ -54,20 +115,24 @@ struct Device {
     seen: HashSet<u128>,
 }
 
-struct Case {
+struct Case<'a> {
     sim: Sim,
-    rng: StdRng,
+    choose: Choices<'a>,
     devices: BTreeMap<DeviceKey, Device>,
     sent: HashMap<u128, Sent>,
     next_msg: u128,
     sends: usize,
-    seed: u64,
+    /// What a failure names: the seed, or the fuzz input.
+    origin: String,
+    /// The stranger's connection and the decoder of its bytes.
+    stranger: Option<(ConnId, Decoder, BytesMut)>,
 }
 
-impl Case {
-    fn new(seed: u64) -> Case {
+impl<'a> Case<'a> {
+    fn new(choose: Choices<'a>, origin: String) -> Case<'a> {
         let mut setup = Setup::default();
         setup.limits.max_inflight = 3;
+        setup.privacy.networks.push(STRANGER_NETWORK.into());
         let mut sim = Sim::with(setup);
         sim.auto_commit = false;
         let mut devices = BTreeMap::new();
@@ -86,24 +151,62 @@ impl Case {
         }
         Case {
             sim,
-            rng: StdRng::seed_from_u64(seed),
+            choose,
             devices,
             sent: HashMap::new(),
             next_msg: 1,
             sends: 0,
-            seed,
+            origin,
+            stranger: None,
         }
     }
 
     fn key(&mut self) -> DeviceKey {
         DeviceKey::new(
-            self.rng.gen_range(1..=ACCOUNTS),
-            self.rng.gen_range(1..=DEVICES),
+            self.choose.range(1, ACCOUNTS),
+            self.choose.range(1, u64::from(DEVICES)) as u32,
         )
     }
 
     fn fail(&self, why: String) -> ! {
-        panic!("seed {}: {why}", self.seed);
+        panic!("{}: {why}", self.origin);
+    }
+
+    /// Raw bytes from the stranger, decoded and handed to the core as the driver does; its own
+    /// answers are taken and dropped (it is checked only in that nothing it sends reaches the
+    /// case's devices, nor breaks their invariants).
+    fn stranger_writes(&mut self) {
+        if self.stranger.as_ref().is_none_or(|(id, ..)| {
+            self.sim.closed(*id).is_some() || !self.sim.clients.contains_key(id)
+        }) {
+            if let Some((id, ..)) = self.stranger.take() {
+                self.sim.disconnect(id);
+            }
+            let id = self.sim.connect_in(STRANGER, STRANGER_NETWORK);
+            self.stranger = Some((id, Decoder::new(4096), BytesMut::new()));
+        }
+        let n = self.choose.range(1, 64) as usize;
+        let bytes = self.choose.bytes(n);
+        let Some((id, decoder, buf)) = self.stranger.as_mut() else {
+            return;
+        };
+        let id = *id;
+        buf.extend_from_slice(&bytes);
+        loop {
+            match decoder.decode(buf) {
+                Ok(Some(Decoded::Frame(f))) => self.sim.input(id, f),
+                Ok(Some(Decoded::OversizedSend { msg_id, len })) => {
+                    self.sim.core.handle_oversized(id, msg_id, len)
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.sim.core.handle_input_error(id, e.code(), e.to_string());
+                    break;
+                }
+            }
+        }
+        while self.sim.step() {}
+        self.sim.take(id);
     }
 
     /// Take and check everything written to every connection.
@@ -175,14 +278,14 @@ impl Case {
     }
 
     fn op(&mut self) {
-        match self.rng.gen_range(0..100) {
+        match self.choose.range(0, 99) {
             0..=39 => {
                 let from = self.key();
-                let to_account = self.rng.gen_range(1..=ACCOUNTS);
-                let to_device = if self.rng.gen_bool(0.5) {
+                let to_account = self.choose.range(1, ACCOUNTS);
+                let to_device = if self.choose.chance(50) {
                     0
                 } else {
-                    self.rng.gen_range(1..=DEVICES)
+                    self.choose.range(1, u64::from(DEVICES)) as u32
                 };
                 let Some(conn) = self.devices[&from].conn else {
                     return;
@@ -195,8 +298,8 @@ impl Case {
                 if to.is_empty() {
                     return;
                 }
-                let ephemeral = self.rng.gen_bool(0.1);
-                let ttl = if self.rng.gen_bool(0.2) { 2 } else { 3600 };
+                let ephemeral = self.choose.chance(10);
+                let ttl = if self.choose.chance(20) { 2 } else { 3600 };
                 let msg = self.next_msg;
                 self.next_msg += 1;
                 self.sends += 1;
@@ -224,11 +327,12 @@ impl Case {
             }
             40..=59 => {
                 let key = self.key();
-                let d = self.devices.get_mut(&key).expect("known");
+                let d = &self.devices[&key];
                 let (Some(conn), false) = (d.conn, d.unacked.is_empty()) else {
                     return;
                 };
-                let n = self.rng.gen_range(1..=d.unacked.len());
+                let n = self.choose.range(1, d.unacked.len() as u64) as usize;
+                let d = self.devices.get_mut(&key).expect("known");
                 let seqs: Vec<u64> = d.unacked.drain(..n).collect();
                 for s in &seqs {
                     let msg = d.epoch.iter().find(|(q, _)| q == s).expect("delivered").1;
@@ -255,14 +359,15 @@ impl Case {
             78..=92 => {
                 self.sim.commit();
             }
-            93..=96 => self.sim.advance(self.rng.gen_range(1..1500)),
+            93..=95 => self.sim.advance(self.choose.range(1, 1499)),
+            96 => self.stranger_writes(),
             _ => {
                 // Retry an earlier durable message from its sender's connection, as a client
                 // does when it lost the answer. Its first copy may be committed already.
                 if self.next_msg <= 1 {
                     return;
                 }
-                let msg = self.rng.gen_range(1..self.next_msg);
+                let msg = u128::from(self.choose.range(1, self.next_msg as u64 - 1));
                 let s = self.sent.get_mut(&msg).expect("sent");
                 let (from, target, f, ttl) = s.again;
                 if s.to.is_empty() || s.expires_at_ms <= self.sim.now_ms + 1000 {
@@ -294,11 +399,14 @@ impl Case {
 
     fn run(mut self, ops: usize) {
         for _ in 0..ops {
+            if self.choose.exhausted() {
+                break;
+            }
             self.op();
             // Everything the node writes is taken before the clock moves again.
             while self.sim.step() {}
             self.collect();
-            if self.rng.gen_bool(0.05) {
+            if self.choose.chance(5) {
                 self.settle();
             }
         }
@@ -363,6 +471,26 @@ fn random_interleavings_keep_the_delivery_invariants() {
         Err(_) => (0..200).collect(),
     };
     for seed in seeds {
-        Case::new(seed).run(300);
+        Case::new(Choices::Seeded(StdRng::seed_from_u64(seed)), format!("seed {seed}")).run(300);
     }
+}
+
+/// One fuzz input as a case (router/fuzz's `core` target): its bytes choose every step. Panics
+/// when an invariant breaks.
+pub fn fuzz_case(data: &[u8]) {
+    Case::new(Choices::Bytes(data), "fuzz input".to_string()).run(FUZZ_OPS);
+}
+
+#[test]
+fn the_core_fuzz_corpus_keeps_the_delivery_invariants() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/core");
+    let mut inputs = 0;
+    for entry in std::fs::read_dir(&dir).expect("router/fuzz/corpus/core") {
+        let path = entry.expect("a corpus entry").path();
+        let data = std::fs::read(&path).expect("a corpus file");
+        let run = std::panic::catch_unwind(|| fuzz_case(&data));
+        assert!(run.is_ok(), "corpus input {} fails", path.display());
+        inputs += 1;
+    }
+    assert!(inputs > 0, "the corpus in {} is empty", dir.display());
 }
