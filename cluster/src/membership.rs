@@ -33,7 +33,7 @@ pub enum LeaseState {
 
 /// A running registration (a background task). Dropping it stops the keep-alives without
 /// revoking: the member key then disappears when the lease expires, as after a crash.
-pub struct Registration {
+pub(crate) struct Registration {
     state: watch::Receiver<LeaseState>,
     task: JoinHandle<()>,
     client: Client,
@@ -53,13 +53,13 @@ impl Registration {
     }
 
     /// The current state, and changes to it.
-    pub fn state(&self) -> watch::Receiver<LeaseState> {
+    pub(crate) fn state(&self) -> watch::Receiver<LeaseState> {
         self.state.clone()
     }
 
     /// Leave the membership now: stop the keep-alives and revoke the lease (the member key
     /// goes with it).
-    pub async fn leave(self) -> Result<(), Error> {
+    pub(crate) async fn leave(self) -> Result<(), Error> {
         self.task.abort();
         // Copy the state out: the watch guard must not be held across the await (the future
         // stays Send, so a node's shutdown can be spawned).

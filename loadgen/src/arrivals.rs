@@ -52,7 +52,13 @@ pub(crate) struct Schedule {
 }
 
 impl Schedule {
-    pub fn new(warmup_ns: u64, ramp_ns: u64, steady_ns: u64, rate: f64, ramp_from: f64) -> Self {
+    pub(crate) fn new(
+        warmup_ns: u64,
+        ramp_ns: u64,
+        steady_ns: u64,
+        rate: f64,
+        ramp_from: f64,
+    ) -> Self {
         let mut segs = Vec::new();
         let (mut start, mut n0) = (0u64, 0.0);
         for (len_ns, r0, r1) in [
@@ -81,7 +87,7 @@ impl Schedule {
     }
 
     /// Offered rate at `ns` (0 after the end).
-    pub fn rate_at(&self, ns: u64) -> f64 {
+    pub(crate) fn rate_at(&self, ns: u64) -> f64 {
         self.segs
             .iter()
             .find(|s| ns >= s.start_ns && ns < s.start_ns + s.len_ns)
@@ -91,12 +97,12 @@ impl Schedule {
     }
 
     /// Expected sends in the whole schedule.
-    pub fn total(&self) -> f64 {
+    pub(crate) fn total(&self) -> f64 {
         self.segs.last().map_or(0.0, |s| s.n0 + s.count())
     }
 
     /// When the `n`th send (in count space) is due; `None` past the end.
-    pub fn time_of(&self, n: f64) -> Option<u64> {
+    pub(crate) fn time_of(&self, n: f64) -> Option<u64> {
         if n >= self.total() {
             return None;
         }
@@ -118,7 +124,7 @@ pub(crate) struct ArrivalStream {
 }
 
 impl ArrivalStream {
-    pub fn new(sched: Schedule, kind: Arrivals, k: u64, stride: u64, seed: u64) -> Self {
+    pub(crate) fn new(sched: Schedule, kind: Arrivals, k: u64, stride: u64, seed: u64) -> Self {
         ArrivalStream {
             sched,
             kind,

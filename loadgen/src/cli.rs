@@ -402,7 +402,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses `2000`, `2000/s` or `2k/s`.
-pub fn parse_rate(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_rate(s: &str) -> Result<f64, String> {
     let t = s.trim().trim_end_matches("/s");
     let (num, mult) = match t.strip_suffix('k') {
         Some(n) => (n, 1e3),

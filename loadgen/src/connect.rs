@@ -35,7 +35,7 @@ pub(crate) struct Connector {
 
 impl Connector {
     /// Endpoints for `connections` connections spread over `source_ips` loopback addresses.
-    pub fn new(
+    pub(crate) fn new(
         p: &Prepared,
         connections: usize,
         source_ips: u8,
@@ -72,14 +72,14 @@ impl Connector {
 
     /// Keep up to `tickets` TLS session tickets for reconnects (0: every handshake is a full
     /// one). The default keeps the client crate's few, shared by all connections.
-    pub fn set_session_tickets(&mut self, tickets: usize) -> anyhow::Result<()> {
+    pub(crate) fn set_session_tickets(&mut self, tickets: usize) -> anyhow::Result<()> {
         self.quic = quic_client_config_with_tickets(&self.base, tickets)
             .context("client TLS configuration")?;
         Ok(())
     }
 
     /// Connects `account` (device 1) from endpoint `slot % endpoints`, paced. One attempt.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         slot: usize,
         account: u64,
@@ -96,7 +96,7 @@ impl Connector {
 
     /// Like [`Connector::connect`], retrying up to `attempts` times with a short backoff;
     /// `failures` counts the failed attempts.
-    pub async fn connect_retry(
+    pub(crate) async fn connect_retry(
         &self,
         slot: usize,
         account: u64,
@@ -123,7 +123,7 @@ impl Connector {
 
     /// Waits (at most `limit`) until the endpoints have no connection left (the closes
     /// reached the node).
-    pub async fn wait_idle(&self, limit: Duration) {
+    pub(crate) async fn wait_idle(&self, limit: Duration) {
         let mut set = tokio::task::JoinSet::new();
         for e in &self.endpoints {
             let e = e.clone();

@@ -75,7 +75,7 @@ struct State {
 }
 
 impl Device {
-    pub async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let sh = self.sh.clone();
         let me = self.me;
         let (conn, deliveries) = match self.conn.take() {

@@ -1024,7 +1024,7 @@ pub struct CoordinateArgs {
 }
 
 /// `hearth-loadgen agent ...`.
-pub fn agent_main(argv: &[std::ffi::OsString]) -> ExitCode {
+pub(crate) fn agent_main(argv: &[std::ffi::OsString]) -> ExitCode {
     let args = match parse_or_exit::<AgentArgs>(argv.iter().cloned()) {
         Ok(a) => a,
         Err(code) => return code,
@@ -1050,7 +1050,7 @@ pub fn agent_main(argv: &[std::ffi::OsString]) -> ExitCode {
 }
 
 /// `hearth-loadgen coordinate ...`.
-pub fn coordinate_main(argv: &[std::ffi::OsString]) -> ExitCode {
+pub(crate) fn coordinate_main(argv: &[std::ffi::OsString]) -> ExitCode {
     let args = match parse_or_exit::<CoordinateArgs>(argv.iter().cloned()) {
         Ok(a) => a,
         Err(code) => return code,

@@ -97,7 +97,7 @@ pub(crate) struct FanoutChecker {
 }
 
 impl FanoutChecker {
-    pub fn new(groups: Vec<Arc<[u32]>>) -> FanoutChecker {
+    pub(crate) fn new(groups: Vec<Arc<[u32]>>) -> FanoutChecker {
         FanoutChecker {
             groups,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -118,7 +118,7 @@ impl FanoutChecker {
 
     /// Group message `seq` to `group` from device `sender`, intended at `intended_ns`, is about
     /// to be sent (call before the send, so that deliveries racing the `ACCEPTED` find it).
-    pub fn sent(&self, seq: u64, group: u32, sender: u32, intended_ns: u64) {
+    pub(crate) fn sent(&self, seq: u64, group: u32, sender: u32, intended_ns: u64) {
         let members = &self.groups[group as usize];
         let track = Track {
             group,
@@ -134,19 +134,19 @@ impl FanoutChecker {
     }
 
     /// The node accepted it for `recipients` device queues.
-    pub fn accepted(&self, seq: u64, recipients: u32) {
+    pub(crate) fn accepted(&self, seq: u64, recipients: u32) {
         if let Some(t) = self.get(seq) {
             t.accepted.store(recipients.min(PENDING - 1), Relaxed);
         }
     }
 
     /// The node refused it: nothing is expected.
-    pub fn refused(&self, seq: u64) {
+    pub(crate) fn refused(&self, seq: u64) {
         self.shard(seq).remove(&seq);
     }
 
     /// Device `device` received a copy of `seq` at `now_ns`.
-    pub fn delivered(&self, seq: u64, device: u32, now_ns: u64) -> Outcome {
+    pub(crate) fn delivered(&self, seq: u64, device: u32, now_ns: u64) -> Outcome {
         let Some(t) = self.get(seq) else {
             self.unexpected.fetch_add(1, Relaxed);
             return Outcome::Unexpected;
@@ -169,7 +169,7 @@ impl FanoutChecker {
     }
 
     /// Totals over the accepted messages (unanswered ones are left out).
-    pub fn result(&self) -> FanoutResult {
+    pub(crate) fn result(&self) -> FanoutResult {
         let mut r = FanoutResult {
             duplicates: self.duplicates.load(Relaxed),
             unexpected: self.unexpected.load(Relaxed),

@@ -12,7 +12,7 @@ use crate::report::Report;
 use crate::timeline::deserialize;
 
 /// The interval log of a run, as text.
-pub fn interval_log(r: &Report) -> anyhow::Result<String> {
+pub(crate) fn interval_log(r: &Report) -> anyhow::Result<String> {
     let mut out = Vec::new();
     let mut ser = V2DeflateSerializer::new();
     let base = UNIX_EPOCH + Duration::from_secs_f64(r.started_unix_s.max(0.0));

@@ -403,7 +403,7 @@ fn spectrum(h: &Histogram<u64>) -> Vec<(f64, f64, u64)> {
 }
 
 /// The whole HTML document.
-pub fn render(r: &Report) -> String {
+pub(crate) fn render(r: &Report) -> String {
     // A last partial interval much shorter than the others makes a noisy rate: not plotted
     // (its data stays in the JSON and the interval log).
     let mut lens: Vec<f64> = r.timeline.iter().map(|i| i.len_s).collect();

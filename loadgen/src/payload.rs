@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::scenario::Kind;
 
 /// Bytes of the header at the front of every payload.
-pub const HEADER_LEN: usize = 8 + 8 + 4 + 8 + 1;
+pub(crate) const HEADER_LEN: usize = 8 + 8 + 4 + 8 + 1;
 
 /// The decoded header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub(crate) struct Header {
 }
 
 impl Header {
-    pub fn encode(&self, size: usize) -> Bytes {
+    pub(crate) fn encode(&self, size: usize) -> Bytes {
         let mut b = BytesMut::with_capacity(size.max(HEADER_LEN));
         b.put_u64(self.intended_ns);
         b.put_u64(self.seq);
@@ -33,7 +33,7 @@ impl Header {
         b.freeze()
     }
 
-    pub fn decode(p: &[u8]) -> Option<Header> {
+    pub(crate) fn decode(p: &[u8]) -> Option<Header> {
         if p.len() < HEADER_LEN {
             return None;
         }

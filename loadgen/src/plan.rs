@@ -22,7 +22,7 @@ pub(crate) struct GroupDef {
 
 impl GroupDef {
     /// Position of `device` in `members`.
-    pub fn position(&self, device: u32) -> Option<usize> {
+    pub(crate) fn position(&self, device: u32) -> Option<usize> {
         self.members.binary_search(&device).ok()
     }
 }
@@ -57,7 +57,7 @@ pub(crate) struct Plan {
 
 impl Plan {
     /// Draws the population. `nonce` makes group ids unique to the run.
-    pub fn new(s: &Scenario, account_base: u64, nonce: u64) -> anyhow::Result<Plan> {
+    pub(crate) fn new(s: &Scenario, account_base: u64, nonce: u64) -> anyhow::Result<Plan> {
         let n = s.devices;
         let mut rng = SmallRng::seed_from_u64(s.seed.unwrap_or_else(rand::random));
         let n_off = s.offline_devices() as usize;
@@ -122,16 +122,16 @@ impl Plan {
         })
     }
 
-    pub fn account(&self, device: u32) -> u64 {
+    pub(crate) fn account(&self, device: u32) -> u64 {
         self.account_base + u64::from(device)
     }
 
-    pub fn is_offline_at_start(&self, device: u32) -> bool {
+    pub(crate) fn is_offline_at_start(&self, device: u32) -> bool {
         self.reconnect_at[device as usize].is_some()
     }
 
     /// Device queues a group message from `sender` should reach (every member but the sender).
-    pub fn group_recipients(&self, g: u32, sender: u32) -> usize {
+    pub(crate) fn group_recipients(&self, g: u32, sender: u32) -> usize {
         let def = &self.groups[g as usize];
         def.members.len() - usize::from(def.position(sender).is_some())
     }
@@ -170,7 +170,7 @@ impl Plan {
     /// Open loop: kind by weight; a random online sender (for a group: a random group, then a
     /// random online member of it); 1:1 goes to any other device (offline ones too, which
     /// fills their queues); ephemeral to an online one.
-    pub fn pick_open(&self, rng: &mut impl Rng) -> Pick {
+    pub(crate) fn pick_open(&self, rng: &mut impl Rng) -> Pick {
         let kind = self.kind(rng);
         let size = self.size(rng);
         if kind == Kind::Group {
@@ -190,7 +190,7 @@ impl Plan {
 
     /// Closed loop: a send from `sender`; a group send goes to one of its groups (1:1 if it
     /// has none).
-    pub fn pick_closed(&self, sender: u32, rng: &mut impl Rng) -> Pick {
+    pub(crate) fn pick_closed(&self, sender: u32, rng: &mut impl Rng) -> Pick {
         let kind = self.kind(rng);
         let size = self.size(rng);
         if kind == Kind::Group {

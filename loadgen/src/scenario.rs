@@ -281,7 +281,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub fn from_u8(v: u8) -> Option<Kind> {
+    pub(crate) fn from_u8(v: u8) -> Option<Kind> {
         Some(match v {
             0 => Kind::OneToOne,
             1 => Kind::Group,
@@ -292,7 +292,7 @@ impl Kind {
     }
 
     /// Stored (and so delivered in order, checked for reordering).
-    pub fn stored(self) -> bool {
+    pub(crate) fn stored(self) -> bool {
         !matches!(self, Kind::Ephemeral)
     }
 }
@@ -637,7 +637,7 @@ pub(crate) enum Sampler {
 }
 
 impl Sampler {
-    pub fn sample(&self, rng: &mut impl Rng) -> u64 {
+    pub(crate) fn sample(&self, rng: &mut impl Rng) -> u64 {
         match self {
             Sampler::Fixed(v) => *v,
             Sampler::Uniform(a, b) => rng.gen_range(*a..=*b),
@@ -656,11 +656,11 @@ mod duration_text {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}ms", d.as_secs_f64() * 1e3))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         crate::cli::parse_duration(&text).map_err(serde::de::Error::custom)
     }

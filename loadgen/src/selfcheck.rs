@@ -60,7 +60,7 @@ pub(crate) struct CpuSample {
 
 impl CpuSample {
     /// Reads `/proc/self/stat` and the node threads' `/proc/self/task/*/stat`; zeros elsewhere.
-    pub fn now() -> CpuSample {
+    pub(crate) fn now() -> CpuSample {
         let total_ticks = std::fs::read_to_string("/proc/self/stat")
             .ok()
             .and_then(|s| parse_stat(&s).map(|(_, t)| t))
@@ -91,7 +91,7 @@ impl CpuSample {
     }
 
     /// (generator, node, whole machine) cores used between `self` and `later`.
-    pub fn cores_until(&self, later: &CpuSample) -> (f64, f64, f64) {
+    pub(crate) fn cores_until(&self, later: &CpuSample) -> (f64, f64, f64) {
         let wall = later.at.duration_since(self.at).as_secs_f64().max(1e-3);
         let node = later.node_ticks.saturating_sub(self.node_ticks) as f64 / CLK_TCK;
         let total = later.total_ticks.saturating_sub(self.total_ticks) as f64 / CLK_TCK;

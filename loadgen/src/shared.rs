@@ -66,7 +66,7 @@ pub(crate) struct PhaseTimes {
 
 impl PhaseTimes {
     /// Name of the phase at `ns`.
-    pub fn name_at(&self, ns: u64) -> &'static str {
+    pub(crate) fn name_at(&self, ns: u64) -> &'static str {
         if ns < self.warmup_end {
             "warmup"
         } else if ns < self.steady_start {
@@ -108,7 +108,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(
+    pub(crate) fn new(
         plan: Arc<Plan>,
         phases: PhaseTimes,
         run_id: u64,
@@ -148,21 +148,21 @@ impl Shared {
         }
     }
 
-    pub fn now_ns(&self) -> u64 {
+    pub(crate) fn now_ns(&self) -> u64 {
         self.epoch.elapsed().as_nanos() as u64
     }
 
-    pub fn at(&self, ns: u64) -> Instant {
+    pub(crate) fn at(&self, ns: u64) -> Instant {
         self.epoch + Duration::from_nanos(ns)
     }
 
     /// In the measured (steady) window.
-    pub fn measured(&self, ns: u64) -> bool {
+    pub(crate) fn measured(&self, ns: u64) -> bool {
         ns >= self.phases.steady_start && ns < self.phases.end
     }
 
     /// A fresh global sequence number for a send of `kind` due at `intended_ns`.
-    pub fn allocate(&self, intended_ns: u64, kind: Kind) -> u64 {
+    pub(crate) fn allocate(&self, intended_ns: u64, kind: Kind) -> u64 {
         if self.measured(intended_ns) && kind != Kind::Probe {
             Counters::inc(&self.c.issued_measured);
             Counters::inc(&self.c.issued_by_kind[kind as usize]);
@@ -170,12 +170,17 @@ impl Shared {
         self.next_seq.fetch_add(1, Relaxed)
     }
 
-    pub fn msg_id(&self, seq: u64) -> MessageId {
+    pub(crate) fn msg_id(&self, seq: u64) -> MessageId {
         MessageId::from_u128((u128::from(self.run_id) << 64) | u128::from(seq))
     }
 
     /// Books the node's answer to `req`, sent by device `sender`.
-    pub fn record_answer(&self, sender: u32, req: SendReq, res: Result<Accepted, ClientError>) {
+    pub(crate) fn record_answer(
+        &self,
+        sender: u32,
+        req: SendReq,
+        res: Result<Accepted, ClientError>,
+    ) {
         let now = self.now_ns();
         Counters::inc(&self.c.answered);
         let acc = match res {

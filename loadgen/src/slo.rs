@@ -263,7 +263,7 @@ impl Slo {
 
 /// The objectives to apply: the user's, plus the integrity checks on metrics they left alone
 /// (unless `checks` is false). `groups` adds the fan-out check.
-pub fn with_checks(user: &[Slo], checks: bool, groups: bool) -> Vec<Slo> {
+pub(crate) fn with_checks(user: &[Slo], checks: bool, groups: bool) -> Vec<Slo> {
     let mut all = user.to_vec();
     if checks {
         let mut implicit = vec!["lost", "unanswered", "reordered", "unexpected_duplicates"];

@@ -18,7 +18,7 @@ pub(crate) struct AtomicBitmap {
 }
 
 impl AtomicBitmap {
-    pub fn new() -> AtomicBitmap {
+    pub(crate) fn new() -> AtomicBitmap {
         AtomicBitmap {
             segs: (0..MAX_SEGS).map(|_| OnceLock::new()).collect(),
         }
@@ -35,7 +35,7 @@ impl AtomicBitmap {
     }
 
     /// Sets `bit`; true if it was clear before. Bits beyond 2^32 are ignored (false).
-    pub fn set(&self, bit: u64) -> bool {
+    pub(crate) fn set(&self, bit: u64) -> bool {
         match self.word(bit) {
             Some((w, mask)) => w.fetch_or(mask, Relaxed) & mask == 0,
             None => false,
@@ -47,7 +47,7 @@ impl AtomicBitmap {
     }
 
     /// How many bits below `upto` are set here and clear in `other`.
-    pub fn count_and_not(&self, other: &AtomicBitmap, upto: u64) -> u64 {
+    pub(crate) fn count_and_not(&self, other: &AtomicBitmap, upto: u64) -> u64 {
         let words = upto.div_ceil(64);
         let mut n = 0;
         for i in 0..words {
@@ -108,15 +108,15 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub fn inc(c: &AtomicU64) {
+    pub(crate) fn inc(c: &AtomicU64) {
         c.fetch_add(1, Relaxed);
     }
 
-    pub fn add(c: &AtomicU64, n: u64) {
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Relaxed);
     }
 
-    pub fn get(c: &AtomicU64) -> u64 {
+    pub(crate) fn get(c: &AtomicU64) -> u64 {
         c.load(Relaxed)
     }
 }
@@ -126,12 +126,12 @@ impl Counters {
 pub(crate) struct ErrorCounts(Mutex<BTreeMap<String, u64>>);
 
 impl ErrorCounts {
-    pub fn add(&self, name: &str) {
+    pub(crate) fn add(&self, name: &str) {
         let mut m = self.0.lock().expect("error counts lock");
         *m.entry(name.to_string()).or_default() += 1;
     }
 
-    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn snapshot(&self) -> BTreeMap<String, u64> {
         self.0.lock().expect("error counts lock").clone()
     }
 }
@@ -155,7 +155,7 @@ pub(crate) struct Recorder {
 }
 
 impl Recorder {
-    pub fn new() -> Recorder {
+    pub(crate) fn new() -> Recorder {
         Recorder {
             shards: (0..REC_SHARDS)
                 .map(|_| {
@@ -170,7 +170,7 @@ impl Recorder {
 
     /// Records `us` (µs) in the interval, and in the total if `counted`. `hint` spreads
     /// writers over the shards (e.g. the device index).
-    pub fn record(&self, hint: usize, us: u64, counted: bool) {
+    pub(crate) fn record(&self, hint: usize, us: u64, counted: bool) {
         let mut p = self.shards[hint % REC_SHARDS]
             .lock()
             .expect("recorder lock");
@@ -182,7 +182,7 @@ impl Recorder {
     }
 
     /// The values recorded since the last call (all shards), resetting them.
-    pub fn take_interval(&self) -> Histogram<u64> {
+    pub(crate) fn take_interval(&self) -> Histogram<u64> {
         let mut h = latency_histogram();
         for s in &self.shards {
             let mut p = s.lock().expect("recorder lock");
@@ -193,7 +193,7 @@ impl Recorder {
     }
 
     /// Every counted value so far.
-    pub fn total(&self) -> Histogram<u64> {
+    pub(crate) fn total(&self) -> Histogram<u64> {
         let mut h = latency_histogram();
         for s in &self.shards {
             h.add(&s.lock().expect("recorder lock").total)

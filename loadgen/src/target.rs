@@ -36,12 +36,12 @@ struct Embedded {
 
 impl Prepared {
     /// Whether the node runs in this process.
-    pub fn is_embedded(&self) -> bool {
+    pub(crate) fn is_embedded(&self) -> bool {
         self.embedded.is_some()
     }
 
     /// The target as a remote one (for agents of a coordinator that started an embedded node).
-    pub fn as_remote(&self) -> Target {
+    pub(crate) fn as_remote(&self) -> Target {
         Target::Remote {
             addr: self.addr,
             ca_pem: self.ca_pem.clone(),
@@ -52,7 +52,7 @@ impl Prepared {
     }
 
     /// Shuts the embedded node down (if any) and removes its data dir.
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         if let Some(e) = self.embedded {
             let Embedded { rt, node, _dir } = e;
             let _ = rt.spawn(node.shutdown()).await;

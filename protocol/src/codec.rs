@@ -13,7 +13,7 @@ use crate::{
 };
 
 /// Longest `HELLO` token and `ERROR` message, in bytes.
-pub const MAX_TEXT: usize = 1024;
+pub(crate) const MAX_TEXT: usize = 1024;
 
 /// Why a byte stream is not a valid frame sequence. Every case is fatal for the connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

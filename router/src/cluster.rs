@@ -47,7 +47,7 @@ pub(crate) struct Links {
 impl Links {
     /// Queue forwarded sends for `node`. False when the node cannot be reached (not
     /// registered, or its outbox refused them): the caller tells the core it is lost.
-    pub fn forward(&self, node: NodeId, batch: &[Forwarded]) -> bool {
+    pub(crate) fn forward(&self, node: NodeId, batch: &[Forwarded]) -> bool {
         if !lock(&self.members).contains(&node) {
             tracing::warn!(
                 node,
@@ -71,7 +71,7 @@ impl Links {
     }
 
     /// Queue answers for `node` (the node the forwarded sends came from).
-    pub fn give_back(&self, node: NodeId, batch: &[Returned]) {
+    pub(crate) fn give_back(&self, node: NodeId, batch: &[Returned]) {
         let mut buf = BytesMut::new();
         for r in batch {
             buf.put_u8(KIND_RETURN);
@@ -138,7 +138,7 @@ fn slot_map(view: &ClusterView, local: NodeId) -> Option<SlotMap> {
 impl Cluster {
     /// Join the cluster of `cfg`: bind the link, register, follow the map and campaign for
     /// the controller. `serving` mirrors the gate (for `/readyz`).
-    pub async fn start(
+    pub(crate) async fn start(
         cfg: &ClusterConfig,
         region: &str,
         residency: &Residency,
@@ -208,7 +208,7 @@ impl Cluster {
 
     /// Stop: resign from the election, close the links, leave the membership (the member
     /// key goes at once, so peers stop routing here).
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         self.stop.send_replace(true);
         self.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(3), self.tasks.wait()).await;

@@ -51,7 +51,7 @@ pub(crate) struct Driver {
 
 impl Driver {
     /// A driver over `core`; spawns the task that hands write results back to the core.
-    pub fn start(
+    pub(crate) fn start(
         core: Router,
         store: Store,
         pusher: Pusher,
@@ -76,7 +76,7 @@ impl Driver {
     }
 
     /// Run `f` on the core, then perform the node-wide actions it yielded (outside the lock).
-    pub fn with<R>(self: &Arc<Self>, f: impl FnOnce(&mut Router) -> R) -> R {
+    pub(crate) fn with<R>(self: &Arc<Self>, f: impl FnOnce(&mut Router) -> R) -> R {
         let (r, actions) = {
             let mut core = lock(&self.core);
             let r = f(&mut core);
@@ -98,7 +98,7 @@ impl Driver {
     }
 
     /// Perform `Forward` and `Return` actions over these links (a cluster member).
-    pub fn set_links(&self, links: Arc<Links>) {
+    pub(crate) fn set_links(&self, links: Arc<Links>) {
         if self.links.set(links).is_err() {
             tracing::error!("the inter-node links were set twice; keeping the first");
         }
@@ -152,32 +152,32 @@ impl Driver {
     }
 
     /// The store.
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 
     /// The push wake-up sender.
-    pub fn pusher(&self) -> &Pusher {
+    pub(crate) fn pusher(&self) -> &Pusher {
         &self.pusher
     }
 
     /// Node-wide counters.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
     /// Rate limiters and abuse signals (for their statistics).
-    pub fn safety(&self) -> &Safety {
+    pub(crate) fn safety(&self) -> &Safety {
         &self.safety
     }
 
     /// Whether the node can no longer store anything (a write failed).
-    pub fn poisoned(self: &Arc<Self>) -> bool {
+    pub(crate) fn poisoned(self: &Arc<Self>) -> bool {
         self.store.is_poisoned() || self.with(|c| c.poisoned())
     }
 
     /// Perform a store request of a connection.
-    pub async fn request(&self, request: &Request) -> RequestOutcome {
+    pub(crate) async fn request(&self, request: &Request) -> RequestOutcome {
         let store = &self.store;
         let done = RequestOutcome::Done;
         match request.clone() {

@@ -39,7 +39,7 @@ pub(crate) struct HandshakeGate {
 }
 
 impl HandshakeGate {
-    pub fn new(per_sec: u32) -> HandshakeGate {
+    pub(crate) fn new(per_sec: u32) -> HandshakeGate {
         HandshakeGate {
             limiter: NonZeroU32::new(per_sec)
                 .map(|r| governor::RateLimiter::direct(governor::Quota::per_second(r))),

@@ -146,7 +146,7 @@ pub(crate) struct Pusher {
 impl Pusher {
     /// Validate `cfg` and start the batcher task (needs a tokio runtime). Without a
     /// `webhook_url` the pusher is disabled: no task, and [`Pusher::wake`] does nothing.
-    pub fn spawn(cfg: PushConfig) -> anyhow::Result<Pusher> {
+    pub(crate) fn spawn(cfg: PushConfig) -> anyhow::Result<Pusher> {
         cfg.validate()?;
         let counters = Arc::new(Counters::default());
         let suppressor = Mutex::new(Suppressor::new(
@@ -188,7 +188,7 @@ impl Pusher {
     /// Queue a wake-up for an offline device's push token. Non-urgent ones are dropped if the
     /// same token was woken within `min_interval_secs`; urgent ones always go. Never blocks
     /// (bounded queue; overflow is counted and dropped: a wake-up is best effort).
-    pub fn wake(&self, token: Bytes, urgent: bool) {
+    pub(crate) fn wake(&self, token: Bytes, urgent: bool) {
         let Some(tx) = &self.inner.tx else { return };
         let c = &self.inner.counters;
         let now = Instant::now();
@@ -211,7 +211,7 @@ impl Pusher {
     }
 
     /// A snapshot of the counters.
-    pub fn stats(&self) -> PushStats {
+    pub(crate) fn stats(&self) -> PushStats {
         let c = &self.inner.counters;
         PushStats {
             wakeups: c.wakeups.load(Relaxed),
@@ -226,7 +226,7 @@ impl Pusher {
 
     /// Stop the batcher after POSTing everything queued; later wake-ups (from other clones)
     /// are counted as dropped. Returns when the last request has finished.
-    pub async fn shutdown(self) {
+    pub(crate) async fn shutdown(self) {
         let Some(tx) = &self.inner.tx else { return };
         let (done, finished) = oneshot::channel();
         if tx.send(Msg::Shutdown(done)).await.is_ok() {

@@ -14,7 +14,7 @@ use hearth_cluster::ClusterConfig;
 use tokio::task::JoinHandle;
 
 /// A real etcd process.
-pub struct Etcd {
+pub(crate) struct Etcd {
     child: Option<Child>,
     dir: tempfile::TempDir,
     client_port: u16,
@@ -31,7 +31,7 @@ fn free_port() -> u16 {
 
 impl Etcd {
     /// Start etcd and wait until it answers.
-    pub async fn start() -> Etcd {
+    pub(crate) async fn start() -> Etcd {
         let mut e = Etcd {
             child: None,
             dir: tempfile::tempdir().unwrap(),
@@ -43,12 +43,12 @@ impl Etcd {
     }
 
     /// The client URL.
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
     /// The client address (for a proxy in front of it).
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         ([127, 0, 0, 1], self.client_port).into()
     }
 
@@ -91,12 +91,12 @@ impl Etcd {
     }
 
     /// etcd's log so far (for failure messages).
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
 
     /// Kill the process (SIGKILL, by its pid) and reap it.
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -104,18 +104,18 @@ impl Etcd {
     }
 
     /// Kill it and start it again on the same ports and data.
-    pub async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
     }
 
     /// A client of it.
-    pub async fn client(&self) -> Client {
+    pub(crate) async fn client(&self) -> Client {
         Client::connect([self.endpoint()], None).await.unwrap()
     }
 
     /// A cluster config for node `id` on this etcd, cluster `name`, lease TTL 2 s.
-    pub fn config(&self, name: &str, id: u32) -> ClusterConfig {
+    pub(crate) fn config(&self, name: &str, id: u32) -> ClusterConfig {
         ClusterConfig {
             node_id: id,
             etcd_endpoints: vec![self.endpoint()],
@@ -136,7 +136,7 @@ impl Drop for Etcd {
 }
 
 /// A TCP proxy to `target` whose connections can be cut (and new ones refused) at will.
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub addr: SocketAddr,
     open: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -144,7 +144,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub async fn start(target: SocketAddr) -> Proxy {
+    pub(crate) async fn start(target: SocketAddr) -> Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(AtomicBool::new(true));
@@ -172,7 +172,7 @@ impl Proxy {
     }
 
     /// Close every connection through the proxy and refuse new ones.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);
         for c in self.conns.lock().unwrap().drain(..) {
             c.abort();
@@ -180,7 +180,7 @@ impl Proxy {
     }
 
     /// Accept connections again.
-    pub fn restore(&self) {
+    pub(crate) fn restore(&self) {
         self.open.store(true, Ordering::SeqCst);
     }
 }
@@ -193,7 +193,7 @@ impl Drop for Proxy {
 }
 
 /// Wait for `f` to hold, polling, for at most `secs`.
-pub async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) async fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");

@@ -13,100 +13,101 @@ use hearth_protocol::{
 use proptest::prelude::*;
 
 /// Longest `HELLO` token and `ERROR` message on the wire.
-pub const MAX_TEXT: usize = 1024;
+pub(crate) const MAX_TEXT: usize = 1024;
 
 /// Fixed bytes of a `GROUP_CREATE` body before its accounts (req_id, group, count).
-pub const GROUP_CREATE_FIXED_LEN: usize = 16 + 8 + 4;
+pub(crate) const GROUP_CREATE_FIXED_LEN: usize = 16 + 8 + 4;
 /// Fixed bytes of a `GROUP_UPDATE` body before its accounts (req_id, group, op, count).
-pub const GROUP_UPDATE_FIXED_LEN: usize = 16 + 8 + 1 + 4;
+pub(crate) const GROUP_UPDATE_FIXED_LEN: usize = 16 + 8 + 1 + 4;
 /// Bytes of a `GROUP_GET` body.
-pub const GROUP_GET_LEN: usize = 16 + 8 + 4 + 4;
+pub(crate) const GROUP_GET_LEN: usize = 16 + 8 + 4 + 4;
 /// Fixed bytes of a `SEND_GROUP` body before its payload (msg_id, group, ttl, flags).
-pub const SEND_GROUP_FIXED_LEN: usize = 16 + 8 + 4 + 1;
+pub(crate) const SEND_GROUP_FIXED_LEN: usize = 16 + 8 + 4 + 1;
 /// Fixed bytes of a `SEND_MULTI` body before its recipients (msg_id, ttl, flags, count).
-pub const SEND_MULTI_FIXED_LEN: usize = 16 + 4 + 1 + 2;
+pub(crate) const SEND_MULTI_FIXED_LEN: usize = 16 + 4 + 1 + 2;
 /// Fixed bytes of one `SEND_MULTI` recipient before its header (account, device, header_len).
-pub const RECIPIENT_FIXED_LEN: usize = 8 + 4 + 2;
+pub(crate) const RECIPIENT_FIXED_LEN: usize = 8 + 4 + 2;
 /// Bytes of a `GROUP_OK` body.
-pub const GROUP_OK_LEN: usize = 16 + 8 + 8 + 4;
+pub(crate) const GROUP_OK_LEN: usize = 16 + 8 + 8 + 4;
 /// Fixed bytes of a `GROUP_INFO` body before its members.
-pub const GROUP_INFO_FIXED_LEN: usize = 16 + 8 + 8 + 8 + 4 + 4 + 4;
+pub(crate) const GROUP_INFO_FIXED_LEN: usize = 16 + 8 + 8 + 8 + 4 + 4 + 4;
 /// Bytes of one `GROUP_INFO` member entry (account, role).
-pub const GROUP_INFO_ENTRY_LEN: usize = 8 + 1;
+pub(crate) const GROUP_INFO_ENTRY_LEN: usize = 8 + 1;
 /// Fixed bytes of a `DELIVER_SHARED` body before its header (the `DELIVER` fields, group,
 /// header_len).
-pub const DELIVER_SHARED_FIXED_LEN: usize = DELIVER_FIXED_LEN + 8 + 2;
+pub(crate) const DELIVER_SHARED_FIXED_LEN: usize = DELIVER_FIXED_LEN + 8 + 2;
 
 /// Fixed bytes of a `POLICY_SET` body before its change (req_id, kind).
-pub const POLICY_SET_FIXED_LEN: usize = 16 + 1;
+pub(crate) const POLICY_SET_FIXED_LEN: usize = 16 + 1;
 /// Fixed bytes of a `POLICY_SET` body with an account list (kinds 2..=5) before the accounts.
-pub const POLICY_LIST_FIXED_LEN: usize = POLICY_SET_FIXED_LEN + 4;
+pub(crate) const POLICY_LIST_FIXED_LEN: usize = POLICY_SET_FIXED_LEN + 4;
 /// Bytes of a `REPORT` body (req_id, account).
-pub const REPORT_LEN: usize = 16 + 8;
+pub(crate) const REPORT_LEN: usize = 16 + 8;
 /// Fixed bytes of a `SEND_SEALED` body before its access key (msg_id, account, device, ttl,
 /// flags, key_len).
-pub const SEND_SEALED_FIXED_LEN: usize = 16 + 8 + 4 + 4 + 1 + 1;
+pub(crate) const SEND_SEALED_FIXED_LEN: usize = 16 + 8 + 4 + 4 + 1 + 1;
 /// Bytes of a `WELCOME` body of revision 1.0 (account, device, server time, max_envelope,
 /// max_inflight); revision 1.1 adds idle_timeout_ms and max_pending_sends.
-pub const WELCOME_V1_0_LEN: usize = 8 + 4 + 8 + 4 + 4;
+pub(crate) const WELCOME_V1_0_LEN: usize = 8 + 4 + 8 + 4 + 4;
 
 /// Bytes of an `OK` body (req_id).
-pub const OK_LEN: usize = 16;
+pub(crate) const OK_LEN: usize = 16;
 
 /// The node's longest delivery access key (PROTOCOL.md §8).
-pub const MAX_ACCESS_KEY: usize = 64;
+pub(crate) const MAX_ACCESS_KEY: usize = 64;
 /// The node's longest push token.
-pub const MAX_PUSH_TOKEN: usize = 512;
+pub(crate) const MAX_PUSH_TOKEN: usize = 512;
 /// Most networks one `POLICY_SET` kind 6 may name.
-pub const MAX_NETWORKS: usize = 16;
+pub(crate) const MAX_NETWORKS: usize = 16;
 
 /// The node's default `max_multi_recipients`.
-pub const DEFAULT_MAX_MULTI_RECIPIENTS: usize = 1_000;
+pub(crate) const DEFAULT_MAX_MULTI_RECIPIENTS: usize = 1_000;
 /// The node's default `max_header_bytes`.
-pub const DEFAULT_MAX_HEADER: usize = 256;
+pub(crate) const DEFAULT_MAX_HEADER: usize = 256;
 
 /// The largest `SEND` the node accepts (`length` field value).
-pub const SEND_LIMIT: usize = 1 + SEND_FIXED_LEN + DEFAULT_MAX_ENVELOPE;
+pub(crate) const SEND_LIMIT: usize = 1 + SEND_FIXED_LEN + DEFAULT_MAX_ENVELOPE;
 
 /// The node's frame limit (PROTOCOL.md §4): the largest envelope, 64 bytes for the fixed parts
 /// of a frame, and the largest `SEND_MULTI` recipient list (most recipients, each with the
 /// longest header). As `hearth_router`'s `Limits::max_frame`.
-pub const NODE_LIMIT: usize = DEFAULT_MAX_ENVELOPE
+pub(crate) const NODE_LIMIT: usize = DEFAULT_MAX_ENVELOPE
     + 64
     + DEFAULT_MAX_MULTI_RECIPIENTS * (RECIPIENT_FIXED_LEN + DEFAULT_MAX_HEADER);
 
 /// The largest valid `SEND_MULTI` (most recipients, longest headers, largest payload).
-pub const LARGEST_SEND_MULTI: usize = 1
+pub(crate) const LARGEST_SEND_MULTI: usize = 1
     + SEND_MULTI_FIXED_LEN
     + DEFAULT_MAX_MULTI_RECIPIENTS * (RECIPIENT_FIXED_LEN + DEFAULT_MAX_HEADER)
     + DEFAULT_MAX_ENVELOPE;
 
 /// The largest `DELIVER` a client receives.
-pub const DELIVER_LIMIT: usize = 1 + DELIVER_FIXED_LEN + DEFAULT_MAX_ENVELOPE;
+pub(crate) const DELIVER_LIMIT: usize = 1 + DELIVER_FIXED_LEN + DEFAULT_MAX_ENVELOPE;
 
 /// A client's frame limit: the largest `DELIVER_SHARED` it can receive (longest header, largest
 /// payload). PROTOCOL.md §4.
-pub const CLIENT_LIMIT: usize =
+pub(crate) const CLIENT_LIMIT: usize =
     1 + DELIVER_SHARED_FIXED_LEN + DEFAULT_MAX_HEADER + DEFAULT_MAX_ENVELOPE;
 
 /// Most members in a `GROUP_INFO` page whose frame is no longer than the largest `DELIVER`.
-pub const MAX_PAGE: usize = (DELIVER_LIMIT - 1 - GROUP_INFO_FIXED_LEN) / GROUP_INFO_ENTRY_LEN;
+pub(crate) const MAX_PAGE: usize =
+    (DELIVER_LIMIT - 1 - GROUP_INFO_FIXED_LEN) / GROUP_INFO_ENTRY_LEN;
 
 /// The largest `SEND_SEALED` the node accepts: the longest valid access key, the largest payload.
-pub const LARGEST_SEND_SEALED: usize =
+pub(crate) const LARGEST_SEND_SEALED: usize =
     1 + SEND_SEALED_FIXED_LEN + MAX_ACCESS_KEY + DEFAULT_MAX_ENVELOPE;
 
 /// Every type byte of protocol version 1, in increasing order.
-pub const TYPES: [u8; 22] = [
+pub(crate) const TYPES: [u8; 22] = [
     0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x81, 0x82, 0x83, 0x84,
     0x85, 0x86, 0x87, 0x88, 0x89, 0x8A,
 ];
 
 /// Type bytes whose oversized frames are skipped (answered `ENVELOPE_TOO_LARGE`), not fatal.
-pub const SEND_TYPES: [u8; 4] = [0x02, 0x08, 0x09, 0x0C];
+pub(crate) const SEND_TYPES: [u8; 4] = [0x02, 0x08, 0x09, 0x0C];
 
 /// The frame name PROTOCOL.md and `DecodeError::Malformed` use for a type byte.
-pub fn kind(ty: u8) -> &'static str {
+pub(crate) fn kind(ty: u8) -> &'static str {
     match ty {
         0x01 => "HELLO",
         0x02 => "SEND",
@@ -135,7 +136,7 @@ pub fn kind(ty: u8) -> &'static str {
 }
 
 /// A `SEND_MULTI` recipient.
-pub fn rcpt(account: u64, device: u32, header: &[u8]) -> MultiRecipient {
+pub(crate) fn rcpt(account: u64, device: u32, header: &[u8]) -> MultiRecipient {
     MultiRecipient {
         account,
         device,
@@ -144,14 +145,14 @@ pub fn rcpt(account: u64, device: u32, header: &[u8]) -> MultiRecipient {
 }
 
 /// The encoding of one frame.
-pub fn enc(f: &Frame) -> BytesMut {
+pub(crate) fn enc(f: &Frame) -> BytesMut {
     let mut out = BytesMut::new();
     encode(f, &mut out);
     out
 }
 
 /// A raw frame: length prefix, type byte, body, with no validation.
-pub fn raw(ty: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn raw(ty: u8, body: &[u8]) -> Vec<u8> {
     let mut v = ((body.len() + 1) as u32).to_be_bytes().to_vec();
     v.push(ty);
     v.extend_from_slice(body);
@@ -159,12 +160,12 @@ pub fn raw(ty: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// A distinctive message id.
-pub fn id() -> MessageId {
+pub(crate) fn id() -> MessageId {
     MessageId::from_u128(0x0011_2233_4455_6677_8899_aabb_ccdd_eeff)
 }
 
 /// At least one frame of every variant, with edge values (empty and full-width fields).
-pub fn samples() -> Vec<Frame> {
+pub(crate) fn samples() -> Vec<Frame> {
     let mut v = issue2_and_group_samples();
     v.extend(privacy_samples());
     v
@@ -403,7 +404,7 @@ fn issue2_and_group_samples() -> Vec<Frame> {
 }
 
 /// A `POLICY_SET` with the sample request id.
-pub fn policy(change: PolicyChange) -> Frame {
+pub(crate) fn policy(change: PolicyChange) -> Frame {
     Frame::PolicySet(PolicySet {
         req_id: id(),
         change,
@@ -412,7 +413,7 @@ pub fn policy(change: PolicyChange) -> Frame {
 
 /// Frames of the privacy extension: every `POLICY_SET` kind (empty and full-width values, a
 /// reach mode the node refuses but the codec passes through), `REPORT`, `SEND_SEALED`, `OK`.
-pub fn privacy_samples() -> Vec<Frame> {
+pub(crate) fn privacy_samples() -> Vec<Frame> {
     vec![
         policy(PolicyChange::Reach(reach::CONTACTS)),
         Frame::PolicySet(PolicySet {
@@ -505,12 +506,12 @@ pub fn privacy_samples() -> Vec<Frame> {
 }
 
 /// `b` cut to at most `max` bytes, as the encoder does with u8/u16 length fields.
-pub fn cut_bytes(b: &Bytes, max: usize) -> Bytes {
+pub(crate) fn cut_bytes(b: &Bytes, max: usize) -> Bytes {
     b.slice(..b.len().min(max))
 }
 
 /// `s` cut to at most `max` bytes on a character boundary.
-pub fn cut_text(s: &str, max: usize) -> String {
+pub(crate) fn cut_text(s: &str, max: usize) -> String {
     let mut n = s.len().min(max);
     while !s.is_char_boundary(n) {
         n -= 1;
@@ -519,19 +520,19 @@ pub fn cut_text(s: &str, max: usize) -> String {
 }
 
 /// `b` cut to at most 65535 bytes, as the encoder does with headers (u16 length).
-pub fn truncated_header(b: &Bytes) -> Bytes {
+pub(crate) fn truncated_header(b: &Bytes) -> Bytes {
     cut_bytes(b, u16::MAX as usize)
 }
 
 /// `s` cut to at most 1024 bytes on a character boundary, as the encoder does.
-pub fn truncated(s: &str) -> String {
+pub(crate) fn truncated(s: &str) -> String {
     cut_text(s, MAX_TEXT)
 }
 
 /// The frame a decoder yields after `f` is encoded: text truncated, at most 65535 seqs,
 /// recipients, and header bytes; at most 255 network names of at most 255 bytes, 255-byte
 /// access keys and 65535-byte push tokens.
-pub fn normalized(f: &Frame) -> Frame {
+pub(crate) fn normalized(f: &Frame) -> Frame {
     match f.clone() {
         Frame::Hello(Hello { version, token }) => Frame::Hello(Hello {
             version,
@@ -661,12 +662,12 @@ fn arb_text() -> impl Strategy<Value = String> {
 
 /// Any frame, with fields over their whole range; every variant about equally likely (every
 /// `POLICY_SET` kind counting as one).
-pub fn arb_frame() -> impl Strategy<Value = Frame> {
+pub(crate) fn arb_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![9 => arb_v1_frame(), 8 => arb_group_frame(), 6 => arb_privacy_frame()]
 }
 
 /// Any frame of the issue-2 set (types 0x01..=0x04, 0x81..=0x85).
-pub fn arb_v1_frame() -> impl Strategy<Value = Frame> {
+pub(crate) fn arb_v1_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (any::<u8>(), arb_text())
             .prop_map(|(version, token)| Frame::Hello(Hello { version, token })),
@@ -792,7 +793,7 @@ fn arb_recipient() -> impl Strategy<Value = MultiRecipient> {
 }
 
 /// Any frame of the groups extension (types 0x05..=0x09, 0x86..=0x88).
-pub fn arb_group_frame() -> impl Strategy<Value = Frame> {
+pub(crate) fn arb_group_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (arb_id(), any::<u64>(), arb_accounts()).prop_map(|(req_id, group, members)| {
             Frame::GroupCreate(GroupCreate {
@@ -922,7 +923,7 @@ fn arb_bytes(max: usize) -> impl Strategy<Value = Bytes> {
 
 /// Any `POLICY_SET` change, every kind; lengths sometimes over the u8 fields' maximum so the
 /// encoder's truncation is exercised.
-pub fn arb_policy_change() -> impl Strategy<Value = PolicyChange> {
+pub(crate) fn arb_policy_change() -> impl Strategy<Value = PolicyChange> {
     prop_oneof![
         any::<u8>().prop_map(PolicyChange::Reach),
         (any::<bool>(), arb_accounts())
@@ -940,7 +941,7 @@ pub fn arb_policy_change() -> impl Strategy<Value = PolicyChange> {
 }
 
 /// Any frame of the privacy extension (types 0x0A..=0x0C, 0x89).
-pub fn arb_privacy_frame() -> impl Strategy<Value = Frame> {
+pub(crate) fn arb_privacy_frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         3 => (arb_id(), arb_policy_change())
             .prop_map(|(req_id, change)| Frame::PolicySet(PolicySet { req_id, change })),

@@ -93,13 +93,13 @@ impl Conn {
     }
 
     /// Queue a frame for writing.
-    pub fn send(&mut self, frame: Frame) {
+    pub(super) fn send(&mut self, frame: Frame) {
         self.out.push(frame);
         self.wake();
     }
 
     /// Queue an ephemeral delivery; false if too many are waiting already (it is dropped).
-    pub fn send_ephemeral(&mut self, frame: Frame) -> bool {
+    pub(super) fn send_ephemeral(&mut self, frame: Frame) -> bool {
         if self.ephemeral_queued >= MAX_QUEUED_EPHEMERAL {
             return false;
         }
@@ -109,26 +109,26 @@ impl Conn {
     }
 
     /// Hand a registration to the driver.
-    pub fn register(&mut self, r: Registration) {
+    pub(super) fn register(&mut self, r: Registration) {
         self.register = Some(r);
         self.wake();
     }
 
     /// Hand a store request to the driver.
-    pub fn request(&mut self, req_id: MessageId, r: Request) {
+    pub(super) fn request(&mut self, req_id: MessageId, r: Request) {
         self.unanswered += 1;
         self.requests.push((req_id, r));
         self.wake();
     }
 
     /// Note that the queue may hold entries to deliver.
-    pub fn want_read(&mut self) {
+    pub(super) fn want_read(&mut self) {
         self.read_wanted = true;
         self.wake();
     }
 
     /// A queue read came back.
-    pub fn read_done(&mut self, full_page: bool) {
+    pub(super) fn read_done(&mut self, full_page: bool) {
         self.reading = false;
         if full_page {
             self.read_wanted = true;
@@ -139,7 +139,7 @@ impl Conn {
     /// Start closing with `code`: input stops at once; the close itself (an ERROR frame with
     /// the reason, unless the close is normal, then the close) waits until the taken sends are
     /// answered (see [`Conn::output`]). The first reason wins.
-    pub fn close(&mut self, code: ErrorCode, reason: impl Into<Cow<'static, str>>) {
+    pub(super) fn close(&mut self, code: ErrorCode, reason: impl Into<Cow<'static, str>>) {
         if self.close.is_none() {
             self.close = Some((code, reason.into()));
             self.phase = Phase::Closing;
@@ -149,7 +149,7 @@ impl Conn {
     }
 
     /// Stop waiting for the unanswered sends (the driver gave up on them).
-    pub fn force_close(&mut self) {
+    pub(super) fn force_close(&mut self) {
         self.unanswered = 0;
         self.wake();
     }
@@ -215,7 +215,7 @@ pub(super) struct Conns {
 }
 
 impl Conns {
-    pub fn new(max_inflight: usize, max_unanswered: usize) -> Conns {
+    pub(super) fn new(max_inflight: usize, max_unanswered: usize) -> Conns {
         Conns {
             next: 1,
             by_id: HashMap::new(),
@@ -226,34 +226,34 @@ impl Conns {
     }
 
     /// A new connection, waiting for HELLO.
-    pub fn add(&mut self, waker: Arc<dyn Wake>) -> ConnId {
+    pub(super) fn add(&mut self, waker: Arc<dyn Wake>) -> ConnId {
         let id = self.next;
         self.next += 1;
         self.by_id.insert(id, Conn::new(waker, self.max_inflight));
         id
     }
 
-    pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+    pub(super) fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
         self.by_id.get_mut(&id)
     }
 
     /// The connection serving `key`, if it is open.
-    pub fn online(&mut self, key: DeviceKey) -> Option<&mut Conn> {
+    pub(super) fn online(&mut self, key: DeviceKey) -> Option<&mut Conn> {
         let id = *self.online.get(&key)?;
         self.by_id.get_mut(&id)
     }
 
-    pub fn is_online(&self, key: DeviceKey) -> bool {
+    pub(super) fn is_online(&self, key: DeviceKey) -> bool {
         self.online.contains_key(&key)
     }
 
     /// Make `id` the connection of `key`; returns the one it replaces.
-    pub fn attach(&mut self, key: DeviceKey, id: ConnId) -> Option<ConnId> {
+    pub(super) fn attach(&mut self, key: DeviceKey, id: ConnId) -> Option<ConnId> {
         self.online.insert(key, id).filter(|old| *old != id)
     }
 
     /// Forget a connection that ended.
-    pub fn remove(&mut self, id: ConnId) {
+    pub(super) fn remove(&mut self, id: ConnId) {
         if let Some(conn) = self.by_id.remove(&id) {
             if let Some(a) = conn.auth {
                 self.forget_device(a.key, id);
@@ -262,19 +262,19 @@ impl Conns {
     }
 
     /// Unlink `key` from connection `id` (when it still is its connection).
-    pub fn forget_device(&mut self, key: DeviceKey, id: ConnId) {
+    pub(super) fn forget_device(&mut self, key: DeviceKey, id: ConnId) {
         if self.online.get(&key) == Some(&id) {
             self.online.remove(&key);
         }
     }
 
     /// Every connection id.
-    pub fn ids(&self) -> Vec<ConnId> {
+    pub(super) fn ids(&self) -> Vec<ConnId> {
         self.by_id.keys().copied().collect()
     }
 
     /// What the driver must do for `id` now (nothing for an unknown connection).
-    pub fn output(&mut self, id: ConnId) -> ConnOutput {
+    pub(super) fn output(&mut self, id: ConnId) -> ConnOutput {
         let max = self.max_unanswered;
         match self.by_id.get_mut(&id) {
             Some(c) => c.output(max),

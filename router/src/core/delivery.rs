@@ -28,7 +28,7 @@ pub(crate) struct Read {
 }
 
 impl DeliveryState {
-    pub fn new(max_inflight: usize) -> DeliveryState {
+    pub(super) fn new(max_inflight: usize) -> DeliveryState {
         DeliveryState {
             cursor: 0,
             max_seen: 0,
@@ -43,7 +43,7 @@ impl DeliveryState {
     }
 
     /// Note that `seq` exists; returns true if the live copy should be sent right now.
-    pub fn on_live(&mut self, seq: u64) -> bool {
+    pub(super) fn on_live(&mut self, seq: u64) -> bool {
         self.max_seen = self.max_seen.max(seq);
         if self.caught_up && seq == self.cursor + 1 && self.room() > 0 {
             self.sent(seq);
@@ -55,12 +55,12 @@ impl DeliveryState {
 
     /// Note that seq `seq` exists (it became durable, and this connection may not have seen it
     /// live).
-    pub fn saw(&mut self, seq: u64) {
+    pub(super) fn saw(&mut self, seq: u64) {
         self.max_seen = self.max_seen.max(seq);
     }
 
     /// The queue read to do now, if any.
-    pub fn want_read(&self) -> Option<Read> {
+    pub(super) fn want_read(&self) -> Option<Read> {
         let room = self.room();
         if room == 0 || (self.caught_up && self.cursor >= self.max_seen) {
             return None;
@@ -74,7 +74,7 @@ impl DeliveryState {
     /// Record a queue read that asked for `asked` entries and returned these seqs (ascending),
     /// of which `deliver(seq)` says whether it is still deliverable (not expired).
     /// Returns the seqs to send.
-    pub fn on_read(&mut self, asked: usize, seqs: &[(u64, bool)]) -> Vec<u64> {
+    pub(super) fn on_read(&mut self, asked: usize, seqs: &[(u64, bool)]) -> Vec<u64> {
         if seqs.len() < asked {
             self.caught_up = true;
         }
@@ -100,12 +100,12 @@ impl DeliveryState {
     }
 
     /// Whether the queue may hold entries this connection has not been sent yet.
-    pub fn behind(&self) -> bool {
+    pub(super) fn behind(&self) -> bool {
         !self.caught_up || self.cursor < self.max_seen
     }
 
     /// Record acknowledgements; returns how many were in flight on this connection.
-    pub fn on_ack(&mut self, seqs: &[u64]) -> usize {
+    pub(super) fn on_ack(&mut self, seqs: &[u64]) -> usize {
         seqs.iter().filter(|s| self.inflight.remove(s)).count()
     }
 }

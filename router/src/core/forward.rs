@@ -71,7 +71,7 @@ fn get_id(b: &mut Bytes) -> Result<MessageId, WireError> {
 
 impl Forwarded {
     /// Append the encoding of `self` to `out`.
-    pub fn encode(&self, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
         let r = &self.routed;
         out.put_u8(VERSION);
         out.put_u64(self.token);
@@ -130,7 +130,7 @@ impl Forwarded {
     }
 
     /// Read one value from the front of `b`.
-    pub fn decode(b: &mut Bytes) -> Result<Forwarded, WireError> {
+    pub(crate) fn decode(b: &mut Bytes) -> Result<Forwarded, WireError> {
         need(b, 1)?;
         let v = b.get_u8();
         if v != VERSION {
@@ -231,7 +231,7 @@ impl Forwarded {
 
 impl Returned {
     /// Append the encoding of `self` to `out`.
-    pub fn encode(&self, out: &mut BytesMut) {
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
         out.put_u8(VERSION);
         out.put_u64(self.token);
         let mut frame = BytesMut::new();
@@ -240,7 +240,7 @@ impl Returned {
     }
 
     /// Read one value from the front of `b`.
-    pub fn decode(b: &mut Bytes) -> Result<Returned, WireError> {
+    pub(crate) fn decode(b: &mut Bytes) -> Result<Returned, WireError> {
         need(b, 1)?;
         let v = b.get_u8();
         if v != VERSION {

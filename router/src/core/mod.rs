@@ -159,7 +159,7 @@ pub(crate) struct Router {
 
 impl Router {
     /// A core for `cfg`, reading through `view`, verifying tokens with `verifier`.
-    pub fn new(
+    pub(crate) fn new(
         cfg: CoreConfig,
         view: Arc<dyn View>,
         verifier: VerifyingKey,
@@ -223,12 +223,12 @@ impl Router {
     // ---- inputs ----
 
     /// A new connection; `waker` is called when it has output.
-    pub fn connect(&mut self, waker: Arc<dyn Wake>) -> ConnId {
+    pub(crate) fn connect(&mut self, waker: Arc<dyn Wake>) -> ConnId {
         self.conns.add(waker)
     }
 
     /// A frame from connection `conn`, in arrival order.
-    pub fn handle_frame(&mut self, conn: ConnId, frame: Frame, now_ms: u64) {
+    pub(crate) fn handle_frame(&mut self, conn: ConnId, frame: Frame, now_ms: u64) {
         let now_ms = self.tick_clock(now_ms);
         let Some(c) = self.conns.get_mut(conn) else {
             return;
@@ -249,7 +249,7 @@ impl Router {
     }
 
     /// A `SEND`-family frame too large to read: answered without reading its payload.
-    pub fn handle_oversized(&mut self, conn: ConnId, msg_id: MessageId, len: usize) {
+    pub(crate) fn handle_oversized(&mut self, conn: ConnId, msg_id: MessageId, len: usize) {
         Metrics::inc(&self.metrics.refused);
         let message = format!(
             "frame of {len} bytes exceeds the envelope limit of {} bytes",
@@ -262,7 +262,7 @@ impl Router {
 
     /// The connection's input is unusable (a malformed frame, or the stream finished inside a
     /// frame): tell the client why and close.
-    pub fn handle_input_error(
+    pub(crate) fn handle_input_error(
         &mut self,
         conn: ConnId,
         code: ErrorCode,
@@ -272,14 +272,14 @@ impl Router {
     }
 
     /// The client finished its stream (cleanly, between frames): close once answered.
-    pub fn handle_finished(&mut self, conn: ConnId) {
+    pub(crate) fn handle_finished(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(conn) {
             c.close(ErrorCode::Normal, "stream finished");
         }
     }
 
     /// The registration asked for at HELLO was written (or failed).
-    pub fn handle_registered(
+    pub(crate) fn handle_registered(
         &mut self,
         conn: ConnId,
         result: Result<(), StorageError>,
@@ -342,7 +342,7 @@ impl Router {
     }
 
     /// A queue read asked for by [`ConnOutput::read`] came back.
-    pub fn handle_queue_read(
+    pub(crate) fn handle_queue_read(
         &mut self,
         conn: ConnId,
         read: QueueRead,
@@ -383,7 +383,7 @@ impl Router {
     }
 
     /// A store request handed out by [`ConnOutput::requests`] was performed.
-    pub fn handle_request_done(
+    pub(crate) fn handle_request_done(
         &mut self,
         conn: ConnId,
         req_id: MessageId,
@@ -398,7 +398,7 @@ impl Router {
     }
 
     /// The write of `job` completed.
-    pub fn handle_committed(
+    pub(crate) fn handle_committed(
         &mut self,
         job: JobId,
         result: Result<WriteOutcome, StorageError>,
@@ -421,19 +421,19 @@ impl Router {
     }
 
     /// When the core wants [`Router::handle_timeout`] called (None: not until another input).
-    pub fn poll_timeout(&self) -> Option<u64> {
+    pub(crate) fn poll_timeout(&self) -> Option<u64> {
         self.owner.timeout()
     }
 
     /// Time passed: write what waited long enough for acks.
-    pub fn handle_timeout(&mut self, now_ms: u64) {
+    pub(crate) fn handle_timeout(&mut self, now_ms: u64) {
         let now_ms = self.tick_clock(now_ms);
         let (owner, mut cx) = self.cx();
         owner.flush(&mut cx, now_ms);
     }
 
     /// A group asked for with [`Action::LoadGroup`] was read (None: no such group).
-    pub fn handle_group_loaded(
+    pub(crate) fn handle_group_loaded(
         &mut self,
         group: u64,
         result: Result<Option<Arc<Vec<u64>>>, StorageError>,
@@ -457,7 +457,7 @@ impl Router {
     }
 
     /// Sends another node forwarded here, for slots it believes this node owns.
-    pub fn handle_forwarded(&mut self, from: NodeId, batch: Vec<Forwarded>, now_ms: u64) {
+    pub(crate) fn handle_forwarded(&mut self, from: NodeId, batch: Vec<Forwarded>, now_ms: u64) {
         let now_ms = self.tick_clock(now_ms);
         for Forwarded { token, routed } in batch {
             let reply = ReplyTo::Remote { node: from, token };
@@ -498,7 +498,7 @@ impl Router {
     }
 
     /// Answers to sends this node forwarded.
-    pub fn handle_returned(&mut self, batch: Vec<Returned>) {
+    pub(crate) fn handle_returned(&mut self, batch: Vec<Returned>) {
         for Returned { token, frame } in batch {
             if let Some((_, reply, _)) = self.remote.remove(&token) {
                 self.answer(reply, frame);
@@ -509,7 +509,7 @@ impl Router {
 
     /// The link to `node` failed with forwarded sends unanswered: answer them with a refusal
     /// to retry (a retry with the same message id is deduplicated where it was stored).
-    pub fn node_lost(&mut self, node: NodeId) {
+    pub(crate) fn node_lost(&mut self, node: NodeId) {
         let lost: Vec<u64> = self
             .remote
             .iter()
@@ -527,19 +527,19 @@ impl Router {
     }
 
     /// The slot map changed.
-    pub fn set_slot_map(&mut self, map: SlotMap) {
+    pub(crate) fn set_slot_map(&mut self, map: SlotMap) {
         self.slots = map;
     }
 
     /// Whether this node may accept writes for its slots (cluster: its lease is live and its
     /// map current). While not, sends to its slots are refused with a retry and new devices
     /// are turned away with `GOING_AWAY`.
-    pub fn set_serving(&mut self, serving: bool) {
+    pub(crate) fn set_serving(&mut self, serving: bool) {
         self.serving = serving;
     }
 
     /// The connection is gone (closed by either side, or lost).
-    pub fn handle_disconnected(&mut self, conn: ConnId) {
+    pub(crate) fn handle_disconnected(&mut self, conn: ConnId) {
         let key = self
             .conns
             .get_mut(conn)
@@ -553,14 +553,14 @@ impl Router {
     }
 
     /// The driver stopped waiting for the answers of a closing connection.
-    pub fn handle_close_timeout(&mut self, conn: ConnId) {
+    pub(crate) fn handle_close_timeout(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(conn) {
             c.force_close();
         }
     }
 
     /// An operator removed a device: close its connection and forget it.
-    pub fn device_removed(&mut self, key: DeviceKey) {
+    pub(crate) fn device_removed(&mut self, key: DeviceKey) {
         if let Some(c) = self.conns.online(key) {
             c.close(ErrorCode::DeviceRemoved, "the device was removed");
         }
@@ -568,13 +568,13 @@ impl Router {
     }
 
     /// An account was erased: forget everything held in memory about it.
-    pub fn account_purged(&mut self, account: u64) {
+    pub(crate) fn account_purged(&mut self, account: u64) {
         self.safety.forget(account);
         self.reports.forget(account);
     }
 
     /// Close every connection with `code` (shutdown), once its taken sends are answered.
-    pub fn close_all(&mut self, code: ErrorCode, reason: &'static str) {
+    pub(crate) fn close_all(&mut self, code: ErrorCode, reason: &'static str) {
         for id in self.conns.ids() {
             if let Some(c) = self.conns.get_mut(id) {
                 c.close(code, reason);
@@ -584,7 +584,7 @@ impl Router {
 
     /// A new connection from `ip` is being accepted (before the handshake work): the per-source
     /// rate limit.
-    pub fn check_new_connection(
+    pub(crate) fn check_new_connection(
         &mut self,
         ip: std::net::IpAddr,
         now_ms: u64,
@@ -594,7 +594,7 @@ impl Router {
     }
 
     /// Housekeeping, every second or so: drop metadata older than the retention window.
-    pub fn tick(&mut self, now_ms: u64) {
+    pub(crate) fn tick(&mut self, now_ms: u64) {
         let now_ms = self.tick_clock(now_ms);
         self.safety.expire(now_ms);
         self.reports.expire(now_ms);
@@ -603,22 +603,22 @@ impl Router {
     // ---- outputs ----
 
     /// The next node-wide action.
-    pub fn poll_action(&mut self) -> Option<Action> {
+    pub(crate) fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
 
     /// What the driver must do for `conn` now.
-    pub fn poll_conn(&mut self, conn: ConnId) -> ConnOutput {
+    pub(crate) fn poll_conn(&mut self, conn: ConnId) -> ConnOutput {
         self.conns.output(conn)
     }
 
     /// Whether `key` has an open connection.
-    pub fn is_online(&self, key: DeviceKey) -> bool {
+    pub(crate) fn is_online(&self, key: DeviceKey) -> bool {
         self.conns.is_online(key)
     }
 
     /// Whether a write failed (the node stores nothing more and is not ready).
-    pub fn poisoned(&self) -> bool {
+    pub(crate) fn poisoned(&self) -> bool {
         self.owner.poisoned()
     }
 

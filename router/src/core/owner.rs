@@ -208,7 +208,7 @@ pub(super) struct Owner {
 impl Owner {
     /// An owner that holds envelopes for online devices up to `hold_ms` (and `max_held_bytes`)
     /// before writing them, so that the acks of their devices can make the write unnecessary.
-    pub fn new(hold_ms: u64, max_held_bytes: u64) -> Owner {
+    pub(super) fn new(hold_ms: u64, max_held_bytes: u64) -> Owner {
         Owner {
             hold_ms,
             max_held_bytes,
@@ -225,13 +225,19 @@ impl Owner {
     }
 
     /// Whether a write failed (the node can no longer store anything).
-    pub fn poisoned(&self) -> bool {
+    pub(super) fn poisoned(&self) -> bool {
         self.poisoned
     }
 
     /// Handle a routed send whose target's slot this node owns (not `Target::Group`: the
     /// router resolves groups into `Target::Members` first).
-    pub fn handle(&mut self, cx: &mut Cx<'_>, r: Routed, reply: ReplyTo, now_ms: u64) -> Answer {
+    pub(super) fn handle(
+        &mut self,
+        cx: &mut Cx<'_>,
+        r: Routed,
+        reply: ReplyTo,
+        now_ms: u64,
+    ) -> Answer {
         let msg_id = r.msg_id();
         let to = match r.target {
             Target::Account { account, device } => {
@@ -689,7 +695,7 @@ impl Owner {
     /// Acknowledged entries: those still collected are left out of the write (a send whose
     /// every entry is acknowledged is answered now and never written); the others are deleted
     /// by the next write (a lost ack only means a redelivery).
-    pub fn ack(&mut self, cx: &mut Cx<'_>, key: DeviceKey, seqs: Vec<u64>, now_ms: u64) {
+    pub(super) fn ack(&mut self, cx: &mut Cx<'_>, key: DeviceKey, seqs: Vec<u64>, now_ms: u64) {
         let mut deletes = Vec::with_capacity(seqs.len());
         for seq in seqs {
             let b = &mut self.collecting;
@@ -744,7 +750,7 @@ impl Owner {
 
     /// A device's connection went away (or was replaced): what it received live and did not
     /// acknowledge must be written now, so that its next connection reads it.
-    pub fn device_offline(&mut self, cx: &mut Cx<'_>, key: DeviceKey, now_ms: u64) {
+    pub(super) fn device_offline(&mut self, cx: &mut Cx<'_>, key: DeviceKey, now_ms: u64) {
         if self.collecting.live.get(&key).is_some_and(|n| *n > 0) {
             self.collecting.must_write = true;
             self.flush(cx, now_ms);
@@ -753,7 +759,7 @@ impl Owner {
 
     /// When the collected group is due to be written if nothing else happens (None: nothing
     /// is collected, it is due already, or it waits for the outstanding write).
-    pub fn timeout(&self) -> Option<u64> {
+    pub(super) fn timeout(&self) -> Option<u64> {
         let b = &self.collecting;
         if self.writing.is_some() || self.poisoned || b.must_write || !self.parts.is_empty() {
             return None;
@@ -765,7 +771,7 @@ impl Owner {
     /// once if something in it must be written or it holds too much, else once the oldest
     /// change has waited `hold_ms` for acks. While parts of big sends wait, every write takes
     /// the oldest one, with everything collected so far (which must not be written after it).
-    pub fn flush(&mut self, cx: &mut Cx<'_>, now_ms: u64) {
+    pub(super) fn flush(&mut self, cx: &mut Cx<'_>, now_ms: u64) {
         let b = &self.collecting;
         if self.writing.is_some() || self.poisoned {
             return;
@@ -836,7 +842,7 @@ impl Owner {
 
     /// The store wrote (or failed to write) job `job`: answer its sends, let the devices read
     /// what became durable, wake offline devices, and hand over the next group.
-    pub fn committed(
+    pub(super) fn committed(
         &mut self,
         cx: &mut Cx<'_>,
         job: JobId,
@@ -935,12 +941,12 @@ impl Owner {
     }
 
     /// Whether the delete of `(key, seq)` is collected or being written.
-    pub fn deleting(&self, key: DeviceKey, seq: u64) -> bool {
+    pub(super) fn deleting(&self, key: DeviceKey, seq: u64) -> bool {
         self.deleting.contains(&(key, seq))
     }
 
     /// The job whose commit makes every ack of `key` taken so far durable (None: none waits).
-    pub fn ack_barrier(&self, key: DeviceKey) -> Option<JobId> {
+    pub(super) fn ack_barrier(&self, key: DeviceKey) -> Option<JobId> {
         if self.collecting.set.acks.iter().any(|(k, _)| *k == key) {
             return Some(self.next_job);
         }
@@ -951,7 +957,7 @@ impl Owner {
     }
 
     /// Forget a device that was removed.
-    pub fn forget_device(&mut self, key: DeviceKey) {
+    pub(super) fn forget_device(&mut self, key: DeviceKey) {
         self.next_seq.remove(&key);
     }
 }

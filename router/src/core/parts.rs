@@ -48,22 +48,22 @@ pub(super) struct Parts {
 
 impl Parts {
     /// Whether no part waits.
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
 
     /// Whether a waiting part has an entry for `key` (a send to it must queue behind).
-    pub fn holds(&self, key: &DeviceKey) -> bool {
+    pub(super) fn holds(&self, key: &DeviceKey) -> bool {
         self.counts.contains_key(key)
     }
 
     /// Entries and bytes waiting parts hold for `key`.
-    pub fn count(&self, key: &DeviceKey) -> (u64, u64) {
+    pub(super) fn count(&self, key: &DeviceKey) -> (u64, u64) {
         self.counts.get(key).copied().unwrap_or((0, 0))
     }
 
     /// Queue `part` behind the others.
-    pub fn push(&mut self, part: Part) {
+    pub(super) fn push(&mut self, part: Part) {
         let payload = part.write.env.payload.len() as u64;
         for e in &part.write.entries {
             let bytes = payload + e.header.len() as u64;
@@ -77,7 +77,7 @@ impl Parts {
 
     /// `(key, seq)` was acknowledged: true if it belongs to a waiting part (which will not
     /// write it).
-    pub fn ack(&mut self, key: DeviceKey, seq: u64) -> bool {
+    pub(super) fn ack(&mut self, key: DeviceKey, seq: u64) -> bool {
         let Some(bytes) = self.pending.remove(&(key, seq)) else {
             return false;
         };
@@ -88,7 +88,7 @@ impl Parts {
 
     /// The oldest part that still has something to write (parts left with nothing to write
     /// and nothing to answer are dropped).
-    pub fn take(&mut self) -> Option<Taken> {
+    pub(super) fn take(&mut self) -> Option<Taken> {
         while let Some(mut part) = self.queue.pop_front() {
             let payload = part.write.env.payload.len() as u64;
             let mut counts: HashMap<DeviceKey, (u64, u64)> = HashMap::new();
@@ -129,7 +129,7 @@ impl Parts {
     }
 
     /// Every waiting part, emptied out (the store can no longer write them).
-    pub fn drain(&mut self) -> Vec<Part> {
+    pub(super) fn drain(&mut self) -> Vec<Part> {
         self.counts.clear();
         self.pending.clear();
         self.acked.clear();

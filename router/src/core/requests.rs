@@ -280,7 +280,7 @@ pub(super) struct Reports {
 }
 
 impl Reports {
-    pub fn new(window_ms: u64) -> Reports {
+    pub(super) fn new(window_ms: u64) -> Reports {
         Reports {
             seen: HashMap::new(),
             window_ms,
@@ -289,7 +289,13 @@ impl Reports {
 
     /// Handle `REPORT` from `reporter`: count it against the reported account (an abuse
     /// signal), once per reporter and reported account within the retention window.
-    pub fn report(&mut self, safety: &Safety, reporter: u64, r: Report, now_ms: u64) -> Frame {
+    pub(super) fn report(
+        &mut self,
+        safety: &Safety,
+        reporter: u64,
+        r: Report,
+        now_ms: u64,
+    ) -> Frame {
         if r.req_id == MessageId::NONE {
             return Refusal::new(
                 ErrorCode::InvalidMessageId,
@@ -320,14 +326,14 @@ impl Reports {
     }
 
     /// Forget what is older than the window.
-    pub fn expire(&mut self, now_ms: u64) {
+    pub(super) fn expire(&mut self, now_ms: u64) {
         let window = self.window_ms;
         self.seen
             .retain(|_, at| now_ms.saturating_sub(*at) < window);
     }
 
     /// Forget every pair naming `account` (erasure).
-    pub fn forget(&mut self, account: u64) {
+    pub(super) fn forget(&mut self, account: u64) {
         self.seen.retain(|(a, b), _| *a != account && *b != account);
     }
 }

@@ -58,12 +58,12 @@ pub(crate) struct Routed {
 
 impl Routed {
     /// The message id the answer carries.
-    pub fn msg_id(&self) -> MessageId {
+    pub(crate) fn msg_id(&self) -> MessageId {
         self.env.msg_id
     }
 
     /// The account or group whose slot's owner handles this value.
-    pub fn slot_key(&self) -> u64 {
+    pub(crate) fn slot_key(&self) -> u64 {
         match &self.target {
             Target::Account { account, .. } | Target::Sealed { account, .. } => *account,
             Target::Group { group } => *group,

@@ -39,12 +39,12 @@ pub(crate) struct SlotMap {
 
 impl SlotMap {
     /// The map of a single node that owns every slot.
-    pub fn single(local: NodeId) -> SlotMap {
+    pub(crate) fn single(local: NodeId) -> SlotMap {
         SlotMap::new(0, local, vec![local; SLOT_COUNT as usize])
     }
 
     /// A map at `epoch` where slot `s` belongs to `owners[s]`, seen from node `local`.
-    pub fn new(epoch: u64, local: NodeId, owners: Vec<NodeId>) -> SlotMap {
+    pub(crate) fn new(epoch: u64, local: NodeId, owners: Vec<NodeId>) -> SlotMap {
         assert_eq!(owners.len(), SLOT_COUNT as usize, "one owner per slot");
         SlotMap {
             epoch,
@@ -57,14 +57,14 @@ impl SlotMap {
     }
 
     /// The same map with the epoch at which each slot got its owner (`since[s]` <= epoch).
-    pub fn with_since(mut self, since: Vec<u64>) -> SlotMap {
+    pub(crate) fn with_since(mut self, since: Vec<u64>) -> SlotMap {
         assert_eq!(since.len(), SLOT_COUNT as usize, "one epoch per slot");
         self.since = since.into_boxed_slice();
         self
     }
 
     /// The same map with these slots sealed for a move.
-    pub fn with_moving(mut self, mut slots: Vec<u16>) -> SlotMap {
+    pub(crate) fn with_moving(mut self, mut slots: Vec<u16>) -> SlotMap {
         slots.sort_unstable();
         slots.dedup();
         self.moving = slots;
@@ -72,38 +72,38 @@ impl SlotMap {
     }
 
     /// The same map with the nodes' client addresses.
-    pub fn with_addrs(mut self, addrs: HashMap<NodeId, String>) -> SlotMap {
+    pub(crate) fn with_addrs(mut self, addrs: HashMap<NodeId, String>) -> SlotMap {
         self.addrs = addrs;
         self
     }
 
     /// The revision of the map this value reflects.
-    pub fn epoch(&self) -> u64 {
+    pub(crate) fn epoch(&self) -> u64 {
         self.epoch
     }
 
     /// This node.
-    pub fn local(&self) -> NodeId {
+    pub(crate) fn local(&self) -> NodeId {
         self.local
     }
 
     /// The owner of an account's (or a group's) slot.
-    pub fn owner_of(&self, id: u64) -> NodeId {
+    pub(crate) fn owner_of(&self, id: u64) -> NodeId {
         self.owners[usize::from(slot_of(id))]
     }
 
     /// Whether this node owns the slot of `id`.
-    pub fn is_local(&self, id: u64) -> bool {
+    pub(crate) fn is_local(&self, id: u64) -> bool {
         self.owner_of(id) == self.local
     }
 
     /// The client address of `node`, if known.
-    pub fn addr(&self, node: NodeId) -> Option<&str> {
+    pub(crate) fn addr(&self, node: NodeId) -> Option<&str> {
         self.addrs.get(&node).map(String::as_str)
     }
 
     /// Whether a send for `id`'s slot, routed under `epoch`, may be handled here.
-    pub fn fence(&self, id: u64, epoch: u64) -> Fence {
+    pub(crate) fn fence(&self, id: u64, epoch: u64) -> Fence {
         let slot = slot_of(id);
         let owner = self.owners[usize::from(slot)];
         if epoch > self.epoch {

@@ -154,7 +154,7 @@ pub(crate) enum Limit {
 
 impl Limit {
     /// Every limit, in declaration order (the order of [`Safety::refusals`]).
-    pub const ALL: [Limit; 7] = [
+    pub(crate) const ALL: [Limit; 7] = [
         Limit::Device,
         Limit::Pair,
         Limit::RecipientBytes,
@@ -165,7 +165,7 @@ impl Limit {
     ];
 
     /// A stable snake_case name, for metric labels.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Limit::Device => "device",
             Limit::Pair => "pair",
@@ -255,7 +255,7 @@ pub(crate) struct Safety {
 
 impl Safety {
     /// Limiters and counters for `cfg`, on a clock set by [`Safety::set_now_ms`].
-    pub fn new(cfg: SafetyConfig) -> Safety {
+    pub(crate) fn new(cfg: SafetyConfig) -> Safety {
         Safety::build(cfg, SafetyClock::manual(), MAX_TRACKED_ACCOUNTS)
     }
 
@@ -310,19 +310,19 @@ impl Safety {
 
     /// Move the limiters' clock to `now_ms` (milliseconds; it never moves back, so a step of
     /// the wall clock backwards freezes no bucket).
-    pub fn set_now_ms(&self, now_ms: u64) {
+    pub(crate) fn set_now_ms(&self, now_ms: u64) {
         self.clock.set_ms(now_ms);
     }
 
     /// A new connection from `ip` (before the handshake work).
-    pub fn check_connection(&self, ip: IpAddr) -> Result<(), Refusal> {
+    pub(crate) fn check_connection(&self, ip: IpAddr) -> Result<(), Refusal> {
         self.count(self.connection.check(&source_key(ip), 1))
     }
 
     /// The sender's own limit, once per send (at ingress): per device, or the lower throttled
     /// rate if the sender account is flagged. `sender` is (account, device); `now_ms` (wall
     /// clock) is used only to tell whether the sender is flagged.
-    pub fn check_sender(&self, sender: (u64, u32), now_ms: u64) -> Result<(), Refusal> {
+    pub(crate) fn check_sender(&self, sender: (u64, u32), now_ms: u64) -> Result<(), Refusal> {
         let throttle = self.cfg.throttled_per_sec > 0 && self.abuse.is_flagged(sender.0, now_ms);
         if throttle {
             self.count(self.throttled.check(&sender.0, 1))
@@ -335,7 +335,7 @@ impl Safety {
     /// each recipient account, then each recipient's incoming bytes. Duplicate recipients count
     /// once; the sender's own account (a send to its other devices) is not limited here. A send
     /// refused by a pair spends nothing of the byte budgets.
-    pub fn check_recipients(
+    pub(crate) fn check_recipients(
         &self,
         sender: u64,
         recipients: &[u64],
@@ -356,7 +356,7 @@ impl Safety {
 
     /// Both stages' limits in order (the sender's, then the recipients'), as one call.
     #[cfg(test)]
-    pub fn check_send(
+    pub(crate) fn check_send(
         &self,
         sender: (u64, u32),
         recipients: &[u64],
@@ -368,7 +368,7 @@ impl Safety {
     }
 
     /// A group send from `sender` that would make `deliveries` deliveries (0 always passes).
-    pub fn check_group_fanout(&self, sender: u64, deliveries: u64) -> Result<(), Refusal> {
+    pub(crate) fn check_group_fanout(&self, sender: u64, deliveries: u64) -> Result<(), Refusal> {
         if deliveries == 0 {
             return Ok(());
         }
@@ -376,14 +376,14 @@ impl Safety {
     }
 
     /// A sealed-sender envelope for `recipient`.
-    pub fn check_sealed(&self, recipient: u64) -> Result<(), Refusal> {
+    pub(crate) fn check_sealed(&self, recipient: u64) -> Result<(), Refusal> {
         self.count(self.sealed.check(&recipient, 1))
     }
 
     /// Abuse signals: `sender` sent to `recipients` (accounts) at `now_ms`. Counts distinct new
     /// recipients (not the sender's own account; duplicates once) and one delivery of fan-out
     /// volume per distinct other recipient.
-    pub fn note_sent(&self, sender: u64, recipients: &[u64], now_ms: u64) {
+    pub(crate) fn note_sent(&self, sender: u64, recipients: &[u64], now_ms: u64) {
         let rules = self.abuse.rules;
         if rules.new_recipients == 0 && rules.fanout == 0 {
             return;
@@ -408,7 +408,7 @@ impl Safety {
 
     /// Abuse signals: `sender` caused `deliveries` group deliveries at `now_ms` (fan-out volume
     /// only; group members are not counted as new recipients).
-    pub fn note_fanout(&self, sender: u64, deliveries: u64, now_ms: u64) {
+    pub(crate) fn note_fanout(&self, sender: u64, deliveries: u64, now_ms: u64) {
         let rules = self.abuse.rules;
         if rules.fanout == 0 || deliveries == 0 {
             return;
@@ -420,7 +420,7 @@ impl Safety {
 
     /// Abuse signals: an account put `blocked` on its block list at `now_ms` (call once per new
     /// block-list entry).
-    pub fn note_block(&self, blocked: u64, now_ms: u64) {
+    pub(crate) fn note_block(&self, blocked: u64, now_ms: u64) {
         let limit = self.abuse.rules.blocks;
         if limit > 0 {
             self.abuse.update(blocked, now_ms, |rec| {
@@ -430,7 +430,7 @@ impl Safety {
     }
 
     /// Abuse signals: a `REPORT` named `reported` at `now_ms`.
-    pub fn note_report(&self, reported: u64, now_ms: u64) {
+    pub(crate) fn note_report(&self, reported: u64, now_ms: u64) {
         let limit = self.abuse.rules.reports;
         if limit > 0 {
             self.abuse.update(reported, now_ms, |rec| {
@@ -441,14 +441,14 @@ impl Safety {
 
     /// Accounts past a threshold at `now_ms`, most severe first (severity: the sum over crossed
     /// thresholds of count / threshold; ties by account).
-    pub fn flagged(&self, now_ms: u64) -> Vec<Flagged> {
+    pub(crate) fn flagged(&self, now_ms: u64) -> Vec<Flagged> {
         self.abuse.flagged(now_ms)
     }
 
     /// Purge: drop everything held about `account`: its abuse counters, its fingerprint in other
     /// senders' recent recipients, and the limiter states keyed by it (device, pair either way,
     /// bytes, fan-out, sealed, throttled).
-    pub fn forget(&self, account: u64) {
+    pub(crate) fn forget(&self, account: u64) {
         self.abuse.forget(account);
         self.device.forget(|k| k.0 == account);
         self.pair.forget(|k| k.0 == account || k.1 == account);
@@ -465,7 +465,7 @@ impl Safety {
     /// Housekeeping, call periodically (every few seconds): drop abuse counters older than the
     /// retention window (and hourly ones older than the hour), and limiter states whose bucket
     /// is full again.
-    pub fn expire(&self, now_ms: u64) {
+    pub(crate) fn expire(&self, now_ms: u64) {
         self.abuse.expire(now_ms);
         self.device.expire();
         self.pair.expire();
@@ -477,7 +477,7 @@ impl Safety {
     }
 
     /// Refusals so far per limit, for metrics (every limit, in [`Limit::ALL`] order).
-    pub fn refusals(&self) -> Vec<(Limit, u64)> {
+    pub(crate) fn refusals(&self) -> Vec<(Limit, u64)> {
         Limit::ALL
             .iter()
             .map(|&l| (l, self.refused[l as usize].load(Relaxed)))

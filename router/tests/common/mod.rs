@@ -10,15 +10,15 @@ use hearth_protocol::{encode, Decoded, Decoder, Frame, MessageId, SigningKey, To
 use hearth_router::{Config, Node};
 
 /// A generous deadline for events that must happen.
-pub const DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A node on a temp (or given) data dir, bound to port 0.
-pub struct TestNode {
+pub(crate) struct TestNode {
     pub node: Node,
     pub data_dir: PathBuf,
 }
 
-pub fn config(data_dir: &Path) -> Config {
+pub(crate) fn config(data_dir: &Path) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
@@ -31,21 +31,21 @@ pub fn config(data_dir: &Path) -> Config {
 }
 
 impl TestNode {
-    pub async fn start(data_dir: &Path) -> TestNode {
+    pub(crate) async fn start(data_dir: &Path) -> TestNode {
         TestNode::start_with(config(data_dir)).await
     }
 
-    pub async fn start_with(cfg: Config) -> TestNode {
+    pub(crate) async fn start_with(cfg: Config) -> TestNode {
         let data_dir = cfg.data_dir.clone();
         let node = Node::start(cfg).await.expect("node starts");
         TestNode { node, data_dir }
     }
 
-    pub fn token(&self, account: u64, device: u32) -> String {
+    pub(crate) fn token(&self, account: u64, device: u32) -> String {
         token(self.node.signing_key(), account, device)
     }
 
-    pub fn client_config(&self, account: u64, device: u32) -> ClientConfig {
+    pub(crate) fn client_config(&self, account: u64, device: u32) -> ClientConfig {
         ClientConfig {
             addr: self.node.quic_addr(),
             server_name: self.node.server_name().to_string(),
@@ -55,19 +55,19 @@ impl TestNode {
         }
     }
 
-    pub async fn connect(&self, account: u64, device: u32) -> (Connection, Deliveries) {
+    pub(crate) async fn connect(&self, account: u64, device: u32) -> (Connection, Deliveries) {
         Connection::connect(&self.client_config(account, device))
             .await
             .expect("connects")
     }
 
     /// `Authorization` header value carrying the node's admin token.
-    pub fn admin_auth(&self) -> String {
+    pub(crate) fn admin_auth(&self) -> String {
         format!("Bearer {}", self.node.admin_token())
     }
 
     /// A raw connection to the node: QUIC handshake done and the stream open, nothing written.
-    pub async fn raw(&self) -> Raw {
+    pub(crate) async fn raw(&self) -> Raw {
         let cfg = self.client_config(0, 0);
         let endpoint = hearth_client::client_endpoint(cfg.bind_addr()).expect("endpoint");
         let quic_cfg = hearth_client::quic_client_config(&cfg).expect("QUIC config");
@@ -88,7 +88,7 @@ impl TestNode {
         }
     }
 
-    pub fn admin_get(&self, path: &str) -> serde_json::Value {
+    pub(crate) fn admin_get(&self, path: &str) -> serde_json::Value {
         let url = format!("http://{}{}", self.node.admin_addr(), path);
         ureq::get(&url)
             .set("Authorization", &self.admin_auth())
@@ -98,14 +98,14 @@ impl TestNode {
             .expect("JSON")
     }
 
-    pub fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         self.admin_get("/v1/status")
     }
 }
 
 /// A connection driven by hand over the real QUIC stack, for what the Rust client would hide
 /// (pipelining behind HELLO, zero ids, a stream finished inside a frame).
-pub struct Raw {
+pub(crate) struct Raw {
     pub conn: quinn::Connection,
     pub send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -117,7 +117,7 @@ pub struct Raw {
 
 impl Raw {
     /// Write `frames` in one stream write.
-    pub async fn write(&mut self, frames: &[Frame]) {
+    pub(crate) async fn write(&mut self, frames: &[Frame]) {
         let mut buf = BytesMut::new();
         for f in frames {
             encode(f, &mut buf);
@@ -125,13 +125,13 @@ impl Raw {
         self.write_bytes(&buf).await;
     }
 
-    pub async fn write_bytes(&mut self, bytes: &[u8]) {
+    pub(crate) async fn write_bytes(&mut self, bytes: &[u8]) {
         self.send.write_all(bytes).await.expect("stream write");
     }
 
     /// The next frame from the node within `wait`; `None` on timeout or when the node ended
     /// its stream (see [`Raw::closed`]).
-    pub async fn next_within(&mut self, wait: Duration) -> Option<Frame> {
+    pub(crate) async fn next_within(&mut self, wait: Duration) -> Option<Frame> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match self
@@ -156,14 +156,14 @@ impl Raw {
     }
 
     /// The next frame, or a panic after [`DEADLINE`].
-    pub async fn next(&mut self) -> Frame {
+    pub(crate) async fn next(&mut self) -> Frame {
         self.next_within(DEADLINE)
             .await
             .expect("a frame from the node within the deadline")
     }
 
     /// The application close code the node closed the connection with.
-    pub async fn close_code(&self) -> u64 {
+    pub(crate) async fn close_code(&self) -> u64 {
         match tokio::time::timeout(DEADLINE, self.conn.closed()).await {
             Ok(quinn::ConnectionError::ApplicationClosed(c)) => c.error_code.into_inner(),
             Ok(other) => panic!("closed without an application code: {other:?}"),
@@ -172,7 +172,7 @@ impl Raw {
     }
 }
 
-pub fn token(key: &SigningKey, account: u64, device: u32) -> String {
+pub(crate) fn token(key: &SigningKey, account: u64, device: u32) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
@@ -183,7 +183,7 @@ pub fn token(key: &SigningKey, account: u64, device: u32) -> String {
     })
 }
 
-pub fn envelope(to_account: u64, to_device: u32, id: u128, payload: &[u8]) -> Outgoing {
+pub(crate) fn envelope(to_account: u64, to_device: u32, id: u128, payload: &[u8]) -> Outgoing {
     Outgoing {
         msg_id: MessageId::from_u128(id),
         to_account,
@@ -195,7 +195,7 @@ pub fn envelope(to_account: u64, to_device: u32, id: u128, payload: &[u8]) -> Ou
 }
 
 /// The next delivery, or a panic after the deadline.
-pub async fn next(d: &mut Deliveries) -> Delivery {
+pub(crate) async fn next(d: &mut Deliveries) -> Delivery {
     tokio::time::timeout(DEADLINE, d.next())
         .await
         .expect("a delivery within the deadline")
@@ -203,12 +203,12 @@ pub async fn next(d: &mut Deliveries) -> Delivery {
 }
 
 /// No delivery arrives within `wait` (used only where absence is the point, after a marker).
-pub async fn nothing_within(d: &mut Deliveries, wait: Duration) -> bool {
+pub(crate) async fn nothing_within(d: &mut Deliveries, wait: Duration) -> bool {
     tokio::time::timeout(wait, d.next()).await.is_err()
 }
 
 /// Poll `f` until it returns true, or panic after the deadline.
-pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let start = std::time::Instant::now();
     while !f() {
         assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
@@ -217,7 +217,7 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// Every file under `dir` that contains `needle`.
-pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+pub(crate) fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut hits = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {

@@ -8,7 +8,7 @@ use hearth_protocol::MessageId;
 use hearth_storage::{Durability, Store, StoreOptions, StoredEnvelope};
 
 /// A current-thread runtime to await the store's futures.
-pub fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -16,7 +16,7 @@ pub fn rt() -> tokio::runtime::Runtime {
 }
 
 /// Options with small limits and no fsync (tests that need fsync say so).
-pub fn opts() -> StoreOptions {
+pub(crate) fn opts() -> StoreOptions {
     StoreOptions {
         durability: Durability::None,
         max_queue_len: 1000,
@@ -26,7 +26,7 @@ pub fn opts() -> StoreOptions {
 }
 
 /// An envelope from account 1 device 1.
-pub fn env(msg: u128, accepted_at_ms: u64, ttl_ms: u64, payload: &[u8]) -> StoredEnvelope {
+pub(crate) fn env(msg: u128, accepted_at_ms: u64, ttl_ms: u64, payload: &[u8]) -> StoredEnvelope {
     StoredEnvelope {
         msg_id: MessageId::from_u128(msg),
         from_account: 1,
@@ -39,11 +39,11 @@ pub fn env(msg: u128, accepted_at_ms: u64, ttl_ms: u64, payload: &[u8]) -> Store
 }
 
 /// Keys per column family.
-pub fn counts(store: &Store) -> BTreeMap<String, u64> {
+pub(crate) fn counts(store: &Store) -> BTreeMap<String, u64> {
     store.count_keys().unwrap().into_iter().collect()
 }
 
 /// Keys in one column family.
-pub fn count(store: &Store, cf: &str) -> u64 {
+pub(crate) fn count(store: &Store, cf: &str) -> u64 {
     counts(store)[cf]
 }

@@ -52,7 +52,7 @@ pub(crate) struct MemStore {
 }
 
 impl MemStore {
-    pub fn new(dedup_window_ms: u64) -> MemStore {
+    pub(crate) fn new(dedup_window_ms: u64) -> MemStore {
         MemStore {
             mem: Mutex::new(Mem::default()),
             dedup_window_ms,
@@ -64,7 +64,7 @@ impl MemStore {
     }
 
     /// Record a device (and its account on first sight).
-    pub fn register(&self, r: &Registration, now_ms: u64) {
+    pub(crate) fn register(&self, r: &Registration, now_ms: u64) {
         let mut m = self.m();
         m.accounts.entry(r.key.account).or_insert_with(|| {
             Arc::new(AccountRecord {
@@ -85,7 +85,7 @@ impl MemStore {
 
     /// Submit a write (its seqs are taken at once; its entries count once written, like
     /// `Store::write`).
-    pub fn submit(&self, job: JobId, set: WriteSet) {
+    pub(crate) fn submit(&self, job: JobId, set: WriteSet) {
         let mut m = self.m();
         for send in &set.sends {
             for e in &send.entries {
@@ -98,12 +98,12 @@ impl MemStore {
     }
 
     /// Whether a write waits to be committed.
-    pub fn has_submitted(&self) -> bool {
+    pub(crate) fn has_submitted(&self) -> bool {
         !self.m().submitted.is_empty()
     }
 
     /// Commit the oldest submitted write: its outcome.
-    pub fn commit_one(&self) -> Option<(JobId, WriteOutcome)> {
+    pub(crate) fn commit_one(&self) -> Option<(JobId, WriteOutcome)> {
         let mut m = self.m();
         let (job, set) = m.submitted.pop_front()?;
         let mut outcomes = Vec::new();
@@ -186,7 +186,7 @@ impl MemStore {
     }
 
     /// Up to `max` committed entries of a queue from `from_seq` (expired ones included).
-    pub fn read_queue(&self, key: DeviceKey, from_seq: u64, max: usize) -> Vec<QueueEntry> {
+    pub(crate) fn read_queue(&self, key: DeviceKey, from_seq: u64, max: usize) -> Vec<QueueEntry> {
         self.m()
             .queues
             .range((key, from_seq)..=(key, u64::MAX))
@@ -196,7 +196,7 @@ impl MemStore {
     }
 
     /// Delete expired entries and dedup records (the sweeper).
-    pub fn sweep(&self, now_ms: u64) {
+    pub(crate) fn sweep(&self, now_ms: u64) {
         let mut m = self.m();
         let expired: Vec<_> = m
             .queues
@@ -216,22 +216,22 @@ impl MemStore {
     }
 
     /// Committed entries of one device.
-    pub fn queued(&self, key: DeviceKey) -> Vec<QueueEntry> {
+    pub(crate) fn queued(&self, key: DeviceKey) -> Vec<QueueEntry> {
         self.read_queue(key, 0, usize::MAX)
     }
 
     /// Entries ever written.
-    pub fn entries_written(&self) -> u64 {
+    pub(crate) fn entries_written(&self) -> u64 {
         self.m().written
     }
 
     /// Forget which groups are in memory (the next send to one loads it).
-    pub fn evict_groups(&self) {
+    pub(crate) fn evict_groups(&self) {
         self.m().cached.clear();
     }
 
     /// Load a group into memory.
-    pub fn load_group(&self, group: u64) -> Option<Arc<Vec<u64>>> {
+    pub(crate) fn load_group(&self, group: u64) -> Option<Arc<Vec<u64>>> {
         let mut m = self.m();
         m.cached.insert(group);
         m.groups
@@ -240,7 +240,7 @@ impl MemStore {
     }
 
     /// Perform a store request.
-    pub fn request(&self, r: &Request) -> RequestOutcome {
+    pub(crate) fn request(&self, r: &Request) -> RequestOutcome {
         let mut m = self.m();
         let done = |r: Result<(), StorageError>| RequestOutcome::Done(r);
         match r.clone() {

@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use hearth_protocol::{flags, Decoded, Decoder, Frame};
 use hearth_storage::DeviceKey;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 use super::sim::{Setup, Sim};
 use crate::core::ConnId;
@@ -38,7 +38,7 @@ const FUZZ_OPS: usize = 2000;
 /// Where a case takes its choices from.
 enum Choices<'a> {
     /// A seeded generator (the property test).
-    Seeded(StdRng),
+    Seeded(Box<StdRng>),
     /// A fuzz input, read a byte at a time; zeros once it runs out.
     Bytes(&'a [u8]),
 }
@@ -200,7 +200,9 @@ impl<'a> Case<'a> {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    self.sim.core.handle_input_error(id, e.code(), e.to_string());
+                    self.sim
+                        .core
+                        .handle_input_error(id, e.code(), e.to_string());
                     break;
                 }
             }
@@ -466,17 +468,23 @@ impl<'a> Case<'a> {
 
 #[test]
 fn random_interleavings_keep_the_delivery_invariants() {
+    use rand::SeedableRng;
     let seeds: Vec<u64> = match std::env::var("HEARTH_SIM_SEED") {
         Ok(s) => vec![s.parse().expect("a seed")],
         Err(_) => (0..200).collect(),
     };
     for seed in seeds {
-        Case::new(Choices::Seeded(StdRng::seed_from_u64(seed)), format!("seed {seed}")).run(300);
+        Case::new(
+            Choices::Seeded(Box::new(StdRng::seed_from_u64(seed))),
+            format!("seed {seed}"),
+        )
+        .run(300);
     }
 }
 
 /// One fuzz input as a case (router/fuzz's `core` target): its bytes choose every step. Panics
 /// when an invariant breaks.
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
 pub fn fuzz_case(data: &[u8]) {
     Case::new(Choices::Bytes(data), "fuzz input".to_string()).run(FUZZ_OPS);
 }

@@ -89,16 +89,16 @@ pub(crate) enum Wire {
 }
 
 impl Sim {
-    pub fn new() -> Sim {
+    pub(crate) fn new() -> Sim {
         Sim::with(Setup::default())
     }
 
-    pub fn with(setup: Setup) -> Sim {
+    pub(crate) fn with(setup: Setup) -> Sim {
         Sim::node(setup, SlotMap::single(0), SigningKey::generate())
     }
 
     /// Node `map.local()` of a cluster whose devices hold tokens of `signing`.
-    pub fn node(setup: Setup, map: SlotMap, signing: SigningKey) -> Sim {
+    pub(crate) fn node(setup: Setup, map: SlotMap, signing: SigningKey) -> Sim {
         let store = Arc::new(MemStore::new(setup.limits.dedup_window_secs * 1000));
         let core = Router::new(
             CoreConfig {
@@ -131,7 +131,7 @@ impl Sim {
     }
 
     /// A token for `key` in `network`/`zone` (empty: the defaults), valid for a day.
-    pub fn token(&self, key: DeviceKey, network: &str, zone: &str) -> String {
+    pub(crate) fn token(&self, key: DeviceKey, network: &str, zone: &str) -> String {
         let claims = TokenClaims {
             account: key.account,
             device: key.device,
@@ -147,7 +147,7 @@ impl Sim {
     }
 
     /// A new connection that has sent nothing yet.
-    pub fn open(&mut self, key: DeviceKey) -> ConnId {
+    pub(crate) fn open(&mut self, key: DeviceKey) -> ConnId {
         let woken = Arc::new(AtomicBool::new(false));
         let id = self.core.connect(Arc::new(Flag(woken.clone())));
         let _ = key;
@@ -164,12 +164,12 @@ impl Sim {
     }
 
     /// Connect `key` (default network and zone) and run until WELCOME; panics if refused.
-    pub fn connect(&mut self, key: DeviceKey) -> ConnId {
+    pub(crate) fn connect(&mut self, key: DeviceKey) -> ConnId {
         self.connect_in(key, "")
     }
 
     /// Connect `key` with a token of `network`.
-    pub fn connect_in(&mut self, key: DeviceKey, network: &str) -> ConnId {
+    pub(crate) fn connect_in(&mut self, key: DeviceKey, network: &str) -> ConnId {
         let id = self.open(key);
         let token = self.token(key, network, "");
         self.input(
@@ -191,17 +191,17 @@ impl Sim {
     }
 
     /// Feed one frame from connection `id`.
-    pub fn input(&mut self, id: ConnId, frame: Frame) {
+    pub(crate) fn input(&mut self, id: ConnId, frame: Frame) {
         self.core.handle_frame(id, frame, self.now_ms);
     }
 
     /// `SEND` from `id` to `to`, message id `msg`.
-    pub fn send(&mut self, id: ConnId, to: DeviceKey, msg: u128, payload: &'static [u8]) {
+    pub(crate) fn send(&mut self, id: ConnId, to: DeviceKey, msg: u128, payload: &'static [u8]) {
         self.send_with(id, to, msg, 0, 0, payload);
     }
 
     /// `SEND` with flags and TTL.
-    pub fn send_with(
+    pub(crate) fn send_with(
         &mut self,
         id: ConnId,
         to: DeviceKey,
@@ -224,18 +224,18 @@ impl Sim {
     }
 
     /// `ACK` of `seqs` from `id`.
-    pub fn ack(&mut self, id: ConnId, seqs: Vec<u64>) {
+    pub(crate) fn ack(&mut self, id: ConnId, seqs: Vec<u64>) {
         self.input(id, Frame::Ack(Ack { seqs }));
     }
 
     /// The connection went away.
-    pub fn disconnect(&mut self, id: ConnId) {
+    pub(crate) fn disconnect(&mut self, id: ConnId) {
         self.core.handle_disconnected(id);
         self.clients.remove(&id);
     }
 
     /// Move the virtual clock (firing the core's timeout if it comes due).
-    pub fn advance(&mut self, ms: u64) {
+    pub(crate) fn advance(&mut self, ms: u64) {
         self.now_ms += ms;
         self.core.tick(self.now_ms);
         if self.core.poll_timeout().is_some_and(|t| t <= self.now_ms) {
@@ -244,7 +244,7 @@ impl Sim {
     }
 
     /// Commit the oldest submitted write; false if none.
-    pub fn commit(&mut self) -> bool {
+    pub(crate) fn commit(&mut self) -> bool {
         match self.store.commit_one() {
             Some((job, outcomes)) => {
                 self.core.handle_committed(job, Ok(outcomes), self.now_ms);
@@ -255,7 +255,7 @@ impl Sim {
     }
 
     /// Move virtual time to the core's next timeout and fire it; false if it has none.
-    pub fn fire_timeout(&mut self) -> bool {
+    pub(crate) fn fire_timeout(&mut self) -> bool {
         let Some(due) = self.core.poll_timeout() else {
             return false;
         };
@@ -266,7 +266,7 @@ impl Sim {
 
     /// Perform what the core asks until nothing is left (committing writes when idle if
     /// `auto_commit`).
-    pub fn run(&mut self) {
+    pub(crate) fn run(&mut self) {
         loop {
             if self.step() {
                 continue;
@@ -282,7 +282,7 @@ impl Sim {
     }
 
     /// Perform one round of actions and connection outputs; false if there was nothing.
-    pub fn step(&mut self) -> bool {
+    pub(crate) fn step(&mut self) -> bool {
         let mut progress = false;
         while let Some(a) = self.core.poll_action() {
             progress = true;
@@ -346,7 +346,7 @@ impl Sim {
     }
 
     /// Frames written to `id` since the last take.
-    pub fn take(&mut self, id: ConnId) -> Vec<Frame> {
+    pub(crate) fn take(&mut self, id: ConnId) -> Vec<Frame> {
         match self.clients.get_mut(&id) {
             Some(c) => std::mem::take(&mut c.frames),
             None => Vec::new(),
@@ -354,7 +354,7 @@ impl Sim {
     }
 
     /// How the node closed `id`, if it did.
-    pub fn closed(&self, id: ConnId) -> Option<(ErrorCode, String)> {
+    pub(crate) fn closed(&self, id: ConnId) -> Option<(ErrorCode, String)> {
         self.clients.get(&id).and_then(|c| c.closed.clone())
     }
 }
