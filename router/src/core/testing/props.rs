@@ -387,9 +387,11 @@ impl<'a> Case<'a> {
     /// Drain everything: commit all writes, record which acks are written.
     fn settle(&mut self) {
         loop {
-            self.sim.run();
+            // What the node writes is taken before the clock moves (to the core's next
+            // timeout): a frame is checked against the time it was written.
+            while self.sim.step() {}
             self.collect();
-            if !self.sim.commit() {
+            if !self.sim.commit() && !self.sim.fire_timeout() {
                 break;
             }
         }
