@@ -135,6 +135,9 @@ impl<'a> Case<'a> {
         setup.privacy.networks.push(STRANGER_NETWORK.into());
         let mut sim = Sim::with(setup);
         sim.auto_commit = false;
+        // Time moves only when the case says so (`advance`, `settle`), never inside a connect:
+        // every frame is checked against the time it was written.
+        sim.auto_advance = false;
         let mut devices = BTreeMap::new();
         for a in 1..=ACCOUNTS {
             for d in 1..=DEVICES {
