@@ -8,6 +8,8 @@ mod config;
 mod core;
 mod driver;
 mod front;
+#[cfg(test)]
+mod fuzz_corpus;
 mod metrics;
 mod push;
 mod safety;
